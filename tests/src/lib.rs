@@ -1,0 +1,57 @@
+//! Fixtures for petrel's privileged integration tests and the demo: network namespaces and veths
+//! that remove themselves, test pods (a TCP/UDP server answering with its name), cgroups, and a
+//! real kube-apiserver on etcd.
+//!
+//! Every fixture is an RAII guard: it removes what it created when dropped, also when a test
+//! panics half-way.
+
+pub mod apiserver;
+pub mod cgroup;
+pub mod netns;
+pub mod pod;
+
+/// Fails the calling test with a clear message unless it runs as root. Tests never return early
+/// as a pass when they cannot run.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "this test needs root (CAP_BPF, CAP_NET_ADMIN, network namespaces): run `cargo xtask test` as root"
+    );
+}
+
+/// A name unique to this process and call, short enough for an interface name (15 bytes) when
+/// prefixed by at most 5 characters.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{:x}{n:x}", std::process::id() % 0x10000)
+}
+
+/// A bpffs folder for one datapath instance; every pin under it (and so every link it keeps
+/// attached) is removed on drop.
+pub struct BpffsRoot {
+    path: std::path::PathBuf,
+}
+
+impl BpffsRoot {
+    pub fn new(name: &str) -> BpffsRoot {
+        let path = std::path::Path::new("/sys/fs/bpf").join(name);
+        let _ = petrel::Datapath::remove(&path);
+        BpffsRoot { path }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for BpffsRoot {
+    fn drop(&mut self) {
+        if let Err(e) = petrel::Datapath::remove(&self.path) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! Loading, pinning and attaching petrel's eBPF programs.
+//!
+//! Everything lives under one bpffs root (default /sys/fs/bpf/petrel):
+//! `maps/<NAME>_V1` for the maps (pinned by name, re-used by the next load) and
+//! `links/<program>@<target>` for the links, so programs stay attached when the process that
+//! loaded them exits, and a new load swaps programs in place (BPF_LINK_UPDATE) without a moment
+//! detached.
+
+use std::{
+    fs, io,
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::SchedClassifierLink,
+    },
+    sys::SyscallError,
+};
+
+use crate::{maps, sys};
+
+/// The eBPF object built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/petrel-ebpf"));
+
+/// Program names in the object.
+pub const PROG_TC_POD_INGRESS: &str = "tc_pod_ingress";
+pub const PROG_SOCK_CONNECT4: &str = "sock_connect4";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the eBPF object (maps pinned under {pins}): {source}")]
+    Load {
+        pins: PathBuf,
+        #[source]
+        source: Box<EbpfError>,
+    },
+    #[error("{op} program {program}: {source}")]
+    Program {
+        op: &'static str,
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("{op} link {path}: {source}")]
+    Link {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error(transparent)]
+    Maps(#[from] maps::MapsError),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DatapathError + 'a {
+    move |source| DatapathError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where the datapath lives and how big its maps are.
+#[derive(Clone, Debug)]
+pub struct DatapathConfig {
+    /// bpffs folder holding `maps/` and `links/`.
+    pub bpffs_root: PathBuf,
+    /// Capacities by map name; maps not named keep the object's default.
+    pub max_entries: Vec<(&'static str, u32)>,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        DatapathConfig {
+            bpffs_root: PathBuf::from("/sys/fs/bpf/petrel"),
+            max_entries: Vec::new(),
+        }
+    }
+}
+
+/// A loaded datapath: the object's programs, with maps pinned under the bpffs root.
+pub struct Datapath {
+    ebpf: Ebpf,
+    root: PathBuf,
+}
+
+impl Datapath {
+    /// Loads the object, re-using maps already pinned under the root (so a restart keeps every
+    /// service, backend and conntrack entry).
+    pub fn load(config: &DatapathConfig) -> Result<Self, DatapathError> {
+        sys::ensure_bpffs().map_err(io_err("mounting bpffs at", Path::new("/sys/fs/bpf")))?;
+        sys::raise_memlock();
+        let root = config.bpffs_root.clone();
+        let maps_dir = root.join("maps");
+        let links_dir = root.join("links");
+        for dir in [&maps_dir, &links_dir] {
+            fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        }
+        if !sys::is_bpffs(&maps_dir) {
+            return Err(DatapathError::Io {
+                op: "pinning maps in",
+                path: maps_dir,
+                source: io::Error::other("not on a bpffs mount"),
+            });
+        }
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&maps_dir);
+        for (name, n) in &config.max_entries {
+            loader.map_max_entries(name, *n);
+        }
+        let ebpf = loader.load(OBJECT).map_err(|source| DatapathError::Load {
+            pins: maps_dir,
+            source: Box::new(source),
+        })?;
+        Ok(Datapath { ebpf, root })
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    /// Opens typed accessors on the pinned maps.
+    pub fn service_maps(&self) -> Result<maps::ServiceMaps, DatapathError> {
+        Ok(maps::ServiceMaps::open(&self.maps_dir())?)
+    }
+
+    /// Attaches the pod-facing TC program to `iface`'s ingress (TCX on kernels >= 6.6) in the
+    /// calling thread's network namespace, or swaps the program inside an existing pinned link.
+    pub fn attach_tc_ingress(&mut self, iface: &str) -> Result<AttachOutcome, DatapathError> {
+        let name = PROG_TC_POD_INGRESS;
+        let link_path = self.root.join("links").join(format!("{name}@{iface}"));
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| DatapathError::Program {
+                op: "typing",
+                program: name,
+                source,
+            })?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|source| DatapathError::Program {
+                op: "loading",
+                program: name,
+                source,
+            })?;
+        }
+        let (id, outcome) = match take_pinned_link(&link_path)? {
+            Some(old) => {
+                let old =
+                    SchedClassifierLink::try_from(old).map_err(|source| DatapathError::Link {
+                        op: "adopting",
+                        path: link_path.clone(),
+                        source,
+                    })?;
+                let id = prog
+                    .attach_to_link(old)
+                    .map_err(|source| DatapathError::Program {
+                        op: "replacing in pinned link",
+                        program: name,
+                        source,
+                    })?;
+                (id, AttachOutcome::Replaced)
+            }
+            None => {
+                let id = prog
+                    .attach(iface, TcAttachType::Ingress)
+                    .map_err(|source| DatapathError::Program {
+                        op: "attaching",
+                        program: name,
+                        source,
+                    })?;
+                (id, AttachOutcome::Attached)
+            }
+        };
+        let link = prog
+            .take_link(id)
+            .map_err(|source| DatapathError::Program {
+                op: "taking link of",
+                program: name,
+                source,
+            })?;
+        let link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
+            op: "converting",
+            path: link_path.clone(),
+            source,
+        })?;
+        pin_link(link, &link_path)?;
+        Ok(outcome)
+    }
+
+    /// Attaches socket-level load balancing to the cgroup v2 folder `cgroup`, or swaps the
+    /// program in place when a pinned link already exists.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<AttachOutcome, DatapathError> {
+        let name = PROG_SOCK_CONNECT4;
+        let link_path = self.root.join("links").join(name);
+        let prog: &mut CgroupSockAddr = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| DatapathError::Program {
+                op: "typing",
+                program: name,
+                source,
+            })?;
+        prog.load().map_err(|source| DatapathError::Program {
+            op: "loading",
+            program: name,
+            source,
+        })?;
+        if link_path.exists() {
+            let link = bpf_obj_get(&link_path)?;
+            let prog_fd = prog.fd().map_err(|source| DatapathError::Program {
+                op: "getting fd of",
+                program: name,
+                source,
+            })?;
+            bpf_link_update(&link, prog_fd.as_fd().as_raw_fd())
+                .map_err(io_err("BPF_LINK_UPDATE on", &link_path))?;
+            return Ok(AttachOutcome::Replaced);
+        }
+        let cg = fs::File::open(cgroup).map_err(io_err("opening cgroup", cgroup))?;
+        let id = prog
+            .attach(cg, CgroupAttachMode::Single)
+            .map_err(|source| DatapathError::Program {
+                op: "attaching",
+                program: name,
+                source,
+            })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| DatapathError::Program {
+                op: "taking link of",
+                program: name,
+                source,
+            })?;
+        let link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
+            op: "converting",
+            path: link_path.clone(),
+            source,
+        })?;
+        pin_link(link, &link_path)?;
+        Ok(AttachOutcome::Attached)
+    }
+
+    /// Removes every pin under `root`: links detach and maps are freed once nothing holds them.
+    /// Succeeds when the root is already gone.
+    pub fn remove(root: &Path) -> Result<(), DatapathError> {
+        match fs::remove_dir_all(root) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", root)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What an attach did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachOutcome {
+    /// A new link was created and pinned.
+    Attached,
+    /// The program inside an existing pinned link was swapped (hitless upgrade).
+    Replaced,
+}
+
+/// The link pinned at `path`, unpinned but kept alive by the returned fd; None when absent.
+fn take_pinned_link(path: &Path) -> Result<Option<FdLink>, DatapathError> {
+    match PinnedLink::from_pin(path) {
+        Ok(p) => p
+            .unpin()
+            .map(Some)
+            .map_err(|e| io_err("unpinning", path)(io::Error::other(e.to_string()))),
+        Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.kind() == io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(source) => Err(DatapathError::Link {
+            op: "opening pinned",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn pin_link(link: FdLink, path: &Path) -> Result<(), DatapathError> {
+    link.pin(path)
+        .map(drop)
+        .map_err(|e| io_err("pinning link at", path)(io::Error::other(e.to_string())))
+}
+
+// aya 0.14 has no BPF_LINK_UPDATE for cgroup links: the two commands are issued directly.
+fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a zero-initialised bpf_attr-sized buffer that outlives the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn bpf_obj_get(path: &Path) -> Result<OwnedFd, DatapathError> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io_err("opening pin", path)(io::Error::other(e)))?;
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64; // bpf_attr.pathname
+    let fd = sys_bpf(BPF_OBJ_GET, &mut attr).map_err(io_err("BPF_OBJ_GET", path))?;
+    // SAFETY: the kernel returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn bpf_link_update(link: &OwnedFd, prog_fd: i32) -> io::Result<()> {
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    let mut attr = [0u64; 16];
+    // struct { __u32 link_fd; __u32 new_prog_fd; __u32 flags; __u32 old_prog_fd; }
+    attr[0] = (link.as_raw_fd() as u32 as u64) | ((prog_fd as u32 as u64) << 32);
+    sys_bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}

@@ -1,0 +1,201 @@
+//! `cargo xtask <command>`: the only place that knows how petrel is built and tested.
+//! Every command runs `setup` first, so a fresh machine needs nothing but these commands.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks (Debian packages, bpf-linker, the eBPF toolchain link,
+    /// bpffs, the kube-apiserver/kube-proxy fixture). Idempotent; a fast no-op when done.
+    Setup {
+        /// Skip building the kube-apiserver fixture (only tests and benchmarks need it).
+        #[arg(long)]
+        no_kube: bool,
+    },
+    /// Build everything in release mode (the eBPF object is built by userspace/build.rs).
+    Build,
+    /// rustfmt and clippy (-D warnings) for the host crates and the eBPF crate.
+    Lint,
+    /// Every test: lints, unit tests, then the privileged tests (root, network namespaces, real
+    /// kube-apiserver).
+    Test {
+        /// Extra arguments for the privileged test binary (a test name filter, --nocapture, ...).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// The main job on one machine: a throw-away simulated node in network namespaces with the
+    /// datapath loaded, a service VIP answering, and everything removed at the end.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.command {
+        Cmd::Setup { no_kube } => setup::run(&root, !no_kube).map(drop),
+        Cmd::Build => {
+            let env = setup::run(&root, false)?;
+            build(&env)
+        }
+        Cmd::Lint => {
+            let env = setup::run(&root, false)?;
+            lint(&env)
+        }
+        Cmd::Test { args } => {
+            let env = setup::run(&root, true)?;
+            test(&env, &args)
+        }
+        Cmd::Demo => {
+            let env = setup::run(&root, false)?;
+            demo(&env)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command with the setup's environment, echoing it, failing on a non-zero exit.
+pub fn run(env: &setup::Env, program: &str, args: &[&str]) -> anyhow::Result<()> {
+    run_with(env, &[], program, args)
+}
+
+/// `run` with extra environment variables.
+pub fn run_with(
+    env: &setup::Env,
+    vars: &[(&str, &str)],
+    program: &str,
+    args: &[&str],
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    eprintln!("==> {program} {}", args.join(" "));
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    env.apply(&mut cmd);
+    cmd.envs(vars.iter().copied());
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    eprintln!("    ({:.1}s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn build(env: &setup::Env) -> anyhow::Result<()> {
+    run(
+        env,
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--workspace",
+            "--exclude",
+            "petrel-ebpf",
+            "--bins",
+        ],
+    )
+}
+
+fn lint(env: &setup::Env) -> anyhow::Result<()> {
+    run(env, "cargo", &["fmt", "--all", "--check"])?;
+    run(
+        env,
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "petrel-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    // The eBPF crate with Debian's clippy (same compiler as its build) for the BPF target.
+    // RUSTC_BOOTSTRAP names only aya_ebpf, the one crate that needs a feature gate (see
+    // userspace/build.rs).
+    let manifest = "ebpf/programs/Cargo.toml";
+    run_with(
+        env,
+        &[("RUSTC_BOOTSTRAP", "aya_ebpf")],
+        "rustup",
+        &[
+            "run",
+            setup::EBPF_TOOLCHAIN,
+            "cargo",
+            "clippy",
+            "--manifest-path",
+            manifest,
+            "--target",
+            "bpfel-unknown-none",
+            "--release",
+            "--target-dir",
+            "target/ebpf-clippy",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )
+}
+
+fn require_root(why: &str) -> anyhow::Result<()> {
+    if !setup::is_root() {
+        bail!("{why} needs root (CAP_BPF, CAP_NET_ADMIN, network namespaces): run as root");
+    }
+    Ok(())
+}
+
+fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
+    require_root("cargo xtask test")?;
+    lint(env)?;
+    run(
+        env,
+        "cargo",
+        &[
+            "test",
+            "--workspace",
+            "--exclude",
+            "petrel-ebpf",
+            "--exclude",
+            "petrel-tests",
+        ],
+    )?;
+    let mut args = vec!["test", "--release", "-p", "petrel-tests", "--"];
+    args.extend(extra.iter().map(String::as_str));
+    run(env, "cargo", &args)
+}
+
+fn demo(env: &setup::Env) -> anyhow::Result<()> {
+    require_root("cargo xtask demo")?;
+    run(
+        env,
+        "cargo",
+        &["build", "--release", "-p", "petrel-tests", "--bins"],
+    )?;
+    let demo = env.target_dir.join("release/petrel-demo");
+    run(env, demo.to_str().context("non-UTF-8 target dir")?, &[])
+}
