@@ -36,7 +36,7 @@ enum Cmd {
     /// kube-apiserver).
     Test {
         /// Extra arguments for the privileged test binary (a test name filter, --nocapture, ...).
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// The main job on one machine: a throw-away simulated node in network namespaces with the
