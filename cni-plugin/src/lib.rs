@@ -1,0 +1,15 @@
+//! petrel-cni: the CNI plugin of petrel. Routed veth per pod (no bridge), addresses from an
+//! on-disk IPAM store, CNI spec 1.1 verbs (ADD, DEL, CHECK, VERSION, STATUS, GC).
+//!
+//! `run` takes the environment, stdin and stdout as parameters so tests can drive the plugin
+//! without a process; `main.rs` only wires the real ones in.
+
+pub mod config;
+pub mod env;
+pub mod error;
+pub mod ipam;
+pub mod link;
+pub mod plugin;
+pub mod result;
+
+pub use plugin::run;

@@ -1,0 +1,254 @@
+//! The verbs. Each validates everything first, then acts; ADD rolls back every step it took
+//! when a later one fails.
+
+use std::{collections::HashMap, io::Write, net::Ipv4Addr, path::Path};
+
+use crate::{
+    config::{self, NetConf},
+    env::{Attachment, Command, Verb},
+    error::{CniError, Result, code},
+    ipam::{self, Store},
+    link,
+    result::{CniResult, Interface, IpConfig, Route},
+};
+
+/// Test-only: `PETREL_CNI_TEST_PAUSE_AT=<step>` makes ADD sleep at that step so a test can
+/// SIGKILL it there. Steps: `locked`, `reserved`, `wired`.
+const PAUSE_ENV: &str = "PETREL_CNI_TEST_PAUSE_AT";
+
+/// Runs one plugin invocation and returns the process exit code.
+pub fn run(env: &HashMap<String, String>, stdin: &[u8], stdout: &mut dyn Write) -> i32 {
+    match dispatch(env, stdin) {
+        Ok(Some(out)) => {
+            let _ = writeln!(stdout, "{out}");
+            0
+        }
+        Ok(None) => 0,
+        Err(e) => {
+            eprintln!("petrel-cni: error {}: {e}", e.code);
+            let _ = writeln!(stdout, "{}", e.to_json(&config::version_hint(stdin)));
+            1
+        }
+    }
+}
+
+fn log(conf: &NetConf, msg: &str) {
+    eprintln!("petrel-cni: {msg}");
+    if let Some(path) = &conf.log_file {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{msg}");
+        }
+    }
+}
+
+fn pause_at(env: &HashMap<String, String>, step: &str) {
+    if env.get(PAUSE_ENV).is_some_and(|s| s == step) {
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    }
+}
+
+fn dispatch(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<String>> {
+    let cmd = Command::from_env(env)?;
+    if cmd.verb == Verb::Version {
+        return Ok(Some(version(stdin)));
+    }
+    let conf = NetConf::parse(stdin)?;
+    match (cmd.verb, cmd.attachment) {
+        (Verb::Add, Some(a)) => add(env, &conf, &a).map(Some),
+        (Verb::Del, Some(a)) => del(&conf, &a).map(|()| None),
+        (Verb::Check, Some(a)) => check(&conf, &a).map(|()| None),
+        (Verb::Status, _) => status(&conf).map(|()| None),
+        (Verb::Gc, _) => gc(&conf).map(|()| None),
+        _ => Err(CniError::env(
+            "command needs CNI_CONTAINERID and CNI_IFNAME",
+        )),
+    }
+}
+
+fn version(stdin: &[u8]) -> String {
+    serde_json::json!({
+        "cniVersion": config::version_hint(stdin),
+        "supportedVersions": config::SUPPORTED_VERSIONS,
+    })
+    .to_string()
+}
+
+fn existing_netns(a: &Attachment) -> Result<&Path> {
+    let ns = a
+        .netns
+        .as_deref()
+        .ok_or_else(|| CniError::env("CNI_NETNS is required"))?;
+    if !ns.exists() {
+        return Err(CniError::env(format!(
+            "CNI_NETNS {} does not exist",
+            ns.display()
+        )));
+    }
+    Ok(ns)
+}
+
+fn add(env: &HashMap<String, String>, conf: &NetConf, a: &Attachment) -> Result<String> {
+    // Validate everything before touching anything.
+    let netns = existing_netns(a)?;
+    let range = conf.require_pod_cidr()?;
+    link::ensure_absent(netns, &a.ifname)?;
+
+    let store = Store::open(&conf.data_dir, &conf.name)?;
+    pause_at(env, "locked");
+    let ip = store.reserve(range, &a.container_id, &a.ifname)?;
+    pause_at(env, "reserved");
+    let gateway = ipam::gateway(range);
+    let host_if = link::host_ifname(&a.container_id, &a.ifname);
+    let plan = link::Plan {
+        netns,
+        ifname: &a.ifname,
+        host_if: &host_if,
+        addr: ip,
+        gateway,
+        mtu: conf.mtu,
+    };
+    let wired = match link::setup(&plan) {
+        Ok(w) => w,
+        Err(e) => {
+            // Roll back: the host end takes its peer with it; then the reservation.
+            if let Err(re) = link::delete_host_links(vec![host_if.clone()]) {
+                log(conf, &format!("rollback: deleting {host_if}: {re}"));
+            }
+            if let Err(re) = store.release_ip(ip) {
+                log(conf, &format!("rollback: releasing {ip}: {re}"));
+            }
+            return Err(e);
+        }
+    };
+    pause_at(env, "wired");
+    log(
+        conf,
+        &format!("ADD {} {}: {ip} via {host_if}", a.container_id, a.ifname),
+    );
+
+    let mut result = conf
+        .prev_result
+        .as_ref()
+        .and_then(CniResult::from_prev)
+        .unwrap_or_default();
+    let base = result.interfaces.len();
+    result.interfaces.push(Interface {
+        name: host_if,
+        mac: wired.host_mac,
+        mtu: Some(conf.mtu),
+        sandbox: None,
+    });
+    result.interfaces.push(Interface {
+        name: a.ifname.clone(),
+        mac: wired.container_mac,
+        mtu: Some(conf.mtu),
+        sandbox: Some(netns.display().to_string()),
+    });
+    result.ips.push(IpConfig {
+        version: None,
+        address: format!("{ip}/32"),
+        gateway: Some(gateway.to_string()),
+        interface: Some(base + 1),
+    });
+    result.routes.push(Route {
+        dst: "0.0.0.0/0".into(),
+        gw: Some(gateway.to_string()),
+    });
+    let result = result.in_version(&conf.cni_version);
+    Ok(serde_json::to_string(&result).expect("serialisable"))
+}
+
+fn del(conf: &NetConf, a: &Attachment) -> Result<()> {
+    let store = Store::open(&conf.data_dir, &conf.name)?;
+    let host_if = link::host_ifname(&a.container_id, &a.ifname);
+    // Deleting the host end removes the pod end too, wherever it is; gone already is fine.
+    link::delete_host_links(vec![host_if])?;
+    let released = store.release(&a.container_id, &a.ifname)?;
+    log(
+        conf,
+        &format!("DEL {} {}: released {released:?}", a.container_id, a.ifname),
+    );
+    Ok(())
+}
+
+fn prev_ip(conf: &NetConf) -> Result<Ipv4Addr> {
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .and_then(CniResult::from_prev)
+        .ok_or_else(|| CniError::config("CHECK needs prevResult"))?;
+    prev.ips
+        .iter()
+        .find_map(|ip| ip.address.split('/').next()?.parse().ok())
+        .ok_or_else(|| CniError::config("prevResult has no IPv4 address"))
+}
+
+fn check(conf: &NetConf, a: &Attachment) -> Result<()> {
+    let netns = existing_netns(a)?;
+    let ip = prev_ip(conf)?;
+    let range = conf.require_pod_cidr()?;
+    let store = Store::open(&conf.data_dir, &conf.name)?;
+    match store.find(&a.container_id, &a.ifname)? {
+        Some(r) if r == ip => {}
+        Some(r) => {
+            return Err(CniError::new(
+                code::CHECK_FAILED,
+                format!("reservation is {r}, prevResult says {ip}"),
+                "",
+            ));
+        }
+        None => {
+            return Err(CniError::new(
+                code::CHECK_FAILED,
+                format!("no reservation for {ip}"),
+                "",
+            ));
+        }
+    }
+    link::check(netns, &a.ifname, ip, ipam::gateway(range))
+}
+
+fn status(conf: &NetConf) -> Result<()> {
+    let unavailable = |msg: String| CniError::new(code::NOT_AVAILABLE, msg, "");
+    let range = conf.require_pod_cidr().map_err(|e| unavailable(e.msg))?;
+    let store = Store::open(&conf.data_dir, &conf.name).map_err(|e| unavailable(format!("{e}")))?;
+    store.writable().map_err(|e| unavailable(format!("{e}")))?;
+    if !store.has_free(range)? {
+        return Err(unavailable(format!("address pool {range} is exhausted")));
+    }
+    Ok(())
+}
+
+fn gc(conf: &NetConf) -> Result<()> {
+    // Without the list, every reservation would look unowned: refuse rather than free them all.
+    let valid = conf
+        .valid_attachments
+        .as_ref()
+        .ok_or_else(|| CniError::config("GC needs cni.dev/valid-attachments"))?;
+    let store = Store::open(&conf.data_dir, &conf.name)?;
+    let mut stale_links = Vec::new();
+    let mut freed = Vec::new();
+    for (ip, r) in store.reservations()? {
+        if valid
+            .iter()
+            .any(|v| v.container_id == r.container_id && v.ifname == r.ifname)
+        {
+            continue;
+        }
+        // Reservations are made before links, so every link of ours is named by a reservation.
+        if !r.container_id.is_empty() {
+            stale_links.push(link::host_ifname(&r.container_id, &r.ifname));
+        }
+        freed.push((ip, r));
+    }
+    link::delete_host_links(stale_links)?;
+    for (ip, _) in &freed {
+        store.release_ip(*ip)?;
+    }
+    log(conf, &format!("GC: freed {} reservation(s)", freed.len()));
+    Ok(())
+}
