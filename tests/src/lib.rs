@@ -7,6 +7,7 @@
 
 pub mod apiserver;
 pub mod cgroup;
+pub mod cni;
 pub mod netns;
 pub mod pod;
 
