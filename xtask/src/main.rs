@@ -197,7 +197,17 @@ fn demo(env: &setup::Env) -> anyhow::Result<()> {
     run(
         env,
         "cargo",
-        &["build", "--release", "-p", "petrel-tests", "--bins"],
+        &[
+            "build",
+            "--release",
+            "-p",
+            "petrel-cni",
+            "-p",
+            "petrel",
+            "-p",
+            "petrel-tests",
+            "--bins",
+        ],
     )?;
     let demo = env.target_dir.join("release/petrel-demo");
     run(env, demo.to_str().context("non-UTF-8 target dir")?, &[])

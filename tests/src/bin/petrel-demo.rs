@@ -1,17 +1,19 @@
-//! `cargo xtask demo`: a throw-away simulated node in network namespaces, petrel's datapath
-//! loaded into it, three backend pods behind a ClusterIP, and a client pod whose requests to the
-//! VIP are spread over them. Everything is removed on exit, also on Ctrl-C.
+//! `cargo xtask demo`: a throw-away simulated node in network namespaces, pods wired by the real
+//! `petrel-cni`, petrel's datapath loaded into the node, three backend pods behind a ClusterIP,
+//! and a client pod whose requests to the VIP are spread over them. Everything is removed on exit,
+//! also on Ctrl-C.
 
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::Instant,
 };
 
 use anyhow::{Context as _, bail};
 use petrel::{Datapath, DatapathConfig, Frontend, Proto, ServiceMaps};
-use petrel_tests::{BpffsRoot, netns::Node, pod};
+use petrel_tests::{BpffsRoot, cni::Call, netns::NetNs, pod};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -73,54 +75,113 @@ fn leftovers() -> Vec<String> {
     left
 }
 
+/// A binary built next to this one (`cargo xtask demo` builds them all in target/release).
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let p = exe.parent().context("exe has a folder")?.join(name);
+    if !p.exists() {
+        bail!(
+            "{} is missing: run `cargo xtask demo`, which builds it",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
 fn demo() -> anyhow::Result<()> {
     let vip = Ipv4Addr::new(10, 96, 0, 10);
-    let client_ip = Ipv4Addr::new(10, 244, 0, 2);
+    let cni_bin = sibling("petrel-cni")?;
+    let netctl = sibling("netctl")?;
+    let ipam = tempfile::Builder::new()
+        .prefix("petrel-demo-ipam-")
+        .tempdir()?;
 
-    step(
-        "creating a simulated node (network namespace petrel-demo-node) with a client pod and 3 backend pods",
-    )?;
+    step("creating a simulated node (network namespace petrel-demo-node)")?;
     let pins = BpffsRoot::new("petrel-demo");
-    let mut node = Node::new("petrel-demo-node");
-    node.add_pod("petrel-demo-client", client_ip);
+    let node = NetNs::new("petrel-demo-node");
+    node.sysctl("net.ipv4.ip_forward", "1");
+    // Reverse NAT rewrites replies to come from the VIP, which has no route on the node.
+    node.sysctl("net.ipv4.conf.all.rp_filter", "0");
+    node.sysctl("net.ipv4.conf.default.rp_filter", "0");
+    let conf = serde_json::json!({
+        "cniVersion": "1.1.0", "name": "petrel-demo", "type": "petrel-cni",
+        "podCIDR": "10.244.1.0/24", "dataDir": ipam.path(),
+    })
+    .to_string();
+
+    step("adding a client pod and 3 backend pods with petrel-cni (CNI ADD)")?;
+    let names = ["client", "pod-a", "pod-b", "pod-c"];
+    let mut pods = Vec::new();
+    for name in names {
+        let ns = NetNs::new(&format!("petrel-demo-{name}"));
+        let call = Call {
+            plugin: cni_bin.clone(),
+            command: "ADD",
+            container_id: name,
+            ifname: "eth0",
+            netns: Some(ns.path()),
+            extra_env: Vec::new(),
+        };
+        let out = call.run(&node, &conf);
+        if out.code != 0 {
+            bail!(
+                "petrel-cni ADD {name} failed: {} {}",
+                out.stdout,
+                out.stderr
+            );
+        }
+        let result = out.json();
+        let ip: Ipv4Addr = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .context("no IP in the CNI result")?;
+        let host_if = result["interfaces"][0]["name"]
+            .as_str()
+            .context("no host interface")?
+            .to_string();
+        println!(
+            "    {name:<6} {ip:<12} eth0 <-> {host_if} (gateway {})",
+            result["ips"][0]["gateway"].as_str().unwrap_or("?")
+        );
+        pods.push((name, ns, ip, host_if));
+    }
     let mut servers = Vec::new();
-    for (i, name) in ["pod-a", "pod-b", "pod-c"].iter().enumerate() {
-        let ip = Ipv4Addr::new(10, 244, 0, 10 + i as u8);
-        let p = node.add_pod(&format!("petrel-demo-{name}"), ip);
+    for (name, ns, ip, _) in pods.iter().skip(1) {
         servers.push(pod::Server::start(
-            Some(p.ns.path()),
+            Some(ns.path()),
             name,
-            SocketAddrV4::new(ip, 8080),
+            SocketAddrV4::new(*ip, 8080),
         ));
-        println!("    {name}: {ip}:8080 (host side {})", p.host_if);
     }
 
-    step("loading petrel's eBPF datapath and attaching TC (TCX) to every pod veth")?;
+    step("loading petrel's eBPF datapath and attaching TC (TCX) to every pod's host-side veth")?;
     let config = DatapathConfig {
         bpffs_root: pins.path().to_path_buf(),
         ..Default::default()
     };
-    let ifaces: Vec<String> = node.pods.iter().map(|p| p.host_if.clone()).collect();
-    let attached = node.ns.run(move || -> anyhow::Result<Vec<String>> {
+    let ifaces: Vec<String> = pods.iter().map(|p| p.3.clone()).collect();
+    let attached = node.run(move || -> anyhow::Result<usize> {
         let mut dp = Datapath::load(&config)?;
-        ifaces
-            .iter()
-            .map(|i| Ok(format!("{i}: {:?}", dp.attach_tc_ingress(i)?)))
-            .collect()
+        for i in &ifaces {
+            dp.attach_tc_ingress(i)?;
+        }
+        Ok(ifaces.len())
     })?;
-    println!("    {}", attached.join(", "));
-    println!("    maps and links pinned under {}", pins.path().display());
+    println!(
+        "    {attached} links pinned under {} (they outlive the loader)",
+        pins.path().display()
+    );
 
-    step(&format!("programming ClusterIP {vip}:80/TCP -> 3 backends"))?;
+    step(&format!(
+        "programming ClusterIP {vip}:80/TCP -> the 3 backend pods on :8080"
+    ))?;
     let mut maps = ServiceMaps::open(&pins.path().join("maps"))?;
     let mut ids = Vec::new();
-    for i in 0..3u32 {
-        maps.upsert_backend(
-            i + 1,
-            SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 10 + i as u8), 8080),
-            Proto::Tcp,
-        )?;
-        ids.push(i + 1);
+    for (i, (_, _, ip, _)) in pods.iter().skip(1).enumerate() {
+        let id = i as u32 + 1;
+        maps.upsert_backend(id, SocketAddrV4::new(*ip, 8080), Proto::Tcp)?;
+        ids.push(id);
     }
     maps.upsert_service(
         Frontend {
@@ -132,19 +193,24 @@ fn demo() -> anyhow::Result<()> {
         0,
         &ids,
     )?;
-    for s in maps.dump()? {
-        let list: Vec<String> = s
-            .backends
-            .iter()
-            .filter_map(|b| b.addr.map(|a| a.to_string()))
-            .collect();
-        println!("    {}  ->  {}", s.frontend, list.join(", "));
+    let out = std::process::Command::new(&netctl)
+        .arg("--bpffs-root")
+        .arg(pins.path())
+        .arg("dump-services")
+        .output()?;
+    println!(
+        "    $ netctl --bpffs-root {} dump-services",
+        pins.path().display()
+    );
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("    {line}");
     }
 
+    let client_ip = pods[0].2;
     step(&format!(
         "sending 30 requests from the client pod ({client_ip}) to {vip}:80"
     ))?;
-    let client_ns = node.pods[0].ns.path();
+    let client_ns = pods[0].1.path();
     let replies = std::thread::spawn(move || -> anyhow::Result<Vec<pod::Reply>> {
         petrel_tests::netns::enter(&client_ns);
         (0..30)
@@ -160,19 +226,42 @@ fn demo() -> anyhow::Result<()> {
     for (server, n) in &spread {
         println!("    {server:<6} answered {n:>2} {}", "#".repeat(*n));
     }
-    let seen: Vec<&str> = replies.iter().map(|r| r.client_seen.as_str()).collect();
-    println!("    backends saw the client as {} (no SNAT)", seen[0]);
+    println!(
+        "    backends saw the client as {} (no SNAT)",
+        replies[0].client_seen
+    );
     if spread.len() < 2 {
         bail!("expected the VIP to spread over several backends, got {spread:?}");
     }
 
-    step("datapath counters")?;
+    step("datapath counters (per-CPU, summed)")?;
     for (name, v) in maps.stats()? {
         println!("    {name:<16} {v}");
     }
-    step("tearing down: servers, pods, node namespace, pins")?;
-    drop(maps);
+
+    step("removing the pods with petrel-cni (CNI DEL), then the node and the pins")?;
     drop(servers);
+    for (name, ns, _, _) in &pods {
+        let call = Call {
+            plugin: cni_bin.clone(),
+            command: "DEL",
+            container_id: name,
+            ifname: "eth0",
+            netns: Some(ns.path()),
+            extra_env: Vec::new(),
+        };
+        let out = call.run(&node, &conf);
+        if out.code != 0 {
+            bail!("petrel-cni DEL {name} failed: {}", out.stdout);
+        }
+    }
+    let left = petrel_tests::cni::reservations(ipam.path(), "petrel-demo");
+    if !left.is_empty() {
+        bail!("IPAM reservations left after DEL: {left:?}");
+    }
+    println!("    IPAM store empty");
+    drop(maps);
+    drop(pods);
     drop(node);
     drop(pins);
     Ok(())
