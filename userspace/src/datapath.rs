@@ -16,7 +16,7 @@ use std::{
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSockAddr, Program, ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, LinkError, PinnedLink},
         tc::SchedClassifierLink,
     },
@@ -139,69 +139,53 @@ impl Datapath {
         Ok(maps::ServiceMaps::open(&self.maps_dir())?)
     }
 
+    /// The program `name`, typed as `T` and loaded into the kernel (once per `Datapath`).
+    fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, DatapathError>
+    where
+        T: ProgramLoad,
+        &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+    {
+        let prog: &mut T = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?
+            .try_into()
+            .map_err(prog_err("typing", name))?;
+        if !prog.is_loaded() {
+            prog.load_once().map_err(prog_err("loading", name))?;
+        }
+        Ok(prog)
+    }
+
     /// Attaches the pod-facing TC program to `iface`'s ingress (TCX on kernels >= 6.6) in the
     /// calling thread's network namespace, or swaps the program inside an existing pinned link.
     pub fn attach_tc_ingress(&mut self, iface: &str) -> Result<AttachOutcome, DatapathError> {
         let name = PROG_TC_POD_INGRESS;
         let link_path = self.root.join("links").join(format!("{name}@{iface}"));
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| DatapathError::Program {
-                op: "typing",
-                program: name,
-                source,
-            })?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|source| DatapathError::Program {
-                op: "loading",
-                program: name,
-                source,
-            })?;
-        }
+        let prog: &mut SchedClassifier = self.program(name)?;
         let (id, outcome) = match take_pinned_link(&link_path)? {
             Some(old) => {
                 let old =
-                    SchedClassifierLink::try_from(old).map_err(|source| DatapathError::Link {
-                        op: "adopting",
-                        path: link_path.clone(),
-                        source,
-                    })?;
+                    SchedClassifierLink::try_from(old).map_err(link_err("adopting", &link_path))?;
                 let id = prog
                     .attach_to_link(old)
-                    .map_err(|source| DatapathError::Program {
-                        op: "replacing in pinned link",
-                        program: name,
-                        source,
-                    })?;
+                    .map_err(prog_err("replacing in pinned link", name))?;
                 (id, AttachOutcome::Replaced)
             }
             None => {
                 let id = prog
                     .attach(iface, TcAttachType::Ingress)
-                    .map_err(|source| DatapathError::Program {
-                        op: "attaching",
-                        program: name,
-                        source,
-                    })?;
+                    .map_err(prog_err("attaching", name))?;
                 (id, AttachOutcome::Attached)
             }
         };
         let link = prog
             .take_link(id)
-            .map_err(|source| DatapathError::Program {
-                op: "taking link of",
-                program: name,
-                source,
-            })?;
-        let link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
-            op: "converting",
-            path: link_path.clone(),
-            source,
-        })?;
-        pin_link(link, &link_path)?;
+            .map_err(prog_err("taking link of", name))?;
+        pin_link(
+            FdLink::try_from(link).map_err(link_err("converting", &link_path))?,
+            &link_path,
+        )?;
         Ok(outcome)
     }
 
@@ -210,28 +194,10 @@ impl Datapath {
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<AttachOutcome, DatapathError> {
         let name = PROG_SOCK_CONNECT4;
         let link_path = self.root.join("links").join(name);
-        let prog: &mut CgroupSockAddr = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| DatapathError::Program {
-                op: "typing",
-                program: name,
-                source,
-            })?;
-        prog.load().map_err(|source| DatapathError::Program {
-            op: "loading",
-            program: name,
-            source,
-        })?;
+        let prog: &mut CgroupSockAddr = self.program(name)?;
         if link_path.exists() {
             let link = bpf_obj_get(&link_path)?;
-            let prog_fd = prog.fd().map_err(|source| DatapathError::Program {
-                op: "getting fd of",
-                program: name,
-                source,
-            })?;
+            let prog_fd = prog.fd().map_err(prog_err("getting fd of", name))?;
             bpf_link_update(&link, prog_fd.as_fd().as_raw_fd())
                 .map_err(io_err("BPF_LINK_UPDATE on", &link_path))?;
             return Ok(AttachOutcome::Replaced);
@@ -239,24 +205,14 @@ impl Datapath {
         let cg = fs::File::open(cgroup).map_err(io_err("opening cgroup", cgroup))?;
         let id = prog
             .attach(cg, CgroupAttachMode::Single)
-            .map_err(|source| DatapathError::Program {
-                op: "attaching",
-                program: name,
-                source,
-            })?;
+            .map_err(prog_err("attaching", name))?;
         let link = prog
             .take_link(id)
-            .map_err(|source| DatapathError::Program {
-                op: "taking link of",
-                program: name,
-                source,
-            })?;
-        let link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
-            op: "converting",
-            path: link_path.clone(),
-            source,
-        })?;
-        pin_link(link, &link_path)?;
+            .map_err(prog_err("taking link of", name))?;
+        pin_link(
+            FdLink::try_from(link).map_err(link_err("converting", &link_path))?,
+            &link_path,
+        )?;
         Ok(AttachOutcome::Attached)
     }
 
@@ -267,6 +223,42 @@ impl Datapath {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", root)(e)),
             _ => Ok(()),
         }
+    }
+}
+
+/// Loading, for the program types petrel attaches (their `load` takes no arguments).
+trait ProgramLoad {
+    fn is_loaded(&self) -> bool;
+    fn load_once(&mut self) -> Result<(), ProgramError>;
+}
+
+macro_rules! program_load {
+    ($($t:ty),*) => {$(
+        impl ProgramLoad for $t {
+            fn is_loaded(&self) -> bool {
+                self.fd().is_ok()
+            }
+            fn load_once(&mut self) -> Result<(), ProgramError> {
+                self.load()
+            }
+        }
+    )*};
+}
+program_load!(SchedClassifier, CgroupSockAddr);
+
+fn prog_err(op: &'static str, program: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
+    move |source| DatapathError::Program {
+        op,
+        program,
+        source,
+    }
+}
+
+fn link_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(LinkError) -> DatapathError + 'a {
+    move |source| DatapathError::Link {
+        op,
+        path: path.to_path_buf(),
+        source,
     }
 }
 

@@ -13,7 +13,12 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use petrel::{Datapath, DatapathConfig, Frontend, Proto, ServiceMaps};
-use petrel_tests::{BpffsRoot, cni::Call, netns::NetNs, pod};
+use petrel_tests::{
+    BpffsRoot,
+    cni::{Call, Outcome},
+    netns::NetNs,
+    pod,
+};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -108,15 +113,11 @@ fn demo() -> anyhow::Result<()> {
         "podCIDR": "10.244.1.0/24", "dataDir": ipam.path(),
     })
     .to_string();
-
-    step("adding a client pod and 3 backend pods with petrel-cni (CNI ADD)")?;
-    let names = ["client", "pod-a", "pod-b", "pod-c"];
-    let mut pods = Vec::new();
-    for name in names {
-        let ns = NetNs::new(&format!("petrel-demo-{name}"));
+    // One CNI call, as a runtime makes it, run in the node's namespace.
+    let cni = |command: &str, name: &str, ns: &NetNs| -> anyhow::Result<Outcome> {
         let call = Call {
             plugin: cni_bin.clone(),
-            command: "ADD",
+            command,
             container_id: name,
             ifname: "eth0",
             netns: Some(ns.path()),
@@ -125,12 +126,20 @@ fn demo() -> anyhow::Result<()> {
         let out = call.run(&node, &conf);
         if out.code != 0 {
             bail!(
-                "petrel-cni ADD {name} failed: {} {}",
+                "petrel-cni {command} {name} failed: {} {}",
                 out.stdout,
                 out.stderr
             );
         }
-        let result = out.json();
+        Ok(out)
+    };
+
+    step("adding a client pod and 3 backend pods with petrel-cni (CNI ADD)")?;
+    let names = ["client", "pod-a", "pod-b", "pod-c"];
+    let mut pods = Vec::new();
+    for name in names {
+        let ns = NetNs::new(&format!("petrel-demo-{name}"));
+        let result = cni("ADD", name, &ns)?.json();
         let ip: Ipv4Addr = result["ips"][0]["address"]
             .as_str()
             .and_then(|a| a.split('/').next())
@@ -242,18 +251,7 @@ fn demo() -> anyhow::Result<()> {
     step("removing the pods with petrel-cni (CNI DEL), then the node and the pins")?;
     drop(servers);
     for (name, ns, _, _) in &pods {
-        let call = Call {
-            plugin: cni_bin.clone(),
-            command: "DEL",
-            container_id: name,
-            ifname: "eth0",
-            netns: Some(ns.path()),
-            extra_env: Vec::new(),
-        };
-        let out = call.run(&node, &conf);
-        if out.code != 0 {
-            bail!("petrel-cni DEL {name} failed: {}", out.stdout);
-        }
+        cni("DEL", name, ns)?;
     }
     let left = petrel_tests::cni::reservations(ipam.path(), "petrel-demo");
     if !left.is_empty() {
