@@ -229,7 +229,20 @@ fn version_and_status() {
         env.call("STATUS", "", "", None)
             .run(&env.node, &conf.to_string())
     };
-    assert_eq!(status(&env.conf("1.1.0")).ok().stdout, "");
+    for version in VERSIONS {
+        let v = env
+            .call("VERSION", "", "", None)
+            .run(&env.node, &env.conf(version).to_string())
+            .ok()
+            .json();
+        assert_eq!(v["cniVersion"], version);
+        assert_eq!(status(&env.conf(version)).ok().stdout, "");
+        let mut gc = env.conf(version);
+        gc["cni.dev/valid-attachments"] = json!([]);
+        env.call("GC", "", "", None)
+            .run(&env.node, &gc.to_string())
+            .ok();
+    }
     let mut no_cidr = env.conf("1.1.0");
     no_cidr.as_object_mut().expect("object").remove("podCIDR");
     no_cidr["podCIDRFile"] = json!("/nonexistent/pod-cidr");
