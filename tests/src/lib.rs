@@ -9,6 +9,7 @@ pub mod apiserver;
 pub mod cgroup;
 pub mod cni;
 pub mod netns;
+pub mod packet;
 pub mod pod;
 
 /// Fails the calling test with a clear message unless it runs as root. Tests never return early

@@ -30,7 +30,14 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pe
 
 /// Program names in the object.
 pub const PROG_TC_POD_INGRESS: &str = "tc_pod_ingress";
-pub const PROG_SOCK_CONNECT4: &str = "sock_connect4";
+pub const PROG_TC_EXTERNAL_INGRESS: &str = "tc_external_ingress";
+/// The socket-LB programs, attached together to one cgroup.
+pub const SOCK_PROGRAMS: [&str; 4] = [
+    "sock_connect4",
+    "sock_sendmsg4",
+    "sock_recvmsg4",
+    "sock_getpeername4",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -61,6 +68,8 @@ pub enum DatapathError {
         #[source]
         source: LinkError,
     },
+    #[error("invalid datapath configuration: {0}")]
+    Config(String),
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(&'static str),
     #[error(transparent)]
@@ -80,8 +89,13 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Dat
 pub struct DatapathConfig {
     /// bpffs folder holding `maps/` and `links/`.
     pub bpffs_root: PathBuf,
-    /// Capacities by map name; maps not named keep the object's default.
+    /// Capacities by map name; maps not named keep the object's default (at least 100k service
+    /// ports and 1M backends).
     pub max_entries: Vec<(&'static str, u32)>,
+    /// Size of each Maglev ring (a prime).
+    pub maglev_size: u32,
+    /// How many services can use Maglev at once.
+    pub maglev_rings: u32,
 }
 
 impl Default for DatapathConfig {
@@ -89,6 +103,8 @@ impl Default for DatapathConfig {
         DatapathConfig {
             bpffs_root: PathBuf::from("/sys/fs/bpf/petrel"),
             max_entries: Vec::new(),
+            maglev_size: crate::maglev::DEFAULT_SIZE,
+            maglev_rings: 64,
         }
     }
 }
@@ -120,6 +136,18 @@ impl Datapath {
         }
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&maps_dir);
+        if !crate::maglev::is_prime(config.maglev_size) {
+            return Err(DatapathError::Config(format!(
+                "Maglev table size {} is not prime",
+                config.maglev_size
+            )));
+        }
+        loader.map_max_entries(
+            maps::MAGLEV,
+            config
+                .maglev_size
+                .saturating_mul(config.maglev_rings.max(1)),
+        );
         for (name, n) in &config.max_entries {
             loader.map_max_entries(name, *n);
         }
@@ -127,7 +155,9 @@ impl Datapath {
             pins: maps_dir,
             source: Box::new(source),
         })?;
-        Ok(Datapath { ebpf, root })
+        let dp = Datapath { ebpf, root };
+        dp.service_maps()?.set_maglev_size(config.maglev_size)?;
+        Ok(dp)
     }
 
     pub fn maps_dir(&self) -> PathBuf {
@@ -160,7 +190,20 @@ impl Datapath {
     /// Attaches the pod-facing TC program to `iface`'s ingress (TCX on kernels >= 6.6) in the
     /// calling thread's network namespace, or swaps the program inside an existing pinned link.
     pub fn attach_tc_ingress(&mut self, iface: &str) -> Result<AttachOutcome, DatapathError> {
-        let name = PROG_TC_POD_INGRESS;
+        self.attach_tc(PROG_TC_POD_INGRESS, iface)
+    }
+
+    /// Attaches the TC program for traffic from outside the node (NodePort, externalIPs,
+    /// LoadBalancer) to an external interface's ingress.
+    pub fn attach_external_ingress(&mut self, iface: &str) -> Result<AttachOutcome, DatapathError> {
+        self.attach_tc(PROG_TC_EXTERNAL_INGRESS, iface)
+    }
+
+    fn attach_tc(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+    ) -> Result<AttachOutcome, DatapathError> {
         let link_path = self.root.join("links").join(format!("{name}@{iface}"));
         let prog: &mut SchedClassifier = self.program(name)?;
         let (id, outcome) = match take_pinned_link(&link_path)? {
@@ -189,10 +232,23 @@ impl Datapath {
         Ok(outcome)
     }
 
-    /// Attaches socket-level load balancing to the cgroup v2 folder `cgroup`, or swaps the
-    /// program in place when a pinned link already exists.
+    /// Attaches socket-level load balancing (connect4, sendmsg4, recvmsg4, getpeername4) to the
+    /// cgroup v2 folder `cgroup`, or swaps the programs in place when pinned links exist.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<AttachOutcome, DatapathError> {
-        let name = PROG_SOCK_CONNECT4;
+        let mut outcome = AttachOutcome::Attached;
+        for name in SOCK_PROGRAMS {
+            if self.attach_sock(name, cgroup)? == AttachOutcome::Replaced {
+                outcome = AttachOutcome::Replaced;
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn attach_sock(
+        &mut self,
+        name: &'static str,
+        cgroup: &Path,
+    ) -> Result<AttachOutcome, DatapathError> {
         let link_path = self.root.join("links").join(name);
         let prog: &mut CgroupSockAddr = self.program(name)?;
         if link_path.exists() {
@@ -214,6 +270,29 @@ impl Datapath {
             &link_path,
         )?;
         Ok(AttachOutcome::Attached)
+    }
+
+    /// Runs a TC program once on `packet` with BPF_PROG_TEST_RUN, against the live maps, and
+    /// returns its verdict and the packet as the program left it. `external`: the program for
+    /// external interfaces, else the pod-facing one.
+    pub fn test_run_tc(
+        &mut self,
+        external: bool,
+        packet: &[u8],
+    ) -> Result<(u32, Vec<u8>), DatapathError> {
+        let name = if external {
+            PROG_TC_EXTERNAL_INGRESS
+        } else {
+            PROG_TC_POD_INGRESS
+        };
+        let prog: &mut SchedClassifier = self.program(name)?;
+        let mut out = vec![0u8; packet.len().max(128) + 64];
+        let mut opts = aya::TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        let r = aya::TestRun::test_run(&*prog, opts).map_err(prog_err("test-running", name))?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
     }
 
     /// Removes every pin under `root`: links detach and maps are freed once nothing holds them.

@@ -2,8 +2,11 @@
 //! root, attaches programs, and wraps the maps in typed, byte-order-safe accessors.
 
 pub mod datapath;
+pub mod maglev;
 pub mod maps;
+pub mod service;
 pub mod sys;
 
 pub use datapath::{Datapath, DatapathConfig, DatapathError};
-pub use maps::{Frontend, Proto, ServiceMaps};
+pub use maps::{BackendSpec, Frontend, Proto, ServiceMaps};
+pub use service::{Endpoint, ServiceEntry};

@@ -9,11 +9,14 @@ use std::{
     str::FromStr,
 };
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use petrel_common::{
-    BACKEND_ACTIVE, Backend, IPPROTO_TCP, IPPROTO_UDP, MAP_VERSION, RevNat, SCOPE_EXTERNAL,
-    ServiceKey, ServiceValue, stat,
+    BACKEND_F_REMOTE, BACKEND_F_TERMINATING, Backend, IPPROTO_TCP, IPPROTO_UDP, MAP_VERSION,
+    RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_EXTERNAL,
+    SVC_F_LOCAL_EXTERNAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, config, stat,
 };
+
+use crate::{maglev, service::ServiceEntry};
 use serde::Serialize;
 
 /// Names of the pinned maps, in the order userspace writes them.
@@ -23,6 +26,11 @@ pub const REV_NAT: &str = "REV_NAT_V1";
 pub const CONNTRACK: &str = "CT_V1";
 pub const REV_CT: &str = "REV_CT_V1";
 pub const STATS: &str = "STATS_V1";
+pub const AFFINITY: &str = "AFFINITY_V1";
+pub const MAGLEV: &str = "MAGLEV_V1";
+pub const SOCK_REVNAT: &str = "SOCK_REVNAT_V1";
+pub const SOCK_CT: &str = "SOCK_CT_V1";
+pub const CONFIG: &str = "CONFIG_V1";
 const _: () = assert!(MAP_VERSION.len() == 2, "map names above carry the version");
 
 #[derive(Debug, thiserror::Error)]
@@ -127,13 +135,29 @@ impl Frontend {
     }
 }
 
+/// A backend as userspace describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub id: u32,
+    pub addr: SocketAddrV4,
+    pub proto: Proto,
+    pub terminating: bool,
+    /// On another node: external traffic to it is SNATed (policy Cluster).
+    pub remote: bool,
+}
+
 /// What a service frontend is programmed to, as read back from the maps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProgrammedService {
     pub frontend: Frontend,
-    pub rev_nat_id: u16,
-    pub flags: u16,
+    pub rev_nat_id: u32,
+    pub flags: Vec<&'static str>,
+    pub affinity_timeout_s: Option<u32>,
+    pub maglev_ring: Option<u32>,
+    /// Backends for traffic from outside the node (and for all traffic without `internal`).
     pub backends: Vec<ProgrammedBackend>,
+    /// Backends for in-cluster traffic when a Local policy splits the scopes.
+    pub internal_backends: Option<Vec<ProgrammedBackend>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -142,13 +166,25 @@ pub struct ProgrammedBackend {
     /// None when a slot names a backend id that is not in the backend map.
     pub addr: Option<SocketAddrV4>,
     pub state: &'static str,
+    pub remote: bool,
 }
+
+const FLAG_NAMES: [(u16, &str); 6] = [
+    (SVC_F_AFFINITY, "affinity"),
+    (SVC_F_TWO_SCOPES, "two-scopes"),
+    (SVC_F_EXTERNAL, "external"),
+    (SVC_F_LOCAL_EXTERNAL, "external-local"),
+    (SVC_F_MAGLEV, "maglev"),
+    (SVC_F_DROP_EMPTY, "drop-when-empty"),
+];
 
 /// The service maps, opened from their pins.
 pub struct ServiceMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
     rev_nat: HashMap<MapData, u32, RevNat>,
+    maglev: Array<MapData, u32>,
+    config: Array<MapData, u32>,
     stats: PerCpuArray<MapData, u64>,
 }
 
@@ -188,25 +224,48 @@ impl ServiceMaps {
                 HashMap::try_from(open(maps_dir, BACKENDS)?),
             )?,
             rev_nat: op("open", REV_NAT, HashMap::try_from(open(maps_dir, REV_NAT)?))?,
+            maglev: op("open", MAGLEV, Array::try_from(open(maps_dir, MAGLEV)?))?,
+            config: op("open", CONFIG, Array::try_from(open(maps_dir, CONFIG)?))?,
             stats: op("open", STATS, PerCpuArray::try_from(open(maps_dir, STATS)?))?,
         })
     }
 
-    pub fn upsert_backend(
-        &mut self,
-        id: u32,
-        addr: SocketAddrV4,
-        proto: Proto,
-    ) -> Result<(), MapsError> {
-        let value = Backend {
-            addr_be: u32::from(*addr.ip()).to_be(),
-            port_be: addr.port().to_be(),
-            proto: proto.number(),
-            state: BACKEND_ACTIVE,
-        };
-        op("insert", BACKENDS, self.backends.insert(id, value, 0))
+    /// The node address external traffic to remote backends is SNATed to.
+    pub fn set_node_ip(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
+        op(
+            "set",
+            CONFIG,
+            self.config.set(config::NODE_IP, u32::from(ip).to_be(), 0),
+        )
     }
 
+    /// Size of each Maglev ring (must match how the MAGLEV map was sized).
+    pub fn set_maglev_size(&mut self, m: u32) -> Result<(), MapsError> {
+        op("set", CONFIG, self.config.set(config::MAGLEV_SIZE, m, 0))
+    }
+
+    pub fn maglev_size(&self) -> Result<u32, MapsError> {
+        op("get", CONFIG, self.config.get(&config::MAGLEV_SIZE, 0))
+    }
+
+    pub fn upsert_backend(&mut self, b: &BackendSpec) -> Result<(), MapsError> {
+        let mut flags = 0;
+        if b.terminating {
+            flags |= BACKEND_F_TERMINATING;
+        }
+        if b.remote {
+            flags |= BACKEND_F_REMOTE;
+        }
+        let value = Backend {
+            addr_be: u32::from(*b.addr.ip()).to_be(),
+            port_be: b.addr.port().to_be(),
+            proto: b.proto.number(),
+            flags,
+        };
+        op("insert", BACKENDS, self.backends.insert(b.id, value, 0))
+    }
+
+    /// Removes a backend. Flows pinned to it are re-balanced by the datapath on their next packet.
     pub fn remove_backend(&mut self, id: u32) -> Result<(), MapsError> {
         op(
             "remove",
@@ -215,42 +274,16 @@ impl ServiceMaps {
         )
     }
 
-    /// Programs `frontend` with the given backend ids, in an order that never exposes a
-    /// half-built service: reverse NAT, then the slots, then the master entry (which makes the
-    /// new slot count visible), then stale slots beyond the new count. The backends must already
-    /// be in the backend map.
-    pub fn upsert_service(
+    /// Writes one scope's slots and then its master entry; removes slots beyond the new count.
+    fn write_scope(
         &mut self,
-        frontend: Frontend,
-        rev_nat_id: u16,
-        flags: u16,
-        backend_ids: &[u32],
+        fe: Frontend,
+        scope: u8,
+        master: ServiceValue,
+        ids: &[u32],
     ) -> Result<(), MapsError> {
-        let count = u16::try_from(backend_ids.len()).map_err(|_| MapsError::TooManyBackends {
-            frontend,
-            count: backend_ids.len(),
-            max: u16::MAX as usize,
-        })?;
-        let old_count = self.master(frontend)?.map_or(0, |m| m.count);
-        let rev = RevNat {
-            addr_be: u32::from(frontend.addr).to_be(),
-            port_be: frontend.port.to_be(),
-            _pad: [0; 2],
-        };
-        op(
-            "insert",
-            REV_NAT,
-            self.rev_nat.insert(rev_nat_id as u32, rev, 0),
-        )?;
-        let master = ServiceValue {
-            backend_id: 0,
-            count,
-            rev_nat_id,
-            flags,
-            _pad: [0; 2],
-            affinity_timeout_s: 0,
-        };
-        for (i, id) in backend_ids.iter().enumerate() {
+        let old_count = self.master(fe, scope)?.map_or(0, |m| m.count);
+        for (i, id) in ids.iter().enumerate() {
             let slot = ServiceValue {
                 backend_id: *id,
                 ..master
@@ -258,52 +291,163 @@ impl ServiceMaps {
             op(
                 "insert",
                 SERVICES,
-                self.services
-                    .insert(frontend.key(i as u16 + 1, SCOPE_EXTERNAL), slot, 0),
+                self.services.insert(fe.key(i as u16 + 1, scope), slot, 0),
             )?;
         }
         op(
             "insert",
             SERVICES,
-            self.services
-                .insert(frontend.key(0, SCOPE_EXTERNAL), master, 0),
+            self.services.insert(fe.key(0, scope), master, 0),
         )?;
-        for slot in count + 1..=old_count {
+        for slot in master.count + 1..=old_count {
             op(
                 "remove",
                 SERVICES,
-                ignore_missing(self.services.remove(&frontend.key(slot, SCOPE_EXTERNAL))),
+                ignore_missing(self.services.remove(&fe.key(slot, scope))),
             )?;
         }
         Ok(())
     }
 
-    /// Removes a frontend: master entry first (new flows stop matching), then its slots.
-    pub fn remove_service(&mut self, frontend: Frontend) -> Result<(), MapsError> {
-        let Some(master) = self.master(frontend)? else {
+    fn remove_scope(&mut self, fe: Frontend, scope: u8) -> Result<(), MapsError> {
+        let Some(master) = self.master(fe, scope)? else {
             return Ok(());
         };
         op(
             "remove",
             SERVICES,
-            ignore_missing(self.services.remove(&frontend.key(0, SCOPE_EXTERNAL))),
+            ignore_missing(self.services.remove(&fe.key(0, scope))),
         )?;
         for slot in 1..=master.count {
             op(
                 "remove",
                 SERVICES,
-                ignore_missing(self.services.remove(&frontend.key(slot, SCOPE_EXTERNAL))),
+                ignore_missing(self.services.remove(&fe.key(slot, scope))),
             )?;
         }
+        Ok(())
+    }
+
+    /// Programs a frontend, in an order that never exposes a half-built service: reverse NAT and
+    /// the Maglev ring, then the internal scope (slots, then master), then the external scope's
+    /// slots and finally its master entry, which is what lookups start from. Stale slots and a
+    /// no-longer-needed internal scope are removed last. The backends must already be in the
+    /// backend map.
+    pub fn upsert_service(&mut self, entry: &ServiceEntry) -> Result<(), MapsError> {
+        let fe = entry.frontend;
+        let scopes = entry.scopes();
+        for set in std::iter::once(&scopes.external).chain(scopes.internal.as_ref()) {
+            if set.len() > u16::MAX as usize {
+                return Err(MapsError::TooManyBackends {
+                    frontend: fe,
+                    count: set.len(),
+                    max: u16::MAX as usize,
+                });
+            }
+        }
+        let rev = RevNat {
+            addr_be: u32::from(fe.addr).to_be(),
+            port_be: fe.port.to_be(),
+            _pad: [0; 2],
+        };
+        op(
+            "insert",
+            REV_NAT,
+            self.rev_nat.insert(entry.rev_nat_id, rev, 0),
+        )?;
+
+        let mut common = 0;
+        if entry.affinity_timeout_s.is_some() {
+            common |= SVC_F_AFFINITY;
+        }
+        let base = ServiceValue {
+            rev_nat_id: entry.rev_nat_id,
+            affinity_timeout_s: entry.affinity_timeout_s.unwrap_or(0),
+            ..Default::default()
+        };
+        let mut ext_flags = common;
+        if entry.external {
+            ext_flags |= SVC_F_EXTERNAL;
+            if entry.external_local {
+                ext_flags |= SVC_F_LOCAL_EXTERNAL;
+            }
+        }
+        if scopes.external_filtered {
+            ext_flags |= SVC_F_DROP_EMPTY;
+        }
+        let mut maglev_ring = 0;
+        if let Some(ring) = entry.maglev_ring {
+            self.write_maglev(ring, &scopes.external)?;
+            ext_flags |= SVC_F_MAGLEV;
+            maglev_ring = ring;
+        }
+        if let Some(internal) = &scopes.internal {
+            ext_flags |= SVC_F_TWO_SCOPES;
+            let mut flags = common;
+            if scopes.internal_filtered {
+                flags |= SVC_F_DROP_EMPTY;
+            }
+            let master = ServiceValue {
+                count: internal.len() as u16,
+                flags,
+                ..base
+            };
+            self.write_scope(fe, SCOPE_INTERNAL, master, internal)?;
+        }
+        let master = ServiceValue {
+            count: scopes.external.len() as u16,
+            flags: ext_flags,
+            maglev_ring,
+            ..base
+        };
+        self.write_scope(fe, SCOPE_EXTERNAL, master, &scopes.external)?;
+        if scopes.internal.is_none() {
+            self.remove_scope(fe, SCOPE_INTERNAL)?;
+        }
+        Ok(())
+    }
+
+    /// Fills Maglev ring `ring` for `ids` (names from the backend map, so every node computes the
+    /// same table).
+    fn write_maglev(&mut self, ring: u32, ids: &[u32]) -> Result<(), MapsError> {
+        let m = self.maglev_size()?;
+        if m == 0 {
+            return Ok(());
+        }
+        let mut named = Vec::with_capacity(ids.len());
+        for id in ids {
+            let b = op("lookup", BACKENDS, self.backends.get(id, 0))?;
+            let addr = SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(b.addr_be)),
+                u16::from_be(b.port_be),
+            );
+            named.push((*id, addr.to_string()));
+        }
+        let table = maglev::table(&named, m);
+        let base = ring * m;
+        for pos in 0..m {
+            let id = table.get(pos as usize).copied().unwrap_or(0);
+            op("set", MAGLEV, self.maglev.set(base + pos, id, 0))?;
+        }
+        Ok(())
+    }
+
+    /// Removes a frontend: the external master first (new flows stop matching), then the rest.
+    pub fn remove_service(&mut self, frontend: Frontend) -> Result<(), MapsError> {
+        let Some(master) = self.master(frontend, SCOPE_EXTERNAL)? else {
+            return Ok(());
+        };
+        self.remove_scope(frontend, SCOPE_EXTERNAL)?;
+        self.remove_scope(frontend, SCOPE_INTERNAL)?;
         op(
             "remove",
             REV_NAT,
-            ignore_missing(self.rev_nat.remove(&(master.rev_nat_id as u32))),
+            ignore_missing(self.rev_nat.remove(&master.rev_nat_id)),
         )
     }
 
-    fn master(&self, frontend: Frontend) -> Result<Option<ServiceValue>, MapsError> {
-        match self.services.get(&frontend.key(0, SCOPE_EXTERNAL), 0) {
+    fn master(&self, frontend: Frontend, scope: u8) -> Result<Option<ServiceValue>, MapsError> {
+        match self.services.get(&frontend.key(0, scope), 0) {
             Ok(v) => Ok(Some(v)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(MapsError::Op {
@@ -312,6 +456,58 @@ impl ServiceMaps {
                 source,
             }),
         }
+    }
+
+    fn read_scope(
+        &self,
+        fe: Frontend,
+        scope: u8,
+        count: u16,
+    ) -> Result<Vec<ProgrammedBackend>, MapsError> {
+        let mut backends = Vec::with_capacity(count as usize);
+        for slot in 1..=count {
+            let id = match self.services.get(&fe.key(slot, scope), 0) {
+                Ok(v) => v.backend_id,
+                Err(MapError::KeyNotFound) => continue,
+                Err(source) => {
+                    return Err(MapsError::Op {
+                        op: "lookup",
+                        map: SERVICES,
+                        source,
+                    });
+                }
+            };
+            let b = match self.backends.get(&id, 0) {
+                Ok(b) => ProgrammedBackend {
+                    id,
+                    addr: Some(SocketAddrV4::new(
+                        Ipv4Addr::from(u32::from_be(b.addr_be)),
+                        u16::from_be(b.port_be),
+                    )),
+                    state: if b.flags & BACKEND_F_TERMINATING != 0 {
+                        "terminating"
+                    } else {
+                        "active"
+                    },
+                    remote: b.flags & BACKEND_F_REMOTE != 0,
+                },
+                Err(MapError::KeyNotFound) => ProgrammedBackend {
+                    id,
+                    addr: None,
+                    state: "missing",
+                    remote: false,
+                },
+                Err(source) => {
+                    return Err(MapsError::Op {
+                        op: "lookup",
+                        map: BACKENDS,
+                        source,
+                    });
+                }
+            };
+            backends.push(b);
+        }
+        Ok(backends)
     }
 
     /// Every programmed frontend with its backends, sorted by frontend.
@@ -327,47 +523,24 @@ impl ServiceMaps {
         }
         let mut out = Vec::with_capacity(masters.len());
         for (fe, m) in masters {
-            let mut backends = Vec::with_capacity(m.count as usize);
-            for slot in 1..=m.count {
-                let id = match self.services.get(&fe.key(slot, SCOPE_EXTERNAL), 0) {
-                    Ok(v) => v.backend_id,
-                    Err(MapError::KeyNotFound) => continue,
-                    Err(source) => {
-                        return Err(MapsError::Op {
-                            op: "lookup",
-                            map: SERVICES,
-                            source,
-                        });
-                    }
-                };
-                let (addr, state) = match self.backends.get(&id, 0) {
-                    Ok(b) => (
-                        Some(SocketAddrV4::new(
-                            Ipv4Addr::from(u32::from_be(b.addr_be)),
-                            u16::from_be(b.port_be),
-                        )),
-                        if b.state == BACKEND_ACTIVE {
-                            "active"
-                        } else {
-                            "terminating"
-                        },
-                    ),
-                    Err(MapError::KeyNotFound) => (None, "missing"),
-                    Err(source) => {
-                        return Err(MapsError::Op {
-                            op: "lookup",
-                            map: BACKENDS,
-                            source,
-                        });
-                    }
-                };
-                backends.push(ProgrammedBackend { id, addr, state });
-            }
+            let internal_backends = match self.master(fe, SCOPE_INTERNAL)? {
+                Some(im) if m.flags & SVC_F_TWO_SCOPES != 0 => {
+                    Some(self.read_scope(fe, SCOPE_INTERNAL, im.count)?)
+                }
+                _ => None,
+            };
             out.push(ProgrammedService {
                 frontend: fe,
                 rev_nat_id: m.rev_nat_id,
-                flags: m.flags,
-                backends,
+                flags: FLAG_NAMES
+                    .iter()
+                    .filter(|(f, _)| m.flags & f != 0)
+                    .map(|(_, n)| *n)
+                    .collect(),
+                affinity_timeout_s: (m.flags & SVC_F_AFFINITY != 0).then_some(m.affinity_timeout_s),
+                maglev_ring: (m.flags & SVC_F_MAGLEV != 0).then_some(m.maglev_ring),
+                backends: self.read_scope(fe, SCOPE_EXTERNAL, m.count)?,
+                internal_backends,
             });
         }
         Ok(out)

@@ -41,12 +41,20 @@ pub struct ServiceKey {
 }
 const _: () = assert!(size_of::<ServiceKey>() == 12);
 
-/// `ServiceValue::flags`: sessionAffinity ClientIP.
+/// `ServiceValue::flags`: sessionAffinity ClientIP (`affinity_timeout_s` holds the timeout).
 pub const SVC_F_AFFINITY: u16 = 1 << 0;
-/// `ServiceValue::flags`: the service has a separate SCOPE_INTERNAL entry set.
+/// `ServiceValue::flags` (scope 0 master): in-cluster traffic uses the SCOPE_INTERNAL entries.
 pub const SVC_F_TWO_SCOPES: u16 = 1 << 1;
-/// `ServiceValue::flags`: the frontend is a NodePort / external address (reached from outside).
+/// `ServiceValue::flags`: NodePort / externalIP / LoadBalancer frontend, reachable from outside.
 pub const SVC_F_EXTERNAL: u16 = 1 << 2;
+/// `ServiceValue::flags`: externalTrafficPolicy Local: external traffic keeps its client address
+/// (never SNATed) and only goes to node-local backends.
+pub const SVC_F_LOCAL_EXTERNAL: u16 = 1 << 3;
+/// `ServiceValue::flags`: pick backends with the Maglev ring `maglev_ring`.
+pub const SVC_F_MAGLEV: u16 = 1 << 4;
+/// `ServiceValue::flags`: this scope is filtered by a Local traffic policy; when it has no
+/// backend, drop (as kube-proxy does) instead of rejecting.
+pub const SVC_F_DROP_EMPTY: u16 = 1 << 5;
 
 /// Value of the SERVICES map. In the master entry (slot 0) `backend_id` is unused and `count`
 /// is the number of slots; in a slot entry `backend_id` names the backend and the rest is copied
@@ -55,17 +63,21 @@ pub const SVC_F_EXTERNAL: u16 = 1 << 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceValue {
     pub backend_id: u32,
+    /// Identifies the frontend: key of REV_NAT, part of the affinity key.
+    pub rev_nat_id: u32,
     pub count: u16,
-    pub rev_nat_id: u16,
     pub flags: u16,
-    pub _pad: [u8; 2],
     pub affinity_timeout_s: u32,
+    /// Index of this service's ring in MAGLEV (when SVC_F_MAGLEV).
+    pub maglev_ring: u32,
 }
-const _: () = assert!(size_of::<ServiceValue>() == 16);
+const _: () = assert!(size_of::<ServiceValue>() == 20);
 
-/// `Backend::state` values, as EndpointSlice conditions reduce to them.
-pub const BACKEND_ACTIVE: u8 = 0;
-pub const BACKEND_TERMINATING: u8 = 1;
+/// `Backend::flags`: the endpoint is terminating (serving), used only as a fallback.
+pub const BACKEND_F_TERMINATING: u8 = 1 << 0;
+/// `Backend::flags`: the endpoint lives on another node: external traffic to it (policy
+/// Cluster) is SNATed to the node address so replies come back through this node.
+pub const BACKEND_F_REMOTE: u8 = 1 << 1;
 
 /// Value of the BACKENDS map (key: backend id, u32, never 0).
 #[repr(C)]
@@ -74,12 +86,11 @@ pub struct Backend {
     pub addr_be: u32,
     pub port_be: u16,
     pub proto: u8,
-    pub state: u8,
+    pub flags: u8,
 }
 const _: () = assert!(size_of::<Backend>() == 8);
 
-/// Value of the REV_NAT map (key: rev_nat_id as u32): the frontend a reply must appear to come
-/// from.
+/// Value of the REV_NAT map (key: rev_nat_id): the frontend a reply must appear to come from.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RevNat {
@@ -89,7 +100,8 @@ pub struct RevNat {
 }
 const _: () = assert!(size_of::<RevNat>() == 8);
 
-/// Key of the CONNTRACK map: the flow as the client sent it (before DNAT).
+/// Key of the CONNTRACK map (the flow as it arrived, before any NAT) and of REV_CT (a reply as
+/// the backend sends it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct CtKey {
@@ -102,22 +114,89 @@ pub struct CtKey {
 }
 const _: () = assert!(size_of::<CtKey>() == 16);
 
-/// Value of the CONNTRACK map.
+/// `CtValue::flags`: the source was rewritten to `nat_addr_be:nat_port_be`.
+pub const CT_F_SNAT: u16 = 1 << 0;
+
+/// Value of CONNTRACK and REV_CT. In CONNTRACK, `nat_*` is the source the packets are rewritten
+/// to (SNAT, hairpin); in REV_CT it is the original client, which replies are sent back to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
     pub backend_id: u32,
-    pub rev_nat_id: u16,
+    pub rev_nat_id: u32,
+    pub nat_addr_be: u32,
+    pub nat_port_be: u16,
+    pub flags: u16,
+}
+const _: () = assert!(size_of::<CtValue>() == 16);
+
+/// `AffinityKey::kind`: the client is an IPv4 address (TC path).
+pub const AFFINITY_CLIENT_IP: u8 = 0;
+/// `AffinityKey::kind`: the client is a network namespace cookie (socket path, where the source
+/// address is not known yet at connect()).
+pub const AFFINITY_NETNS: u8 = 1;
+
+/// Key of the AFFINITY map (sessionAffinity ClientIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AffinityKey {
+    pub client: u64,
+    pub rev_nat_id: u32,
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<AffinityKey>() == 16);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AffinityValue {
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(size_of::<AffinityValue>() == 16);
+
+/// Key of the socket-LB maps: a socket and an address. In SOCK_REVNAT the address is the backend
+/// the socket was sent to (value: the frontend to show the application); in SOCK_CT it is the
+/// frontend (value: the backend chosen for that socket).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockKey {
+    pub cookie: u64,
+    pub addr_be: u32,
+    pub port_be: u16,
     pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<CtValue>() == 8);
+const _: () = assert!(size_of::<SockKey>() == 16);
 
-/// Key of the REV_CT map: a reply as the backend sends it (backend -> client).
-pub type RevCtKey = CtKey;
+/// Value of SOCK_REVNAT and SOCK_CT.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockValue {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub _pad: [u8; 2],
+    pub backend_id: u32,
+}
+const _: () = assert!(size_of::<SockValue>() == 12);
+
+/// Indices of the CONFIG array map (u32 values, network order for addresses).
+pub mod config {
+    /// The node's address: source of SNATed external traffic to remote backends.
+    pub const NODE_IP: u32 = 0;
+    /// Size of each Maglev ring (a prime); rings are laid out flat in MAGLEV.
+    pub const MAGLEV_SIZE: u32 = 1;
+    pub const COUNT: u32 = 4;
+}
+
+/// Source address a hairpinned flow (a pod reaching its own service and landing on itself) is
+/// rewritten to, so the pod does not see a packet from its own address. Link-local, never on a
+/// wire (Cilium uses the same idea).
+pub const HAIRPIN_ADDR: [u8; 4] = [169, 254, 42, 1];
 
 /// Indices into the per-CPU STATS array.
 pub mod stat {
-    /// Packets seen by the TC program.
+    /// Packets seen by the TC programs.
     pub const TC_SEEN: u32 = 0;
     /// Packets DNATed to a backend by TC.
     pub const TC_DNAT: u32 = 1;
@@ -125,22 +204,37 @@ pub mod stat {
     pub const TC_REVNAT: u32 = 2;
     /// connect()/sendmsg() translated at the socket.
     pub const SOCK_TRANSLATED: u32 = 3;
-    /// Service known but no backend usable: rejected.
-    pub const NO_BACKEND: u32 = 4;
-    /// A slot pointed at a backend id that is missing (should never happen: write order).
-    pub const BACKEND_MISSING: u32 = 5;
-    /// A checksum or store helper failed.
-    pub const REWRITE_ERROR: u32 = 6;
-    pub const COUNT: u32 = 8;
+    /// Service without a usable backend: refused (ICMP port unreachable / ECONNREFUSED).
+    pub const REJECTED: u32 = 4;
+    /// Dropped: a Local traffic policy left no backend for this traffic.
+    pub const DROP_POLICY_EMPTY: u32 = 5;
+    /// Dropped: a slot named a backend id that is missing (should not happen: write order).
+    pub const DROP_BACKEND_MISSING: u32 = 6;
+    /// Dropped: a packet rewrite helper failed.
+    pub const DROP_REWRITE_ERROR: u32 = 7;
+    /// Flows SNATed to the node address (external traffic to a remote backend).
+    pub const SNAT: u32 = 8;
+    /// Flows hairpinned (a pod landing on itself through its service).
+    pub const HAIRPIN: u32 = 9;
+    /// Established flows whose backend vanished and were re-balanced.
+    pub const REBALANCED: u32 = 10;
+    /// Backends chosen by session affinity.
+    pub const AFFINITY_HIT: u32 = 11;
+    pub const COUNT: u32 = 16;
 
-    pub const NAMES: [&str; 7] = [
+    pub const NAMES: [&str; 12] = [
         "tc_seen",
         "tc_dnat",
         "tc_revnat",
         "sock_translated",
-        "no_backend",
-        "backend_missing",
-        "rewrite_error",
+        "rejected",
+        "drop_policy_empty",
+        "drop_backend_missing",
+        "drop_rewrite_error",
+        "snat",
+        "hairpin",
+        "rebalanced",
+        "affinity_hit",
     ];
 }
 
@@ -159,6 +253,14 @@ mod user {
     unsafe impl aya::Pod for CtKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for CtValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockValue {}
 }
 
 #[cfg(test)]
@@ -206,7 +308,7 @@ mod tests {
             addr_be: u32::from_be_bytes([10, 244, 1, 5]).to_be(),
             port_be: 8080u16.to_be(),
             proto: IPPROTO_TCP,
-            state: BACKEND_TERMINATING,
+            flags: BACKEND_F_TERMINATING,
         };
         assert_eq!(bytes(&b), &[10, 244, 1, 5, 0x1f, 0x90, 6, 1]);
     }
@@ -214,6 +316,6 @@ mod tests {
     #[test]
     fn stat_names_cover_counters() {
         assert!(stat::NAMES.len() as u32 <= stat::COUNT);
-        assert_eq!(stat::NAMES[stat::REWRITE_ERROR as usize], "rewrite_error");
+        assert_eq!(stat::NAMES[stat::AFFINITY_HIT as usize], "affinity_hit");
     }
 }

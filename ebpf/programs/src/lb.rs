@@ -1,12 +1,13 @@
 //! Service lookup and backend selection, shared by the socket and TC hooks. Every step is a hash
-//! lookup: O(1) in the number of services and backends.
+//! or array lookup: O(1) in the number of services and backends.
 
-use aya_ebpf::helpers::bpf_get_prandom_u32;
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use petrel_common::{
-    Backend, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, stat,
+    AffinityKey, AffinityValue, Backend, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY,
+    SVC_F_DROP_EMPTY, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, config, stat,
 };
 
-use crate::maps::{BACKENDS, SERVICES, count};
+use crate::maps::{AFFINITY, BACKENDS, MAGLEV, SERVICES, count};
 
 /// The frontend a flow was sent to.
 #[derive(Clone, Copy)]
@@ -16,83 +17,137 @@ pub struct Frontend {
     pub proto: u8,
 }
 
+/// Who is asking, for session affinity and Maglev.
+pub struct Client {
+    /// `AFFINITY_CLIENT_IP` or `AFFINITY_NETNS`.
+    pub kind: u8,
+    pub id: u64,
+    /// Flow hash for Maglev (`hash::jhash_3words` of the client tuple).
+    pub hash: u32,
+}
+
 pub enum Lookup {
     /// Not a service frontend: leave the packet alone.
     NotService,
-    /// A service with no usable backend.
-    NoBackend,
+    /// A service with no usable backend: refuse at once.
+    Reject,
+    /// Drop silently (Local policy with no local backend, or inconsistent maps).
+    Drop,
     Selected {
         backend_id: u32,
         backend: Backend,
-        rev_nat_id: u16,
+        svc: ServiceValue,
     },
 }
 
 #[inline(always)]
-fn master(fe: &Frontend, scope: u8) -> Option<ServiceValue> {
-    let key = ServiceKey {
-        addr_be: fe.addr_be,
-        port_be: fe.port_be,
-        slot: 0,
-        proto: fe.proto,
-        scope,
-        _pad: [0; 2],
-    };
-    // SAFETY: the value is copied out at once.
-    unsafe { SERVICES.get(key) }.copied()
-}
-
-/// Finds the service of `fe` as seen from inside the cluster and picks a backend at random.
-#[inline(always)]
-pub fn select_internal(fe: &Frontend) -> Lookup {
-    let Some(mut svc) = master(fe, SCOPE_EXTERNAL) else {
-        return Lookup::NotService;
-    };
-    let mut scope = SCOPE_EXTERNAL;
-    if svc.flags & SVC_F_TWO_SCOPES != 0 {
-        match master(fe, SCOPE_INTERNAL) {
-            Some(v) => {
-                svc = v;
-                scope = SCOPE_INTERNAL;
-            }
-            None => return Lookup::NoBackend,
-        }
-    }
-    if svc.count == 0 {
-        count(stat::NO_BACKEND);
-        return Lookup::NoBackend;
-    }
-    // SAFETY: plain helper call.
-    let rnd = unsafe { bpf_get_prandom_u32() };
-    let slot = (rnd % svc.count as u32) as u16 + 1;
-    let key = ServiceKey {
+fn key(fe: &Frontend, slot: u16, scope: u8) -> ServiceKey {
+    ServiceKey {
         addr_be: fe.addr_be,
         port_be: fe.port_be,
         slot,
         proto: fe.proto,
         scope,
         _pad: [0; 2],
-    };
-    // SAFETY: copied out at once.
-    let Some(slot_val) = (unsafe { SERVICES.get(key) }).copied() else {
-        count(stat::BACKEND_MISSING);
-        return Lookup::NoBackend;
-    };
-    match backend(slot_val.backend_id) {
-        Some(backend) => Lookup::Selected {
-            backend_id: slot_val.backend_id,
-            backend,
-            rev_nat_id: svc.rev_nat_id,
-        },
-        None => {
-            count(stat::BACKEND_MISSING);
-            Lookup::NoBackend
-        }
     }
+}
+
+#[inline(always)]
+fn get_svc(k: &ServiceKey) -> Option<ServiceValue> {
+    // SAFETY: the value is copied out at once.
+    unsafe { SERVICES.get(k) }.copied()
 }
 
 #[inline(always)]
 pub fn backend(id: u32) -> Option<Backend> {
     // SAFETY: copied out at once.
     unsafe { BACKENDS.get(id) }.copied()
+}
+
+/// The master entry that applies: external traffic uses scope 0; in-cluster traffic uses the
+/// internal scope when the service has one (a Local traffic policy splits the two).
+#[inline(always)]
+pub fn service(fe: &Frontend, internal: bool) -> Option<(ServiceValue, u8)> {
+    let svc = get_svc(&key(fe, 0, SCOPE_EXTERNAL))?;
+    if internal && svc.flags & SVC_F_TWO_SCOPES != 0 {
+        return get_svc(&key(fe, 0, SCOPE_INTERNAL)).map(|v| (v, SCOPE_INTERNAL));
+    }
+    Some((svc, SCOPE_EXTERNAL))
+}
+
+#[inline(always)]
+pub fn select(fe: &Frontend, internal: bool, client: &Client) -> Lookup {
+    let Some((svc, scope)) = service(fe, internal) else {
+        return Lookup::NotService;
+    };
+    if svc.count == 0 {
+        if svc.flags & SVC_F_DROP_EMPTY != 0 {
+            count(stat::DROP_POLICY_EMPTY);
+            return Lookup::Drop;
+        }
+        count(stat::REJECTED);
+        return Lookup::Reject;
+    }
+    let affinity_key = AffinityKey {
+        client: client.id,
+        rev_nat_id: svc.rev_nat_id,
+        kind: client.kind,
+        _pad: [0; 3],
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if svc.flags & SVC_F_AFFINITY != 0 {
+        // SAFETY: copied out at once.
+        if let Some(a) = unsafe { AFFINITY.get(affinity_key) }.copied() {
+            let timeout_ns = svc.affinity_timeout_s as u64 * 1_000_000_000;
+            if now.wrapping_sub(a.last_used_ns) <= timeout_ns {
+                if let Some(b) = backend(a.backend_id) {
+                    let fresh = AffinityValue {
+                        last_used_ns: now,
+                        ..a
+                    };
+                    let _ = AFFINITY.insert(affinity_key, fresh, 0);
+                    count(stat::AFFINITY_HIT);
+                    return Lookup::Selected {
+                        backend_id: a.backend_id,
+                        backend: b,
+                        svc,
+                    };
+                }
+            }
+        }
+    }
+    let size = crate::maps::config(config::MAGLEV_SIZE);
+    let backend_id = if svc.flags & SVC_F_MAGLEV != 0 && size != 0 {
+        let idx = svc
+            .maglev_ring
+            .wrapping_mul(size)
+            .wrapping_add(client.hash % size);
+        match MAGLEV.get(idx) {
+            Some(id) => *id,
+            None => 0,
+        }
+    } else {
+        // SAFETY: plain helper call.
+        let rnd = unsafe { bpf_get_prandom_u32() };
+        let slot = (rnd % svc.count as u32) as u16 + 1;
+        get_svc(&key(fe, slot, scope)).map_or(0, |v| v.backend_id)
+    };
+    let Some(b) = backend(backend_id) else {
+        count(stat::DROP_BACKEND_MISSING);
+        return Lookup::Drop;
+    };
+    if svc.flags & SVC_F_AFFINITY != 0 {
+        let v = AffinityValue {
+            last_used_ns: now,
+            backend_id,
+            _pad: [0; 4],
+        };
+        let _ = AFFINITY.insert(affinity_key, v, 0);
+    }
+    Lookup::Selected {
+        backend_id,
+        backend: b,
+        svc,
+    }
 }

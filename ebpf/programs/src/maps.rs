@@ -1,29 +1,59 @@
-//! Every map of the datapath. Names are versioned (`MAP_VERSION`) because they are pinned by name
-//! under the agent's bpffs root and must survive an agent restart or a program upgrade.
+//! Every map of the datapath. Names are versioned (`_V1`) because they are pinned by name under
+//! the agent's bpffs root and must survive an agent restart or a program upgrade.
+//!
+//! Capacities here are the defaults (at least 100k service ports and 1M backends); userspace can
+//! change them before load. Big hash maps are not preallocated (BPF_F_NO_PREALLOC): memory follows
+//! the number of entries, not the capacity.
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use petrel_common::{Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, stat};
+use petrel_common::{
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, SockKey,
+    SockValue, config, stat,
+};
 
-/// Capacities are defaults; userspace resizes them before load (`EbpfLoader::set_max_entries`).
+const NO_PREALLOC: u32 = 1;
+
 #[map(name = "SERVICES_V1")]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(65536, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::pinned(2 * 1024 * 1024, NO_PREALLOC);
 
 #[map(name = "BACKENDS_V1")]
-pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(65536, 0);
+pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(1024 * 1024, NO_PREALLOC);
 
 #[map(name = "REV_NAT_V1")]
-pub static REV_NAT: HashMap<u32, RevNat> = HashMap::pinned(65536, 0);
+pub static REV_NAT: HashMap<u32, RevNat> = HashMap::pinned(256 * 1024, NO_PREALLOC);
 
-/// Forward flows: client tuple (to the frontend) -> chosen backend.
+/// Forward flows: the tuple as it arrived -> chosen backend (and SNAT, if any).
 #[map(name = "CT_V1")]
-pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(262144, 0);
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(256 * 1024, 0);
 
-/// Reply flows: backend tuple (backend -> client) -> reverse-NAT id.
+/// Reply flows: the tuple as the backend sends it -> frontend and original client.
 #[map(name = "REV_CT_V1")]
-pub static REV_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(262144, 0);
+pub static REV_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(256 * 1024, 0);
+
+/// sessionAffinity ClientIP.
+#[map(name = "AFFINITY_V1")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(64 * 1024, 0);
+
+/// Maglev rings, flat: ring r, position p at `r * MAGLEV_SIZE + p` (as Katran lays them out).
+#[map(name = "MAGLEV_V1")]
+pub static MAGLEV: Array<u32> = Array::pinned(64 * 16381, 0);
+
+/// Socket-LB: (socket, backend) -> frontend, to show the application the VIP as its peer.
+#[map(name = "SOCK_REVNAT_V1")]
+pub static SOCK_REVNAT: LruHashMap<SockKey, SockValue> = LruHashMap::pinned(64 * 1024, 0);
+
+/// Socket-LB for unconnected UDP: (socket, frontend) -> backend, so a socket's datagrams stick
+/// to one backend while it exists.
+#[map(name = "SOCK_CT_V1")]
+pub static SOCK_CT: LruHashMap<SockKey, SockValue> = LruHashMap::pinned(64 * 1024, 0);
+
+/// Node facts written by userspace (see `petrel_common::config`).
+#[map(name = "CONFIG_V1")]
+pub static CONFIG: Array<u32> = Array::pinned(config::COUNT, 0);
 
 #[map(name = "STATS_V1")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
@@ -34,4 +64,9 @@ pub fn count(idx: u32) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *p += 1 };
     }
+}
+
+#[inline(always)]
+pub fn config(idx: u32) -> u32 {
+    CONFIG.get(idx).copied().unwrap_or(0)
 }

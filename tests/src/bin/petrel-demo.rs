@@ -12,7 +12,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use petrel::{Datapath, DatapathConfig, Frontend, Proto, ServiceMaps};
+use petrel::{
+    BackendSpec, Datapath, DatapathConfig, Endpoint, Frontend, Proto, ServiceEntry, ServiceMaps,
+};
 use petrel_tests::{
     BpffsRoot,
     cni::{Call, Outcome},
@@ -186,22 +188,25 @@ fn demo() -> anyhow::Result<()> {
         "programming ClusterIP {vip}:80/TCP -> the 3 backend pods on :8080"
     ))?;
     let mut maps = ServiceMaps::open(&pins.path().join("maps"))?;
-    let mut ids = Vec::new();
+    let mut endpoints = Vec::new();
     for (i, (_, _, ip, _)) in pods.iter().skip(1).enumerate() {
         let id = i as u32 + 1;
-        maps.upsert_backend(id, SocketAddrV4::new(*ip, 8080), Proto::Tcp)?;
-        ids.push(id);
-    }
-    maps.upsert_service(
-        Frontend {
-            addr: vip,
-            port: 80,
+        let addr = SocketAddrV4::new(*ip, 8080);
+        maps.upsert_backend(&BackendSpec {
+            id,
+            addr,
             proto: Proto::Tcp,
-        },
-        1,
-        0,
-        &ids,
-    )?;
+            terminating: false,
+            remote: false,
+        })?;
+        endpoints.push(Endpoint::ready(id));
+    }
+    let fe = Frontend {
+        addr: vip,
+        port: 80,
+        proto: Proto::Tcp,
+    };
+    maps.upsert_service(&ServiceEntry::new(fe, 1, endpoints))?;
     let out = std::process::Command::new(&netctl)
         .arg("--bpffs-root")
         .arg(pins.path())

@@ -1,0 +1,173 @@
+//! Packet parsing and rewriting for the TC programs: incremental checksum updates for NAT, and
+//! the ICMP "port unreachable" answer for services without a backend.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
+    helpers::generated::{bpf_redirect, bpf_skb_change_tail},
+    programs::TcContext,
+};
+use petrel_common::{IPPROTO_TCP, IPPROTO_UDP};
+
+pub const ETH_HLEN: usize = 14;
+const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+const IP_SRC_OFF: usize = ETH_HLEN + 12;
+const IP_DST_OFF: usize = ETH_HLEN + 16;
+
+/// An IPv4 TCP or UDP packet's addressing.
+pub struct Flow {
+    pub proto: u8,
+    pub ihl: usize,
+    l4_off: usize,
+    csum_off: usize,
+    /// UDP checksums of 0 mean "none": keep them 0 (BPF_F_MARK_MANGLED_0).
+    csum_flags: u64,
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, i64> {
+    let eth_proto: u16 = ctx.load(12)?;
+    if eth_proto != ETH_P_IP_BE {
+        return Ok(None);
+    }
+    let vihl: u8 = ctx.load(ETH_HLEN)?;
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return Ok(None);
+    }
+    // Fragments after the first carry no L4 header.
+    let frag: u16 = ctx.load(ETH_HLEN + 6)?;
+    if u16::from_be(frag) & 0x1fff != 0 {
+        return Ok(None);
+    }
+    let proto: u8 = ctx.load(ETH_HLEN + 9)?;
+    let l4_off = ETH_HLEN + ihl;
+    let (csum_off, csum_flags) = match proto {
+        IPPROTO_TCP => (l4_off + 16, 0u64),
+        IPPROTO_UDP => (l4_off + 6, BPF_F_MARK_MANGLED_0 as u64),
+        _ => return Ok(None),
+    };
+    Ok(Some(Flow {
+        proto,
+        ihl,
+        l4_off,
+        csum_off,
+        csum_flags,
+        saddr_be: ctx.load(IP_SRC_OFF)?,
+        daddr_be: ctx.load(IP_DST_OFF)?,
+        sport_be: ctx.load(l4_off)?,
+        dport_be: ctx.load(l4_off + 2)?,
+    }))
+}
+
+/// Which end of the flow to rewrite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Src,
+    Dst,
+}
+
+/// Rewrites one end's address and port, fixing the IP and L4 checksums incrementally.
+#[inline(always)]
+pub fn rewrite(
+    ctx: &mut TcContext,
+    f: &Flow,
+    end: End,
+    new_addr_be: u32,
+    new_port_be: u16,
+) -> Result<(), i64> {
+    let (old_addr, old_port, addr_off, port_off) = match end {
+        End::Dst => (f.daddr_be, f.dport_be, IP_DST_OFF, f.l4_off + 2),
+        End::Src => (f.saddr_be, f.sport_be, IP_SRC_OFF, f.l4_off),
+    };
+    if old_addr != new_addr_be {
+        ctx.l4_csum_replace(
+            f.csum_off,
+            old_addr as u64,
+            new_addr_be as u64,
+            BPF_F_PSEUDO_HDR as u64 | f.csum_flags | 4,
+        )?;
+        ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, new_addr_be as u64, 4)?;
+        ctx.store(addr_off, &new_addr_be, 0)?;
+    }
+    if old_port != new_port_be {
+        ctx.l4_csum_replace(
+            f.csum_off,
+            old_port as u64,
+            new_port_be as u64,
+            f.csum_flags | 2,
+        )?;
+        ctx.store(port_off, &new_port_be, 0)?;
+    }
+    Ok(())
+}
+
+/// One's-complement sum of 16-bit words (in memory order), folded.
+#[inline(always)]
+fn csum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        sum += u16::from_ne_bytes([bytes[i], bytes[i + 1]]) as u32;
+        i += 2;
+    }
+    // Two folds always suffice for fewer than 65536 words, and keep the verifier from
+    // exploring a data-dependent loop.
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+const ICMP_LEN: usize = 8 + 28;
+const REPLY_LEN: usize = ETH_HLEN + 20 + ICMP_LEN;
+
+/// Turns the packet into an ICMP destination-unreachable / port-unreachable answer from the
+/// frontend and sends it back out of the interface it came in on. The sender's kernel fails a
+/// TCP connect() or a connected UDP socket with ECONNREFUSED at once, as a closed port would.
+#[inline(always)]
+pub fn reject(ctx: &mut TcContext, f: &Flow) -> Result<i32, i64> {
+    if f.ihl != 20 {
+        return Ok(TC_ACT_SHOT);
+    }
+    // The offending IP header and the first 8 bytes of its payload go into the ICMP message.
+    // Fixed-size loads: `load_bytes` clamps its length to the packet, which the verifier
+    // rejects as a possibly zero-sized read.
+    let orig: [u8; 28] = ctx.load(ETH_HLEN)?;
+    let macs: [u8; 12] = ctx.load(0)?;
+
+    // SAFETY: the context's skb is valid for the program's run.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb.cast(), REPLY_LEN as u32, 0) } != 0 {
+        return Ok(TC_ACT_SHOT);
+    }
+    let mut out = [0u8; REPLY_LEN];
+    // Ethernet: back to where it came from.
+    out[..6].copy_from_slice(&macs[6..12]);
+    out[6..12].copy_from_slice(&macs[..6]);
+    out[12] = 0x08;
+    // IPv4 header: from the frontend to the client.
+    let ip = ETH_HLEN;
+    out[ip] = 0x45;
+    out[ip + 3] = (20 + ICMP_LEN) as u8;
+    out[ip + 8] = 64;
+    out[ip + 9] = 1;
+    out[ip + 12..ip + 16].copy_from_slice(&f.daddr_be.to_ne_bytes());
+    out[ip + 16..ip + 20].copy_from_slice(&f.saddr_be.to_ne_bytes());
+    let c = csum(&out[ip..ip + 20]).to_ne_bytes();
+    out[ip + 10] = c[0];
+    out[ip + 11] = c[1];
+    // ICMP type 3 code 3 + the original header.
+    let icmp = ip + 20;
+    out[icmp] = 3;
+    out[icmp + 1] = 3;
+    out[icmp + 8..icmp + 36].copy_from_slice(&orig);
+    let c = csum(&out[icmp..icmp + ICMP_LEN]).to_ne_bytes();
+    out[icmp + 2] = c[0];
+    out[icmp + 3] = c[1];
+    ctx.store(0, &out, 0)?;
+    // SAFETY: the skb pointer is valid; egress of the receiving interface sends it back.
+    Ok(unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) } as i32)
+}

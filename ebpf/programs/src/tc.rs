@@ -1,0 +1,141 @@
+//! Per-packet load balancing at TC: DNAT of new flows to a frontend (with SNAT where the reply
+//! would otherwise not come back through this node), conntrack so a flow keeps its backend, and
+//! reverse NAT of replies.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+use petrel_common::{
+    AFFINITY_CLIENT_IP, BACKEND_F_REMOTE, Backend, CT_F_SNAT, CtKey, CtValue, HAIRPIN_ADDR,
+    SVC_F_EXTERNAL, SVC_F_LOCAL_EXTERNAL, config, stat,
+};
+
+use crate::{
+    hash::jhash_3words,
+    lb::{self, Client, Frontend, Lookup},
+    maps::{CONNTRACK, REV_CT, REV_NAT, count},
+    nat::{self, End, Flow},
+};
+
+/// Handles one packet. `internal`: it comes from a pod on this node (pod veth) rather than from
+/// outside the node (external interface).
+#[inline(always)]
+pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
+    count(stat::TC_SEEN);
+    let Some(f) = nat::parse(ctx)? else {
+        return Ok(TC_ACT_OK);
+    };
+    let key = CtKey {
+        saddr_be: f.saddr_be,
+        daddr_be: f.daddr_be,
+        sport_be: f.sport_be,
+        dport_be: f.dport_be,
+        proto: f.proto,
+        _pad: [0; 3],
+    };
+
+    // A reply from a backend of a flow we translated: make it come from the frontend, and send it
+    // to the original client if the flow was SNATed.
+    // SAFETY: copied out at once.
+    if let Some(rev) = unsafe { REV_CT.get(key) }.copied() {
+        // SAFETY: copied out at once.
+        if let Some(fe) = unsafe { REV_NAT.get(rev.rev_nat_id) }.copied() {
+            nat::rewrite(ctx, &f, End::Src, fe.addr_be, fe.port_be)?;
+            if rev.flags & CT_F_SNAT != 0 {
+                nat::rewrite(ctx, &f, End::Dst, rev.nat_addr_be, rev.nat_port_be)?;
+            }
+            count(stat::TC_REVNAT);
+            return Ok(TC_ACT_OK);
+        }
+    }
+
+    // An established flow keeps its backend while that backend exists; otherwise it is
+    // re-balanced (a TCP flow then gets a reset from its new backend, never a black hole).
+    // SAFETY: copied out at once.
+    if let Some(ct) = unsafe { CONNTRACK.get(key) }.copied() {
+        match lb::backend(ct.backend_id) {
+            Some(b) => return forward(ctx, &f, &ct, &b),
+            None => count(stat::REBALANCED),
+        }
+    }
+
+    let fe = Frontend {
+        addr_be: f.daddr_be,
+        port_be: f.dport_be,
+        proto: f.proto,
+    };
+    let client = Client {
+        kind: AFFINITY_CLIENT_IP,
+        id: f.saddr_be as u64,
+        hash: jhash_3words(
+            f.saddr_be,
+            ((f.sport_be as u32) << 16) | f.dport_be as u32,
+            f.proto as u32,
+            0,
+        ),
+    };
+    match lb::select(&fe, internal, &client) {
+        Lookup::NotService => Ok(TC_ACT_OK),
+        Lookup::Drop => Ok(TC_ACT_SHOT),
+        Lookup::Reject => nat::reject(ctx, &f),
+        Lookup::Selected {
+            backend_id,
+            backend,
+            svc,
+        } => {
+            let hairpin = backend.addr_be == f.saddr_be;
+            let snat_to_node = !internal
+                && svc.flags & SVC_F_EXTERNAL != 0
+                && svc.flags & SVC_F_LOCAL_EXTERNAL == 0
+                && backend.flags & BACKEND_F_REMOTE != 0;
+            let mut ct = CtValue {
+                backend_id,
+                rev_nat_id: svc.rev_nat_id,
+                ..Default::default()
+            };
+            if hairpin {
+                // The pod would drop a packet from its own address: make it come from a
+                // link-local address that replies route back through the node.
+                ct.flags = CT_F_SNAT;
+                ct.nat_addr_be = u32::from_ne_bytes(HAIRPIN_ADDR);
+                ct.nat_port_be = f.sport_be;
+                count(stat::HAIRPIN);
+            } else if snat_to_node {
+                // The source port is kept: a collision needs the same client port from two
+                // clients to the same backend port at once, and only overwrites the older flow.
+                ct.flags = CT_F_SNAT;
+                ct.nat_addr_be = crate::maps::config(config::NODE_IP);
+                ct.nat_port_be = f.sport_be;
+                count(stat::SNAT);
+            }
+            CONNTRACK.insert(key, ct, 0)?;
+            let snat = ct.flags & CT_F_SNAT != 0;
+            let rev_key = CtKey {
+                saddr_be: backend.addr_be,
+                daddr_be: if snat { ct.nat_addr_be } else { f.saddr_be },
+                sport_be: backend.port_be,
+                dport_be: if snat { ct.nat_port_be } else { f.sport_be },
+                proto: f.proto,
+                _pad: [0; 3],
+            };
+            let rev = CtValue {
+                nat_addr_be: f.saddr_be,
+                nat_port_be: f.sport_be,
+                ..ct
+            };
+            REV_CT.insert(rev_key, rev, 0)?;
+            forward(ctx, &f, &ct, &backend)
+        }
+    }
+}
+
+#[inline(always)]
+fn forward(ctx: &mut TcContext, f: &Flow, ct: &CtValue, b: &Backend) -> Result<i32, i64> {
+    nat::rewrite(ctx, f, End::Dst, b.addr_be, b.port_be)?;
+    if ct.flags & CT_F_SNAT != 0 {
+        nat::rewrite(ctx, f, End::Src, ct.nat_addr_be, ct.nat_port_be)?;
+    }
+    count(stat::TC_DNAT);
+    Ok(TC_ACT_OK)
+}

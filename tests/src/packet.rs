@@ -1,0 +1,133 @@
+//! Ethernet/IPv4/TCP/UDP packets for BPF_PROG_TEST_RUN fixtures: built with correct checksums,
+//! parsed back with every checksum verified.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+fn sum(bytes: &[u8], mut acc: u32) -> u32 {
+    for c in bytes.chunks(2) {
+        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+fn pseudo(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
+    let mut p = Vec::with_capacity(12);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&[0, proto]);
+    p.extend_from_slice(&(len as u16).to_be_bytes());
+    sum(&p, 0)
+}
+
+/// An IPv4 packet with a TCP (SYN unless `flags` says otherwise) or UDP header and `payload`.
+pub fn build(
+    proto: u8,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let l4_len = if proto == TCP { 20 } else { 8 } + payload.len();
+    let mut p = Vec::new();
+    p.extend_from_slice(&NODE_MAC);
+    p.extend_from_slice(&CLIENT_MAC);
+    p.extend_from_slice(&[0x08, 0x00]);
+    let total = 20 + l4_len;
+    let mut ip = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, proto, 0, 0];
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ip.extend_from_slice(&src.ip().octets());
+    ip.extend_from_slice(&dst.ip().octets());
+    let c = fold(sum(&ip, 0));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&ip);
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&src.port().to_be_bytes());
+    l4.extend_from_slice(&dst.port().to_be_bytes());
+    if proto == TCP {
+        l4.extend_from_slice(&1000u32.to_be_bytes());
+        l4.extend_from_slice(&0u32.to_be_bytes());
+        l4.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        l4.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+    }
+    l4.extend_from_slice(payload);
+    let c = fold(sum(&l4, pseudo(*src.ip(), *dst.ip(), proto, l4_len)));
+    let off = if proto == TCP { 16 } else { 6 };
+    l4[off..off + 2].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&l4);
+    p
+}
+
+/// What a packet says, after its checksums were verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub proto: u8,
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    /// ICMP: (type, code, the embedded original packet's destination).
+    pub icmp: Option<(u8, u8, SocketAddrV4)>,
+}
+
+/// Parses an Ethernet/IPv4 packet, panicking if any checksum is wrong.
+pub fn parse(p: &[u8]) -> Parsed {
+    assert!(
+        p.len() >= 34 && p[12..14] == [0x08, 0x00],
+        "not IPv4: {p:02x?}"
+    );
+    let ip = &p[14..34];
+    assert_eq!(fold(sum(ip, 0)), 0, "bad IP checksum");
+    let proto = ip[9];
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let src_ip = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst_ip = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let l4 = &p[34..14 + total];
+    let port = |o: usize| u16::from_be_bytes([l4[o], l4[o + 1]]);
+    match proto {
+        TCP | UDP => {
+            let zero_udp = proto == UDP && l4[6..8] == [0, 0];
+            if !zero_udp {
+                assert_eq!(
+                    fold(sum(l4, pseudo(src_ip, dst_ip, proto, l4.len()))),
+                    0,
+                    "bad L4 checksum"
+                );
+            }
+            Parsed {
+                proto,
+                src: SocketAddrV4::new(src_ip, port(0)),
+                dst: SocketAddrV4::new(dst_ip, port(2)),
+                icmp: None,
+            }
+        }
+        ICMP => {
+            assert_eq!(fold(sum(l4, 0)), 0, "bad ICMP checksum");
+            let inner = &l4[8..];
+            let inner_dst = Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]);
+            let inner_port = u16::from_be_bytes([inner[22], inner[23]]);
+            Parsed {
+                proto,
+                src: SocketAddrV4::new(src_ip, 0),
+                dst: SocketAddrV4::new(dst_ip, 0),
+                icmp: Some((l4[0], l4[1], SocketAddrV4::new(inner_dst, inner_port))),
+            }
+        }
+        other => panic!("unexpected protocol {other}"),
+    }
+}

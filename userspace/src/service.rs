@@ -1,0 +1,215 @@
+//! What a service frontend is programmed to: the backend sets per scope, computed from endpoint
+//! conditions and traffic policies as kube-proxy defines them. Pure functions, no I/O.
+
+use crate::maps::Frontend;
+
+/// One endpoint of a service port, with its EndpointSlice conditions resolved (v1 semantics:
+/// `ready` unset means ready, `serving` unset means `ready`, `terminating` unset means false).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Backend id in the BACKENDS map.
+    pub id: u32,
+    /// On this node.
+    pub local: bool,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+/// One frontend of a service, everything the datapath needs to serve it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceEntry {
+    pub frontend: Frontend,
+    /// Unique per frontend on this node; reverse NAT and affinity key.
+    pub rev_nat_id: u32,
+    /// NodePort, externalIP or LoadBalancer frontend (reachable from outside the node).
+    pub external: bool,
+    /// externalTrafficPolicy Local.
+    pub external_local: bool,
+    /// internalTrafficPolicy Local.
+    pub internal_local: bool,
+    /// sessionAffinity ClientIP timeout.
+    pub affinity_timeout_s: Option<u32>,
+    /// Maglev ring for external traffic (None: random).
+    pub maglev_ring: Option<u32>,
+    pub publish_not_ready: bool,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// The backends a scope uses: ready ones; when none is ready, the serving-and-terminating ones
+/// (so connections drain instead of failing during a rollout); all of them when the service
+/// publishes not-ready addresses. `local_only` applies a Local traffic policy first, so the
+/// terminating fallback is per node, as kube-proxy does it.
+pub fn usable(endpoints: &[Endpoint], publish_not_ready: bool, local_only: bool) -> Vec<u32> {
+    let candidates: Vec<&Endpoint> = endpoints
+        .iter()
+        .filter(|e| !local_only || e.local)
+        .collect();
+    if publish_not_ready {
+        return candidates.iter().map(|e| e.id).collect();
+    }
+    let ready: Vec<u32> = candidates
+        .iter()
+        .filter(|e| e.ready)
+        .map(|e| e.id)
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    candidates
+        .iter()
+        .filter(|e| e.serving && e.terminating)
+        .map(|e| e.id)
+        .collect()
+}
+
+impl Endpoint {
+    /// A ready endpoint on this node.
+    pub fn ready(id: u32) -> Endpoint {
+        Endpoint {
+            id,
+            local: true,
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+}
+
+impl ServiceEntry {
+    /// A ClusterIP-style frontend with no policies, affinity or Maglev, and the given endpoints.
+    pub fn new(frontend: Frontend, rev_nat_id: u32, endpoints: Vec<Endpoint>) -> ServiceEntry {
+        ServiceEntry {
+            frontend,
+            rev_nat_id,
+            external: false,
+            external_local: false,
+            internal_local: false,
+            affinity_timeout_s: None,
+            maglev_ring: None,
+            publish_not_ready: false,
+            endpoints,
+        }
+    }
+}
+
+/// The backend sets of both scopes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scopes {
+    /// Traffic from outside the node (and all traffic when `internal` is None).
+    pub external: Vec<u32>,
+    /// In-cluster traffic, when a Local policy makes it differ from `external`.
+    pub internal: Option<Vec<u32>>,
+    /// A Local policy filters the external set (empty then means drop, not reject).
+    pub external_filtered: bool,
+    pub internal_filtered: bool,
+}
+
+impl ServiceEntry {
+    pub fn scopes(&self) -> Scopes {
+        let ext_local = self.external && self.external_local;
+        let external = usable(&self.endpoints, self.publish_not_ready, ext_local);
+        let two = ext_local || self.internal_local;
+        let internal =
+            two.then(|| usable(&self.endpoints, self.publish_not_ready, self.internal_local));
+        Scopes {
+            external,
+            internal,
+            external_filtered: ext_local,
+            internal_filtered: self.internal_local,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::maps::Proto;
+
+    fn ep(id: u32, local: bool, ready: bool, serving: bool, terminating: bool) -> Endpoint {
+        Endpoint {
+            id,
+            local,
+            ready,
+            serving,
+            terminating,
+        }
+    }
+
+    #[test]
+    fn only_ready_endpoints() {
+        let eps = [
+            ep(1, true, true, true, false),
+            ep(2, true, false, false, false),
+            ep(3, false, true, true, false),
+        ];
+        assert_eq!(usable(&eps, false, false), [1, 3]);
+    }
+
+    #[test]
+    fn falls_back_to_serving_terminating_when_none_ready() {
+        let eps = [
+            ep(1, true, false, true, true),
+            ep(2, true, false, false, true),
+            ep(3, true, false, false, false),
+        ];
+        assert_eq!(usable(&eps, false, false), [1]);
+    }
+
+    #[test]
+    fn publish_not_ready_takes_all() {
+        let eps = [
+            ep(1, true, false, false, false),
+            ep(2, true, true, true, false),
+        ];
+        assert_eq!(usable(&eps, true, false), [1, 2]);
+    }
+
+    #[test]
+    fn local_policy_falls_back_per_node() {
+        // Remote endpoint ready, local one only serving-terminating: eTP Local must use the
+        // local terminating one (the case Cilium's CI skips).
+        let eps = [
+            ep(1, false, true, true, false),
+            ep(2, true, false, true, true),
+        ];
+        assert_eq!(usable(&eps, false, true), [2]);
+        assert_eq!(usable(&eps, false, false), [1]);
+    }
+
+    fn entry(external: bool, external_local: bool, internal_local: bool) -> ServiceEntry {
+        ServiceEntry {
+            frontend: Frontend {
+                addr: Ipv4Addr::new(10, 96, 0, 1),
+                port: 80,
+                proto: Proto::Tcp,
+            },
+            rev_nat_id: 1,
+            external,
+            external_local,
+            internal_local,
+            affinity_timeout_s: None,
+            maglev_ring: None,
+            publish_not_ready: false,
+            endpoints: vec![
+                ep(1, true, true, true, false),
+                ep(2, false, true, true, false),
+            ],
+        }
+    }
+
+    #[test]
+    fn scopes_follow_traffic_policies() {
+        let s = entry(false, false, false).scopes();
+        assert_eq!((s.external, s.internal), (vec![1, 2], None));
+        // eTP Local only matters for external frontends.
+        assert_eq!(entry(false, true, false).scopes().internal, None);
+        let s = entry(true, true, false).scopes();
+        assert_eq!((s.external, s.internal), (vec![1], Some(vec![1, 2])));
+        assert!(s.external_filtered);
+        let s = entry(true, false, true).scopes();
+        assert_eq!((s.external, s.internal), (vec![1, 2], Some(vec![1])));
+    }
+}
