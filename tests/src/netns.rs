@@ -125,6 +125,8 @@ pub fn veth(ns_a: &NetNs, a: &str, ns_b: &NetNs, b: &str) {
 pub struct Node {
     pub ns: NetNs,
     pub pods: Vec<Pod>,
+    /// Hosts outside the node, each on its own link to it.
+    pub externals: Vec<NetNs>,
 }
 
 pub struct Pod {
@@ -148,7 +150,37 @@ impl Node {
         Node {
             ns,
             pods: Vec::new(),
+            externals: Vec::new(),
         }
+    }
+
+    /// Adds a host outside the node, `name`, linked to the node's interface `node_if` on a /24:
+    /// the node has `node_ip`, the host `host_ip` and a default route via the node.
+    pub fn add_external(
+        &mut self,
+        name: &str,
+        node_if: &str,
+        node_ip: std::net::Ipv4Addr,
+        host_ip: std::net::Ipv4Addr,
+    ) -> &NetNs {
+        let host = NetNs::new(name);
+        veth(&self.ns, node_if, &host, "eth0");
+        self.ns.exec(
+            "ip",
+            &["addr", "add", &format!("{node_ip}/24"), "dev", node_if],
+        );
+        host.exec(
+            "ip",
+            &["addr", "add", &format!("{host_ip}/24"), "dev", "eth0"],
+        );
+        host.exec(
+            "ip",
+            &["route", "add", "default", "via", &node_ip.to_string()],
+        );
+        self.ns
+            .sysctl(&format!("net.ipv4.conf.{node_if}.rp_filter"), "0");
+        self.externals.push(host);
+        self.externals.last().expect("just pushed")
     }
 
     /// Adds a pod namespace `name` with address `ip`.
@@ -189,7 +221,8 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        // Pods first (their veths go with them), then the node.
+        // Pods and external hosts first (their veths go with them), then the node.
         self.pods.clear();
+        self.externals.clear();
     }
 }

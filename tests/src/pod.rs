@@ -18,19 +18,32 @@ use std::{
 /// How long clients wait for a connection or an answer.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
 
-/// What a server answered: its name and the client address it saw.
+/// What a server answered (its name and the client address it saw), and the peer address the
+/// client's socket reported (getpeername / recvfrom: the VIP, whatever translated the flow).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     pub server: String,
     pub client_seen: String,
+    pub peer: String,
 }
 
 impl Reply {
+    fn from_answer(s: &str, peer: SocketAddr) -> Option<Reply> {
+        let mut it = s.split_whitespace();
+        Some(Reply {
+            server: it.next()?.to_string(),
+            client_seen: it.next()?.to_string(),
+            peer: peer.to_string(),
+        })
+    }
+
+    /// Parses `petrel-pod get` output: "SERVER CLIENT_SEEN PEER".
     pub fn parse(s: &str) -> Option<Reply> {
         let mut it = s.split_whitespace();
         Some(Reply {
             server: it.next()?.to_string(),
             client_seen: it.next()?.to_string(),
+            peer: it.next()?.to_string(),
         })
     }
 }
@@ -137,15 +150,22 @@ pub fn tcp_get(addr: SocketAddrV4) -> std::io::Result<Reply> {
     let mut s = TcpStream::connect_timeout(&addr.into(), TIMEOUT)?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.write_all(b"hi\n")?;
+    let peer = s.peer_addr()?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    Reply::parse(&out).ok_or_else(|| std::io::Error::other(format!("bad answer {out:?}")))
+    Reply::from_answer(&out, peer)
+        .ok_or_else(|| std::io::Error::other(format!("bad answer {out:?}")))
 }
 
 /// One UDP request to `addr` from an unconnected socket (so socket-LB cannot translate it at
 /// connect time and the TC path must).
 pub fn udp_get(addr: SocketAddrV4) -> std::io::Result<Reply> {
     let s = UdpSocket::bind("0.0.0.0:0")?;
+    udp_exchange(&s, addr)
+}
+
+/// One UDP request/answer on `s` (unconnected) to `addr`; the answer must come from `addr`.
+pub fn udp_exchange(s: &UdpSocket, addr: SocketAddrV4) -> std::io::Result<Reply> {
     s.set_read_timeout(Some(TIMEOUT))?;
     s.send_to(b"hi\n", addr)?;
     let mut buf = [0u8; 128];
@@ -156,7 +176,20 @@ pub fn udp_get(addr: SocketAddrV4) -> std::io::Result<Reply> {
             "answer came from {from}, not {addr}"
         )));
     }
-    Reply::parse(&text).ok_or_else(|| std::io::Error::other(format!("bad answer {text:?}")))
+    Reply::from_answer(&text, from)
+        .ok_or_else(|| std::io::Error::other(format!("bad answer {text:?}")))
+}
+
+/// One UDP request/answer on a connected socket `s` (errors such as ECONNREFUSED from an ICMP
+/// port unreachable are reported on connected sockets only).
+pub fn udp_connected_exchange(s: &UdpSocket) -> std::io::Result<Reply> {
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.send(b"hi\n")?;
+    let mut buf = [0u8; 128];
+    let n = s.recv(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    Reply::from_answer(&text, s.peer_addr()?)
+        .ok_or_else(|| std::io::Error::other(format!("bad answer {text:?}")))
 }
 
 /// Runs the `petrel-pod` client binary as a separate process inside `netns` and inside the cgroup

@@ -143,6 +143,15 @@ impl Fixture {
     }
 }
 
+/// Runs a test body in a fresh, empty network namespace: BPF_PROG_TEST_RUN builds its packets
+/// in the caller's namespace, and an empty routing table makes FIB lookups fail the same way on
+/// every machine.
+fn isolated(f: impl FnOnce() + Send + 'static) {
+    require_root();
+    let ns = petrel_tests::netns::NetNs::new(&unique("ptr"));
+    ns.run(f);
+}
+
 struct Case {
     name: &'static str,
     external: bool,
@@ -167,203 +176,216 @@ fn out(proto: u8, src: SocketAddrV4, dst: SocketAddrV4) -> Option<Parsed> {
 
 #[test]
 fn table_of_tc_behaviours() {
-    let mut f = Fixture::new();
-    let client = sa(CLIENT, 40000);
-    let cases = vec![
-        Case {
-            name: "ClusterIP TCP: DNAT to the only backend",
-            external: false,
-            input: tcp(client, sa([10, 96, 0, 1], 80), SYN),
-            verdict: OK,
-            output: out(TCP, client, sa([10, 244, 0, 3], 8080)),
-        },
-        Case {
-            name: "reply from the backend: reverse NAT to the VIP",
-            external: false,
-            input: tcp(sa([10, 244, 0, 3], 8080), client, SYN | ACK),
-            verdict: OK,
-            output: out(TCP, sa([10, 96, 0, 1], 80), client),
-        },
-        Case {
-            name: "UDP with a checksum",
-            external: false,
-            input: packet::build(UDP, client, sa([10, 96, 0, 2], 53), 0, b"query"),
-            verdict: OK,
-            output: out(UDP, client, sa([10, 244, 0, 3], 8053)),
-        },
-        Case {
-            name: "no endpoint: ICMP port unreachable back out of the same interface",
-            external: false,
-            input: tcp(sa(CLIENT, 40001), sa([10, 96, 0, 3], 80), SYN),
-            verdict: REDIRECT,
-            output: Some(Parsed {
-                proto: ICMP,
-                src: sa([10, 96, 0, 3], 0),
-                dst: sa(CLIENT, 0),
-                icmp: Some((3, 3, sa([10, 96, 0, 3], 80))),
-            }),
-        },
-        Case {
-            name: "externalTrafficPolicy Local, no local endpoint: dropped",
-            external: true,
-            input: tcp(sa(EXT_CLIENT, 41000), sa(NODE_IP, 30080), SYN),
-            verdict: SHOT,
-            output: None,
-        },
-        Case {
-            name: "externalTrafficPolicy Local, in-cluster client: served by the remote endpoint",
-            external: false,
-            input: tcp(sa(CLIENT, 41001), sa(NODE_IP, 30080), SYN),
-            verdict: OK,
-            output: out(TCP, sa(CLIENT, 41001), sa([10, 244, 9, 9], 8080)),
-        },
-        Case {
-            name: "NodePort, policy Cluster, remote backend: SNAT to the node address",
-            external: true,
-            input: tcp(sa(EXT_CLIENT, 41002), sa(NODE_IP, 30081), SYN),
-            verdict: OK,
-            output: out(TCP, sa(NODE_IP, 41002), sa([10, 244, 9, 9], 8080)),
-        },
-        Case {
-            name: "reply of the SNATed flow: back to the external client from the NodePort",
-            external: true,
-            input: tcp(sa([10, 244, 9, 9], 8080), sa(NODE_IP, 41002), SYN | ACK),
-            verdict: OK,
-            output: out(TCP, sa(NODE_IP, 30081), sa(EXT_CLIENT, 41002)),
-        },
-        Case {
-            name: "hairpin: a backend reaching itself through the VIP gets a link-local source",
-            external: false,
-            input: tcp(sa([10, 244, 0, 3], 40002), sa([10, 96, 0, 1], 80), SYN),
-            verdict: OK,
-            output: out(TCP, sa([169, 254, 42, 1], 40002), sa([10, 244, 0, 3], 8080)),
-        },
-        Case {
-            name: "hairpin reply: from the VIP back to the backend's own client socket",
-            external: false,
-            input: tcp(
-                sa([10, 244, 0, 3], 8080),
-                sa([169, 254, 42, 1], 40002),
-                SYN | ACK,
-            ),
-            verdict: OK,
-            output: out(TCP, sa([10, 96, 0, 1], 80), sa([10, 244, 0, 3], 40002)),
-        },
-        Case {
-            name: "not a service: untouched",
-            external: false,
-            input: tcp(client, sa([10, 244, 0, 4], 8080), SYN),
-            verdict: OK,
-            output: None,
-        },
-    ];
-    for c in cases {
-        let (verdict, output) = f.run(c.external, &c.input);
-        assert_eq!(verdict, c.verdict, "{}: verdict", c.name);
-        match &c.output {
-            None if verdict == SHOT => {}
-            None => assert_eq!(output, c.input, "{}: packet must be unchanged", c.name),
-            Some(expected) => assert_eq!(&packet::parse(&output), expected, "{}", c.name),
+    isolated(|| {
+        let mut f = Fixture::new();
+        let client = sa(CLIENT, 40000);
+        let cases = vec![
+            Case {
+                name: "ClusterIP TCP: DNAT to the only backend",
+                external: false,
+                input: tcp(client, sa([10, 96, 0, 1], 80), SYN),
+                verdict: OK,
+                output: out(TCP, client, sa([10, 244, 0, 3], 8080)),
+            },
+            Case {
+                name: "reply from the backend: reverse NAT to the VIP, redirected to the client's interface",
+                external: false,
+                input: tcp(sa([10, 244, 0, 3], 8080), client, SYN | ACK),
+                verdict: REDIRECT,
+                output: out(TCP, sa([10, 96, 0, 1], 80), client),
+            },
+            Case {
+                name: "UDP with a checksum",
+                external: false,
+                input: packet::build(UDP, client, sa([10, 96, 0, 2], 53), 0, b"query"),
+                verdict: OK,
+                output: out(UDP, client, sa([10, 244, 0, 3], 8053)),
+            },
+            Case {
+                name: "no endpoint: ICMP port unreachable back out of the same interface",
+                external: false,
+                input: tcp(sa(CLIENT, 40001), sa([10, 96, 0, 3], 80), SYN),
+                verdict: REDIRECT,
+                output: Some(Parsed {
+                    proto: ICMP,
+                    src: sa([10, 96, 0, 3], 0),
+                    dst: sa(CLIENT, 0),
+                    icmp: Some((3, 3, sa([10, 96, 0, 3], 80))),
+                }),
+            },
+            Case {
+                name: "externalTrafficPolicy Local, no local endpoint: dropped",
+                external: true,
+                input: tcp(sa(EXT_CLIENT, 41000), sa(NODE_IP, 30080), SYN),
+                verdict: SHOT,
+                output: None,
+            },
+            Case {
+                name: "externalTrafficPolicy Local, in-cluster client: served by the remote endpoint",
+                external: false,
+                input: tcp(sa(CLIENT, 41001), sa(NODE_IP, 30080), SYN),
+                verdict: OK,
+                output: out(TCP, sa(CLIENT, 41001), sa([10, 244, 9, 9], 8080)),
+            },
+            Case {
+                name: "NodePort, policy Cluster, remote backend: SNAT to the node address",
+                external: true,
+                input: tcp(sa(EXT_CLIENT, 41002), sa(NODE_IP, 30081), SYN),
+                verdict: OK,
+                output: out(TCP, sa(NODE_IP, 41002), sa([10, 244, 9, 9], 8080)),
+            },
+            Case {
+                name: "reply of the SNATed flow: back to the external client from the NodePort",
+                external: true,
+                input: tcp(sa([10, 244, 9, 9], 8080), sa(NODE_IP, 41002), SYN | ACK),
+                // Redirected out of the interface the flow came in on (bpf_redirect_neigh).
+                verdict: REDIRECT,
+                output: out(TCP, sa(NODE_IP, 30081), sa(EXT_CLIENT, 41002)),
+            },
+            Case {
+                name: "hairpin: a backend reaching itself through the VIP gets a link-local source",
+                external: false,
+                input: tcp(sa([10, 244, 0, 3], 40002), sa([10, 96, 0, 1], 80), SYN),
+                verdict: OK,
+                output: out(TCP, sa([169, 254, 42, 1], 40002), sa([10, 244, 0, 3], 8080)),
+            },
+            Case {
+                name: "hairpin reply: from the VIP back to the backend's own client socket",
+                external: false,
+                input: tcp(
+                    sa([10, 244, 0, 3], 8080),
+                    sa([169, 254, 42, 1], 40002),
+                    SYN | ACK,
+                ),
+                verdict: REDIRECT,
+                output: out(TCP, sa([10, 96, 0, 1], 80), sa([10, 244, 0, 3], 40002)),
+            },
+            Case {
+                name: "not a service: untouched",
+                external: false,
+                input: tcp(client, sa([10, 244, 0, 4], 8080), SYN),
+                verdict: OK,
+                output: None,
+            },
+        ];
+        for c in cases {
+            let (verdict, output) = f.run(c.external, &c.input);
+            assert_eq!(verdict, c.verdict, "{}: verdict", c.name);
+            match &c.output {
+                None if verdict == SHOT => {}
+                None => assert_eq!(output, c.input, "{}: packet must be unchanged", c.name),
+                Some(expected) => assert_eq!(&packet::parse(&output), expected, "{}", c.name),
+            }
         }
-    }
-    assert!(f.stat("rejected") >= 1 && f.stat("drop_policy_empty") >= 1);
-    assert!(f.stat("snat") >= 1 && f.stat("hairpin") >= 1);
+        assert!(f.stat("rejected") >= 1 && f.stat("drop_policy_empty") >= 1);
+        assert!(f.stat("snat") >= 1 && f.stat("hairpin") >= 1);
+    });
 }
 
 #[test]
 fn udp_without_checksum_keeps_it_zero() {
-    let mut f = Fixture::new();
-    let mut p = packet::build(UDP, sa(CLIENT, 40100), sa([10, 96, 0, 2], 53), 0, b"q");
-    p[40..42].copy_from_slice(&[0, 0]); // UDP checksum "none"
-    let (verdict, output) = f.run(false, &p);
-    assert_eq!(verdict, OK);
-    assert_eq!(&output[40..42], &[0, 0]);
-    assert_eq!(packet::parse(&output).dst, sa([10, 244, 0, 3], 8053));
+    isolated(|| {
+        let mut f = Fixture::new();
+        let mut p = packet::build(UDP, sa(CLIENT, 40100), sa([10, 96, 0, 2], 53), 0, b"q");
+        p[40..42].copy_from_slice(&[0, 0]); // UDP checksum "none"
+        let (verdict, output) = f.run(false, &p);
+        assert_eq!(verdict, OK);
+        assert_eq!(&output[40..42], &[0, 0]);
+        assert_eq!(packet::parse(&output).dst, sa([10, 244, 0, 3], 8053));
+    });
 }
 
 #[test]
 fn non_ipv4_passes_untouched() {
-    let mut f = Fixture::new();
-    let mut arp = vec![0xffu8; 42];
-    arp[12] = 0x08;
-    arp[13] = 0x06;
-    let (verdict, output) = f.run(false, &arp);
-    assert_eq!((verdict, output), (OK, arp));
+    isolated(|| {
+        let mut f = Fixture::new();
+        let mut arp = vec![0xffu8; 42];
+        arp[12] = 0x08;
+        arp[13] = 0x06;
+        let (verdict, output) = f.run(false, &arp);
+        assert_eq!((verdict, output), (OK, arp));
+    });
 }
 
 #[test]
 fn maglev_picks_what_userspace_computes_on_every_node() {
-    let mut f = Fixture::new();
-    let names = vec![
-        (1, "10.244.0.3:8080".to_string()),
-        (2, "10.244.0.4:8080".to_string()),
-    ];
-    let table = maglev::table(&names, MAGLEV_SIZE);
-    let addr = |id: u32| {
-        if id == 1 {
-            sa([10, 244, 0, 3], 8080)
-        } else {
-            sa([10, 244, 0, 4], 8080)
+    isolated(|| {
+        let mut f = Fixture::new();
+        let names = vec![
+            (1, "10.244.0.3:8080".to_string()),
+            (2, "10.244.0.4:8080".to_string()),
+        ];
+        let table = maglev::table(&names, MAGLEV_SIZE);
+        let addr = |id: u32| {
+            if id == 1 {
+                sa([10, 244, 0, 3], 8080)
+            } else {
+                sa([10, 244, 0, 4], 8080)
+            }
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for port in 42000..42040u16 {
+            let src = sa(EXT_CLIENT, port);
+            let (verdict, output) = f.run(true, &tcp(src, sa([10, 96, 0, 6], 80), SYN));
+            assert_eq!(verdict, OK);
+            let h = maglev::flow_hash(
+                u32::from_ne_bytes(EXT_CLIENT),
+                port.to_be(),
+                80u16.to_be(),
+                TCP,
+            );
+            let expected = addr(table[(h % MAGLEV_SIZE) as usize]);
+            assert_eq!(
+                packet::parse(&output).dst,
+                expected,
+                "flow from port {port}"
+            );
+            seen.insert(expected);
         }
-    };
-    let mut seen = std::collections::BTreeSet::new();
-    for port in 42000..42040u16 {
-        let src = sa(EXT_CLIENT, port);
-        let (verdict, output) = f.run(true, &tcp(src, sa([10, 96, 0, 6], 80), SYN));
-        assert_eq!(verdict, OK);
-        let h = maglev::flow_hash(
-            u32::from_ne_bytes(EXT_CLIENT),
-            port.to_be(),
-            80u16.to_be(),
-            TCP,
-        );
-        let expected = addr(table[(h % MAGLEV_SIZE) as usize]);
-        assert_eq!(
-            packet::parse(&output).dst,
-            expected,
-            "flow from port {port}"
-        );
-        seen.insert(expected);
-    }
-    assert_eq!(seen.len(), 2, "40 flows spread over both backends");
+        assert_eq!(seen.len(), 2, "40 flows spread over both backends");
+    });
 }
 
 #[test]
 fn affinity_keeps_a_client_on_one_backend() {
-    let mut f = Fixture::new();
-    let mut backends = std::collections::BTreeSet::new();
-    for port in 43000..43020u16 {
-        let (_, output) = f.run(false, &tcp(sa(CLIENT, port), sa([10, 96, 0, 7], 80), SYN));
-        backends.insert(packet::parse(&output).dst);
-    }
-    assert_eq!(
-        backends.len(),
-        1,
-        "20 connections of one client, one backend: {backends:?}"
-    );
-    assert!(f.stat("affinity_hit") >= 19);
+    isolated(|| {
+        let mut f = Fixture::new();
+        let mut backends = std::collections::BTreeSet::new();
+        for port in 43000..43020u16 {
+            let (_, output) = f.run(false, &tcp(sa(CLIENT, port), sa([10, 96, 0, 7], 80), SYN));
+            backends.insert(packet::parse(&output).dst);
+        }
+        assert_eq!(
+            backends.len(),
+            1,
+            "20 connections of one client, one backend: {backends:?}"
+        );
+        assert!(f.stat("affinity_hit") >= 19);
+    });
 }
 
 #[test]
 fn flow_whose_backend_vanished_is_rebalanced() {
-    let mut f = Fixture::new();
-    let flow = (sa(CLIENT, 44000), sa([10, 96, 0, 8], 80));
-    let (_, output) = f.run(false, &tcp(flow.0, flow.1, SYN));
-    assert_eq!(packet::parse(&output).dst, sa([10, 244, 0, 5], 8080));
-    // The endpoint moves: the service now points at backend 6 and backend 5 is gone.
-    let entry = ServiceEntry::new(
-        fe([10, 96, 0, 8], 80, Proto::Tcp),
-        8,
-        vec![Endpoint::ready(6)],
-    );
-    f.maps.upsert_service(&entry).expect("update");
-    f.maps.remove_backend(5).expect("remove");
-    let (verdict, output) = f.run(false, &tcp(flow.0, flow.1, ACK));
-    assert_eq!(verdict, OK);
-    assert_eq!(
-        packet::parse(&output).dst,
-        sa([10, 244, 0, 6], 8080),
-        "re-balanced, not black-holed"
-    );
-    assert_eq!(f.stat("rebalanced"), 1);
+    isolated(|| {
+        let mut f = Fixture::new();
+        let flow = (sa(CLIENT, 44000), sa([10, 96, 0, 8], 80));
+        let (_, output) = f.run(false, &tcp(flow.0, flow.1, SYN));
+        assert_eq!(packet::parse(&output).dst, sa([10, 244, 0, 5], 8080));
+        // The endpoint moves: the service now points at backend 6 and backend 5 is gone.
+        let entry = ServiceEntry::new(
+            fe([10, 96, 0, 8], 80, Proto::Tcp),
+            8,
+            vec![Endpoint::ready(6)],
+        );
+        f.maps.upsert_service(&entry).expect("update");
+        f.maps.remove_backend(5).expect("remove");
+        let (verdict, output) = f.run(false, &tcp(flow.0, flow.1, ACK));
+        assert_eq!(verdict, OK);
+        assert_eq!(
+            packet::parse(&output).dst,
+            sa([10, 244, 0, 6], 8080),
+            "re-balanced, not black-holed"
+        );
+        assert_eq!(f.stat("rebalanced"), 1);
+    });
 }

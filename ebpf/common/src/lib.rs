@@ -116,6 +116,9 @@ const _: () = assert!(size_of::<CtKey>() == 16);
 
 /// `CtValue::flags`: the source was rewritten to `nat_addr_be:nat_port_be`.
 pub const CT_F_SNAT: u16 = 1 << 0;
+/// `CtValue::flags`: the source was rewritten to the node's own address (routed by the program,
+/// since the stack would drop a packet with a local source arriving from outside).
+pub const CT_F_NODE_SNAT: u16 = 1 << 1;
 
 /// Value of CONNTRACK and REV_CT. In CONNTRACK, `nat_*` is the source the packets are rewritten
 /// to (SNAT, hairpin); in REV_CT it is the original client, which replies are sent back to.
@@ -127,8 +130,12 @@ pub struct CtValue {
     pub nat_addr_be: u32,
     pub nat_port_be: u16,
     pub flags: u16,
+    /// The interface the flow came in on. Replies are redirected out of it (bpf_redirect_neigh)
+    /// after reverse NAT: their new source may be the node's own address (NodePort), which the
+    /// routing input path would drop as a martian.
+    pub ifindex: u32,
 }
-const _: () = assert!(size_of::<CtValue>() == 16);
+const _: () = assert!(size_of::<CtValue>() == 20);
 
 /// `AffinityKey::kind`: the client is an IPv4 address (TC path).
 pub const AFFINITY_CLIENT_IP: u8 = 0;

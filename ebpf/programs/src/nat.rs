@@ -2,8 +2,11 @@
 //! the ICMP "port unreachable" answer for services without a backend.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
-    helpers::generated::{bpf_redirect, bpf_skb_change_tail},
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_fib_lookup,
+    },
+    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail},
     programs::TcContext,
 };
 use petrel_common::{IPPROTO_TCP, IPPROTO_UDP};
@@ -170,4 +173,34 @@ pub fn reject(ctx: &mut TcContext, f: &Flow) -> Result<i32, i64> {
     ctx.store(0, &out, 0)?;
     // SAFETY: the skb pointer is valid; egress of the receiving interface sends it back.
     Ok(unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) } as i32)
+}
+
+/// Sends a packet whose source is now the node's own address straight out of the interface the
+/// routing table picks for its destination (bpf_fib_lookup + bpf_redirect_neigh). Handing it to
+/// the stack instead would get it dropped as a martian (a local source arriving from outside).
+/// Falls back to the stack when the lookup fails.
+#[inline(always)]
+pub fn redirect_via_fib(ctx: &TcContext, f: &Flow, src_be: u32, dst_be: u32) -> i32 {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid starting value.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = 2; // AF_INET
+    p.l4_protocol = f.proto;
+    // SAFETY: the skb pointer is valid for the program's run.
+    p.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    p.__bindgen_anon_3.ipv4_src = src_be;
+    p.__bindgen_anon_4.ipv4_dst = dst_be;
+    // SAFETY: valid context and parameter pointers; SKIP_NEIGH (5.19+): redirect_neigh resolves it.
+    let r = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb.cast(),
+            &mut p,
+            size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
+        )
+    };
+    if r != 0 {
+        return TC_ACT_OK;
+    }
+    // SAFETY: plain helper call; NULL params: the kernel resolves the next hop itself.
+    unsafe { bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }

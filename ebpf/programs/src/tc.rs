@@ -4,11 +4,12 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::generated::bpf_redirect_neigh,
     programs::TcContext,
 };
 use petrel_common::{
-    AFFINITY_CLIENT_IP, BACKEND_F_REMOTE, Backend, CT_F_SNAT, CtKey, CtValue, HAIRPIN_ADDR,
-    SVC_F_EXTERNAL, SVC_F_LOCAL_EXTERNAL, config, stat,
+    AFFINITY_CLIENT_IP, BACKEND_F_REMOTE, Backend, CT_F_NODE_SNAT, CT_F_SNAT, CtKey, CtValue,
+    HAIRPIN_ADDR, SVC_F_EXTERNAL, SVC_F_LOCAL_EXTERNAL, config, stat,
 };
 
 use crate::{
@@ -46,6 +47,12 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
                 nat::rewrite(ctx, &f, End::Dst, rev.nat_addr_be, rev.nat_port_be)?;
             }
             count(stat::TC_REVNAT);
+            if rev.ifindex != 0 {
+                // SAFETY: plain helper call; NULL params: the kernel resolves the next hop.
+                return Ok(
+                    unsafe { bpf_redirect_neigh(rev.ifindex, core::ptr::null_mut(), 0, 0) } as i32,
+                );
+            }
             return Ok(TC_ACT_OK);
         }
     }
@@ -94,6 +101,8 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
                 rev_nat_id: svc.rev_nat_id,
                 ..Default::default()
             };
+            // SAFETY: the skb pointer is valid for the program's run.
+            ct.ifindex = unsafe { (*ctx.skb.skb).ifindex };
             if hairpin {
                 // The pod would drop a packet from its own address: make it come from a
                 // link-local address that replies route back through the node.
@@ -104,7 +113,7 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
             } else if snat_to_node {
                 // The source port is kept: a collision needs the same client port from two
                 // clients to the same backend port at once, and only overwrites the older flow.
-                ct.flags = CT_F_SNAT;
+                ct.flags = CT_F_SNAT | CT_F_NODE_SNAT;
                 ct.nat_addr_be = crate::maps::config(config::NODE_IP);
                 ct.nat_port_be = f.sport_be;
                 count(stat::SNAT);
@@ -133,9 +142,13 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
 #[inline(always)]
 fn forward(ctx: &mut TcContext, f: &Flow, ct: &CtValue, b: &Backend) -> Result<i32, i64> {
     nat::rewrite(ctx, f, End::Dst, b.addr_be, b.port_be)?;
+    count(stat::TC_DNAT);
     if ct.flags & CT_F_SNAT != 0 {
         nat::rewrite(ctx, f, End::Src, ct.nat_addr_be, ct.nat_port_be)?;
+        if ct.flags & CT_F_NODE_SNAT != 0 {
+            // SNATed to the node address: route it ourselves (see redirect_via_fib).
+            return Ok(nat::redirect_via_fib(ctx, f, ct.nat_addr_be, b.addr_be));
+        }
     }
-    count(stat::TC_DNAT);
     Ok(TC_ACT_OK)
 }

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             };
             match r {
                 Ok(reply) => {
-                    println!("{} {}", reply.server, reply.client_seen);
+                    println!("{} {} {}", reply.server, reply.client_seen, reply.peer);
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&format!("{proto} {addr}: {e}")),
