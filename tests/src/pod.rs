@@ -111,9 +111,9 @@ fn serve_tcp(stop: &AtomicBool, name: &str, addr: SocketAddrV4, ready: Ready) {
                 let _ = s.read(&mut buf);
                 let _ = s.write_all(answer(name, peer).as_bytes());
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                thread::sleep(Duration::from_millis(5))
-            }
+            // Wait for the next connection without spinning, waking up now and then to see
+            // whether the server should stop.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_readable(&listener, 50),
             Err(_) => thread::sleep(Duration::from_millis(5)),
         }
     }
@@ -134,6 +134,16 @@ fn serve_udp(stop: &AtomicBool, name: &str, addr: SocketAddrV4, ready: Ready) {
             let _ = sock.send_to(answer(name, peer).as_bytes(), peer);
         }
     }
+}
+
+fn wait_readable(fd: &impl std::os::fd::AsRawFd, timeout_ms: i32) {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
 }
 
 impl Drop for Server {
