@@ -16,21 +16,7 @@ pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
 /// The `petrel-cni` binary: $PETREL_CNI_BIN, else next to the running test in target/release.
 pub fn plugin_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("PETREL_CNI_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    let candidates = [
-        exe.parent()
-            .and_then(Path::parent)
-            .map(|d| d.join("petrel-cni")),
-        exe.parent().map(|d| d.join("petrel-cni")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.exists())
-        .expect("petrel-cni binary not built: run `cargo xtask test` (it builds it) or set PETREL_CNI_BIN")
+    crate::workspace_bin("petrel-cni", "PETREL_CNI_BIN")
 }
 
 /// What one plugin call returned.

@@ -57,3 +57,20 @@ impl Drop for BpffsRoot {
         }
     }
 }
+
+/// A binary of another workspace package (which `cargo test -p petrel-tests` does not build):
+/// `$env_var`, else next to the running test in target/<profile>/. `cargo xtask test` builds them.
+pub fn workspace_bin(name: &str, env_var: &str) -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
+        return std::path::PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dirs = [exe.parent().and_then(std::path::Path::parent), exe.parent()];
+    dirs.into_iter()
+        .flatten()
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("{name} is not built: run `cargo xtask test` (it builds it) or set {env_var}")
+        })
+}

@@ -672,6 +672,60 @@ fn reload_swaps_programs_in_place_and_traffic_keeps_flowing() {
 }
 
 #[test]
+fn netctl_shows_services_backends_conntrack_and_counters() {
+    let f = Fixture::new();
+    let entry = ServiceEntry {
+        affinity_timeout_s: Some(30),
+        ..ServiceEntry::new(
+            fe(vip(22), 80, Proto::Tcp),
+            5,
+            vec![ep(0, Proto::Tcp), ep(1, Proto::Tcp)],
+        )
+    };
+    f.program(&entry);
+    requests(f.client_ns(), 3, Proto::Tcp, SocketAddrV4::new(vip(22), 80));
+    let netctl = |args: &[&str]| -> serde_json::Value {
+        let bin = petrel_tests::workspace_bin("netctl", "PETREL_NETCTL_BIN");
+        let out = std::process::Command::new(bin)
+            .arg("--bpffs-root")
+            .arg(f.pins.path())
+            .args(args)
+            .args(["-o", "json"])
+            .output()
+            .expect("run netctl");
+        assert!(
+            out.status.success(),
+            "netctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("netctl JSON")
+    };
+    let services = netctl(&["dump-services"]);
+    let svc = &services.as_array().expect("array")[0];
+    assert_eq!(svc["frontend"]["addr"], "10.96.0.22");
+    assert_eq!(svc["frontend"]["proto"], "TCP");
+    assert_eq!(svc["affinity_timeout_s"], 30);
+    assert_eq!(svc["backends"].as_array().map(Vec::len), Some(2));
+    assert_eq!(svc["backends"][0]["addr"], "10.244.0.3:8080");
+    let backends = netctl(&["dump-backends"]);
+    assert_eq!(
+        backends.as_array().map(Vec::len),
+        Some(9),
+        "3 pods x (TCP 8080, TCP 8081, UDP 8080)"
+    );
+    let flows = netctl(&["dump-conntrack"]);
+    assert!(flows.as_array().expect("array").iter().any(|f| {
+        f["frontend"] == "10.96.0.22:80"
+            && f["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("10.244.0.2:"))
+    }));
+    let stats = netctl(&["stats"]);
+    assert!(stats["tc_dnat"].as_u64().is_some_and(|n| n >= 3));
+    assert!(stats.get("drop_policy_empty").is_some() && stats.get("rejected").is_some());
+}
+
+#[test]
 fn dump_reads_back_scopes_flags_and_backends() {
     let f = Fixture::new();
     let entry = ServiceEntry {

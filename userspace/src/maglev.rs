@@ -18,7 +18,10 @@ fn fnv(bytes: &[u8], seed: u64) -> u64 {
 
 /// Whether `n` is prime (table sizes are small: trial division is enough).
 pub fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d: &u32| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d: &u32| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// The lookup table of size `m` (prime) for `backends` (id, stable name such as "10.0.0.1:80"):

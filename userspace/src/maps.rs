@@ -11,9 +11,10 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use petrel_common::{
-    BACKEND_F_REMOTE, BACKEND_F_TERMINATING, Backend, IPPROTO_TCP, IPPROTO_UDP, MAP_VERSION,
-    RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_EXTERNAL,
-    SVC_F_LOCAL_EXTERNAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, config, stat,
+    BACKEND_F_REMOTE, BACKEND_F_TERMINATING, Backend, CT_F_SNAT, CtKey, CtValue, IPPROTO_TCP,
+    IPPROTO_UDP, MAP_VERSION, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY,
+    SVC_F_DROP_EMPTY, SVC_F_EXTERNAL, SVC_F_LOCAL_EXTERNAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES,
+    ServiceKey, ServiceValue, config, stat,
 };
 
 use crate::{maglev, service::ServiceEntry};
@@ -546,6 +547,29 @@ impl ServiceMaps {
         Ok(out)
     }
 
+    /// Every backend in the backend map, by id.
+    pub fn backends(&self) -> Result<Vec<ProgrammedBackend>, MapsError> {
+        let mut out = Vec::new();
+        for entry in self.backends.iter() {
+            let (id, b) = op("iterate", BACKENDS, entry)?;
+            out.push(ProgrammedBackend {
+                id,
+                addr: Some(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(b.addr_be)),
+                    u16::from_be(b.port_be),
+                )),
+                state: if b.flags & BACKEND_F_TERMINATING != 0 {
+                    "terminating"
+                } else {
+                    "active"
+                },
+                remote: b.flags & BACKEND_F_REMOTE != 0,
+            });
+        }
+        out.sort_by_key(|b| b.id);
+        Ok(out)
+    }
+
     /// Datapath counters summed over CPUs, by name.
     pub fn stats(&self) -> Result<Vec<(&'static str, u64)>, MapsError> {
         let mut out = Vec::with_capacity(stat::NAMES.len());
@@ -555,4 +579,39 @@ impl ServiceMaps {
         }
         Ok(out)
     }
+}
+
+/// One tracked flow, as the TC path recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TrackedFlow {
+    pub proto: Option<Proto>,
+    pub client: SocketAddrV4,
+    pub frontend: SocketAddrV4,
+    pub backend_id: u32,
+    pub rev_nat_id: u32,
+    /// The source the flow is rewritten to (SNAT to the node, or the hairpin address).
+    pub snat: Option<SocketAddrV4>,
+}
+
+/// The forward conntrack entries pinned in `maps_dir` (at most `limit`).
+pub fn conntrack(maps_dir: &Path, limit: usize) -> Result<Vec<TrackedFlow>, MapsError> {
+    let ct: HashMap<MapData, CtKey, CtValue> = op(
+        "open",
+        CONNTRACK,
+        HashMap::try_from(open(maps_dir, CONNTRACK)?),
+    )?;
+    let sock = |a: u32, p: u16| SocketAddrV4::new(Ipv4Addr::from(u32::from_be(a)), u16::from_be(p));
+    let mut out = Vec::new();
+    for entry in ct.iter().take(limit) {
+        let (k, v) = op("iterate", CONNTRACK, entry)?;
+        out.push(TrackedFlow {
+            proto: Proto::from_number(k.proto),
+            client: sock(k.saddr_be, k.sport_be),
+            frontend: sock(k.daddr_be, k.dport_be),
+            backend_id: v.backend_id,
+            rev_nat_id: v.rev_nat_id,
+            snat: (v.flags & CT_F_SNAT != 0).then(|| sock(v.nat_addr_be, v.nat_port_be)),
+        });
+    }
+    Ok(out)
 }

@@ -184,9 +184,21 @@ fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
             "petrel-tests",
         ],
     )?;
-    // The privileged tests drive the real petrel-cni binary (another package's binary, which
-    // `cargo test -p petrel-tests` would not build).
-    run(env, "cargo", &["build", "--release", "-p", "petrel-cni"])?;
+    // The privileged tests drive the real petrel-cni and netctl binaries (other packages'
+    // binaries, which `cargo test -p petrel-tests` would not build).
+    run(
+        env,
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "petrel-cni",
+            "-p",
+            "petrel",
+            "--bins",
+        ],
+    )?;
     let mut args = vec!["test", "--release", "-p", "petrel-tests", "--"];
     args.extend(extra.iter().map(String::as_str));
     run(env, "cargo", &args)

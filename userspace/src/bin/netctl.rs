@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use petrel::ServiceMaps;
+use petrel::{
+    ServiceMaps,
+    maps::{ProgrammedBackend, conntrack},
+};
 
 #[derive(Parser)]
 #[command(name = "netctl", version, about = "Inspect petrel's datapath")]
@@ -33,10 +36,34 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Every programmed frontend and its backends.
+    /// Every programmed frontend with its flags and backends (per scope when a Local traffic
+    /// policy splits them).
     DumpServices,
-    /// Datapath counters, summed over CPUs.
+    /// Every backend in the backend map.
+    DumpBackends,
+    /// Flows tracked by the TC path (client, frontend, backend, SNAT).
+    DumpConntrack {
+        /// At most this many entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Datapath counters (translated, dropped by reason, rejected), summed over CPUs.
     Stats,
+}
+
+fn list(backends: &[ProgrammedBackend]) -> String {
+    if backends.is_empty() {
+        return "(none)".to_string();
+    }
+    backends
+        .iter()
+        .map(|b| {
+            let addr = b.addr.map_or(format!("#{}", b.id), |a| a.to_string());
+            let remote = if b.remote { ",remote" } else { "" };
+            format!("{addr} ({}{remote})", b.state)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,52 +75,85 @@ fn main() -> anyhow::Result<()> {
             cli.bpffs_root.display()
         )
     })?;
+    let json = matches!(cli.output, Output::Json);
     match cli.command {
         Command::DumpServices => {
             let services = maps.dump()?;
-            match cli.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&services)?),
-                Output::Table => {
-                    println!("{:<28} {:>8}  BACKENDS", "FRONTEND", "REVNAT");
-                    for s in services {
-                        let backends: Vec<String> = s
-                            .backends
-                            .iter()
-                            .map(|b| match b.addr {
-                                Some(a) => format!("{a} ({})", b.state),
-                                None => format!("#{} (missing)", b.id),
-                            })
-                            .collect();
-                        let list = if backends.is_empty() {
-                            "(none: rejected)".to_string()
-                        } else {
-                            backends.join(", ")
-                        };
-                        println!(
-                            "{:<28} {:>8}  {}",
-                            s.frontend.to_string(),
-                            s.rev_nat_id,
-                            list
-                        );
-                    }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&services)?);
+                return Ok(());
+            }
+            println!(
+                "{:<26} {:>7}  {:<28} BACKENDS",
+                "FRONTEND", "REVNAT", "FLAGS"
+            );
+            for s in services {
+                let mut flags = s.flags.join(",");
+                if let Some(t) = s.affinity_timeout_s {
+                    flags = format!("{flags}({t}s)");
                 }
+                let backends = match &s.internal_backends {
+                    None => list(&s.backends),
+                    Some(internal) => format!(
+                        "external: {}; internal: {}",
+                        list(&s.backends),
+                        list(internal)
+                    ),
+                };
+                println!(
+                    "{:<26} {:>7}  {:<28} {}",
+                    s.frontend.to_string(),
+                    s.rev_nat_id,
+                    flags,
+                    backends
+                );
+            }
+        }
+        Command::DumpBackends => {
+            let backends = maps.backends()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&backends)?);
+                return Ok(());
+            }
+            println!("{:>8}  {:<22} {:<12} REMOTE", "ID", "ADDRESS", "STATE");
+            for b in backends {
+                let addr = b.addr.map_or("-".to_string(), |a| a.to_string());
+                println!("{:>8}  {addr:<22} {:<12} {}", b.id, b.state, b.remote);
+            }
+        }
+        Command::DumpConntrack { limit } => {
+            let flows = conntrack(&maps_dir, limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&flows)?);
+                return Ok(());
+            }
+            println!(
+                "{:<5} {:<22} {:<22} {:>8}  SNAT",
+                "PROTO", "CLIENT", "FRONTEND", "BACKEND"
+            );
+            for f in flows {
+                let proto = f.proto.map_or("?".to_string(), |p| p.to_string());
+                let snat = f.snat.map_or("-".to_string(), |s| s.to_string());
+                println!(
+                    "{proto:<5} {:<22} {:<22} {:>8}  {snat}",
+                    f.client.to_string(),
+                    f.frontend.to_string(),
+                    f.backend_id
+                );
             }
         }
         Command::Stats => {
             let stats = maps.stats()?;
-            match cli.output {
-                Output::Json => {
-                    let obj: serde_json::Map<String, serde_json::Value> = stats
-                        .into_iter()
-                        .map(|(k, v)| (k.to_string(), v.into()))
-                        .collect();
-                    println!("{}", serde_json::to_string_pretty(&obj)?);
-                }
-                Output::Table => {
-                    for (name, value) in stats {
-                        println!("{name:<20} {value}");
-                    }
-                }
+            if json {
+                let obj: serde_json::Map<String, serde_json::Value> = stats
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.into()))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&obj)?);
+                return Ok(());
+            }
+            for (name, value) in stats {
+                println!("{name:<22} {value}");
             }
         }
     }
