@@ -250,7 +250,7 @@ fn demo() -> anyhow::Result<()> {
 
     step("datapath counters (per-CPU, summed)")?;
     for (name, v) in maps.stats()? {
-        println!("    {name:<16} {v}");
+        println!("    {name:<22} {v}");
     }
 
     step("removing the pods with petrel-cni (CNI DEL), then the node and the pins")?;
