@@ -110,6 +110,49 @@ impl Fixture {
                     vec![Endpoint::ready(1), Endpoint::ready(2)],
                 )
             },
+            // internalTrafficPolicy Local: in-cluster traffic only to the local endpoint.
+            ServiceEntry {
+                internal_local: true,
+                ..ServiceEntry::new(
+                    fe([10, 96, 0, 9], 80, Proto::Tcp),
+                    9,
+                    vec![remote, Endpoint::ready(2)],
+                )
+            },
+            // Several ports, and TCP and UDP on one port, each with its own backends.
+            ServiceEntry::new(
+                fe([10, 96, 0, 10], 53, Proto::Tcp),
+                10,
+                vec![Endpoint::ready(2)],
+            ),
+            ServiceEntry::new(
+                fe([10, 96, 0, 10], 53, Proto::Udp),
+                11,
+                vec![Endpoint::ready(4)],
+            ),
+            ServiceEntry::new(
+                fe([10, 96, 0, 10], 54, Proto::Tcp),
+                12,
+                vec![Endpoint::ready(1)],
+            ),
+            // No ready endpoint: the serving-and-terminating one is used, not the unready one.
+            ServiceEntry::new(
+                fe([10, 96, 0, 11], 80, Proto::Tcp),
+                13,
+                vec![
+                    Endpoint {
+                        ready: false,
+                        serving: false,
+                        ..Endpoint::ready(1)
+                    },
+                    Endpoint {
+                        ready: false,
+                        serving: true,
+                        terminating: true,
+                        ..Endpoint::ready(2)
+                    },
+                ],
+            ),
             ServiceEntry::new(
                 fe([10, 96, 0, 8], 80, Proto::Tcp),
                 8,
@@ -259,6 +302,41 @@ fn table_of_tc_behaviours() {
                 ),
                 verdict: REDIRECT,
                 output: out(TCP, sa([10, 96, 0, 1], 80), sa([10, 244, 0, 3], 40002)),
+            },
+            Case {
+                name: "internalTrafficPolicy Local: the local endpoint only",
+                external: false,
+                input: tcp(sa(CLIENT, 40010), sa([10, 96, 0, 9], 80), SYN),
+                verdict: OK,
+                output: out(TCP, sa(CLIENT, 40010), sa([10, 244, 0, 4], 8080)),
+            },
+            Case {
+                name: "TCP on port 53",
+                external: false,
+                input: tcp(sa(CLIENT, 40011), sa([10, 96, 0, 10], 53), SYN),
+                verdict: OK,
+                output: out(TCP, sa(CLIENT, 40011), sa([10, 244, 0, 4], 8080)),
+            },
+            Case {
+                name: "UDP on the same port 53: its own backend",
+                external: false,
+                input: packet::build(UDP, sa(CLIENT, 40011), sa([10, 96, 0, 10], 53), 0, b"q"),
+                verdict: OK,
+                output: out(UDP, sa(CLIENT, 40011), sa([10, 244, 0, 3], 8053)),
+            },
+            Case {
+                name: "second port of the service",
+                external: false,
+                input: tcp(sa(CLIENT, 40012), sa([10, 96, 0, 10], 54), SYN),
+                verdict: OK,
+                output: out(TCP, sa(CLIENT, 40012), sa([10, 244, 0, 3], 8080)),
+            },
+            Case {
+                name: "terminating fallback: serving-and-terminating endpoint used",
+                external: false,
+                input: tcp(sa(CLIENT, 40013), sa([10, 96, 0, 11], 80), SYN),
+                verdict: OK,
+                output: out(TCP, sa(CLIENT, 40013), sa([10, 244, 0, 4], 8080)),
             },
             Case {
                 name: "not a service: untouched",
