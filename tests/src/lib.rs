@@ -5,6 +5,7 @@
 //! Every fixture is an RAII guard: it removes what it created when dropped, also when a test
 //! panics half-way.
 
+pub mod agent;
 pub mod apiserver;
 pub mod cgroup;
 pub mod cni;

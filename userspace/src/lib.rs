@@ -1,6 +1,7 @@
 //! petrel's userspace datapath library: loads the eBPF object, pins maps and links under a bpffs
 //! root, attaches programs, and wraps the maps in typed, byte-order-safe accessors.
 
+pub mod agent;
 pub mod datapath;
 pub mod maglev;
 pub mod maps;

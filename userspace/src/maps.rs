@@ -164,10 +164,28 @@ pub struct ProgrammedService {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProgrammedBackend {
     pub id: u32,
+    pub proto: Option<Proto>,
     /// None when a slot names a backend id that is not in the backend map.
     pub addr: Option<SocketAddrV4>,
     pub state: &'static str,
     pub remote: bool,
+}
+
+fn programmed_backend(id: u32, b: &Backend) -> ProgrammedBackend {
+    ProgrammedBackend {
+        id,
+        proto: Proto::from_number(b.proto),
+        addr: Some(SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(b.addr_be)),
+            u16::from_be(b.port_be),
+        )),
+        state: if b.flags & BACKEND_F_TERMINATING != 0 {
+            "terminating"
+        } else {
+            "active"
+        },
+        remote: b.flags & BACKEND_F_REMOTE != 0,
+    }
 }
 
 const FLAG_NAMES: [(u16, &str); 6] = [
@@ -479,21 +497,10 @@ impl ServiceMaps {
                 }
             };
             let b = match self.backends.get(&id, 0) {
-                Ok(b) => ProgrammedBackend {
-                    id,
-                    addr: Some(SocketAddrV4::new(
-                        Ipv4Addr::from(u32::from_be(b.addr_be)),
-                        u16::from_be(b.port_be),
-                    )),
-                    state: if b.flags & BACKEND_F_TERMINATING != 0 {
-                        "terminating"
-                    } else {
-                        "active"
-                    },
-                    remote: b.flags & BACKEND_F_REMOTE != 0,
-                },
+                Ok(b) => programmed_backend(id, &b),
                 Err(MapError::KeyNotFound) => ProgrammedBackend {
                     id,
+                    proto: None,
                     addr: None,
                     state: "missing",
                     remote: false,
@@ -552,19 +559,7 @@ impl ServiceMaps {
         let mut out = Vec::new();
         for entry in self.backends.iter() {
             let (id, b) = op("iterate", BACKENDS, entry)?;
-            out.push(ProgrammedBackend {
-                id,
-                addr: Some(SocketAddrV4::new(
-                    Ipv4Addr::from(u32::from_be(b.addr_be)),
-                    u16::from_be(b.port_be),
-                )),
-                state: if b.flags & BACKEND_F_TERMINATING != 0 {
-                    "terminating"
-                } else {
-                    "active"
-                },
-                remote: b.flags & BACKEND_F_REMOTE != 0,
-            });
+            out.push(programmed_backend(id, &b));
         }
         out.sort_by_key(|b| b.id);
         Ok(out)

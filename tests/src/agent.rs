@@ -1,0 +1,89 @@
+//! A `petrel-agent` process for tests, stopped by PID on drop; its log is kept for failures.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub struct Agent {
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts the agent inside the network namespace at `netns` with `args`.
+    pub fn start(netns: &Path, args: &[String]) -> Agent {
+        let bin = crate::workspace_bin("petrel-agent", "PETREL_AGENT_BIN");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("agent.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .arg("--")
+            .arg(bin)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup"))
+            .stderr(file)
+            .spawn()
+            .expect("start petrel-agent");
+        Agent {
+            child: Some(child),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` and waits for the process to end.
+    pub fn stop(&mut self, signal: i32) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // nsenter execs the agent, so the child's PID is the agent's.
+        // SAFETY: kill(2) on the PID of a child we started and have not reaped.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop(libc::SIGTERM);
+        if std::thread::panicking() {
+            eprintln!("--- petrel-agent log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Polls `cond` every 100 ms for up to `secs` seconds.
+pub fn eventually(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,456 @@
+//! petrel-agent end to end: standalone manifests, the real kube-apiserver, restarts under load.
+//! The agent runs inside a simulated node's namespace; clients in a pod namespace.
+
+use std::{
+    collections::BTreeSet,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, NodeAddress, NodeStatus, Service, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+};
+use petrel_tests::{
+    BpffsRoot,
+    agent::{Agent, eventually},
+    apiserver::KubeApiServer,
+    netns::{Node as SimNode, enter},
+    pod, require_root, unique,
+};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
+const B0: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 3);
+const B1: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 4);
+
+struct Fixture {
+    _servers: Vec<pod::Server>,
+    node: SimNode,
+    pins: BpffsRoot,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        require_root();
+        let pins = BpffsRoot::new(&unique("petrel-agent-"));
+        let mut node = SimNode::new(&unique("an"));
+        node.add_pod(&unique("ac"), CLIENT);
+        let mut servers = Vec::new();
+        for (name, ip) in [("b0", B0), ("b1", B1)] {
+            let p = node.add_pod(&unique("ab"), ip);
+            servers.push(pod::Server::start(
+                Some(p.ns.path()),
+                name,
+                SocketAddrV4::new(ip, 8080),
+            ));
+        }
+        Fixture {
+            _servers: servers,
+            node,
+            pins,
+        }
+    }
+
+    fn agent(&self, source: &[String]) -> Agent {
+        let mut args: Vec<String> = source.to_vec();
+        args.extend(
+            [
+                "--node-name",
+                "n1",
+                "--bpffs-root",
+                &self.pins.path().display().to_string(),
+                "--socket-lb",
+                "false",
+                "--pod-interface-prefix",
+                "h-",
+                "--min-sync-period",
+                "20ms",
+            ]
+            .map(String::from),
+        );
+        Agent::start(&self.node.ns.path(), &args)
+    }
+
+    fn get(&self, to: SocketAddrV4) -> std::io::Result<pod::Reply> {
+        let ns = self.node.pods[0].ns.path();
+        std::thread::spawn(move || {
+            enter(&ns);
+            pod::tcp_get(to)
+        })
+        .join()
+        .expect("client thread")
+    }
+
+    fn servers(&self, to: SocketAddrV4, n: usize) -> BTreeSet<String> {
+        (0..n)
+            .filter_map(|_| self.get(to).ok())
+            .map(|r| r.server)
+            .collect()
+    }
+
+    /// The netctl entry of frontend `vip`, if programmed.
+    fn frontend(&self, vip: SocketAddrV4) -> Option<serde_json::Value> {
+        let all = self.netctl();
+        all.as_array()?
+            .iter()
+            .find(|s| {
+                s["frontend"]["addr"] == vip.ip().to_string() && s["frontend"]["port"] == vip.port()
+            })
+            .cloned()
+    }
+
+    fn netctl(&self) -> serde_json::Value {
+        let out =
+            std::process::Command::new(petrel_tests::workspace_bin("netctl", "PETREL_NETCTL_BIN"))
+                .arg("--bpffs-root")
+                .arg(self.pins.path())
+                .args(["dump-services", "-o", "json"])
+                .output()
+                .expect("netctl");
+        assert!(
+            out.status.success(),
+            "netctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
+    /// GET `path` on the agent's metrics port, from inside the node.
+    fn http(&self, port: u16, path: &str) -> String {
+        let ns = self.node.ns.path();
+        let path = path.to_string();
+        std::thread::spawn(move || {
+            enter(&ns);
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .expect("write");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        })
+        .join()
+        .expect("http thread")
+    }
+}
+
+fn manifest(vip: &str, backends: &[Ipv4Addr]) -> String {
+    let eps: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{addresses: [{b}], nodeName: n1, conditions: {{ready: true}}}}"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  clusterIP: {vip}\n  ports: [{{name: http, port: 80, protocol: TCP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nendpoints: [{}]\nports: [{{name: http, port: 8080, protocol: TCP}}]\n",
+        eps.join(", ")
+    )
+}
+
+fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+#[test]
+fn standalone_manifests_add_edit_delete_and_a_malformed_file() {
+    let f = Fixture::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let web = dir.path().join("web.yaml");
+    write_atomic(&web, &manifest("10.96.0.50", &[B0, B1]));
+    let _agent = f.agent(&["--manifests".into(), dir.path().display().to_string()]);
+    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 50), 80);
+    eventually("the VIP answers", 20, || f.get(vip).is_ok());
+    assert_eq!(
+        f.servers(vip, 16),
+        BTreeSet::from(["b0".to_string(), "b1".to_string()])
+    );
+    let dump = f.netctl();
+    assert_eq!(dump[0]["frontend"]["addr"], "10.96.0.50");
+    assert_eq!(dump[0]["backends"].as_array().map(Vec::len), Some(2));
+
+    // Edit: b0 leaves.
+    write_atomic(&web, &manifest("10.96.0.50", &[B1]));
+    eventually("only b1 is left", 10, || {
+        f.netctl()[0]["backends"].as_array().map(Vec::len) == Some(1)
+    });
+    assert_eq!(f.servers(vip, 10), BTreeSet::from(["b1".to_string()]));
+
+    // A malformed file is reported and skipped; the rest keeps working.
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "apiVersion: v1\nkind: Service\nspec: {ports: [{port: eighty}]}\n",
+    )
+    .expect("write");
+    eventually("the bad file is counted", 10, || {
+        f.http(10249, "/metrics")
+            .contains("petrel_manifest_errors 1")
+    });
+    assert!(f.get(vip).is_ok());
+    let health = f.http(10256, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let metrics = f.http(10249, "/metrics");
+    for name in [
+        "kubeproxy_sync_proxy_rules_duration_seconds_count",
+        "petrel_services 1",
+        "petrel_backends 1",
+        "petrel_map_fill_ratio",
+        "petrel_datapath_packets",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+
+    // Delete: the VIP stops being translated.
+    std::fs::remove_file(&web).expect("rm");
+    eventually("the service is gone", 10, || {
+        f.netctl().as_array().is_some_and(Vec::is_empty)
+    });
+    assert!(f.get(vip).is_err());
+}
+
+#[test]
+fn restarts_under_load_lose_no_connection() {
+    let f = Fixture::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_atomic(
+        &dir.path().join("web.yaml"),
+        &manifest("10.96.0.51", &[B0, B1]),
+    );
+    let source = ["--manifests".to_string(), dir.path().display().to_string()];
+    let mut agent = f.agent(&source);
+    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 51), 80);
+    eventually("the VIP answers", 20, || f.get(vip).is_ok());
+
+    // About 200 connections per second through the ClusterIP while the agent is killed and
+    // restarted, then stopped gracefully and restarted.
+    let (ok, failed, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let client_ns = f.node.pods[0].ns.path();
+    let load = {
+        let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+        std::thread::spawn(move || {
+            enter(&client_ns);
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match pod::tcp_get(vip) {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            errors
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    agent.stop(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(500));
+    agent = f.agent(&source);
+    std::thread::sleep(Duration::from_secs(2));
+    agent.stop(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    let _agent = f.agent(&source);
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let errors = load.join().expect("load thread");
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("restarts under load: {ok} connections succeeded, {failed} failed");
+    assert_eq!(failed, 0, "connections failed during restarts: {errors:?}");
+    assert!(ok > 300, "only {ok} connections were made");
+    drop(agent);
+}
+
+fn meta(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some("default".into()),
+        ..Default::default()
+    }
+}
+
+fn slice(backends: &[Ipv4Addr]) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            labels: Some([("kubernetes.io/service-name".to_string(), "web".to_string())].into()),
+            ..meta("web-1")
+        },
+        address_type: "IPv4".into(),
+        endpoints: backends
+            .iter()
+            .map(|b| Endpoint {
+                addresses: vec![b.to_string()],
+                node_name: Some("n1".into()),
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(8080),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+    }
+}
+
+#[test]
+fn follows_services_and_endpointslices_from_the_api_server() {
+    let f = Fixture::new();
+    let node_ns: PathBuf = f.node.ns.path();
+    // The API server runs inside the node's namespace (a namespace cannot reach another's
+    // loopback), and so does this test's client: threads and processes inherit the namespace.
+    let f = Arc::new(f);
+    let f2 = f.clone();
+    std::thread::spawn(move || {
+        enter(&node_ns);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let f = f2;
+            let server = KubeApiServer::start().await;
+            let client = server.client().await;
+            let nodes: Api<Node> = Api::all(client.clone());
+            let node = Node {
+                metadata: ObjectMeta {
+                    name: Some("n1".into()),
+                    ..Default::default()
+                },
+                status: Some(NodeStatus {
+                    addresses: Some(vec![NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: "10.99.0.1".into(),
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            nodes
+                .create(&PostParams::default(), &node)
+                .await
+                .expect("node");
+            let services: Api<Service> = Api::namespaced(client.clone(), "default");
+            let svc = Service {
+                metadata: meta("web"),
+                spec: Some(ServiceSpec {
+                    ports: Some(vec![ServicePort {
+                        name: Some("http".into()),
+                        port: 80,
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let created = services
+                .create(&PostParams::default(), &svc)
+                .await
+                .expect("service");
+            let ip: Ipv4Addr = created
+                .spec
+                .and_then(|s| s.cluster_ip)
+                .expect("clusterIP")
+                .parse()
+                .expect("v4");
+            let vip = SocketAddrV4::new(ip, 80);
+            let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+            slices
+                .create(&PostParams::default(), &slice(&[B0, B1]))
+                .await
+                .expect("slice");
+
+            let kubeconfig = server.kubeconfig().display().to_string();
+            let agent = f.agent(&["--kubeconfig".into(), kubeconfig]);
+            let fb = f.clone();
+            tokio::task::spawn_blocking(move || {
+                eventually("the VIP answers", 30, || fb.get(vip).is_ok());
+                assert_eq!(
+                    fb.servers(vip, 16),
+                    BTreeSet::from(["b0".to_string(), "b1".to_string()])
+                );
+            })
+            .await
+            .expect("traffic");
+
+            // Endpoints change through the API.
+            let mut current = slices.get("web-1").await.expect("get slice");
+            current.endpoints = slice(&[B1]).endpoints;
+            slices
+                .replace("web-1", &PostParams::default(), &current)
+                .await
+                .expect("replace slice");
+            let fb = f.clone();
+            tokio::task::spawn_blocking(move || {
+                eventually("only b1 is left", 15, || {
+                    fb.frontend(vip)
+                        .is_some_and(|s| s["backends"].as_array().map(Vec::len) == Some(1))
+                });
+                assert_eq!(fb.servers(vip, 10), BTreeSet::from(["b1".to_string()]));
+            })
+            .await
+            .expect("update");
+
+            // Session affinity is switched on through the API.
+            let mut current = services.get("web").await.expect("get service");
+            if let Some(spec) = current.spec.as_mut() {
+                spec.session_affinity = Some("ClientIP".into());
+            }
+            services
+                .replace("web", &PostParams::default(), &current)
+                .await
+                .expect("replace service");
+            let fb = f.clone();
+            tokio::task::spawn_blocking(move || {
+                eventually("affinity programmed", 15, || {
+                    fb.frontend(vip)
+                        .is_some_and(|s| s["affinity_timeout_s"] == 10800)
+                });
+            })
+            .await
+            .expect("affinity");
+
+            // Deleting the service removes it from the datapath.
+            services
+                .delete("web", &DeleteParams::default())
+                .await
+                .expect("delete");
+            let fb = f.clone();
+            tokio::task::spawn_blocking(move || {
+                eventually("the service is gone", 15, || fb.frontend(vip).is_none());
+                assert!(fb.get(vip).is_err());
+            })
+            .await
+            .expect("delete");
+            drop(agent);
+            drop(server);
+        });
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}

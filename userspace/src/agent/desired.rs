@@ -1,0 +1,596 @@
+//! The desired datapath state as a pure function of the Services, EndpointSlices and node facts
+//! (no I/O): which frontends exist, with which policies, and which endpoints in which
+//! condition. kube-proxy's rules, as its code and the sig-network e2e suite define them.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use crate::maps::{Frontend, Proto};
+
+/// Label kube-proxy honours: a service handled by another proxy.
+pub const LABEL_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// Label marking a headless service (also `clusterIP: None`).
+pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+/// Label linking an EndpointSlice to its service.
+pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// sessionAffinityConfig.clientIP.timeoutSeconds default (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+
+/// What the agent knows about its node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub name: String,
+    /// Addresses NodePorts are served on.
+    pub ips: Vec<Ipv4Addr>,
+}
+
+/// Agent options that change the desired state.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Use Maglev for external frontends.
+    pub maglev: bool,
+}
+
+/// A backend address as the datapath knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendKey {
+    pub addr: SocketAddrV4,
+    pub proto: Proto,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointPlan {
+    pub backend: BackendKey,
+    pub local: bool,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+/// Which kind of address a frontend is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    ExternalIp,
+    LoadBalancer,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendPlan {
+    /// "namespace/name" of the service.
+    pub service: String,
+    /// The service port's name ("" when unnamed).
+    pub port_name: String,
+    pub kind: FrontendKind,
+    pub external_local: bool,
+    pub internal_local: bool,
+    pub affinity_timeout_s: Option<u32>,
+    pub maglev: bool,
+    pub publish_not_ready: bool,
+    pub endpoints: Vec<EndpointPlan>,
+}
+
+impl FrontendPlan {
+    pub fn external(&self) -> bool {
+        self.kind != FrontendKind::ClusterIp
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub frontends: BTreeMap<Frontend, FrontendPlan>,
+    /// Services skipped, with why (for logs and netctl).
+    pub skipped: Vec<(String, &'static str)>,
+}
+
+impl Desired {
+    /// Every backend some frontend uses, with whether any use marks it terminating / remote.
+    pub fn backends(&self) -> BTreeSet<BackendKey> {
+        self.frontends
+            .values()
+            .flat_map(|f| f.endpoints.iter().map(|e| e.backend))
+            .collect()
+    }
+}
+
+fn key(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
+}
+
+fn proto(p: Option<&str>) -> Option<Proto> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(Proto::Tcp),
+        "UDP" => Some(Proto::Udp),
+        _ => None, // SCTP is not served by petrel.
+    }
+}
+
+fn ipv4(s: &str) -> Option<Ipv4Addr> {
+    s.parse().ok()
+}
+
+/// Why a service is not programmed, or None.
+pub fn skip_reason(svc: &Service) -> Option<&'static str> {
+    let labels = svc.metadata.labels.as_ref();
+    if labels.is_some_and(|l| l.contains_key(LABEL_PROXY_NAME)) {
+        return Some("handled by another proxy (service-proxy-name label)");
+    }
+    if labels.is_some_and(|l| l.contains_key(LABEL_HEADLESS)) {
+        return Some("headless (label)");
+    }
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Some("ExternalName");
+    }
+    if spec.cluster_ip.as_deref() == Some("None") {
+        return Some("headless (clusterIP None)");
+    }
+    None
+}
+
+/// Computes the desired state.
+pub fn compute(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &NodeFacts,
+    opts: Options,
+) -> Desired {
+    // Slices by owning service.
+    let mut by_service: BTreeMap<String, Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        if s.address_type != "IPv4" {
+            continue;
+        }
+        let Some(svc) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_SERVICE_NAME))
+        else {
+            continue;
+        };
+        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+        by_service.entry(key(ns, svc)).or_default().push(s);
+    }
+
+    let mut desired = Desired::default();
+    for svc in services {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        let id = key(ns, name);
+        if let Some(why) = skip_reason(svc) {
+            desired.skipped.push((id, why));
+            continue;
+        }
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+        let affinity_timeout_s =
+            (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+                spec.session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds)
+                    .map_or(DEFAULT_AFFINITY_TIMEOUT, |t| t.clamp(1, 86400) as u32)
+            });
+        let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
+        let cluster_ips: Vec<Ipv4Addr> = match &spec.cluster_ips {
+            Some(ips) if !ips.is_empty() => ips.iter().filter_map(|s| ipv4(s)).collect(),
+            _ => spec
+                .cluster_ip
+                .as_deref()
+                .and_then(ipv4)
+                .into_iter()
+                .collect(),
+        };
+        let external_ips: Vec<Ipv4Addr> = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .filter_map(|s| ipv4(s))
+            .collect();
+        let lb_ips: Vec<Ipv4Addr> = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref().and_then(ipv4))
+            .collect();
+
+        for port in spec.ports.iter().flatten() {
+            let Some(proto) = proto(port.protocol.as_deref()) else {
+                continue;
+            };
+            let port_name = port.name.clone().unwrap_or_default();
+            let endpoints = endpoints_for(
+                by_service.get(&id).map(Vec::as_slice).unwrap_or(&[]),
+                &port_name,
+                proto,
+                node,
+            );
+            let plan = |kind| FrontendPlan {
+                service: id.clone(),
+                port_name: port_name.clone(),
+                kind,
+                external_local,
+                internal_local,
+                affinity_timeout_s,
+                maglev: opts.maglev && kind != FrontendKind::ClusterIp,
+                publish_not_ready,
+                endpoints: endpoints.clone(),
+            };
+            let svc_port = port.port as u16;
+            for ip in &cluster_ips {
+                desired.frontends.insert(
+                    Frontend {
+                        addr: *ip,
+                        port: svc_port,
+                        proto,
+                    },
+                    plan(FrontendKind::ClusterIp),
+                );
+            }
+            if matches!(kind, "NodePort" | "LoadBalancer") {
+                if let Some(np) = port.node_port.filter(|p| *p > 0) {
+                    for ip in &node.ips {
+                        desired.frontends.insert(
+                            Frontend {
+                                addr: *ip,
+                                port: np as u16,
+                                proto,
+                            },
+                            plan(FrontendKind::NodePort),
+                        );
+                    }
+                }
+            }
+            for ip in &external_ips {
+                desired.frontends.insert(
+                    Frontend {
+                        addr: *ip,
+                        port: svc_port,
+                        proto,
+                    },
+                    plan(FrontendKind::ExternalIp),
+                );
+            }
+            if kind == "LoadBalancer" {
+                for ip in &lb_ips {
+                    desired.frontends.insert(
+                        Frontend {
+                            addr: *ip,
+                            port: svc_port,
+                            proto,
+                        },
+                        plan(FrontendKind::LoadBalancer),
+                    );
+                }
+            }
+        }
+    }
+    desired
+}
+
+/// The endpoints of one service port: the slice port with the same name and protocol gives the
+/// target port (named target ports are resolved there, by the EndpointSlice controller).
+fn endpoints_for(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    proto: Proto,
+    node: &NodeFacts,
+) -> Vec<EndpointPlan> {
+    let mut out = BTreeMap::new();
+    for slice in slices {
+        let target = slice.ports.iter().flatten().find(|p| {
+            p.name.as_deref().unwrap_or_default() == port_name
+                && self::proto(p.protocol.as_deref()) == Some(proto)
+        });
+        let Some(target) = target.and_then(|p| p.port) else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let c = ep.conditions.as_ref();
+            // EndpointSlice v1: ready unset means ready; serving unset means ready.
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            let local = ep.node_name.as_deref() == Some(node.name.as_str());
+            for addr in ep.addresses.iter().filter_map(|a| ipv4(a)) {
+                let backend = BackendKey {
+                    addr: SocketAddrV4::new(addr, target as u16),
+                    proto,
+                };
+                // The same address in two slices (during a move): keep the first.
+                out.entry(backend).or_insert(EndpointPlan {
+                    backend,
+                    local,
+                    ready,
+                    serving,
+                    terminating,
+                });
+            }
+        }
+    }
+    out.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{
+        api::{
+            core::v1::{ServicePort, ServiceSpec},
+            discovery::v1::{Endpoint, EndpointConditions, EndpointPort},
+        },
+        apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    };
+
+    use super::*;
+
+    fn svc(name: &str, spec: ServiceSpec) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            spec: Some(spec),
+            ..Default::default()
+        }
+    }
+
+    fn port(name: &str, port: i32, proto: &str) -> ServicePort {
+        ServicePort {
+            name: Some(name.into()),
+            port,
+            protocol: Some(proto.into()),
+            ..Default::default()
+        }
+    }
+
+    fn slice(
+        svc: &str,
+        ports: &[(&str, i32, &str)],
+        eps: &[(&str, Option<&str>, Option<bool>)],
+    ) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(format!("{svc}-x")),
+                namespace: Some("default".into()),
+                labels: Some([(LABEL_SERVICE_NAME.to_string(), svc.to_string())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: eps
+                .iter()
+                .map(|(a, node, ready)| Endpoint {
+                    addresses: vec![a.to_string()],
+                    node_name: node.map(str::to_string),
+                    conditions: Some(EndpointConditions {
+                        ready: *ready,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p, pr)| EndpointPort {
+                        name: Some(n.to_string()),
+                        port: Some(*p),
+                        protocol: Some(pr.to_string()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    fn node() -> NodeFacts {
+        NodeFacts {
+            name: "n1".into(),
+            ips: vec![Ipv4Addr::new(192, 0, 2, 1)],
+        }
+    }
+
+    #[test]
+    fn cluster_ip_ports_resolve_target_ports_by_name() {
+        let s = svc(
+            "web",
+            ServiceSpec {
+                cluster_ip: Some("10.96.0.10".into()),
+                ports: Some(vec![port("http", 80, "TCP"), port("dns", 53, "UDP")]),
+                ..Default::default()
+            },
+        );
+        let sl = slice(
+            "web",
+            &[("http", 8080, "TCP"), ("dns", 5353, "UDP")],
+            &[("10.244.1.5", Some("n1"), Some(true))],
+        );
+        let d = compute(&[s], &[sl], &node(), Options::default());
+        assert_eq!(d.frontends.len(), 2);
+        let http = &d.frontends[&Frontend {
+            addr: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            proto: Proto::Tcp,
+        }];
+        assert_eq!(
+            http.endpoints[0].backend.addr.to_string(),
+            "10.244.1.5:8080"
+        );
+        assert!(http.endpoints[0].local);
+        let dns = &d.frontends[&Frontend {
+            addr: Ipv4Addr::new(10, 96, 0, 10),
+            port: 53,
+            proto: Proto::Udp,
+        }];
+        assert_eq!(dns.endpoints[0].backend.addr.to_string(), "10.244.1.5:5353");
+    }
+
+    #[test]
+    fn nodeport_external_and_lb_frontends() {
+        let mut s = svc(
+            "web",
+            ServiceSpec {
+                type_: Some("LoadBalancer".into()),
+                cluster_ip: Some("10.96.0.11".into()),
+                external_ips: Some(vec!["198.51.100.7".into()]),
+                external_traffic_policy: Some("Local".into()),
+                ports: Some(vec![ServicePort {
+                    node_port: Some(30080),
+                    ..port("http", 80, "TCP")
+                }]),
+                ..Default::default()
+            },
+        );
+        s.status = Some(k8s_openapi::api::core::v1::ServiceStatus {
+            load_balancer: Some(k8s_openapi::api::core::v1::LoadBalancerStatus {
+                ingress: Some(vec![k8s_openapi::api::core::v1::LoadBalancerIngress {
+                    ip: Some("203.0.113.9".into()),
+                    ..Default::default()
+                }]),
+            }),
+            ..Default::default()
+        });
+        let d = compute(&[s], &[], &node(), Options { maglev: true });
+        let kinds: Vec<(String, FrontendKind, bool)> = d
+            .frontends
+            .iter()
+            .map(|(f, p)| (f.to_string(), p.kind, p.maglev))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (
+                    "10.96.0.11:80/TCP".to_string(),
+                    FrontendKind::ClusterIp,
+                    false
+                ),
+                (
+                    "192.0.2.1:30080/TCP".to_string(),
+                    FrontendKind::NodePort,
+                    true
+                ),
+                (
+                    "198.51.100.7:80/TCP".to_string(),
+                    FrontendKind::ExternalIp,
+                    true
+                ),
+                (
+                    "203.0.113.9:80/TCP".to_string(),
+                    FrontendKind::LoadBalancer,
+                    true
+                ),
+            ]
+        );
+        assert!(d.frontends.values().all(|p| p.external_local));
+    }
+
+    #[test]
+    fn skips_headless_externalname_and_other_proxies() {
+        let headless = svc(
+            "h",
+            ServiceSpec {
+                cluster_ip: Some("None".into()),
+                ports: Some(vec![port("a", 80, "TCP")]),
+                ..Default::default()
+            },
+        );
+        let ext = svc(
+            "e",
+            ServiceSpec {
+                type_: Some("ExternalName".into()),
+                ..Default::default()
+            },
+        );
+        let mut other = svc(
+            "o",
+            ServiceSpec {
+                cluster_ip: Some("10.96.0.12".into()),
+                ports: Some(vec![port("a", 80, "TCP")]),
+                ..Default::default()
+            },
+        );
+        other.metadata.labels = Some([(LABEL_PROXY_NAME.to_string(), "foo".to_string())].into());
+        let d = compute(&[headless, ext, other], &[], &node(), Options::default());
+        assert!(d.frontends.is_empty());
+        assert_eq!(d.skipped.len(), 3);
+    }
+
+    #[test]
+    fn conditions_and_locality() {
+        let s = svc(
+            "web",
+            ServiceSpec {
+                cluster_ip: Some("10.96.0.13".into()),
+                ports: Some(vec![port("", 80, "TCP")]),
+                session_affinity: Some("ClientIP".into()),
+                ..Default::default()
+            },
+        );
+        let sl = slice(
+            "web",
+            &[("", 8080, "TCP")],
+            &[
+                ("10.244.1.5", Some("n1"), None),
+                ("10.244.2.5", Some("n2"), Some(false)),
+            ],
+        );
+        let d = compute(&[s], &[sl], &node(), Options::default());
+        let p = d.frontends.values().next().expect("frontend");
+        assert_eq!(p.affinity_timeout_s, Some(DEFAULT_AFFINITY_TIMEOUT));
+        assert_eq!(p.endpoints.len(), 2);
+        assert!(
+            p.endpoints[0].ready && p.endpoints[0].local,
+            "ready unset means ready"
+        );
+        assert!(!p.endpoints[1].ready && !p.endpoints[1].local);
+    }
+
+    #[test]
+    fn slices_of_other_services_namespaces_or_families_are_ignored() {
+        let s = svc(
+            "web",
+            ServiceSpec {
+                cluster_ip: Some("10.96.0.14".into()),
+                ports: Some(vec![port("", 80, "TCP")]),
+                ..Default::default()
+            },
+        );
+        let mut other_ns = slice("web", &[("", 8080, "TCP")], &[("10.244.1.5", None, None)]);
+        other_ns.metadata.namespace = Some("other".into());
+        let mut v6 = slice("web", &[("", 8080, "TCP")], &[("fd00::5", None, None)]);
+        v6.address_type = "IPv6".into();
+        let wrong_port = slice(
+            "web",
+            &[("metrics", 9090, "TCP")],
+            &[("10.244.1.6", None, None)],
+        );
+        let d = compute(
+            &[s],
+            &[other_ns, v6, wrong_port],
+            &node(),
+            Options::default(),
+        );
+        assert!(
+            d.frontends
+                .values()
+                .next()
+                .expect("frontend")
+                .endpoints
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! Prometheus metrics with the names operators already graph for kube-proxy, plus petrel's own,
+//! and the HTTP endpoints: `/metrics` (127.0.0.1:10249 by default) and `/healthz` (port 10256,
+//! kube-proxy's semantics: 200 while syncs are recent, 503 when the datapath is falling behind).
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabel {
+    pub map: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CounterLabel {
+    pub counter: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub sync_duration: Histogram,
+    pub network_programming: Histogram,
+    pub last_sync: Gauge<f64, AtomicU64>,
+    pub services: Gauge,
+    pub backends: Gauge,
+    pub map_fill: Family<MapLabel, Gauge<f64, AtomicU64>>,
+    pub datapath: Family<CounterLabel, Gauge>,
+    pub sync_errors: Counter,
+    pub refused: Gauge,
+    pub manifest_errors: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let sync_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let network_programming = Histogram::new(exponential_buckets(0.001, 2.0, 18));
+        let m = Metrics {
+            sync_duration,
+            network_programming,
+            last_sync: Gauge::default(),
+            services: Gauge::default(),
+            backends: Gauge::default(),
+            map_fill: Family::default(),
+            datapath: Family::default(),
+            sync_errors: Counter::default(),
+            refused: Gauge::default(),
+            manifest_errors: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds (petrel: one sync of the maps)",
+            m.sync_duration.clone(),
+        );
+        registry.register(
+            "kubeproxy_network_programming_duration_seconds",
+            "In-cluster network programming latency in seconds, from the EndpointSlice last-change-trigger-time",
+            m.network_programming.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "The last time the datapath was successfully synced",
+            m.last_sync.clone(),
+        );
+        registry.register(
+            "petrel_services",
+            "Service frontends programmed",
+            m.services.clone(),
+        );
+        registry.register("petrel_backends", "Backends programmed", m.backends.clone());
+        registry.register(
+            "petrel_map_fill_ratio",
+            "Entries in use over capacity, per map",
+            m.map_fill.clone(),
+        );
+        registry.register(
+            "petrel_datapath_packets",
+            "Datapath counters (per-CPU, summed), by name",
+            m.datapath.clone(),
+        );
+        registry.register(
+            "petrel_sync_errors",
+            "Syncs that left something unprogrammed",
+            m.sync_errors.clone(),
+        );
+        registry.register(
+            "petrel_frontends_refused",
+            "Frontends refused at the last sync (map full, errors)",
+            m.refused.clone(),
+        );
+        registry.register(
+            "petrel_manifest_errors",
+            "Manifest files skipped at the last read (standalone mode)",
+            m.manifest_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// When the maps were last synced, for /healthz.
+#[derive(Default)]
+pub struct Health {
+    last_sync: Mutex<Option<SystemTime>>,
+    /// Twice the max sync interval, in ms.
+    pub stale_after_ms: AtomicU64,
+}
+
+impl Health {
+    pub fn synced(&self) {
+        *self.last_sync.lock().expect("poisoned") = Some(SystemTime::now());
+    }
+
+    fn status(&self) -> (StatusCode, String) {
+        let last = *self.last_sync.lock().expect("poisoned");
+        let now = SystemTime::now();
+        let secs = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64()
+        };
+        let stale = Duration::from_millis(self.stale_after_ms.load(Ordering::Relaxed));
+        let healthy = last.is_some_and(|t| now.duration_since(t).unwrap_or_default() <= stale);
+        let body = format!(
+            "{{\"lastUpdated\": {}, \"currentTime\": {}}}",
+            last.map_or("null".to_string(), |t| format!("{:.3}", secs(t))),
+            format!("{:.3}", secs(now))
+        );
+        (
+            if healthy {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            },
+            body,
+        )
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until the process exits.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let (metrics, health) = (metrics.clone(), health.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (metrics, health) = (metrics.clone(), health.clone());
+                async move {
+                    Ok::<_, Infallible>(match req.uri().path() {
+                        "/metrics" => respond(
+                            StatusCode::OK,
+                            "text/plain; version=0.0.4",
+                            metrics.encode(),
+                        ),
+                        "/healthz" | "/livez" => {
+                            let (status, body) = health.status();
+                            respond(status, "application/json", body)
+                        }
+                        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+                    })
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,514 @@
+//! petrel-agent: the node agent, in place of kube-proxy. Watches Services, EndpointSlices and its
+//! Node (or reads them from a folder of manifests in standalone mode), computes the desired
+//! datapath state and applies it to the pinned eBPF maps; serves metrics and health.
+//!
+//! On SIGTERM it exits and leaves the datapath in place (pinned maps and links keep serving);
+//! the next agent adopts what the pins hold. `--cleanup` removes everything petrel installed.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+use futures::StreamExt as _;
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use petrel::{
+    Datapath, DatapathConfig,
+    agent::{
+        desired::{self, NodeFacts, Options},
+        manifests,
+        metrics::{self, CounterLabel, Health, MapLabel, Metrics},
+        sync::Syncer,
+    },
+};
+use tokio::sync::Notify;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "petrel-agent",
+    version,
+    about = "petrel's node agent (replaces kube-proxy)"
+)]
+struct Cli {
+    /// Kubeconfig to use; in-cluster configuration when absent.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name (as in the Node object and EndpointSlice nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Standalone mode: read Services, EndpointSlices and Nodes from the YAML files in this folder
+    /// and follow changes to it, instead of watching an API server.
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    /// Addresses NodePorts are served on (default: the Node's InternalIPs).
+    #[arg(long = "node-ip")]
+    node_ips: Vec<Ipv4Addr>,
+    /// bpffs folder holding the pinned maps and links.
+    #[arg(long, default_value = "/sys/fs/bpf/petrel")]
+    bpffs_root: PathBuf,
+    /// cgroup v2 folder socket-level load balancing is attached to (default: the cgroup2 root).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// Socket-level load balancing (connect/sendmsg translation); off: the TC path does it all.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    socket_lb: bool,
+    /// Interfaces traffic from outside the node arrives on (NodePort, externalIPs, LoadBalancer).
+    #[arg(long = "external-interface")]
+    external_interfaces: Vec<String>,
+    /// Prefix of pod host-side veths to attach the TC program to (petrel-cni names them pet*).
+    #[arg(long, default_value = "pet")]
+    pod_interface_prefix: String,
+    /// Backend selection for external traffic: Maglev (same choice on every node) or random.
+    #[arg(long, value_enum, default_value_t = Selection::Maglev)]
+    external_selection: Selection,
+    /// Maglev table size (a prime).
+    #[arg(long, default_value_t = petrel::maglev::DEFAULT_SIZE)]
+    maglev_size: u32,
+    /// How many services can use Maglev at once.
+    #[arg(long, default_value_t = 64)]
+    maglev_rings: u32,
+    /// Capacity of the services map (entries: one per frontend plus one per backend slot).
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
+    services_map_size: u32,
+    /// Minimum time between syncs: bursts of changes are coalesced.
+    #[arg(long, value_parser = humantime_ms, default_value = "100ms")]
+    min_sync_period: Duration,
+    /// Maximum time between syncs: a full resync happens at least this often.
+    #[arg(long, value_parser = humantime_ms, default_value = "30s")]
+    sync_period: Duration,
+    /// Prometheus metrics address.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_bind_address: SocketAddr,
+    /// Health check address (/healthz).
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    healthz_bind_address: SocketAddr,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Remove everything petrel installed (pinned maps and links, hence every attached program)
+    /// and exit: for uninstalling.
+    #[arg(long)]
+    cleanup: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Selection {
+    Maglev,
+    Random,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// "100ms", "2s", "1m" -> Duration.
+fn humantime_ms(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (e.g. 100ms, 2s, 1m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("bad duration unit in {s:?} (ms, s or m)")),
+    }
+}
+
+/// What the sources have seen so far.
+#[derive(Default)]
+struct Inputs {
+    services: Vec<Service>,
+    slices: Vec<EndpointSlice>,
+    nodes: Vec<Node>,
+    /// Every source has listed once: programming before that would briefly drop services.
+    ready: bool,
+    manifest_errors: usize,
+}
+
+type Shared = Arc<(Mutex<Inputs>, Notify)>;
+
+fn init_logs(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    if cli.cleanup {
+        Datapath::remove(&cli.bpffs_root)?;
+        tracing::info!(root = %cli.bpffs_root.display(), "removed every petrel pin: programs detached, maps freed");
+        return Ok(());
+    }
+    if cli.manifests.is_none() && cli.node_name.is_none() {
+        bail!("--node-name (or NODE_NAME) is required when watching an API server");
+    }
+    let config = DatapathConfig {
+        bpffs_root: cli.bpffs_root.clone(),
+        max_entries: vec![(petrel::maps::SERVICES, cli.services_map_size)],
+        maglev_size: cli.maglev_size,
+        maglev_rings: cli.maglev_rings,
+    };
+    let mut dp = Datapath::load(&config).context("loading the datapath")?;
+    if cli.socket_lb {
+        let cg = match &cli.cgroup_root {
+            Some(p) => p.clone(),
+            None => petrel::sys::cgroup2_root()
+                .context("finding the cgroup2 root (or pass --cgroup-root)")?,
+        };
+        let how = dp
+            .attach_cgroup(&cg)
+            .with_context(|| format!("attaching socket-LB to {}", cg.display()))?;
+        tracing::info!(cgroup = %cg.display(), ?how, "socket-level load balancing attached");
+    }
+    for iface in &cli.external_interfaces {
+        let how = dp
+            .attach_external_ingress(iface)
+            .with_context(|| format!("attaching to {iface}"))?;
+        tracing::info!(%iface, ?how, "external interface attached");
+    }
+    let maps = dp.service_maps()?;
+    let mut syncer = Syncer::adopt(maps, cli.maglev_rings, cli.services_map_size as usize)?;
+    let (adopted_frontends, adopted_backends) =
+        (syncer.maps().dump()?.len(), syncer.maps().backends()?.len());
+    tracing::info!(
+        adopted_frontends,
+        adopted_backends,
+        "datapath loaded; adopting what the pins hold"
+    );
+
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    health
+        .stale_after_ms
+        .store(2 * cli.sync_period.as_millis() as u64, Ordering::Relaxed);
+    for addr in [cli.metrics_bind_address, cli.healthz_bind_address] {
+        let (m, h) = (metrics.clone(), health.clone());
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m, h).await {
+                tracing::error!(%addr, error = %e, "HTTP endpoint stopped");
+            }
+        });
+    }
+
+    let shared: Shared = Arc::new((Mutex::new(Inputs::default()), Notify::new()));
+    match &cli.manifests {
+        Some(dir) => {
+            tokio::spawn(watch_manifests(dir.clone(), shared.clone()));
+        }
+        None => {
+            let node = cli.node_name.clone().expect("checked above");
+            tokio::spawn(watch_api(cli.kubeconfig.clone(), node, shared.clone()));
+        }
+    }
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let opts = Options {
+        maglev: cli.external_selection == Selection::Maglev,
+    };
+    let mut attached: HashSet<String> = HashSet::new();
+    let mut observed_triggers: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut last_sync = Instant::now() - cli.min_sync_period;
+    loop {
+        tokio::select! {
+            _ = shared.1.notified() => {}
+            _ = tokio::time::sleep(cli.sync_period) => {}
+            _ = sigterm.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        // Bounded frequency: coalesce bursts.
+        let since = last_sync.elapsed();
+        if since < cli.min_sync_period {
+            tokio::time::sleep(cli.min_sync_period - since).await;
+        }
+        let (desired, slices, manifest_errors) = {
+            let inputs = shared.0.lock().expect("poisoned");
+            if !inputs.ready {
+                continue;
+            }
+            let node = node_facts(&cli, &inputs.nodes);
+            let d = desired::compute(&inputs.services, &inputs.slices, &node, opts);
+            (d, inputs.slices.clone(), inputs.manifest_errors)
+        };
+        attach_pod_interfaces(&mut dp, &cli.pod_interface_prefix, &mut attached);
+        if let Some(ip) = node_facts_ip(&cli, &shared) {
+            let _ = syncer.maps_mut().set_node_ip(ip);
+        }
+        let started = Instant::now();
+        let report = syncer.sync(&desired);
+        let took = started.elapsed();
+        last_sync = Instant::now();
+        metrics.sync_duration.observe(took.as_secs_f64());
+        metrics.refused.set(report.refused.len() as i64);
+        metrics.manifest_errors.set(manifest_errors as i64);
+        if report.refused.is_empty() {
+            health.synced();
+            metrics.last_sync.set(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            );
+            observe_programming_latency(&metrics, &slices, &mut observed_triggers);
+        } else {
+            metrics.sync_errors.inc();
+        }
+        update_gauges(&metrics, &syncer);
+        tracing::debug!(
+            upserted = report.upserted,
+            removed = report.removed,
+            unchanged = report.unchanged,
+            refused = report.refused.len(),
+            took_ms = took.as_millis() as u64,
+            "synced"
+        );
+        if report.upserted + report.removed > 0 {
+            tracing::info!(
+                upserted = report.upserted,
+                removed = report.removed,
+                took_ms = took.as_millis() as u64,
+                "datapath updated"
+            );
+        }
+    }
+    tracing::info!("exiting; the datapath stays in place (pinned) and keeps serving");
+    Ok(())
+}
+
+fn node_facts(cli: &Cli, nodes: &[Node]) -> NodeFacts {
+    let name = cli.node_name.clone().unwrap_or_default();
+    let mut ips = cli.node_ips.clone();
+    if ips.is_empty() {
+        let me = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name.as_str()));
+        ips = me
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+    }
+    NodeFacts { name, ips }
+}
+
+fn node_facts_ip(cli: &Cli, shared: &Shared) -> Option<Ipv4Addr> {
+    let inputs = shared.0.lock().expect("poisoned");
+    node_facts(cli, &inputs.nodes).ips.first().copied()
+}
+
+/// Attaches the pod-facing TC program to pod veths that appeared since the last sync.
+fn attach_pod_interfaces(dp: &mut Datapath, prefix: &str, attached: &mut HashSet<String>) {
+    let Ok(ifaces) = nix::net::if_::if_nameindex() else {
+        return;
+    };
+    let names: HashSet<String> = ifaces
+        .iter()
+        .map(|i| i.name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    attached.retain(|n| names.contains(n));
+    for name in names {
+        if attached.contains(&name) {
+            continue;
+        }
+        match dp.attach_tc_ingress(&name) {
+            Ok(how) => {
+                tracing::info!(iface = %name, ?how, "pod interface attached");
+                attached.insert(name);
+            }
+            Err(e) => {
+                tracing::warn!(iface = %name, error = %e, "attaching to pod interface failed")
+            }
+        }
+    }
+}
+
+fn update_gauges(metrics: &Metrics, syncer: &Syncer) {
+    let (services, backends) = syncer.counts();
+    metrics.services.set(services as i64);
+    metrics.backends.set(backends as i64);
+    let (used, cap) = syncer.fill();
+    metrics
+        .map_fill
+        .get_or_create(&MapLabel {
+            map: petrel::maps::SERVICES.into(),
+        })
+        .set(used as f64 / cap.max(1) as f64);
+    if let Ok(stats) = syncer.maps().stats() {
+        for (name, v) in stats {
+            metrics
+                .datapath
+                .get_or_create(&CounterLabel {
+                    counter: name.into(),
+                })
+                .set(v as i64);
+        }
+    }
+}
+
+/// kubeproxy_network_programming_duration_seconds: from each EndpointSlice change's trigger time
+/// (annotation set by the EndpointSlice controller) to the sync that programmed it.
+fn observe_programming_latency(
+    metrics: &Metrics,
+    slices: &[EndpointSlice],
+    seen: &mut BTreeSet<(String, String)>,
+) {
+    const TRIGGER: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+    for s in slices {
+        let Some(t) = s.metadata.annotations.as_ref().and_then(|a| a.get(TRIGGER)) else {
+            continue;
+        };
+        let key = (
+            s.metadata.uid.clone().unwrap_or_default(),
+            s.metadata.resource_version.clone().unwrap_or_default(),
+        );
+        if !seen.insert(key) {
+            continue;
+        }
+        if let Ok(ts) = t.parse::<k8s_openapi::jiff::Timestamp>() {
+            let ms = k8s_openapi::jiff::Timestamp::now().as_millisecond() - ts.as_millisecond();
+            if ms >= 0 {
+                metrics.network_programming.observe(ms as f64 / 1000.0);
+            }
+        }
+    }
+}
+
+async fn watch_manifests(dir: PathBuf, shared: Shared) {
+    let mut last = None;
+    loop {
+        let fp = manifests::fingerprint(&dir);
+        if last.as_ref() != Some(&fp) {
+            let (m, errors) = manifests::load_dir(&dir);
+            for e in &errors {
+                tracing::error!(file = %e.file.display(), line = e.line, reason = %e.reason, "manifest skipped");
+            }
+            tracing::info!(dir = %dir.display(), services = m.services.len(), endpointslices = m.slices.len(), skipped = errors.len(), "manifests read");
+            {
+                let mut inputs = shared.0.lock().expect("poisoned");
+                inputs.services = m.services;
+                inputs.slices = m.slices;
+                inputs.nodes = m.nodes;
+                inputs.manifest_errors = errors.len();
+                inputs.ready = true;
+            }
+            shared.1.notify_one();
+            last = Some(fp);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn watch_api(kubeconfig: Option<PathBuf>, node: String, shared: Shared) {
+    // An unreachable API server at start is retried with backoff, not a crash.
+    let mut delay = Duration::from_millis(500);
+    let client = loop {
+        match client(kubeconfig.as_deref()).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach the API server");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    let (svc_reader, svc_writer) = reflector::store::<Service>();
+    let (slice_reader, slice_writer) = reflector::store::<EndpointSlice>();
+    let (node_reader, node_writer) = reflector::store::<Node>();
+    // Watchers retry with backoff and re-list (a full resync) after the API server returns;
+    // meanwhile the stores, and so the datapath, keep the last state.
+    let services = reflector(
+        svc_writer,
+        watcher(
+            kube::Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    );
+    let slices = reflector(
+        slice_writer,
+        watcher(
+            kube::Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    );
+    let nodes = reflector(
+        node_writer,
+        watcher(
+            kube::Api::<Node>::all(client),
+            watcher::Config::default().fields(&format!("metadata.name={node}")),
+        )
+        .default_backoff(),
+    );
+    tokio::spawn(services.for_each(wake(shared.clone())));
+    tokio::spawn(slices.for_each(wake(shared.clone())));
+    tokio::spawn(nodes.for_each(wake(shared.clone())));
+    let all_ready = async {
+        let _ = svc_reader.wait_until_ready().await;
+        let _ = slice_reader.wait_until_ready().await;
+        let _ = node_reader.wait_until_ready().await;
+    };
+    all_ready.await;
+    tracing::info!("Services, EndpointSlices and the Node listed: programming");
+    loop {
+        {
+            let mut inputs = shared.0.lock().expect("poisoned");
+            inputs.services = svc_reader.state().iter().map(|s| (**s).clone()).collect();
+            inputs.slices = slice_reader.state().iter().map(|s| (**s).clone()).collect();
+            inputs.nodes = node_reader.state().iter().map(|s| (**s).clone()).collect();
+            inputs.ready = true;
+        }
+        shared.1.notify_one();
+        // Stores are refreshed into the shared inputs at most every 50 ms; the sync loop
+        // coalesces further.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A stream callback that only wakes the sync loop.
+fn wake<T>(shared: Shared) -> impl FnMut(T) -> futures::future::Ready<()> {
+    move |_| {
+        shared.1.notify_one();
+        futures::future::ready(())
+    }
+}
+
+async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?
+        }
+        None => kube::Config::incluster()?,
+    };
+    let client = kube::Client::try_from(config)?;
+    client.apiserver_version().await?;
+    Ok(client)
+}
