@@ -1,24 +1,22 @@
-//! `cargo xtask demo`: a throw-away simulated node in network namespaces, pods wired by the real
-//! `petrel-cni`, petrel's datapath loaded into the node, three backend pods behind a ClusterIP,
-//! and a client pod whose requests to the VIP are spread over them. Everything is removed on exit,
+//! `cargo xtask demo`: the main job on one machine. A simulated node in network namespaces, pods
+//! wired by the real `petrel-cni`, `petrel-agent` in standalone mode programming a ClusterIP and a
+//! NodePort service from manifests, requests from a pod and from a host outside the node, how
+//! they spread, `netctl dump-services`, an endpoint leaving, and everything removed at the end,
 //! also on Ctrl-C.
 
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use petrel::{
-    BackendSpec, Datapath, DatapathConfig, Endpoint, Frontend, Proto, ServiceEntry, ServiceMaps,
-};
 use petrel_tests::{
-    BpffsRoot,
+    agent::Agent,
     cni::{Call, Outcome},
-    netns::NetNs,
+    netns::{NetNs, veth},
     pod,
 };
 
@@ -36,6 +34,12 @@ fn step(msg: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+const PINS: &str = "/sys/fs/bpf/petrel-demo";
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const NODE_PORT: u16 = 30080;
+
 fn main() {
     // SAFETY: the handler only stores to an atomic.
     unsafe {
@@ -44,11 +48,13 @@ fn main() {
     }
     let started = Instant::now();
     let result = demo();
-    // Every guard has been dropped by now: namespaces, veths, pins, servers.
+    // Every guard has been dropped by now: agent, servers, namespaces, veths; pins removed by
+    // `petrel-agent --cleanup`.
+    let _ = std::fs::remove_dir_all(PINS);
     let leftovers = leftovers();
     match (&result, leftovers.is_empty()) {
         (Ok(()), true) => println!(
-            "==> cleaned up: no namespace, link or pin left behind ({:.1}s in all)",
+            "==> cleaned up: no namespace, link, pin or process left behind ({:.1}s in all)",
             started.elapsed().as_secs_f64()
         ),
         _ => {
@@ -76,8 +82,8 @@ fn leftovers() -> Vec<String> {
                 .map(|l| format!("netns {l}")),
         );
     }
-    if std::path::Path::new("/sys/fs/bpf/petrel-demo").exists() {
-        left.push("pins /sys/fs/bpf/petrel-demo".into());
+    if Path::new(PINS).exists() {
+        left.push(format!("pins {PINS}"));
     }
     left
 }
@@ -95,24 +101,100 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+fn service_manifest(pods: &[(String, Ipv4Addr)]) -> String {
+    let eps: Vec<String> = pods
+        .iter()
+        .map(|(_, ip)| {
+            format!("  - {{addresses: [{ip}], nodeName: demo-node, conditions: {{ready: true}}}}")
+        })
+        .collect();
+    format!(
+        "# Written by the demo; petrel-agent --manifests follows this folder.
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  type: NodePort
+  clusterIP: {VIP}
+  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: {NODE_PORT}, protocol: TCP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+endpoints:
+{}
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+",
+        eps.join("\n")
+    )
+}
+
+/// `n` requests from the namespace at `ns` to `to`; how many each server answered, and the
+/// client addresses they saw.
+fn spread(
+    ns: &Path,
+    to: SocketAddrV4,
+    n: usize,
+) -> anyhow::Result<(BTreeMap<String, usize>, Vec<String>)> {
+    let ns = ns.to_path_buf();
+    let replies = std::thread::spawn(move || -> anyhow::Result<Vec<pod::Reply>> {
+        petrel_tests::netns::enter(&ns);
+        (0..n)
+            .map(|_| pod::tcp_get(to).with_context(|| format!("request to {to}")))
+            .collect()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    let mut counts = BTreeMap::new();
+    for r in &replies {
+        *counts.entry(r.server.clone()).or_default() += 1;
+    }
+    let mut seen: Vec<String> = replies.into_iter().map(|r| r.client_seen).collect();
+    seen.dedup();
+    Ok((counts, seen))
+}
+
+fn print_spread(counts: &BTreeMap<String, usize>) {
+    for (server, n) in counts {
+        println!("    {server:<6} answered {n:>2} {}", "#".repeat(*n));
+    }
+}
+
 fn demo() -> anyhow::Result<()> {
-    let vip = Ipv4Addr::new(10, 96, 0, 10);
     let cni_bin = sibling("petrel-cni")?;
     let netctl = sibling("netctl")?;
-    let ipam = tempfile::Builder::new()
-        .prefix("petrel-demo-ipam-")
-        .tempdir()?;
+    let agent_bin = sibling("petrel-agent")?;
+    let work = tempfile::Builder::new().prefix("petrel-demo-").tempdir()?;
+    let (ipam, manifests) = (work.path().join("ipam"), work.path().join("manifests"));
+    std::fs::create_dir_all(&manifests)?;
 
-    step("creating a simulated node (network namespace petrel-demo-node)")?;
-    let pins = BpffsRoot::new("petrel-demo");
+    step("creating a simulated node (network namespace petrel-demo-node) and a host outside it")?;
+    let _ = std::fs::remove_dir_all(PINS);
     let node = NetNs::new("petrel-demo-node");
     node.sysctl("net.ipv4.ip_forward", "1");
     // Reverse NAT rewrites replies to come from the VIP, which has no route on the node.
     node.sysctl("net.ipv4.conf.all.rp_filter", "0");
     node.sysctl("net.ipv4.conf.default.rp_filter", "0");
+    let outside = NetNs::new("petrel-demo-outside");
+    veth(&node, "ext0", &outside, "eth0");
+    node.exec(
+        "ip",
+        &["addr", "add", &format!("{NODE_IP}/24"), "dev", "ext0"],
+    );
+    outside.exec(
+        "ip",
+        &["addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "eth0"],
+    );
+    outside.exec(
+        "ip",
+        &["route", "add", "default", "via", &NODE_IP.to_string()],
+    );
+    println!("    node address {NODE_IP} on ext0; outside host {OUTSIDE_IP}");
+
     let conf = serde_json::json!({
         "cniVersion": "1.1.0", "name": "petrel-demo", "type": "petrel-cni",
-        "podCIDR": "10.244.1.0/24", "dataDir": ipam.path(),
+        "podCIDR": "10.244.1.0/24", "dataDir": ipam,
     })
     .to_string();
     // One CNI call, as a runtime makes it, run in the node's namespace.
@@ -136,10 +218,11 @@ fn demo() -> anyhow::Result<()> {
         Ok(out)
     };
 
-    step("adding a client pod and 3 backend pods with petrel-cni (CNI ADD)")?;
-    let names = ["client", "pod-a", "pod-b", "pod-c"];
+    step(
+        "adding a client pod and 3 server pods with petrel-cni (CNI ADD); each server answers with its name",
+    )?;
     let mut pods = Vec::new();
-    for name in names {
+    for name in ["client", "pod-a", "pod-b", "pod-c"] {
         let ns = NetNs::new(&format!("petrel-demo-{name}"));
         let result = cni("ADD", name, &ns)?.json();
         let ip: Ipv4Addr = result["ips"][0]["address"]
@@ -147,125 +230,202 @@ fn demo() -> anyhow::Result<()> {
             .and_then(|a| a.split('/').next())
             .and_then(|a| a.parse().ok())
             .context("no IP in the CNI result")?;
-        let host_if = result["interfaces"][0]["name"]
-            .as_str()
-            .context("no host interface")?
-            .to_string();
-        println!(
-            "    {name:<6} {ip:<12} eth0 <-> {host_if} (gateway {})",
-            result["ips"][0]["gateway"].as_str().unwrap_or("?")
-        );
-        pods.push((name, ns, ip, host_if));
+        let host_if = result["interfaces"][0]["name"].as_str().unwrap_or("?");
+        println!("    {name:<6} {ip:<12} eth0 <-> {host_if}");
+        pods.push((name.to_string(), ns, ip));
     }
-    let mut servers = Vec::new();
-    for (name, ns, ip, _) in pods.iter().skip(1) {
-        servers.push(pod::Server::start(
-            Some(ns.path()),
-            name,
-            SocketAddrV4::new(*ip, 8080),
-        ));
-    }
-
-    step("loading petrel's eBPF datapath and attaching TC (TCX) to every pod's host-side veth")?;
-    let config = DatapathConfig {
-        bpffs_root: pins.path().to_path_buf(),
-        ..Default::default()
-    };
-    let ifaces: Vec<String> = pods.iter().map(|p| p.3.clone()).collect();
-    let attached = node.run(move || -> anyhow::Result<usize> {
-        let mut dp = Datapath::load(&config)?;
-        for i in &ifaces {
-            dp.attach_tc_ingress(i)?;
-        }
-        Ok(ifaces.len())
-    })?;
-    println!(
-        "    {attached} links pinned under {} (they outlive the loader)",
-        pins.path().display()
-    );
+    let servers: Vec<pod::Server> = pods[1..]
+        .iter()
+        .map(|(name, ns, ip)| {
+            pod::Server::start(Some(ns.path()), name, SocketAddrV4::new(*ip, 8080))
+        })
+        .collect();
+    let backends: Vec<(String, Ipv4Addr)> = pods[1..]
+        .iter()
+        .map(|(n, _, ip)| (n.clone(), *ip))
+        .collect();
 
     step(&format!(
-        "programming ClusterIP {vip}:80/TCP -> the 3 backend pods on :8080"
+        "writing a NodePort service (ClusterIP {VIP}:80, NodePort {NODE_PORT}) to {}",
+        manifests.display()
     ))?;
-    let mut maps = ServiceMaps::open(&pins.path().join("maps"))?;
-    let mut endpoints = Vec::new();
-    for (i, (_, _, ip, _)) in pods.iter().skip(1).enumerate() {
-        let id = i as u32 + 1;
-        let addr = SocketAddrV4::new(*ip, 8080);
-        maps.upsert_backend(&BackendSpec {
-            id,
-            addr,
-            proto: Proto::Tcp,
-            terminating: false,
-            remote: false,
-        })?;
-        endpoints.push(Endpoint::ready(id));
+    std::fs::write(manifests.join("web.yaml"), service_manifest(&backends))?;
+
+    step("starting petrel-agent in standalone mode (--manifests) inside the node")?;
+    let args: Vec<String> = [
+        "--manifests",
+        &manifests.display().to_string(),
+        "--node-name",
+        "demo-node",
+        "--node-ip",
+        &NODE_IP.to_string(),
+        "--external-interface",
+        "ext0",
+        "--bpffs-root",
+        PINS,
+        // Clients here are threads of this process, outside any socket-LB cgroup: the TC path
+        // serves them. (On a node, socket-LB is attached at the cgroup2 root.)
+        "--socket-lb",
+        "false",
+        "--min-sync-period",
+        "20ms",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut agent = Agent::start(&node.path(), &args);
+    let client_ns = pods[0].1.path();
+    let cluster_ip = SocketAddrV4::new(VIP, 80);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let node_port = SocketAddrV4::new(NODE_IP, NODE_PORT);
+    // Both frontends answer: the agent's first sync is complete.
+    while spread(&client_ns, cluster_ip, 1).is_err()
+        || spread(&outside.path(), node_port, 1).is_err()
+    {
+        if Instant::now() > deadline || agent.exited() || INTERRUPTED.load(Ordering::Relaxed) {
+            bail!("the service did not come up; agent log:\n{}", agent.log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    let fe = Frontend {
-        addr: vip,
-        port: 80,
-        proto: Proto::Tcp,
-    };
-    maps.upsert_service(&ServiceEntry::new(fe, 1, endpoints))?;
+    println!("    programmed; agent log:");
+    for line in agent
+        .log()
+        .lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains("INFO"))
+    {
+        println!(
+            "      {}",
+            line.split("petrel_agent: ").nth(1).unwrap_or(&line)
+        );
+    }
+
+    step("$ netctl dump-services")?;
     let out = std::process::Command::new(&netctl)
-        .arg("--bpffs-root")
-        .arg(pins.path())
-        .arg("dump-services")
+        .args(["--bpffs-root", PINS, "dump-services"])
         .output()?;
-    println!(
-        "    $ netctl --bpffs-root {} dump-services",
-        pins.path().display()
-    );
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         println!("    {line}");
     }
 
-    let client_ip = pods[0].2;
     step(&format!(
-        "sending 30 requests from the client pod ({client_ip}) to {vip}:80"
+        "30 requests from the client pod ({}) to the ClusterIP {cluster_ip}",
+        pods[0].2
     ))?;
-    let client_ns = pods[0].1.path();
-    let replies = std::thread::spawn(move || -> anyhow::Result<Vec<pod::Reply>> {
-        petrel_tests::netns::enter(&client_ns);
-        (0..30)
-            .map(|_| pod::tcp_get(SocketAddrV4::new(vip, 80)).context("request to the VIP"))
-            .collect()
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
-    let mut spread: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in &replies {
-        *spread.entry(r.server.as_str()).or_default() += 1;
-    }
-    for (server, n) in &spread {
-        println!("    {server:<6} answered {n:>2} {}", "#".repeat(*n));
-    }
+    let (counts, seen) = spread(&client_ns, cluster_ip, 30)?;
+    print_spread(&counts);
     println!(
-        "    backends saw the client as {} (no SNAT)",
-        replies[0].client_seen
+        "    the servers saw the client as {} (no SNAT)",
+        seen.join(", ")
     );
-    if spread.len() < 2 {
-        bail!("expected the VIP to spread over several backends, got {spread:?}");
+    if counts.len() < 2 {
+        bail!("expected the VIP to spread over several pods, got {counts:?}");
     }
 
-    step("datapath counters (per-CPU, summed)")?;
-    for (name, v) in maps.stats()? {
-        println!("    {name:<22} {v}");
+    step(&format!(
+        "30 requests from the host outside the node ({OUTSIDE_IP}) to the NodePort {node_port}"
+    ))?;
+    let (counts, seen) = match spread(&outside.path(), node_port, 30) {
+        Ok(r) => r,
+        Err(e) => {
+            for cmd in ["stats", "dump-conntrack"] {
+                let out = std::process::Command::new(&netctl)
+                    .args(["--bpffs-root", PINS, cmd])
+                    .output()?;
+                eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+            }
+            eprintln!("{}", agent.log());
+            return Err(e);
+        }
+    };
+    print_spread(&counts);
+    println!(
+        "    the servers saw the client as {} (source address preserved)",
+        seen.join(", ")
+    );
+
+    step("pod-c leaves the EndpointSlice: the agent reprograms the maps")?;
+    std::fs::write(manifests.join("web.yaml"), service_manifest(&backends[..2]))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = std::process::Command::new(&netctl)
+            .args(["--bpffs-root", PINS, "dump-services", "-o", "json"])
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v.as_array().is_some_and(|a| {
+            a.iter()
+                .all(|s| s["backends"].as_array().is_some_and(|b| b.len() == 2))
+        }) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the agent did not apply the change; log:\n{}", agent.log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (counts, _) = spread(&client_ns, cluster_ip, 20)?;
+    print_spread(&counts);
+    if counts.contains_key("pod-c") {
+        bail!("pod-c still received traffic");
     }
 
-    step("removing the pods with petrel-cni (CNI DEL), then the node and the pins")?;
+    step("$ netctl stats")?;
+    let out = std::process::Command::new(&netctl)
+        .args(["--bpffs-root", PINS, "stats"])
+        .output()?;
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.ends_with(" 0"))
+    {
+        println!("    {line}");
+    }
+
+    step(
+        "stopping the agent (SIGTERM: the datapath stays), then `petrel-agent --cleanup`, CNI DEL, namespaces",
+    )?;
+    agent.stop(libc::SIGTERM);
+    let out = std::process::Command::new(&agent_bin)
+        .args(["--cleanup", "--bpffs-root", PINS])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "petrel-agent --cleanup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for line in String::from_utf8_lossy(&out.stderr).lines().map(strip_ansi) {
+        println!(
+            "    {}",
+            line.split("petrel_agent: ").nth(1).unwrap_or(&line)
+        );
+    }
     drop(servers);
-    for (name, ns, _, _) in &pods {
+    for (name, ns, _) in &pods {
         cni("DEL", name, ns)?;
     }
-    let left = petrel_tests::cni::reservations(ipam.path(), "petrel-demo");
+    let left = petrel_tests::cni::reservations(&ipam, "petrel-demo");
     if !left.is_empty() {
         bail!("IPAM reservations left after DEL: {left:?}");
     }
-    println!("    IPAM store empty");
-    drop(maps);
+    println!("    IPAM store empty, pins removed");
     drop(pods);
+    drop(outside);
     drop(node);
-    drop(pins);
     Ok(())
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
