@@ -31,6 +31,8 @@ pub struct KubeApiServer {
     dir: tempfile::TempDir,
     etcd: Child,
     apiserver: Child,
+    bin: PathBuf,
+    args: Vec<String>,
     pub port: u16,
 }
 
@@ -204,6 +206,8 @@ impl KubeApiServer {
             dir,
             etcd,
             apiserver,
+            bin,
+            args: api_args,
             port,
         };
         server.wait_ready().await;
@@ -265,6 +269,31 @@ impl KubeApiServer {
             assert!(
                 Instant::now() < deadline,
                 "EndpointSlice v1 CRD not served after 90 s:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the API server (etcd keeps its data), as an outage would.
+    pub fn stop_apiserver(&mut self) {
+        stop(&mut self.apiserver);
+    }
+
+    /// Starts the API server again on the same port and data, and waits until it serves.
+    pub async fn restart_apiserver(&mut self) {
+        self.apiserver = spawn(
+            &self.bin,
+            &self.args,
+            &self.dir.path().join("apiserver-2.log"),
+        );
+        let client = self.client().await;
+        let services: Api<Service> = Api::namespaced(client, "default");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while services.list(&ListParams::default()).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "kube-apiserver did not come back:\n{}",
                 self.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -454,3 +454,195 @@ fn follows_services_and_endpointslices_from_the_api_server() {
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e));
 }
+
+/// Runs `body` on a tokio runtime whose threads live in the node's namespace (where the API
+/// server fixture must run: another namespace cannot reach its loopback).
+fn in_node<F, Fut>(f: &Arc<Fixture>, body: F)
+where
+    F: FnOnce(Arc<Fixture>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let node_ns = f.node.ns.path();
+    let f = f.clone();
+    std::thread::spawn(move || {
+        enter(&node_ns);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(body(f));
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+/// Node n1, a service `web` (port 80 -> 8080) and its slice with `backends`; returns the VIP.
+async fn create_web(client: &kube::Client, backends: &[Ipv4Addr]) -> SocketAddrV4 {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some("n1".into()),
+            ..Default::default()
+        },
+        status: Some(NodeStatus {
+            addresses: Some(vec![NodeAddress {
+                type_: "InternalIP".into(),
+                address: "10.99.0.1".into(),
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("node");
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc = Service {
+        metadata: meta("web"),
+        spec: Some(ServiceSpec {
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = services
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("service");
+    let ip: Ipv4Addr = created
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("clusterIP")
+        .parse()
+        .expect("v4");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    slices
+        .create(&PostParams::default(), &slice(backends))
+        .await
+        .expect("slice");
+    SocketAddrV4::new(ip, 80)
+}
+
+#[test]
+fn api_server_outage_keeps_traffic_and_changes_after_it_are_applied() {
+    let f = Arc::new(Fixture::new());
+    in_node(&f, |f| async move {
+        let mut server = KubeApiServer::start().await;
+        let client = server.client().await;
+        let vip = create_web(&client, &[B0, B1]).await;
+        let agent = f.agent(&[
+            "--kubeconfig".into(),
+            server.kubeconfig().display().to_string(),
+        ]);
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("the VIP answers", 30, || fb.get(vip).is_ok())
+        })
+        .await
+        .expect("up");
+
+        // 60 s without an API server: the datapath keeps serving the last state.
+        server.stop_apiserver();
+        let fb = f.clone();
+        let (ok, failed) = tokio::task::spawn_blocking(move || {
+            let (mut ok, mut failed) = (0, 0);
+            let end = std::time::Instant::now() + Duration::from_secs(60);
+            while std::time::Instant::now() < end {
+                match fb.get(vip) {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (ok, failed)
+        })
+        .await
+        .expect("outage traffic");
+        println!("during the 60 s outage: {ok} connections succeeded, {failed} failed");
+        assert_eq!(failed, 0);
+        assert!(ok > 100);
+
+        // The server returns; a change made now reaches the datapath (watch resumed, relisted).
+        server.restart_apiserver().await;
+        let client = server.client().await;
+        let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+        let mut current = slices.get("web-1").await.expect("get slice");
+        current.endpoints = slice(&[B1]).endpoints;
+        slices
+            .replace("web-1", &PostParams::default(), &current)
+            .await
+            .expect("replace slice");
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("the change after the outage is applied", 60, || {
+                fb.frontend(vip)
+                    .is_some_and(|s| s["backends"].as_array().map(Vec::len) == Some(1))
+            });
+            assert_eq!(fb.servers(vip, 10), BTreeSet::from(["b1".to_string()]));
+        })
+        .await
+        .expect("after outage");
+        drop(agent);
+        drop(server);
+    });
+}
+
+#[test]
+fn a_service_that_would_overflow_is_refused_whole_and_cleanup_removes_everything() {
+    let f = Fixture::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_atomic(
+        &dir.path().join("web.yaml"),
+        &manifest("10.96.0.52", &[B0, B1]),
+    );
+    // 12 backends: 13 entries, more than the 8-entry map has left after web's 3.
+    let many: Vec<Ipv4Addr> = (10..22).map(|i| Ipv4Addr::new(10, 244, 9, i)).collect();
+    write_atomic(
+        &dir.path().join("big.yaml"),
+        &manifest("10.96.0.53", &many)
+            .replace("name: web", "name: big")
+            .replace("service-name: web", "service-name: big"),
+    );
+    let mut args = vec!["--manifests".to_string(), dir.path().display().to_string()];
+    args.extend(["--services-map-size", "8"].map(String::from));
+    let mut agent = f.agent(&args);
+    let web = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 52), 80);
+    eventually("web answers", 20, || f.get(web).is_ok());
+    eventually("the refusal is counted", 10, || {
+        f.http(10249, "/metrics")
+            .contains("petrel_frontends_refused 1")
+    });
+    assert!(
+        f.frontend(SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 53), 80))
+            .is_none(),
+        "never half programmed"
+    );
+    assert!(
+        agent.log().contains("SERVICES map full"),
+        "a log line says why"
+    );
+
+    agent.stop(libc::SIGTERM);
+    assert!(f.get(web).is_ok(), "the datapath stays after SIGTERM");
+    let out = std::process::Command::new(petrel_tests::workspace_bin(
+        "petrel-agent",
+        "PETREL_AGENT_BIN",
+    ))
+    .args(["--cleanup", "--bpffs-root"])
+    .arg(f.pins.path())
+    .output()
+    .expect("cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!f.pins.path().exists(), "every pin removed");
+    assert!(f.get(web).is_err(), "nothing translates the VIP any more");
+}
