@@ -5,7 +5,7 @@ use std::{
     collections::BTreeSet,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -319,140 +319,78 @@ fn slice(backends: &[Ipv4Addr]) -> EndpointSlice {
 
 #[test]
 fn follows_services_and_endpointslices_from_the_api_server() {
-    let f = Fixture::new();
-    let node_ns: PathBuf = f.node.ns.path();
-    // The API server runs inside the node's namespace (a namespace cannot reach another's
-    // loopback), and so does this test's client: threads and processes inherit the namespace.
-    let f = Arc::new(f);
-    let f2 = f.clone();
-    std::thread::spawn(move || {
-        enter(&node_ns);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let f = f2;
-            let server = KubeApiServer::start().await;
-            let client = server.client().await;
-            let nodes: Api<Node> = Api::all(client.clone());
-            let node = Node {
-                metadata: ObjectMeta {
-                    name: Some("n1".into()),
-                    ..Default::default()
-                },
-                status: Some(NodeStatus {
-                    addresses: Some(vec![NodeAddress {
-                        type_: "InternalIP".into(),
-                        address: "10.99.0.1".into(),
-                    }]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            nodes
-                .create(&PostParams::default(), &node)
-                .await
-                .expect("node");
-            let services: Api<Service> = Api::namespaced(client.clone(), "default");
-            let svc = Service {
-                metadata: meta("web"),
-                spec: Some(ServiceSpec {
-                    ports: Some(vec![ServicePort {
-                        name: Some("http".into()),
-                        port: 80,
-                        protocol: Some("TCP".into()),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            let created = services
-                .create(&PostParams::default(), &svc)
-                .await
-                .expect("service");
-            let ip: Ipv4Addr = created
-                .spec
-                .and_then(|s| s.cluster_ip)
-                .expect("clusterIP")
-                .parse()
-                .expect("v4");
-            let vip = SocketAddrV4::new(ip, 80);
-            let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-            slices
-                .create(&PostParams::default(), &slice(&[B0, B1]))
-                .await
-                .expect("slice");
+    let f = Arc::new(Fixture::new());
+    in_node(&f, |f| async move {
+        let server = KubeApiServer::start().await;
+        let client = server.client().await;
+        let vip = create_web(&client, &[B0, B1]).await;
+        let services: Api<Service> = Api::namespaced(client.clone(), "default");
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+        let kubeconfig = server.kubeconfig().display().to_string();
+        let agent = f.agent(&["--kubeconfig".into(), kubeconfig]);
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("the VIP answers", 30, || fb.get(vip).is_ok());
+            assert_eq!(
+                fb.servers(vip, 16),
+                BTreeSet::from(["b0".to_string(), "b1".to_string()])
+            );
+        })
+        .await
+        .expect("traffic");
 
-            let kubeconfig = server.kubeconfig().display().to_string();
-            let agent = f.agent(&["--kubeconfig".into(), kubeconfig]);
-            let fb = f.clone();
-            tokio::task::spawn_blocking(move || {
-                eventually("the VIP answers", 30, || fb.get(vip).is_ok());
-                assert_eq!(
-                    fb.servers(vip, 16),
-                    BTreeSet::from(["b0".to_string(), "b1".to_string()])
-                );
-            })
+        // Endpoints change through the API.
+        let mut current = slices.get("web-1").await.expect("get slice");
+        current.endpoints = slice(&[B1]).endpoints;
+        slices
+            .replace("web-1", &PostParams::default(), &current)
             .await
-            .expect("traffic");
+            .expect("replace slice");
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("only b1 is left", 15, || {
+                fb.frontend(vip)
+                    .is_some_and(|s| s["backends"].as_array().map(Vec::len) == Some(1))
+            });
+            assert_eq!(fb.servers(vip, 10), BTreeSet::from(["b1".to_string()]));
+        })
+        .await
+        .expect("update");
 
-            // Endpoints change through the API.
-            let mut current = slices.get("web-1").await.expect("get slice");
-            current.endpoints = slice(&[B1]).endpoints;
-            slices
-                .replace("web-1", &PostParams::default(), &current)
-                .await
-                .expect("replace slice");
-            let fb = f.clone();
-            tokio::task::spawn_blocking(move || {
-                eventually("only b1 is left", 15, || {
-                    fb.frontend(vip)
-                        .is_some_and(|s| s["backends"].as_array().map(Vec::len) == Some(1))
-                });
-                assert_eq!(fb.servers(vip, 10), BTreeSet::from(["b1".to_string()]));
-            })
+        // Session affinity is switched on through the API.
+        let mut current = services.get("web").await.expect("get service");
+        if let Some(spec) = current.spec.as_mut() {
+            spec.session_affinity = Some("ClientIP".into());
+        }
+        services
+            .replace("web", &PostParams::default(), &current)
             .await
-            .expect("update");
+            .expect("replace service");
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("affinity programmed", 15, || {
+                fb.frontend(vip)
+                    .is_some_and(|s| s["affinity_timeout_s"] == 10800)
+            });
+        })
+        .await
+        .expect("affinity");
 
-            // Session affinity is switched on through the API.
-            let mut current = services.get("web").await.expect("get service");
-            if let Some(spec) = current.spec.as_mut() {
-                spec.session_affinity = Some("ClientIP".into());
-            }
-            services
-                .replace("web", &PostParams::default(), &current)
-                .await
-                .expect("replace service");
-            let fb = f.clone();
-            tokio::task::spawn_blocking(move || {
-                eventually("affinity programmed", 15, || {
-                    fb.frontend(vip)
-                        .is_some_and(|s| s["affinity_timeout_s"] == 10800)
-                });
-            })
-            .await
-            .expect("affinity");
-
-            // Deleting the service removes it from the datapath.
-            services
-                .delete("web", &DeleteParams::default())
-                .await
-                .expect("delete");
-            let fb = f.clone();
-            tokio::task::spawn_blocking(move || {
-                eventually("the service is gone", 15, || fb.frontend(vip).is_none());
-                assert!(fb.get(vip).is_err());
-            })
+        // Deleting the service removes it from the datapath.
+        services
+            .delete("web", &DeleteParams::default())
             .await
             .expect("delete");
-            drop(agent);
-            drop(server);
-        });
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("the service is gone", 15, || fb.frontend(vip).is_none());
+            assert!(fb.get(vip).is_err());
+        })
+        .await
+        .expect("delete");
+        drop(agent);
+        drop(server);
+    });
 }
 
 /// Runs `body` on a tokio runtime whose threads live in the node's namespace (where the API
