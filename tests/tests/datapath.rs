@@ -193,6 +193,24 @@ fn requests(ns: PathBuf, n: usize, proto: Proto, to: SocketAddrV4) -> Vec<pod::R
     })
 }
 
+/// `netctl --bpffs-root PINS ARGS -o json`.
+fn netctl_json(pins: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let bin = petrel_tests::workspace_bin("netctl", "PETREL_NETCTL_BIN");
+    let out = std::process::Command::new(bin)
+        .arg("--bpffs-root")
+        .arg(pins)
+        .args(args)
+        .args(["-o", "json"])
+        .output()
+        .expect("run netctl");
+    assert!(
+        out.status.success(),
+        "netctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("netctl JSON")
+}
+
 fn servers(replies: &[pod::Reply]) -> BTreeSet<String> {
     replies.iter().map(|r| r.server.clone()).collect()
 }
@@ -422,6 +440,17 @@ fn no_endpoint_is_refused_at_once_for_tcp_and_udp() {
     });
     assert_eq!(tcp, ErrorKind::ConnectionRefused);
     assert_eq!(udp, ErrorKind::ConnectionRefused);
+    let e = netctl_json(
+        f.pins.path(),
+        &["explain", "10.244.0.2", "10.96.0.14:80/tcp"],
+    );
+    assert!(e["backend"].is_null());
+    assert!(
+        e["steps"][0]
+            .as_str()
+            .is_some_and(|s| s.contains("refused")),
+        "{e}"
+    );
     assert!(f.stat("rejected") >= 2);
 }
 
@@ -592,6 +621,53 @@ fn maglev_gives_every_flow_the_backend_any_node_would_compute() {
         assert_eq!(server, expected, "flow from port {port}");
         seen.insert(server);
     }
+    // netctl explain tells the same story, from the maps alone: a flow seen before is in
+    // conntrack; a new one is placed by its Maglev position.
+    let e = netctl_json(
+        f.pins.path(),
+        &[
+            "explain",
+            "10.99.0.2:45003",
+            "10.99.0.1:30090/udp",
+            "--from-outside",
+        ],
+    );
+    assert!(
+        e["steps"][0]
+            .as_str()
+            .is_some_and(|s| s.contains("conntrack")),
+        "{e}"
+    );
+    let e = netctl_json(
+        f.pins.path(),
+        &[
+            "explain",
+            "10.99.0.2:46000",
+            "10.99.0.1:30090/udp",
+            "--from-outside",
+        ],
+    );
+    let h = maglev::flow_hash(
+        u32::from(EXT_CLIENT).to_be(),
+        46000u16.to_be(),
+        30090u16.to_be(),
+        17,
+    );
+    let want = table[(h % MAGLEV_SIZE) as usize];
+    let idx = if want == id(0, 8080, Proto::Udp) {
+        0
+    } else {
+        1
+    };
+    assert_eq!(e["backend"], format!("{}:8080", BACKENDS[idx]));
+    assert!(
+        e["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .any(|s| s.as_str().is_some_and(|s| s.contains("Maglev ring 1"))),
+        "{e}"
+    );
     assert_eq!(seen.len(), 2);
 }
 

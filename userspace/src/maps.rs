@@ -11,10 +11,10 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use petrel_common::{
-    BACKEND_F_REMOTE, BACKEND_F_TERMINATING, Backend, CT_F_SNAT, CtKey, CtValue, IPPROTO_TCP,
-    IPPROTO_UDP, MAP_VERSION, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY,
-    SVC_F_DROP_EMPTY, SVC_F_EXTERNAL, SVC_F_LOCAL_EXTERNAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES,
-    ServiceKey, ServiceValue, config, stat,
+    AFFINITY_CLIENT_IP, AffinityKey, AffinityValue, BACKEND_F_REMOTE, BACKEND_F_TERMINATING,
+    Backend, CT_F_SNAT, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, MAP_VERSION, RevNat,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_EXTERNAL,
+    SVC_F_LOCAL_EXTERNAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, config, stat,
 };
 
 use crate::{maglev, service::ServiceEntry};
@@ -609,4 +609,191 @@ pub fn conntrack(maps_dir: &Path, limit: usize) -> Result<Vec<TrackedFlow>, Maps
         });
     }
     Ok(out)
+}
+
+/// What `netctl explain` found out about one flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    pub frontend: Frontend,
+    /// "internal" (from a pod or process on the node) or "external" (arrived from outside).
+    pub scope: &'static str,
+    /// The backend the flow gets, when it is determined.
+    pub backend: Option<SocketAddrV4>,
+    /// Each step of the decision, in order.
+    pub steps: Vec<String>,
+}
+
+impl ServiceMaps {
+    /// Explains which backend a flow from `client` (port 0: any) to `frontend` gets and why,
+    /// following the datapath's own order: conntrack, scope, empty service, affinity, Maglev or
+    /// random slot.
+    pub fn explain(
+        &self,
+        maps_dir: &Path,
+        client: SocketAddrV4,
+        frontend: Frontend,
+        external: bool,
+    ) -> Result<Explanation, MapsError> {
+        let mut steps = Vec::new();
+        let scope = if external { "external" } else { "internal" };
+        let mut out = Explanation {
+            frontend,
+            scope,
+            backend: None,
+            steps: Vec::new(),
+        };
+        let addr_of = |id: u32| -> Result<Option<SocketAddrV4>, MapsError> {
+            match self.backends.get(&id, 0) {
+                Ok(b) => Ok(Some(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(b.addr_be)),
+                    u16::from_be(b.port_be),
+                ))),
+                Err(MapError::KeyNotFound) => Ok(None),
+                Err(source) => Err(MapsError::Op {
+                    op: "lookup",
+                    map: BACKENDS,
+                    source,
+                }),
+            }
+        };
+        if client.port() != 0 {
+            let ct: HashMap<MapData, CtKey, CtValue> = op(
+                "open",
+                CONNTRACK,
+                HashMap::try_from(open(maps_dir, CONNTRACK)?),
+            )?;
+            let key = CtKey {
+                saddr_be: u32::from(*client.ip()).to_be(),
+                daddr_be: u32::from(frontend.addr).to_be(),
+                sport_be: client.port().to_be(),
+                dport_be: frontend.port.to_be(),
+                proto: frontend.proto.number(),
+                _pad: [0; 3],
+            };
+            if let Ok(v) = ct.get(&key, 0) {
+                match addr_of(v.backend_id)? {
+                    Some(a) => {
+                        steps.push(format!(
+                            "an established flow in conntrack: pinned to backend #{} {a}",
+                            v.backend_id
+                        ));
+                        out.backend = Some(a);
+                        out.steps = steps;
+                        return Ok(out);
+                    }
+                    None => steps.push(format!(
+                        "in conntrack, but backend #{} is gone: the flow is re-balanced",
+                        v.backend_id
+                    )),
+                }
+            }
+        }
+        let Some(master) = self.master(frontend, SCOPE_EXTERNAL)? else {
+            steps.push(format!(
+                "{frontend} is not a service frontend: the packet is not translated"
+            ));
+            out.steps = steps;
+            return Ok(out);
+        };
+        let (svc, scope_id) = if !external && master.flags & SVC_F_TWO_SCOPES != 0 {
+            steps.push("a Local traffic policy splits the service: in-cluster traffic uses the internal backend set".into());
+            match self.master(frontend, SCOPE_INTERNAL)? {
+                Some(m) => (m, SCOPE_INTERNAL),
+                None => {
+                    steps.push("the internal scope is missing: refused".into());
+                    out.steps = steps;
+                    return Ok(out);
+                }
+            }
+        } else {
+            (master, SCOPE_EXTERNAL)
+        };
+        if svc.count == 0 {
+            steps.push(if svc.flags & SVC_F_DROP_EMPTY != 0 {
+                "no backend under the Local traffic policy: dropped".into()
+            } else {
+                "no usable endpoint: refused (ICMP port unreachable / ECONNREFUSED)".into()
+            });
+            out.steps = steps;
+            return Ok(out);
+        }
+        if svc.flags & SVC_F_AFFINITY != 0 {
+            let aff: HashMap<MapData, AffinityKey, AffinityValue> = op(
+                "open",
+                AFFINITY,
+                HashMap::try_from(open(maps_dir, AFFINITY)?),
+            )?;
+            let key = AffinityKey {
+                client: u64::from(u32::from(*client.ip()).to_be()),
+                rev_nat_id: svc.rev_nat_id,
+                kind: AFFINITY_CLIENT_IP,
+                _pad: [0; 3],
+            };
+            match aff.get(&key, 0) {
+                Ok(a) => {
+                    let a_addr = addr_of(a.backend_id)?;
+                    steps.push(format!(
+                        "sessionAffinity ClientIP ({} s): {} last went to backend #{} {} (kept while used within the timeout)",
+                        svc.affinity_timeout_s,
+                        client.ip(),
+                        a.backend_id,
+                        a_addr.map_or("(gone)".to_string(), |x| x.to_string())
+                    ));
+                    if a_addr.is_some() {
+                        out.backend = a_addr;
+                        out.steps = steps;
+                        return Ok(out);
+                    }
+                }
+                Err(_) => steps.push(format!(
+                    "sessionAffinity ClientIP ({} s): no entry for {} yet",
+                    svc.affinity_timeout_s,
+                    client.ip()
+                )),
+            }
+        }
+        let m = self.maglev_size()?;
+        if svc.flags & SVC_F_MAGLEV != 0 && m != 0 {
+            if client.port() == 0 {
+                steps.push(format!("Maglev ring {} ({m} positions): the backend depends on the client port; give SRC as ip:port", svc.maglev_ring));
+            } else {
+                let h = maglev::flow_hash(
+                    u32::from(*client.ip()).to_be(),
+                    client.port().to_be(),
+                    frontend.port.to_be(),
+                    frontend.proto.number(),
+                );
+                let pos = h % m;
+                let id = op(
+                    "get",
+                    MAGLEV,
+                    self.maglev.get(&(svc.maglev_ring * m + pos), 0),
+                )?;
+                let a = addr_of(id)?;
+                steps.push(format!(
+                    "Maglev ring {}: flow hash {h:#010x} -> position {pos} of {m} -> backend #{id} {} (the same on every node)",
+                    svc.maglev_ring,
+                    a.map_or("(missing)".to_string(), |x| x.to_string())
+                ));
+                out.backend = a;
+            }
+        } else {
+            let set = self.read_scope(frontend, scope_id, svc.count)?;
+            let list: Vec<String> = set
+                .iter()
+                .filter_map(|b| b.addr)
+                .map(|a| a.to_string())
+                .collect();
+            steps.push(format!(
+                "random among {} backends: {}",
+                set.len(),
+                list.join(", ")
+            ));
+            if set.len() == 1 {
+                out.backend = set[0].addr;
+            }
+        }
+        out.steps = steps;
+        Ok(out)
+    }
 }

@@ -153,9 +153,9 @@ impl Health {
         let stale = Duration::from_millis(self.stale_after_ms.load(Ordering::Relaxed));
         let healthy = last.is_some_and(|t| now.duration_since(t).unwrap_or_default() <= stale);
         let body = format!(
-            "{{\"lastUpdated\": {}, \"currentTime\": {}}}",
+            "{{\"lastUpdated\": {}, \"currentTime\": {:.3}}}",
             last.map_or("null".to_string(), |t| format!("{:.3}", secs(t))),
-            format!("{:.3}", secs(now))
+            secs(now)
         );
         (
             if healthy {

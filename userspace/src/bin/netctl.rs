@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
 use petrel::{
-    ServiceMaps,
+    Frontend, Proto, ServiceMaps,
     maps::{ProgrammedBackend, conntrack},
 };
 
@@ -49,6 +51,17 @@ enum Command {
     },
     /// Datapath counters (translated, dropped by reason, rejected), summed over CPUs.
     Stats,
+    /// Which backend a flow gets and why: conntrack, traffic policy scope, empty service,
+    /// session affinity, Maglev position or random slot.
+    Explain {
+        /// The client: IP or IP:PORT (the port decides Maglev and finds conntrack entries).
+        src: String,
+        /// The frontend: IP:PORT/PROTO (PROTO tcp or udp, default tcp).
+        dst: String,
+        /// The flow arrives from outside the node (NodePort, externalIPs) rather than from a pod.
+        #[arg(long)]
+        from_outside: bool,
+    },
 }
 
 fn list(backends: &[ProgrammedBackend]) -> String {
@@ -140,6 +153,43 @@ fn main() -> anyhow::Result<()> {
                     f.frontend.to_string(),
                     f.backend_id
                 );
+            }
+        }
+        Command::Explain {
+            src,
+            dst,
+            from_outside,
+        } => {
+            let client: SocketAddrV4 = match src.parse::<SocketAddrV4>() {
+                Ok(s) => s,
+                Err(_) => SocketAddrV4::new(
+                    src.parse::<Ipv4Addr>()
+                        .with_context(|| format!("SRC {src:?}: want IP or IP:PORT"))?,
+                    0,
+                ),
+            };
+            let (addr, proto) = dst.split_once('/').unwrap_or((dst.as_str(), "tcp"));
+            let addr: SocketAddrV4 = addr
+                .parse()
+                .with_context(|| format!("DST {dst:?}: want IP:PORT/PROTO"))?;
+            let proto: Proto = proto.parse().map_err(anyhow::Error::msg)?;
+            let fe = Frontend {
+                addr: *addr.ip(),
+                port: addr.port(),
+                proto,
+            };
+            let e = maps.explain(&maps_dir, client, fe, from_outside)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+                return Ok(());
+            }
+            println!("{src} -> {fe} ({} traffic)", e.scope);
+            for (i, step) in e.steps.iter().enumerate() {
+                println!("  {}. {step}", i + 1);
+            }
+            match e.backend {
+                Some(b) => println!("  => backend {b}"),
+                None => println!("  => no single backend is determined"),
             }
         }
         Command::Stats => {
