@@ -40,6 +40,8 @@ struct Fixture {
     _servers: Vec<pod::Server>,
     node: SimNode,
     pins: BpffsRoot,
+    /// The agent's --state-dir (service names for netctl).
+    state: tempfile::TempDir,
 }
 
 impl Fixture {
@@ -61,6 +63,7 @@ impl Fixture {
             _servers: servers,
             node,
             pins,
+            state: tempfile::tempdir().expect("tempdir"),
         }
     }
 
@@ -81,6 +84,10 @@ impl Fixture {
             ]
             .map(String::from),
         );
+        args.extend([
+            "--state-dir".to_string(),
+            self.state.path().display().to_string(),
+        ]);
         Agent::start(&self.node.ns.path(), &args)
     }
 
@@ -117,6 +124,8 @@ impl Fixture {
             std::process::Command::new(petrel_tests::workspace_bin("netctl", "PETREL_NETCTL_BIN"))
                 .arg("--bpffs-root")
                 .arg(self.pins.path())
+                .arg("--state-dir")
+                .arg(self.state.path())
                 .args(["dump-services", "-o", "json"])
                 .output()
                 .expect("netctl");
@@ -184,6 +193,12 @@ fn standalone_manifests_add_edit_delete_and_a_malformed_file() {
     let dump = f.netctl();
     assert_eq!(dump[0]["frontend"]["addr"], "10.96.0.50");
     assert_eq!(dump[0]["backends"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        dump[0]["name"]["service"], "default/web",
+        "netctl adds the agent's names"
+    );
+    assert_eq!(dump[0]["name"]["kind"], "ClusterIP");
+    assert_eq!(dump[0]["name"]["port_name"], "http");
 
     // Edit: b0 leaves.
     write_atomic(&web, &manifest("10.96.0.50", &[B1]));
@@ -582,5 +597,8 @@ fn a_service_that_would_overflow_is_refused_whole_and_cleanup_removes_everything
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!f.pins.path().exists(), "every pin removed");
-    assert!(f.get(web).is_err(), "nothing translates the VIP any more");
+    // Links are released asynchronously once their last pin is gone.
+    eventually("nothing translates the VIP any more", 5, || {
+        f.get(web).is_err()
+    });
 }

@@ -167,6 +167,7 @@ fn demo() -> anyhow::Result<()> {
     let agent_bin = sibling("petrel-agent")?;
     let work = tempfile::Builder::new().prefix("petrel-demo-").tempdir()?;
     let (ipam, manifests) = (work.path().join("ipam"), work.path().join("manifests"));
+    let state = work.path().join("state");
     std::fs::create_dir_all(&manifests)?;
 
     step("creating a simulated node (network namespace petrel-demo-node) and a host outside it")?;
@@ -269,6 +270,8 @@ fn demo() -> anyhow::Result<()> {
         "false",
         "--min-sync-period",
         "20ms",
+        "--state-dir",
+        &state.display().to_string(),
     ]
     .map(String::from)
     .to_vec();
@@ -301,7 +304,9 @@ fn demo() -> anyhow::Result<()> {
 
     step("$ netctl dump-services")?;
     let out = std::process::Command::new(&netctl)
-        .args(["--bpffs-root", PINS, "dump-services"])
+        .args(["--bpffs-root", PINS, "--state-dir"])
+        .arg(&state)
+        .arg("dump-services")
         .output()?;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         println!("    {line}");

@@ -4,4 +4,5 @@
 pub mod desired;
 pub mod manifests;
 pub mod metrics;
+pub mod names;
 pub mod sync;

@@ -23,6 +23,14 @@ struct Cli {
         global = true
     )]
     bpffs_root: PathBuf,
+    /// Where the agent publishes service names (shown when the agent is up).
+    #[arg(
+        long,
+        env = "PETREL_STATE_DIR",
+        default_value = "/run/petrel",
+        global = true
+    )]
+    state_dir: PathBuf,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
@@ -92,15 +100,45 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::DumpServices => {
             let services = maps.dump()?;
+            let names = petrel::agent::names::read(&cli.state_dir);
             if json {
-                println!("{}", serde_json::to_string_pretty(&services)?);
+                let out: Vec<serde_json::Value> = services
+                    .iter()
+                    .map(|s| {
+                        let mut v = serde_json::to_value(s).expect("serialisable");
+                        if let Some(n) = names.get(&s.frontend.to_string()) {
+                            v["name"] = serde_json::to_value(n).expect("serialisable");
+                        }
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
                 return Ok(());
             }
             println!(
-                "{:<26} {:>7}  {:<28} BACKENDS",
-                "FRONTEND", "REVNAT", "FLAGS"
+                "{:<24} {:<12} {:<24} {:>6}  {:<15} {:<26} BACKENDS",
+                "SERVICE", "TYPE", "FRONTEND", "REVNAT", "POLICY ext/int", "FLAGS"
             );
             for s in services {
+                let (service, kind, policy) = match names.get(&s.frontend.to_string()) {
+                    Some(n) if n.port_name.is_empty() => (
+                        n.service.clone(),
+                        n.kind.clone(),
+                        format!(
+                            "{}/{}",
+                            n.external_traffic_policy, n.internal_traffic_policy
+                        ),
+                    ),
+                    Some(n) => (
+                        format!("{}:{}", n.service, n.port_name),
+                        n.kind.clone(),
+                        format!(
+                            "{}/{}",
+                            n.external_traffic_policy, n.internal_traffic_policy
+                        ),
+                    ),
+                    None => ("-".to_string(), "-".to_string(), "-".to_string()),
+                };
                 let mut flags = s.flags.join(",");
                 if let Some(t) = s.affinity_timeout_s {
                     flags = format!("{flags}({t}s)");
@@ -114,11 +152,10 @@ fn main() -> anyhow::Result<()> {
                     ),
                 };
                 println!(
-                    "{:<26} {:>7}  {:<28} {}",
+                    "{service:<24} {kind:<12} {:<24} {:>6}  {policy:<15} {:<26} {backends}",
                     s.frontend.to_string(),
                     s.rev_nat_id,
                     flags,
-                    backends
                 );
             }
         }

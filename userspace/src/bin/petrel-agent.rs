@@ -91,6 +91,9 @@ struct Cli {
     /// Health check address (/healthz).
     #[arg(long, default_value = "0.0.0.0:10256")]
     healthz_bind_address: SocketAddr,
+    /// Where the agent publishes what it programmed for netctl (service names per frontend).
+    #[arg(long, default_value = "/run/petrel")]
+    state_dir: PathBuf,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -276,6 +279,9 @@ async fn main() -> anyhow::Result<()> {
             metrics.sync_errors.inc();
         }
         update_gauges(&metrics, &syncer);
+        if let Err(e) = petrel::agent::names::write(&cli.state_dir, &desired) {
+            tracing::warn!(dir = %cli.state_dir.display(), error = %e, "cannot publish service names for netctl");
+        }
         tracing::debug!(
             upserted = report.upserted,
             removed = report.removed,
