@@ -357,6 +357,14 @@ fn follows_services_and_endpointslices_from_the_api_server() {
         // Endpoints change through the API.
         let mut current = slices.get("web-1").await.expect("get slice");
         current.endpoints = slice(&[B1]).endpoints;
+        // As the EndpointSlice controller does: the trigger time network programming latency is measured from.
+        current.metadata.annotations = Some(
+            [(
+                "endpoints.kubernetes.io/last-change-trigger-time".to_string(),
+                k8s_openapi::jiff::Timestamp::now().to_string(),
+            )]
+            .into(),
+        );
         slices
             .replace("web-1", &PostParams::default(), &current)
             .await
@@ -371,6 +379,37 @@ fn follows_services_and_endpointslices_from_the_api_server() {
         })
         .await
         .expect("update");
+
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("network programming latency observed", 10, || {
+                fb.http(10249, "/metrics").lines().any(|l| {
+                    l.starts_with("kubeproxy_network_programming_duration_seconds_count")
+                        && !l.ends_with(" 0")
+                })
+            });
+        })
+        .await
+        .expect("programming latency");
+
+        // The service port changes through the API: 80 -> 81.
+        let mut current = services.get("web").await.expect("get service");
+        if let Some(p) = current.spec.as_mut().and_then(|s| s.ports.as_mut()) {
+            p[0].port = 81;
+        }
+        services
+            .replace("web", &PostParams::default(), &current)
+            .await
+            .expect("replace service");
+        let vip81 = SocketAddrV4::new(*vip.ip(), 81);
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("port 81 answers", 15, || fb.get(vip81).is_ok());
+            eventually("port 80 is gone", 15, || fb.frontend(vip).is_none());
+        })
+        .await
+        .expect("port change");
+        let vip = vip81;
 
         // Session affinity is switched on through the API.
         let mut current = services.get("web").await.expect("get service");
