@@ -65,30 +65,7 @@ pub fn table(backends: &[(u32, String)], m: u32) -> Vec<u32> {
     entry
 }
 
-/// The flow hash the datapath uses to index a ring (jhash_3words of the client tuple, as in
-/// ebpf/programs/src/hash.rs). Addresses and ports in network order, as raw u32/u16 values.
-pub fn flow_hash(saddr_be: u32, sport_be: u16, dport_be: u16, proto: u8) -> u32 {
-    let iv = 0xdeadbeefu32.wrapping_add(3 << 2);
-    let (mut a, mut b, mut c) = (
-        saddr_be.wrapping_add(iv),
-        ((u32::from(sport_be) << 16) | u32::from(dport_be)).wrapping_add(iv),
-        u32::from(proto).wrapping_add(iv),
-    );
-    c ^= b;
-    c = c.wrapping_sub(b.rotate_left(14));
-    a ^= c;
-    a = a.wrapping_sub(c.rotate_left(11));
-    b ^= a;
-    b = b.wrapping_sub(a.rotate_left(25));
-    c ^= b;
-    c = c.wrapping_sub(b.rotate_left(16));
-    a ^= c;
-    a = a.wrapping_sub(c.rotate_left(4));
-    b ^= a;
-    b = b.wrapping_sub(a.rotate_left(14));
-    c ^= b;
-    c.wrapping_sub(b.rotate_left(24))
-}
+pub use petrel_common::flow_hash;
 
 #[cfg(test)]
 mod tests {

@@ -187,6 +187,39 @@ pub struct SockValue {
 }
 const _: () = assert!(size_of::<SockValue>() == 12);
 
+/// Bob Jenkins' lookup3 final mix (jhash_3words, as the kernel and Katran use it): the flow hash
+/// behind Maglev. One definition for the datapath and for userspace (netctl explain, tests).
+#[inline(always)]
+pub fn jhash_3words(a: u32, b: u32, c: u32, initval: u32) -> u32 {
+    let iv = initval.wrapping_add(0xdeadbeef).wrapping_add(3 << 2);
+    let (mut a, mut b, mut c) = (a.wrapping_add(iv), b.wrapping_add(iv), c.wrapping_add(iv));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(14));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(11));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(25));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(16));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(4));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(14));
+    c ^= b;
+    c.wrapping_sub(b.rotate_left(24))
+}
+
+/// The Maglev flow hash of a client tuple (network-order values as raw integers).
+#[inline(always)]
+pub fn flow_hash(saddr_be: u32, sport_be: u16, dport_be: u16, proto: u8) -> u32 {
+    jhash_3words(
+        saddr_be,
+        ((sport_be as u32) << 16) | dport_be as u32,
+        proto as u32,
+        0,
+    )
+}
+
 /// Indices of the CONFIG array map (u32 values, network order for addresses).
 pub mod config {
     /// The node's address: source of SNATed external traffic to remote backends.

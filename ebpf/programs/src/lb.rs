@@ -22,7 +22,7 @@ pub struct Client {
     /// `AFFINITY_CLIENT_IP` or `AFFINITY_NETNS`.
     pub kind: u8,
     pub id: u64,
-    /// Flow hash for Maglev (`hash::jhash_3words` of the client tuple).
+    /// Flow hash for Maglev (`petrel_common::flow_hash` of the client tuple).
     pub hash: u32,
 }
 

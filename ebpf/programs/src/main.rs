@@ -9,7 +9,6 @@
 //! * `tc_external_ingress` (TCX ingress of the node's external interfaces): NodePort, externalIPs
 //!   and LoadBalancer traffic from outside the node, and the replies of SNATed flows.
 
-mod hash;
 mod lb;
 mod maps;
 mod nat;

@@ -6,10 +6,9 @@ use aya_ebpf::{
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use petrel_common::{AFFINITY_NETNS, IPPROTO_UDP, SockKey, SockValue, stat};
+use petrel_common::{AFFINITY_NETNS, IPPROTO_UDP, SockKey, SockValue, jhash_3words, stat};
 
 use crate::{
-    hash::jhash_3words,
     lb::{self, Client, Frontend, Lookup},
     maps::{SOCK_CT, SOCK_REVNAT, count},
 };

@@ -9,11 +9,10 @@ use aya_ebpf::{
 };
 use petrel_common::{
     AFFINITY_CLIENT_IP, BACKEND_F_REMOTE, Backend, CT_F_NODE_SNAT, CT_F_SNAT, CtKey, CtValue,
-    HAIRPIN_ADDR, SVC_F_EXTERNAL, SVC_F_LOCAL_EXTERNAL, config, stat,
+    HAIRPIN_ADDR, SVC_F_EXTERNAL, SVC_F_LOCAL_EXTERNAL, config, flow_hash, stat,
 };
 
 use crate::{
-    hash::jhash_3words,
     lb::{self, Client, Frontend, Lookup},
     maps::{CONNTRACK, REV_CT, REV_NAT, count},
     nat::{self, End, Flow},
@@ -75,12 +74,7 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
     let client = Client {
         kind: AFFINITY_CLIENT_IP,
         id: f.saddr_be as u64,
-        hash: jhash_3words(
-            f.saddr_be,
-            ((f.sport_be as u32) << 16) | f.dport_be as u32,
-            f.proto as u32,
-            0,
-        ),
+        hash: flow_hash(f.saddr_be, f.sport_be, f.dport_be, f.proto),
     };
     match lb::select(&fe, internal, &client) {
         Lookup::NotService => Ok(TC_ACT_OK),
