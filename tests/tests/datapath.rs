@@ -760,22 +760,7 @@ fn netctl_shows_services_backends_conntrack_and_counters() {
     };
     f.program(&entry);
     requests(f.client_ns(), 3, Proto::Tcp, SocketAddrV4::new(vip(22), 80));
-    let netctl = |args: &[&str]| -> serde_json::Value {
-        let bin = petrel_tests::workspace_bin("netctl", "PETREL_NETCTL_BIN");
-        let out = std::process::Command::new(bin)
-            .arg("--bpffs-root")
-            .arg(f.pins.path())
-            .args(args)
-            .args(["-o", "json"])
-            .output()
-            .expect("run netctl");
-        assert!(
-            out.status.success(),
-            "netctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("netctl JSON")
-    };
+    let netctl = |args: &[&str]| netctl_json(f.pins.path(), args);
     let services = netctl(&["dump-services"]);
     let svc = &services.as_array().expect("array")[0];
     assert_eq!(svc["frontend"]["addr"], "10.96.0.22");
