@@ -241,6 +241,9 @@ pub fn setup(plan: &Plan) -> Result<Wired> {
         "1",
     )?;
     set_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+    // petrel's reverse NAT rewrites a reply's source to the service address before routing;
+    // strict reverse-path filtering on the pod's veth would drop it.
+    set_sysctl(&format!("/proc/sys/net/ipv4/conf/{host_if}/rp_filter"), "0")?;
 
     // Pod side: rename, address, routes via the gateway on the host end.
     let ifname = plan.ifname.to_string();

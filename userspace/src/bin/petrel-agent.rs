@@ -192,6 +192,15 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("attaching to {iface}"))?;
         tracing::info!(%iface, ?how, "external interface attached");
     }
+    // Reverse NAT rewrites replies before routing; the kernel uses max(all, interface) for
+    // rp_filter, so a strict `all` defeats petrel-cni's per-veth setting.
+    if std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter")
+        .is_ok_and(|v| v.trim() != "0")
+    {
+        tracing::warn!(
+            "net.ipv4.conf.all.rp_filter is not 0: replies of translated flows may be dropped"
+        );
+    }
     let maps = dp.service_maps()?;
     let mut syncer = Syncer::adopt(maps, cli.maglev_rings, cli.services_map_size as usize)?;
     let (adopted_frontends, adopted_backends) =
