@@ -252,7 +252,7 @@ fn restarts_under_load_lose_no_connection() {
     let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 51), 80);
     eventually("the VIP answers", 20, || f.get(vip).is_ok());
 
-    // About 200 connections per second through the ClusterIP while the agent is killed and
+    // At least 200 connections per second through the ClusterIP while the agent is killed and
     // restarted, then stopped gracefully and restarted.
     let (ok, failed, stop) = (
         Arc::new(AtomicUsize::new(0)),
@@ -273,7 +273,7 @@ fn restarts_under_load_lose_no_connection() {
                         failed.fetch_add(1, Ordering::Relaxed)
                     }
                 };
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(4));
             }
             errors
         })
@@ -292,6 +292,7 @@ fn restarts_under_load_lose_no_connection() {
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!("restarts under load: {ok} connections succeeded, {failed} failed");
     assert_eq!(failed, 0, "connections failed during restarts: {errors:?}");
+    // The load ran throughout (~200/s here; a loose bound, the machine may be loaded).
     assert!(ok > 300, "only {ok} connections were made");
     drop(agent);
 }
