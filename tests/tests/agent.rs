@@ -231,6 +231,25 @@ fn standalone_manifests_add_edit_delete_and_a_malformed_file() {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
 
+    // A pod interface that appears is attached; when it goes, its link pin is removed.
+    let pin = f.pins.path().join("links/tc_pod_ingress@h-extra");
+    f.node.ns.exec(
+        "ip",
+        &[
+            "link",
+            "add",
+            "h-extra",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "h-extra-p",
+        ],
+    );
+    eventually("the new interface is attached", 10, || pin.exists());
+    f.node.ns.exec("ip", &["link", "del", "h-extra"]);
+    eventually("its pin is pruned", 10, || !pin.exists());
+
     // Delete: the VIP stops being translated.
     std::fs::remove_file(&web).expect("rm");
     eventually("the service is gone", 10, || {

@@ -193,6 +193,26 @@ impl Datapath {
         self.attach_tc(PROG_TC_POD_INGRESS, iface)
     }
 
+    /// Removes the pinned pod-interface links whose interface is not in `existing` (the pod and
+    /// its veth are gone; the kernel already detached the link, the pin only keeps it around).
+    /// Returns the interfaces pruned.
+    pub fn prune_pod_links(&self, existing: &std::collections::HashSet<String>) -> Vec<String> {
+        let prefix = format!("{PROG_TC_POD_INGRESS}@");
+        let mut pruned = Vec::new();
+        let Ok(entries) = fs::read_dir(self.root.join("links")) else {
+            return pruned;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(iface) = name.strip_prefix(&prefix) {
+                if !existing.contains(iface) && fs::remove_file(e.path()).is_ok() {
+                    pruned.push(iface.to_string());
+                }
+            }
+        }
+        pruned
+    }
+
     /// Attaches the TC program for traffic from outside the node (NodePort, externalIPs,
     /// LoadBalancer) to an external interface's ingress.
     pub fn attach_external_ingress(&mut self, iface: &str) -> Result<AttachOutcome, DatapathError> {

@@ -243,13 +243,21 @@ async fn main() -> anyhow::Result<()> {
     let mut attached: HashSet<String> = HashSet::new();
     let mut observed_triggers: BTreeSet<(String, String)> = BTreeSet::new();
     let mut last_sync = Instant::now() - cli.min_sync_period;
+    let mut next_full_sync = Instant::now() + cli.sync_period;
+    // New pod veths are picked up within a second, between syncs.
+    let mut link_scan = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = shared.1.notified() => {}
-            _ = tokio::time::sleep(cli.sync_period) => {}
+            _ = tokio::time::sleep_until(next_full_sync.into()) => {}
+            _ = link_scan.tick() => {
+                attach_pod_interfaces(&mut dp, &cli.pod_interface_prefix, &mut attached);
+                continue;
+            }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
+        next_full_sync = Instant::now() + cli.sync_period;
         // Bounded frequency: coalesce bursts.
         let since = last_sync.elapsed();
         if since < cli.min_sync_period {
@@ -347,6 +355,9 @@ fn attach_pod_interfaces(dp: &mut Datapath, prefix: &str, attached: &mut HashSet
         .filter(|n| n.starts_with(prefix))
         .collect();
     attached.retain(|n| names.contains(n));
+    for gone in dp.prune_pod_links(&names) {
+        tracing::info!(iface = %gone, "pod interface gone: its link pin removed");
+    }
     for name in names {
         if attached.contains(&name) {
             continue;
