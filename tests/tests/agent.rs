@@ -88,6 +88,14 @@ impl Fixture {
             "--state-dir".to_string(),
             self.state.path().display().to_string(),
         ]);
+        // Never the host's real CNI paths.
+        let cni = self.state.path().join("cni");
+        args.extend([
+            "--pod-cidr-file".to_string(),
+            cni.join("pod-cidr").display().to_string(),
+            "--cni-conf-file".to_string(),
+            cni.join("05-petrel.conflist").display().to_string(),
+        ]);
         Agent::start(&self.node.ns.path(), &args)
     }
 
@@ -374,6 +382,28 @@ fn follows_services_and_endpointslices_from_the_api_server() {
         .await
         .expect("traffic");
 
+        // The agent hands the Node's podCIDR to petrel-cni and writes the conflist.
+        let cni = f.state.path().join("cni");
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("pod CIDR file written", 10, || {
+                std::fs::read_to_string(cni.join("pod-cidr"))
+                    .is_ok_and(|c| c.trim() == "10.244.7.0/24")
+            });
+            let conf: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(cni.join("05-petrel.conflist")).expect("conflist"),
+            )
+            .expect("json");
+            assert_eq!(conf["plugins"][0]["type"], "petrel-cni");
+            assert_eq!(
+                conf["plugins"][0]["podCIDRFile"],
+                cni.join("pod-cidr").display().to_string()
+            );
+            drop(fb);
+        })
+        .await
+        .expect("cni config");
+
         // Endpoints change through the API.
         let mut current = slices.get("web-1").await.expect("get slice");
         current.endpoints = slice(&[B1]).endpoints;
@@ -496,6 +526,10 @@ async fn create_web(client: &kube::Client, backends: &[Ipv4Addr]) -> SocketAddrV
             name: Some("n1".into()),
             ..Default::default()
         },
+        spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+            pod_cidr: Some("10.244.7.0/24".into()),
+            ..Default::default()
+        }),
         status: Some(NodeStatus {
             addresses: Some(vec![NodeAddress {
                 type_: "InternalIP".into(),

@@ -272,6 +272,11 @@ fn demo() -> anyhow::Result<()> {
         "20ms",
         "--state-dir",
         &state.display().to_string(),
+        // Never the host's real CNI paths (no Node object here, so nothing is written anyway).
+        "--pod-cidr-file",
+        &state.join("pod-cidr").display().to_string(),
+        "--cni-conf-file",
+        &state.join("05-petrel.conflist").display().to_string(),
     ]
     .map(String::from)
     .to_vec();

@@ -94,6 +94,15 @@ struct Cli {
     /// Where the agent publishes what it programmed for netctl (service names per frontend).
     #[arg(long, default_value = "/run/petrel")]
     state_dir: PathBuf,
+    /// Where to write the node's pod CIDR for petrel-cni (from the Node's spec.podCIDR).
+    #[arg(long, default_value = petrel_cni_defaults::POD_CIDR_FILE)]
+    pod_cidr_file: PathBuf,
+    /// The CNI conflist to write once the pod CIDR is known ("" to leave CNI config alone).
+    #[arg(long, default_value = "/etc/cni/net.d/05-petrel.conflist")]
+    cni_conf_file: PathBuf,
+    /// MTU petrel-cni gives pod interfaces (in the written conflist).
+    #[arg(long, default_value_t = 1500)]
+    pod_mtu: u32,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -263,6 +272,7 @@ async fn main() -> anyhow::Result<()> {
         if since < cli.min_sync_period {
             tokio::time::sleep(cli.min_sync_period - since).await;
         }
+        write_cni_config(&cli, &shared);
         let (desired, slices, manifest_errors) = {
             let inputs = shared.0.lock().expect("poisoned");
             if !inputs.ready {
@@ -337,6 +347,49 @@ fn node_facts(cli: &Cli, nodes: &[Node]) -> NodeFacts {
             .collect();
     }
     NodeFacts { name, ips }
+}
+
+/// Keeps petrel-cni's pod CIDR file and the conflist in line with this Node's podCIDR.
+fn write_cni_config(cli: &Cli, shared: &Shared) {
+    use petrel::agent::cni_config;
+    let cidr = {
+        let inputs = shared.0.lock().expect("poisoned");
+        let name = cli.node_name.as_deref().unwrap_or_default();
+        inputs
+            .nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name))
+            .and_then(cni_config::pod_cidr)
+    };
+    let Some(cidr) = cidr else { return };
+    match cni_config::write_if_changed(&cli.pod_cidr_file, &format!("{cidr}\n")) {
+        Ok(true) => {
+            tracing::info!(%cidr, file = %cli.pod_cidr_file.display(), "pod CIDR written for petrel-cni")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(file = %cli.pod_cidr_file.display(), error = %e, "cannot write the pod CIDR")
+        }
+    }
+    if cli.cni_conf_file.as_os_str().is_empty() {
+        return;
+    }
+    match cni_config::write_if_changed(
+        &cli.cni_conf_file,
+        &cni_config::conflist(&cli.pod_cidr_file, cli.pod_mtu),
+    ) {
+        Ok(true) => tracing::info!(file = %cli.cni_conf_file.display(), "CNI conflist written"),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(file = %cli.cni_conf_file.display(), error = %e, "cannot write the CNI conflist")
+        }
+    }
+}
+
+/// Defaults shared with petrel-cni (kept in one place of the agent's CLI).
+mod petrel_cni_defaults {
+    /// Must match petrel-cni's `config::DEFAULT_POD_CIDR_FILE`.
+    pub const POD_CIDR_FILE: &str = "/var/lib/petrel/cni/pod-cidr";
 }
 
 fn node_facts_ip(cli: &Cli, shared: &Shared) -> Option<Ipv4Addr> {
