@@ -537,7 +537,6 @@ async fn create_web(client: &kube::Client, backends: &[Ipv4Addr]) -> SocketAddrV
             }]),
             ..Default::default()
         }),
-        ..Default::default()
     };
     nodes
         .create(&PostParams::default(), &node)
