@@ -116,6 +116,15 @@ impl Fixture {
             .collect()
     }
 
+    /// Waits until `vip` has b1 as its only backend, then checks that only b1 answers.
+    fn wait_only_b1(&self, vip: SocketAddrV4, what: &str, secs: u64) {
+        eventually(what, secs, || {
+            self.frontend(vip)
+                .is_some_and(|s| s["backends"].as_array().map(Vec::len) == Some(1))
+        });
+        assert_eq!(self.servers(vip, 10), BTreeSet::from(["b1".to_string()]));
+    }
+
     /// The netctl entry of frontend `vip`, if programmed.
     fn frontend(&self, vip: SocketAddrV4) -> Option<serde_json::Value> {
         let all = self.netctl();
@@ -420,15 +429,9 @@ fn follows_services_and_endpointslices_from_the_api_server() {
             .await
             .expect("replace slice");
         let fb = f.clone();
-        tokio::task::spawn_blocking(move || {
-            eventually("only b1 is left", 15, || {
-                fb.frontend(vip)
-                    .is_some_and(|s| s["backends"].as_array().map(Vec::len) == Some(1))
-            });
-            assert_eq!(fb.servers(vip, 10), BTreeSet::from(["b1".to_string()]));
-        })
-        .await
-        .expect("update");
+        tokio::task::spawn_blocking(move || fb.wait_only_b1(vip, "only b1 is left", 15))
+            .await
+            .expect("update");
 
         let fb = f.clone();
         tokio::task::spawn_blocking(move || {
@@ -625,11 +628,7 @@ fn api_server_outage_keeps_traffic_and_changes_after_it_are_applied() {
             .expect("replace slice");
         let fb = f.clone();
         tokio::task::spawn_blocking(move || {
-            eventually("the change after the outage is applied", 60, || {
-                fb.frontend(vip)
-                    .is_some_and(|s| s["backends"].as_array().map(Vec::len) == Some(1))
-            });
-            assert_eq!(fb.servers(vip, 10), BTreeSet::from(["b1".to_string()]));
+            fb.wait_only_b1(vip, "the change after the outage is applied", 60)
         })
         .await
         .expect("after outage");
