@@ -273,17 +273,22 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(cli.min_sync_period - since).await;
         }
         write_cni_config(&cli, &shared);
-        let (desired, slices, manifest_errors) = {
+        let (desired, slices, manifest_errors, node_ip) = {
             let inputs = shared.0.lock().expect("poisoned");
             if !inputs.ready {
                 continue;
             }
             let node = node_facts(&cli, &inputs.nodes);
             let d = desired::compute(&inputs.services, &inputs.slices, &node, opts);
-            (d, inputs.slices.clone(), inputs.manifest_errors)
+            (
+                d,
+                inputs.slices.clone(),
+                inputs.manifest_errors,
+                node.ips.first().copied(),
+            )
         };
         attach_pod_interfaces(&mut dp, &cli.pod_interface_prefix, &mut attached);
-        if let Some(ip) = node_facts_ip(&cli, &shared) {
+        if let Some(ip) = node_ip {
             let _ = syncer.maps_mut().set_node_ip(ip);
         }
         let started = Instant::now();
@@ -390,11 +395,6 @@ fn write_cni_config(cli: &Cli, shared: &Shared) {
 mod petrel_cni_defaults {
     /// Must match petrel-cni's `config::DEFAULT_POD_CIDR_FILE`.
     pub const POD_CIDR_FILE: &str = "/var/lib/petrel/cni/pod-cidr";
-}
-
-fn node_facts_ip(cli: &Cli, shared: &Shared) -> Option<Ipv4Addr> {
-    let inputs = shared.0.lock().expect("poisoned");
-    node_facts(cli, &inputs.nodes).ips.first().copied()
 }
 
 /// Attaches the pod-facing TC program to pod veths that appeared since the last sync.
