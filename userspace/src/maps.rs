@@ -12,7 +12,7 @@ use std::{
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use petrel_common::{
     AFFINITY_CLIENT_IP, AffinityKey, AffinityValue, BACKEND_F_REMOTE, BACKEND_F_TERMINATING,
-    Backend, CT_F_SNAT, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, MAP_VERSION, RevNat,
+    Backend, CT_F_MASQ, CT_F_SNAT, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, MAP_VERSION, RevNat,
     SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_EXTERNAL,
     SVC_F_LOCAL_EXTERNAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, config, stat,
 };
@@ -256,6 +256,22 @@ impl ServiceMaps {
             CONFIG,
             self.config.set(config::NODE_IP, u32::from(ip).to_be(), 0),
         )
+    }
+
+    /// The cluster's pod CIDR: pod egress to addresses outside it is masqueraded to the node
+    /// address. None turns masquerading off.
+    pub fn set_cluster_cidr(&mut self, cidr: Option<ipnet::Ipv4Net>) -> Result<(), MapsError> {
+        let (addr, mask) = cidr.map_or((0, 0), |c| {
+            (
+                u32::from(c.network()).to_be(),
+                u32::from(c.netmask()).to_be(),
+            )
+        });
+        // Mask first when turning off, address first when turning on: the datapath never sees
+        // a mask with a stale address.
+        op("set", CONFIG, self.config.set(config::CLUSTER_MASK, 0, 0))?;
+        op("set", CONFIG, self.config.set(config::CLUSTER_CIDR, addr, 0))?;
+        op("set", CONFIG, self.config.set(config::CLUSTER_MASK, mask, 0))
     }
 
     /// Size of each Maglev ring (must match how the MAGLEV map was sized).
@@ -586,6 +602,8 @@ pub struct TrackedFlow {
     pub rev_nat_id: u32,
     /// The source the flow is rewritten to (SNAT to the node, or the hairpin address).
     pub snat: Option<SocketAddrV4>,
+    /// Pod egress masqueraded to the node address (no service: `frontend` is the destination).
+    pub masquerade: bool,
 }
 
 /// The forward conntrack entries pinned in `maps_dir` (at most `limit`).
@@ -606,6 +624,7 @@ pub fn conntrack(maps_dir: &Path, limit: usize) -> Result<Vec<TrackedFlow>, Maps
             backend_id: v.backend_id,
             rev_nat_id: v.rev_nat_id,
             snat: (v.flags & CT_F_SNAT != 0).then(|| sock(v.nat_addr_be, v.nat_port_be)),
+            masquerade: v.flags & CT_F_MASQ != 0,
         });
     }
     Ok(out)

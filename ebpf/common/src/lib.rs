@@ -119,6 +119,10 @@ pub const CT_F_SNAT: u16 = 1 << 0;
 /// `CtValue::flags`: the source was rewritten to the node's own address (routed by the program,
 /// since the stack would drop a packet with a local source arriving from outside).
 pub const CT_F_NODE_SNAT: u16 = 1 << 1;
+/// `CtValue::flags`: pod egress masqueraded to the node address (no service, no backend): in
+/// CONNTRACK `nat_*` is the node address and port it goes out with; in REV_CT the pod it came
+/// from.
+pub const CT_F_MASQ: u16 = 1 << 2;
 
 /// Value of CONNTRACK and REV_CT. In CONNTRACK, `nat_*` is the source the packets are rewritten
 /// to (SNAT, hairpin); in REV_CT it is the original client, which replies are sent back to.
@@ -226,6 +230,10 @@ pub mod config {
     pub const NODE_IP: u32 = 0;
     /// Size of each Maglev ring (a prime); rings are laid out flat in MAGLEV.
     pub const MAGLEV_SIZE: u32 = 1;
+    /// The cluster's pod CIDR (network order) and its mask (network order). Pod egress to
+    /// addresses outside it is masqueraded to NODE_IP; a mask of 0 turns masquerading off.
+    pub const CLUSTER_CIDR: u32 = 2;
+    pub const CLUSTER_MASK: u32 = 3;
     pub const COUNT: u32 = 4;
 }
 
@@ -260,9 +268,13 @@ pub mod stat {
     pub const REBALANCED: u32 = 10;
     /// Backends chosen by session affinity.
     pub const AFFINITY_HIT: u32 = 11;
+    /// Pod egress flows masqueraded to the node address (destination outside the cluster CIDR).
+    pub const MASQUERADED: u32 = 12;
+    /// Pod egress dropped: no free node port for masquerading after every probe.
+    pub const DROP_MASQ_NO_PORT: u32 = 13;
     pub const COUNT: u32 = 16;
 
-    pub const NAMES: [&str; 12] = [
+    pub const NAMES: [&str; 14] = [
         "tc_seen",
         "tc_dnat",
         "tc_revnat",
@@ -275,6 +287,8 @@ pub mod stat {
         "hairpin",
         "rebalanced",
         "affinity_hit",
+        "masqueraded",
+        "drop_masq_no_port",
     ];
 }
 
@@ -357,5 +371,9 @@ mod tests {
     fn stat_names_cover_counters() {
         assert!(stat::NAMES.len() as u32 <= stat::COUNT);
         assert_eq!(stat::NAMES[stat::AFFINITY_HIT as usize], "affinity_hit");
+        assert_eq!(
+            stat::NAMES[stat::DROP_MASQ_NO_PORT as usize],
+            "drop_masq_no_port"
+        );
     }
 }

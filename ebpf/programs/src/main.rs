@@ -5,12 +5,15 @@
 //! * `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4`, `sock_getpeername4` (cgroup sock_addr):
 //!   socket-level load balancing, translated once per socket; the application sees the VIP.
 //! * `tc_pod_ingress` (TCX ingress of each pod's host-side veth): per-packet load balancing of
-//!   in-cluster traffic that socket-LB did not translate, and reverse NAT of backend replies.
+//!   in-cluster traffic that socket-LB did not translate, reverse NAT of backend replies, and
+//!   masquerading of pod egress that leaves the cluster CIDR.
 //! * `tc_external_ingress` (TCX ingress of the node's external interfaces): NodePort, externalIPs
-//!   and LoadBalancer traffic from outside the node, and the replies of SNATed flows.
+//!   and LoadBalancer traffic from outside the node, and the replies of SNATed and masqueraded
+//!   flows.
 
 mod lb;
 mod maps;
+mod masq;
 mod nat;
 mod sock;
 mod tc;

@@ -175,12 +175,11 @@ pub fn reject(ctx: &mut TcContext, f: &Flow) -> Result<i32, i64> {
     Ok(unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) } as i32)
 }
 
-/// Sends a packet whose source is now the node's own address straight out of the interface the
-/// routing table picks for its destination (bpf_fib_lookup + bpf_redirect_neigh). Handing it to
-/// the stack instead would get it dropped as a martian (a local source arriving from outside).
-/// Falls back to the stack when the lookup fails.
+/// The interface the routing table sends `src -> dst` out of, as if the packet were forwarded
+/// from the interface it arrived on; None when it is not forwarded (a local destination, no
+/// route, forwarding off).
 #[inline(always)]
-pub fn redirect_via_fib(ctx: &TcContext, f: &Flow, src_be: u32, dst_be: u32) -> i32 {
+pub fn fib_egress(ctx: &TcContext, f: &Flow, src_be: u32, dst_be: u32) -> Option<u32> {
     // SAFETY: an all-zero bpf_fib_lookup is a valid starting value.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     p.family = 2; // AF_INET
@@ -198,9 +197,25 @@ pub fn redirect_via_fib(ctx: &TcContext, f: &Flow, src_be: u32, dst_be: u32) -> 
             BPF_FIB_LOOKUP_SKIP_NEIGH,
         )
     };
-    if r != 0 {
-        return TC_ACT_OK;
-    }
+    (r == 0).then_some(p.ifindex)
+}
+
+/// Sends the packet out of `ifindex`, resolving the next hop (gateway or on-link neighbour) the
+/// way the stack would.
+#[inline(always)]
+pub fn redirect_neigh(ifindex: u32) -> i32 {
     // SAFETY: plain helper call; NULL params: the kernel resolves the next hop itself.
-    unsafe { bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+    unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// Sends a packet whose source is now the node's own address straight out of the interface the
+/// routing table picks for its destination (bpf_fib_lookup + bpf_redirect_neigh). Handing it to
+/// the stack instead would get it dropped as a martian (a local source arriving from outside).
+/// Falls back to the stack when the lookup fails.
+#[inline(always)]
+pub fn redirect_via_fib(ctx: &TcContext, f: &Flow, src_be: u32, dst_be: u32) -> i32 {
+    match fib_egress(ctx, f, src_be, dst_be) {
+        Some(ifindex) => redirect_neigh(ifindex),
+        None => TC_ACT_OK,
+    }
 }

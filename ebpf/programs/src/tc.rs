@@ -4,17 +4,17 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::bpf_redirect_neigh,
     programs::TcContext,
 };
 use petrel_common::{
-    AFFINITY_CLIENT_IP, BACKEND_F_REMOTE, Backend, CT_F_NODE_SNAT, CT_F_SNAT, CtKey, CtValue,
-    HAIRPIN_ADDR, SVC_F_EXTERNAL, SVC_F_LOCAL_EXTERNAL, config, flow_hash, stat,
+    AFFINITY_CLIENT_IP, BACKEND_F_REMOTE, Backend, CT_F_MASQ, CT_F_NODE_SNAT, CT_F_SNAT, CtKey,
+    CtValue, HAIRPIN_ADDR, SVC_F_EXTERNAL, SVC_F_LOCAL_EXTERNAL, config, flow_hash, stat,
 };
 
 use crate::{
     lb::{self, Client, Frontend, Lookup},
     maps::{CONNTRACK, REV_CT, REV_NAT, count},
+    masq,
     nat::{self, End, Flow},
 };
 
@@ -39,6 +39,9 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
     // to the original client if the flow was SNATed.
     // SAFETY: copied out at once.
     if let Some(rev) = unsafe { REV_CT.get(key) }.copied() {
+        if rev.flags & CT_F_MASQ != 0 {
+            return masq::reply(ctx, &f, &rev);
+        }
         // SAFETY: copied out at once.
         if let Some(fe) = unsafe { REV_NAT.get(rev.rev_nat_id) }.copied() {
             nat::rewrite(ctx, &f, End::Src, fe.addr_be, fe.port_be)?;
@@ -47,10 +50,7 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
             }
             count(stat::TC_REVNAT);
             if rev.ifindex != 0 {
-                // SAFETY: plain helper call; NULL params: the kernel resolves the next hop.
-                return Ok(
-                    unsafe { bpf_redirect_neigh(rev.ifindex, core::ptr::null_mut(), 0, 0) } as i32,
-                );
+                return Ok(nat::redirect_neigh(rev.ifindex));
             }
             return Ok(TC_ACT_OK);
         }
@@ -60,6 +60,9 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
     // re-balanced (a TCP flow then gets a reset from its new backend, never a black hole).
     // SAFETY: copied out at once.
     if let Some(ct) = unsafe { CONNTRACK.get(key) }.copied() {
+        if ct.flags & CT_F_MASQ != 0 {
+            return masq::forward(ctx, &f, &key, &ct);
+        }
         match lb::backend(ct.backend_id) {
             Some(b) => return forward(ctx, &f, &ct, &b),
             None => count(stat::REBALANCED),
@@ -77,6 +80,7 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
         hash: flow_hash(f.saddr_be, f.sport_be, f.dport_be, f.proto),
     };
     match lb::select(&fe, internal, &client) {
+        Lookup::NotService if internal => masq::egress(ctx, &f, &key),
         Lookup::NotService => Ok(TC_ACT_OK),
         Lookup::Drop => Ok(TC_ACT_SHOT),
         Lookup::Reject => nat::reject(ctx, &f),
@@ -86,10 +90,16 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
             svc,
         } => {
             let hairpin = backend.addr_be == f.saddr_be;
-            let snat_to_node = !internal
-                && svc.flags & SVC_F_EXTERNAL != 0
-                && svc.flags & SVC_F_LOCAL_EXTERNAL == 0
-                && backend.flags & BACKEND_F_REMOTE != 0;
+            // External traffic (policy Cluster) to another node's backend, so the reply comes
+            // back through this node; or a pod reaching a backend outside the cluster (the
+            // `kubernetes` Service's API server), masqueraded like any pod egress.
+            let snat_to_node = if internal {
+                masq::applies(f.saddr_be, backend.addr_be)
+            } else {
+                svc.flags & SVC_F_EXTERNAL != 0
+                    && svc.flags & SVC_F_LOCAL_EXTERNAL == 0
+                    && backend.flags & BACKEND_F_REMOTE != 0
+            };
             let mut ct = CtValue {
                 backend_id,
                 rev_nat_id: svc.rev_nat_id,

@@ -47,6 +47,7 @@ pub struct Metrics {
     pub sync_errors: Counter,
     pub refused: Gauge,
     pub manifest_errors: Gauge,
+    pub node_routes: Gauge,
 }
 
 impl Metrics {
@@ -65,6 +66,7 @@ impl Metrics {
             sync_errors: Counter::default(),
             refused: Gauge::default(),
             manifest_errors: Gauge::default(),
+            node_routes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -112,6 +114,11 @@ impl Metrics {
             "petrel_manifest_errors",
             "Manifest files skipped at the last read (standalone mode)",
             m.manifest_errors.clone(),
+        );
+        registry.register(
+            "petrel_node_routes",
+            "Other nodes whose pod CIDR this node routes to",
+            m.node_routes.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -6,4 +6,5 @@ pub mod desired;
 pub mod manifests;
 pub mod metrics;
 pub mod names;
+pub mod routing;
 pub mod sync;

@@ -184,11 +184,15 @@ fn main() -> anyhow::Result<()> {
             for f in flows {
                 let proto = f.proto.map_or("?".to_string(), |p| p.to_string());
                 let snat = f.snat.map_or("-".to_string(), |s| s.to_string());
+                let backend = if f.masquerade {
+                    "masq".to_string()
+                } else {
+                    f.backend_id.to_string()
+                };
                 println!(
-                    "{proto:<5} {:<22} {:<22} {:>8}  {snat}",
+                    "{proto:<5} {:<22} {:<22} {backend:>8}  {snat}",
                     f.client.to_string(),
                     f.frontend.to_string(),
-                    f.backend_id
                 );
             }
         }

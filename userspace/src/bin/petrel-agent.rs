@@ -27,8 +27,10 @@ use petrel::{
         desired::{self, NodeFacts, Options},
         manifests,
         metrics::{self, CounterLabel, Health, MapLabel, Metrics},
+        routing::{self, RemoteNode},
         sync::Syncer,
     },
+    routes::{self, Router},
 };
 use tokio::sync::Notify;
 
@@ -100,9 +102,27 @@ struct Cli {
     /// The CNI conflist to write once the pod CIDR is known ("" to leave CNI config alone).
     #[arg(long, default_value = "/etc/cni/net.d/05-petrel.conflist")]
     cni_conf_file: PathBuf,
-    /// MTU petrel-cni gives pod interfaces (in the written conflist).
-    #[arg(long, default_value_t = 1500)]
-    pod_mtu: u32,
+    /// MTU petrel-cni gives pod interfaces (in the written conflist); default: the uplink's MTU,
+    /// less 50 bytes in VXLAN mode.
+    #[arg(long)]
+    pod_mtu: Option<u32>,
+    /// How pods reach other nodes' pods: routes via each node's InternalIP (`native`, nodes on one
+    /// L2 segment), a VXLAN overlay (`vxlan`), or none (another component routes).
+    #[arg(long, value_enum, default_value_t = Routing::Native)]
+    routing: Routing,
+    /// VXLAN network identifier (overlay mode).
+    #[arg(long, default_value_t = 1)]
+    vxlan_vni: u32,
+    /// VXLAN UDP port (overlay mode; 8472 as the Linux kernel, flannel and Cilium use it).
+    #[arg(long, default_value_t = 8472)]
+    vxlan_port: u16,
+    /// The cluster's pod address range: pod egress to addresses outside it is masqueraded to the
+    /// node address.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: ipnet::Ipv4Net,
+    /// Masquerade pod egress that leaves the cluster CIDR.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    masquerade: bool,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -116,6 +136,13 @@ struct Cli {
 enum Selection {
     Maglev,
     Random,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Routing {
+    Native,
+    Vxlan,
+    None,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -172,6 +199,14 @@ async fn main() -> anyhow::Result<()> {
     if cli.cleanup {
         Datapath::remove(&cli.bpffs_root)?;
         tracing::info!(root = %cli.bpffs_root.display(), "removed every petrel pin: programs detached, maps freed");
+        let routes = routes::remove_all()
+            .await
+            .context("removing petrel's routes")?;
+        tracing::info!(
+            routes,
+            device = routes::VXLAN_IFNAME,
+            "removed petrel's routes and overlay device"
+        );
         return Ok(());
     }
     if cli.manifests.is_none() && cli.node_name.is_none() {
@@ -210,7 +245,11 @@ async fn main() -> anyhow::Result<()> {
             "net.ipv4.conf.all.rp_filter is not 0: replies of translated flows may be dropped"
         );
     }
-    let maps = dp.service_maps()?;
+    let mut maps = dp.service_maps()?;
+    maps.set_cluster_cidr(cli.masquerade.then_some(cli.cluster_cidr))?;
+    if cli.masquerade {
+        tracing::info!(cluster_cidr = %cli.cluster_cidr, "pod egress leaving the cluster CIDR is masqueraded");
+    }
     let mut syncer = Syncer::adopt(maps, cli.maglev_rings, cli.services_map_size as usize)?;
     let (adopted_frontends, adopted_backends) =
         (syncer.maps().dump()?.len(), syncer.maps().backends()?.len());
@@ -250,6 +289,7 @@ async fn main() -> anyhow::Result<()> {
         maglev: cli.external_selection == Selection::Maglev,
     };
     let mut attached: HashSet<String> = HashSet::new();
+    let mut routing = RoutingState::default();
     let mut observed_triggers: BTreeSet<(String, String)> = BTreeSet::new();
     let mut last_sync = Instant::now() - cli.min_sync_period;
     let mut next_full_sync = Instant::now() + cli.sync_period;
@@ -272,21 +312,28 @@ async fn main() -> anyhow::Result<()> {
         if since < cli.min_sync_period {
             tokio::time::sleep(cli.min_sync_period - since).await;
         }
-        write_cni_config(&cli, &shared);
-        let (desired, slices, manifest_errors, node_ip) = {
+        write_cni_config(&cli, &shared, routing.pod_mtu(&cli));
+        let (desired, slices, manifest_errors, node_ip, plan) = {
             let inputs = shared.0.lock().expect("poisoned");
             if !inputs.ready {
                 continue;
             }
             let node = node_facts(&cli, &inputs.nodes);
             let d = desired::compute(&inputs.services, &inputs.slices, &node, opts);
+            let plan = routing::plan(&inputs.nodes, &node.name, Some(cli.cluster_cidr));
             (
                 d,
                 inputs.slices.clone(),
                 inputs.manifest_errors,
                 node.ips.first().copied(),
+                plan,
             )
         };
+        if let Some(ip) = node_ip {
+            routing
+                .sync(&cli, ip, plan, &mut dp, &mut attached, &metrics)
+                .await;
+        }
         attach_pod_interfaces(&mut dp, &cli.pod_interface_prefix, &mut attached);
         if let Some(ip) = node_ip {
             let _ = syncer.maps_mut().set_node_ip(ip);
@@ -354,8 +401,129 @@ fn node_facts(cli: &Cli, nodes: &[Node]) -> NodeFacts {
     NodeFacts { name, ips }
 }
 
+/// Routes to other nodes' pods: the router (made once the node address is known, again if it
+/// changes) and what was last applied.
+#[derive(Default)]
+struct RoutingState {
+    router: Option<Router>,
+    applied: Option<Vec<RemoteNode>>,
+    last_check: Option<Instant>,
+    problems: Vec<String>,
+}
+
+impl RoutingState {
+    /// The pods' MTU, once known: the flag, else what the uplink and the mode allow.
+    fn pod_mtu(&self, cli: &Cli) -> Option<u32> {
+        match (cli.pod_mtu, &self.router, cli.routing) {
+            (Some(m), _, _) => Some(m),
+            (None, Some(r), _) => Some(r.pod_mtu()),
+            (None, None, Routing::None) => Some(1500),
+            (None, None, _) => None,
+        }
+    }
+
+    fn mode(cli: &Cli) -> Option<routes::Mode> {
+        match cli.routing {
+            Routing::Native => Some(routes::Mode::Native),
+            Routing::Vxlan => Some(routes::Mode::Vxlan {
+                vni: cli.vxlan_vni,
+                port: cli.vxlan_port,
+            }),
+            Routing::None => None,
+        }
+    }
+
+    /// Applies `plan` when it changed, and re-checks the kernel's routes every --sync-period
+    /// (someone may have deleted one). Failures are logged and retried on the next sync.
+    async fn sync(
+        &mut self,
+        cli: &Cli,
+        node_ip: Ipv4Addr,
+        plan: routing::Plan,
+        dp: &mut Datapath,
+        attached: &mut HashSet<String>,
+        metrics: &Metrics,
+    ) {
+        let Some(mode) = Self::mode(cli) else { return };
+        if plan.problems != self.problems {
+            for p in &plan.problems {
+                tracing::warn!("{p}");
+            }
+            self.problems = plan.problems;
+        }
+        if self.router.as_ref().is_none_or(|r| r.node_ip() != node_ip) {
+            match Router::new(mode, node_ip).await {
+                Ok(r) => {
+                    tracing::info!(mode = ?r.mode(), uplink = %r.uplink().name, pod_mtu = r.pod_mtu(), "routing to other nodes' pods");
+                    // Replies of flows this node translated come back on the uplink (native) or
+                    // out of the overlay device: both need the external-side program.
+                    let mut ifaces = vec![r.uplink().name.clone()];
+                    if matches!(mode, routes::Mode::Vxlan { .. }) {
+                        ifaces.push(routes::VXLAN_IFNAME.to_string());
+                    }
+                    for iface in ifaces {
+                        if cli.external_interfaces.contains(&iface) || attached.contains(&iface) {
+                            continue;
+                        }
+                        match dp.attach_external_ingress(&iface) {
+                            Ok(how) => {
+                                tracing::info!(%iface, ?how, "node interface attached");
+                                attached.insert(iface);
+                            }
+                            Err(e) => {
+                                tracing::warn!(%iface, error = %e, "attaching to node interface failed")
+                            }
+                        }
+                    }
+                    self.router = Some(r);
+                    self.applied = None;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot set up routing to other nodes");
+                    metrics.sync_errors.inc();
+                    return;
+                }
+            }
+        }
+        let due = self
+            .last_check
+            .is_none_or(|t| t.elapsed() >= cli.sync_period);
+        if !due && self.applied.as_ref() == Some(&plan.remotes) {
+            return;
+        }
+        let router = self.router.as_mut().expect("made above");
+        match router.apply(&plan.remotes).await {
+            Ok(a) => {
+                for e in &a.errors {
+                    tracing::error!("{e}");
+                }
+                if a.added + a.removed > 0 {
+                    tracing::info!(
+                        added = a.added,
+                        removed = a.removed,
+                        nodes = plan.remotes.len(),
+                        "routes to other nodes updated"
+                    );
+                }
+                metrics.node_routes.set(plan.remotes.len() as i64);
+                if a.errors.is_empty() {
+                    self.applied = Some(plan.remotes);
+                } else {
+                    metrics.sync_errors.inc();
+                    self.applied = None;
+                }
+                self.last_check = Some(Instant::now());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot apply routes to other nodes");
+                metrics.sync_errors.inc();
+            }
+        }
+    }
+}
+
 /// Keeps petrel-cni's pod CIDR file and the conflist in line with this Node's podCIDR.
-fn write_cni_config(cli: &Cli, shared: &Shared) {
+fn write_cni_config(cli: &Cli, shared: &Shared, pod_mtu: Option<u32>) {
     use petrel::agent::cni_config;
     let cidr = {
         let inputs = shared.0.lock().expect("poisoned");
@@ -376,12 +544,15 @@ fn write_cni_config(cli: &Cli, shared: &Shared) {
             tracing::warn!(file = %cli.pod_cidr_file.display(), error = %e, "cannot write the pod CIDR")
         }
     }
+    // The conflist waits for the MTU (known once the uplink is found): pods made with a wrong
+    // one would keep it.
+    let Some(mtu) = pod_mtu else { return };
     if cli.cni_conf_file.as_os_str().is_empty() {
         return;
     }
     match cni_config::write_if_changed(
         &cli.cni_conf_file,
-        &cni_config::conflist(&cli.pod_cidr_file, cli.pod_mtu),
+        &cni_config::conflist(&cli.pod_cidr_file, mtu),
     ) {
         Ok(true) => tracing::info!(file = %cli.cni_conf_file.display(), "CNI conflist written"),
         Ok(false) => {}
@@ -537,13 +708,22 @@ async fn watch_api(kubeconfig: Option<PathBuf>, node: String, shared: Shared) {
         )
         .default_backoff(),
     );
+    // Every Node: the others' podCIDRs and addresses are what routing needs. Only spec and
+    // addresses are kept: images and managed fields can be most of a Node's size.
     let nodes = reflector(
         node_writer,
-        watcher(
-            kube::Api::<Node>::all(client),
-            watcher::Config::default().fields(&format!("metadata.name={node}")),
-        )
-        .default_backoff(),
+        watcher(kube::Api::<Node>::all(client), watcher::Config::default())
+            .default_backoff()
+            .modify(|n| {
+                n.metadata.managed_fields = None;
+                n.metadata.annotations = None;
+                if let Some(s) = n.status.as_mut() {
+                    s.images = None;
+                    s.conditions = None;
+                    s.volumes_attached = None;
+                    s.volumes_in_use = None;
+                }
+            }),
     );
     tokio::spawn(services.for_each(wake(shared.clone())));
     tokio::spawn(slices.for_each(wake(shared.clone())));
@@ -554,7 +734,7 @@ async fn watch_api(kubeconfig: Option<PathBuf>, node: String, shared: Shared) {
         let _ = node_reader.wait_until_ready().await;
     };
     all_ready.await;
-    tracing::info!("Services, EndpointSlices and the Node listed: programming");
+    tracing::info!(%node, "Services, EndpointSlices and Nodes listed: programming");
     loop {
         {
             let mut inputs = shared.0.lock().expect("poisoned");
