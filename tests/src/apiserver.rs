@@ -8,7 +8,7 @@
 
 use std::{
     fs,
-    net::TcpListener,
+    net::{Ipv4Addr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -79,9 +79,16 @@ fn spawn(program: &Path, args: &[String], log: &Path) -> Child {
 }
 
 impl KubeApiServer {
-    /// Starts etcd and kube-apiserver and waits until Services and discovery.k8s.io/v1
-    /// EndpointSlices can be listed (about 10 s).
+    /// Starts etcd and kube-apiserver on 127.0.0.1 and waits until Services and
+    /// discovery.k8s.io/v1 EndpointSlices can be listed (about 10 s).
     pub async fn start() -> KubeApiServer {
+        Self::start_on(Ipv4Addr::LOCALHOST).await
+    }
+
+    /// As `start`, with the API server on `addr` (an address of the calling thread's network
+    /// namespace, so that simulated nodes in other namespaces can reach it); etcd stays on
+    /// 127.0.0.1. Processes started here live in the calling thread's namespace.
+    pub async fn start_on(addr: Ipv4Addr) -> KubeApiServer {
         let bin = bin_dir().join("kube-apiserver");
         assert!(
             bin.exists(),
@@ -128,7 +135,7 @@ impl KubeApiServer {
         );
         fs::write(
             d.join("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+            format!("subjectAltName=IP:127.0.0.1,IP:{addr},DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"),
         )
         .expect("write ext.cnf");
         openssl(
@@ -174,8 +181,8 @@ impl KubeApiServer {
         let etcd = spawn(Path::new("etcd"), &etcd_args, &d.join("etcd.log"));
         let api_args: Vec<String> = vec![
             format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
+            format!("--bind-address={addr}"),
+            format!("--advertise-address={addr}"),
             format!("--secure-port={port}"),
             format!("--tls-cert-file={}", p("apiserver.crt")),
             format!("--tls-private-key-file={}", p("apiserver.key")),
@@ -197,7 +204,7 @@ impl KubeApiServer {
         fs::write(
             d.join("kubeconfig"),
             format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: test\n  context: {{cluster: test, user: admin, namespace: default}}\ncurrent-context: test\n",
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://{addr}:{port}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: test\n  context: {{cluster: test, user: admin, namespace: default}}\ncurrent-context: test\n",
                 p("ca.crt")
             ),
         )

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod cgroup;
+pub mod cluster;
 pub mod cni;
 pub mod netns;
 pub mod packet;

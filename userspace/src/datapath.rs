@@ -204,9 +204,9 @@ impl Datapath {
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(iface) = name.strip_prefix(&prefix) {
-                if !existing.contains(iface) && fs::remove_file(e.path()).is_ok() {
-                    pruned.push(iface.to_string());
+            if let Some(iface) = name.strip_prefix(&prefix).map(unescape_iface) {
+                if !existing.contains(&iface) && fs::remove_file(e.path()).is_ok() {
+                    pruned.push(iface);
                 }
             }
         }
@@ -224,7 +224,10 @@ impl Datapath {
         name: &'static str,
         iface: &str,
     ) -> Result<AttachOutcome, DatapathError> {
-        let link_path = self.root.join("links").join(format!("{name}@{iface}"));
+        let link_path = self
+            .root
+            .join("links")
+            .join(format!("{name}@{}", escape_iface(iface)));
         let prog: &mut SchedClassifier = self.program(name)?;
         let (id, outcome) = match take_pinned_link(&link_path)? {
             Some(old) => {
@@ -370,6 +373,16 @@ pub enum AttachOutcome {
     Replaced,
 }
 
+/// bpffs refuses names with a dot, which interface names may hold (`eth0.100`, `petrel.vxlan`):
+/// a dot becomes `%`, which no interface name can hold (the kernel reads it as a name template).
+fn escape_iface(iface: &str) -> String {
+    iface.replace('.', "%")
+}
+
+fn unescape_iface(pin: &str) -> String {
+    pin.replace('%', ".")
+}
+
 /// The link pinned at `path`, unpinned but kept alive by the returned fd; None when absent.
 fn take_pinned_link(path: &Path) -> Result<Option<FdLink>, DatapathError> {
     match PinnedLink::from_pin(path) {
@@ -424,4 +437,14 @@ fn bpf_link_update(link: &OwnedFd, prog_fd: i32) -> io::Result<()> {
     // struct { __u32 link_fd; __u32 new_prog_fd; __u32 flags; __u32 old_prog_fd; }
     attr[0] = (link.as_raw_fd() as u32 as u64) | ((prog_fd as u32 as u64) << 32);
     sys_bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn interface_names_with_dots_make_valid_pin_names() {
+        let pin = super::escape_iface("eth0.100");
+        assert!(!pin.contains('.'));
+        assert_eq!(super::unescape_iface(&pin), "eth0.100");
+    }
 }

@@ -12,9 +12,10 @@ use std::{
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use petrel_common::{
     AFFINITY_CLIENT_IP, AffinityKey, AffinityValue, BACKEND_F_REMOTE, BACKEND_F_TERMINATING,
-    Backend, CT_F_MASQ, CT_F_SNAT, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, MAP_VERSION, RevNat,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_EXTERNAL,
-    SVC_F_LOCAL_EXTERNAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, config, stat,
+    Backend, CT_F_INBOUND, CT_F_MASQ, CT_F_SNAT, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP,
+    MAP_VERSION, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY,
+    SVC_F_EXTERNAL, SVC_F_LOCAL_EXTERNAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue,
+    config, stat,
 };
 
 use crate::{maglev, service::ServiceEntry};
@@ -270,8 +271,16 @@ impl ServiceMaps {
         // Mask first when turning off, address first when turning on: the datapath never sees
         // a mask with a stale address.
         op("set", CONFIG, self.config.set(config::CLUSTER_MASK, 0, 0))?;
-        op("set", CONFIG, self.config.set(config::CLUSTER_CIDR, addr, 0))?;
-        op("set", CONFIG, self.config.set(config::CLUSTER_MASK, mask, 0))
+        op(
+            "set",
+            CONFIG,
+            self.config.set(config::CLUSTER_CIDR, addr, 0),
+        )?;
+        op(
+            "set",
+            CONFIG,
+            self.config.set(config::CLUSTER_MASK, mask, 0),
+        )
     }
 
     /// Size of each Maglev ring (must match how the MAGLEV map was sized).
@@ -604,6 +613,8 @@ pub struct TrackedFlow {
     pub snat: Option<SocketAddrV4>,
     /// Pod egress masqueraded to the node address (no service: `frontend` is the destination).
     pub masquerade: bool,
+    /// A flow from outside the cluster to a pod (keyed by the pod's reply): left untranslated.
+    pub inbound: bool,
 }
 
 /// The forward conntrack entries pinned in `maps_dir` (at most `limit`).
@@ -625,6 +636,7 @@ pub fn conntrack(maps_dir: &Path, limit: usize) -> Result<Vec<TrackedFlow>, Maps
             rev_nat_id: v.rev_nat_id,
             snat: (v.flags & CT_F_SNAT != 0).then(|| sock(v.nat_addr_be, v.nat_port_be)),
             masquerade: v.flags & CT_F_MASQ != 0,
+            inbound: v.flags & CT_F_INBOUND != 0,
         });
     }
     Ok(out)

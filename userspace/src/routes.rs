@@ -119,9 +119,7 @@ impl Router {
         let uplink = find_uplink(&h, node_ip).await?;
         let vxlan = match mode {
             Mode::Native => None,
-            Mode::Vxlan { vni, port } => {
-                Some(ensure_vxlan(&h, &uplink, node_ip, vni, port).await?)
-            }
+            Mode::Vxlan { vni, port } => Some(ensure_vxlan(&h, &uplink, node_ip, vni, port).await?),
         };
         Ok(Router {
             h,
@@ -263,7 +261,8 @@ impl Router {
             };
             if !keep {
                 if let Err(e) = self.h.neighbours().del(n).execute().await {
-                    out.errors.push(format!("removing a stale VXLAN entry: {e}"));
+                    out.errors
+                        .push(format!("removing a stale VXLAN entry: {e}"));
                 }
             }
         }

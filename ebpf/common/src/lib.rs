@@ -123,6 +123,10 @@ pub const CT_F_NODE_SNAT: u16 = 1 << 1;
 /// CONNTRACK `nat_*` is the node address and port it goes out with; in REV_CT the pod it came
 /// from.
 pub const CT_F_MASQ: u16 = 1 << 2;
+/// `CtValue::flags` (CONNTRACK only): a flow that came from outside the cluster CIDR to a pod
+/// (another node's SNATed NodePort traffic, a host-network client elsewhere). The key is the
+/// pod's reply, which must leave untouched: masquerading only applies to flows pods start.
+pub const CT_F_INBOUND: u16 = 1 << 3;
 
 /// Value of CONNTRACK and REV_CT. In CONNTRACK, `nat_*` is the source the packets are rewritten
 /// to (SNAT, hairpin); in REV_CT it is the original client, which replies are sent back to.

@@ -12,7 +12,7 @@ use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
     programs::TcContext,
 };
-use petrel_common::{CT_F_MASQ, CT_F_SNAT, CtKey, CtValue, config, stat};
+use petrel_common::{CT_F_INBOUND, CT_F_MASQ, CT_F_SNAT, CtKey, CtValue, config, stat};
 
 use crate::{
     maps::{CONNTRACK, REV_CT, count},
@@ -109,6 +109,32 @@ pub fn egress(ctx: &mut TcContext, f: &Flow, key: &CtKey) -> Result<i32, i64> {
     count(stat::MASQUERADED);
     nat::rewrite(ctx, f, End::Src, node, port)?;
     Ok(nat::redirect_neigh(oif))
+}
+
+/// A packet that is no service's, arriving from outside the node: if it comes from outside the
+/// cluster CIDR to a pod, remember its reply as inbound, so that `egress` does not masquerade
+/// the pod's answers (as a stateful MASQUERADE rule only rewrites connections pods start).
+#[inline(always)]
+pub fn note_inbound(f: &Flow) {
+    if !applies(f.daddr_be, f.saddr_be) {
+        return;
+    }
+    let reply = CtKey {
+        saddr_be: f.daddr_be,
+        daddr_be: f.saddr_be,
+        sport_be: f.dport_be,
+        dport_be: f.sport_be,
+        proto: f.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: only checked for presence.
+    if unsafe { CONNTRACK.get(reply) }.is_none() {
+        let v = CtValue {
+            flags: CT_F_INBOUND,
+            ..Default::default()
+        };
+        let _ = CONNTRACK.insert(reply, v, 0);
+    }
 }
 
 /// A packet of a masqueraded flow. If its port was taken over meanwhile (the reply entry was

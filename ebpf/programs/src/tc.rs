@@ -7,8 +7,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use petrel_common::{
-    AFFINITY_CLIENT_IP, BACKEND_F_REMOTE, Backend, CT_F_MASQ, CT_F_NODE_SNAT, CT_F_SNAT, CtKey,
-    CtValue, HAIRPIN_ADDR, SVC_F_EXTERNAL, SVC_F_LOCAL_EXTERNAL, config, flow_hash, stat,
+    AFFINITY_CLIENT_IP, BACKEND_F_REMOTE, Backend, CT_F_INBOUND, CT_F_MASQ, CT_F_NODE_SNAT,
+    CT_F_SNAT, CtKey, CtValue, HAIRPIN_ADDR, SVC_F_EXTERNAL, SVC_F_LOCAL_EXTERNAL, config,
+    flow_hash, stat,
 };
 
 use crate::{
@@ -60,6 +61,9 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
     // re-balanced (a TCP flow then gets a reset from its new backend, never a black hole).
     // SAFETY: copied out at once.
     if let Some(ct) = unsafe { CONNTRACK.get(key) }.copied() {
+        if ct.flags & CT_F_INBOUND != 0 {
+            return Ok(TC_ACT_OK);
+        }
         if ct.flags & CT_F_MASQ != 0 {
             return masq::forward(ctx, &f, &key, &ct);
         }
@@ -81,7 +85,10 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
     };
     match lb::select(&fe, internal, &client) {
         Lookup::NotService if internal => masq::egress(ctx, &f, &key),
-        Lookup::NotService => Ok(TC_ACT_OK),
+        Lookup::NotService => {
+            masq::note_inbound(&f);
+            Ok(TC_ACT_OK)
+        }
         Lookup::Drop => Ok(TC_ACT_SHOT),
         Lookup::Reject => nat::reject(ctx, &f),
         Lookup::Selected {

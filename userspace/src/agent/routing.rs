@@ -63,8 +63,9 @@ pub fn plan(nodes: &[Node], me: &str, cluster_cidr: Option<Ipv4Net>) -> Plan {
             continue;
         };
         let Some(node_ip) = internal_ip(node) else {
-            out.problems
-                .push(format!("node {name} has no IPv4 InternalIP: no route to {cidr}"));
+            out.problems.push(format!(
+                "node {name} has no IPv4 InternalIP: no route to {cidr}"
+            ));
             continue;
         };
         if let Some(mine) = own.filter(|o| overlaps(*o, cidr)) {

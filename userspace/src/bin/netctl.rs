@@ -186,6 +186,8 @@ fn main() -> anyhow::Result<()> {
                 let snat = f.snat.map_or("-".to_string(), |s| s.to_string());
                 let backend = if f.masquerade {
                     "masq".to_string()
+                } else if f.inbound {
+                    "inbound".to_string()
                 } else {
                     f.backend_id.to_string()
                 };

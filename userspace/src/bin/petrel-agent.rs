@@ -577,6 +577,8 @@ fn attach_pod_interfaces(dp: &mut Datapath, prefix: &str, attached: &mut HashSet
         .iter()
         .map(|i| i.name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(prefix))
+        // The overlay device shares petrel's prefix but is a node interface (external side).
+        .filter(|n| n != routes::VXLAN_IFNAME)
         .collect();
     attached.retain(|n| names.contains(n));
     for gone in dp.prune_pod_links(&names) {
