@@ -8,7 +8,8 @@
 //! pod to pod across nodes (source kept), a ClusterIP whose backends are all on other nodes (TC
 //! path and socket-LB), a NodePort from an outside host on every node (SNAT when the backend is
 //! remote), pod egress to the outside host (masqueraded), an agent restart under load (no failed
-//! connection), and a deleted Node's routes going away while a route petrel does not own stays.
+//! connection), a deleted Node's routes going away while a route petrel does not own stays, and
+//! `petrel-agent --cleanup` leaving nothing behind.
 
 use std::{
     collections::BTreeSet,
@@ -285,4 +286,21 @@ async fn scenario(switch: &NetNs, fabric: Fabric, routing: &str) {
         c.pod("client-1").get(c.pod("web-2").addr())
     });
     assert_eq!(r.server, "web-2");
+
+    // Uninstall on node-1: no petrel route, overlay device or pin is left.
+    let node1 = &mut c.nodes[0];
+    node1.agent().stop(libc::SIGTERM);
+    let agent_bin = workspace_bin("petrel-agent", "PETREL_AGENT_BIN");
+    let root = format!("--bpffs-root={}", node1.pins.path().display());
+    node1.ns.exec(
+        agent_bin.to_str().expect("UTF-8 path"),
+        &["--cleanup", &root],
+    );
+    assert_eq!(node1.petrel_routes(), Vec::<String>::new());
+    let links = node1.ns.exec("ip", &["-o", "link", "show"]);
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("petrel.vxlan"),
+        "the overlay device is left"
+    );
+    assert!(!node1.pins.path().exists(), "pins are left");
 }
