@@ -99,13 +99,13 @@ pub fn egress(ctx: &mut TcContext, f: &Flow, key: &CtKey) -> Result<i32, i64> {
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
         ..Default::default()
     };
-    CONNTRACK.insert(key, &ct, 0)?;
+    CONNTRACK.insert(key, ct, 0)?;
     let rev = CtValue {
         nat_addr_be: f.saddr_be,
         nat_port_be: f.sport_be,
         ..ct
     };
-    REV_CT.insert(reply_key(f, node, port), &rev, 0)?;
+    REV_CT.insert(reply_key(f, node, port), rev, 0)?;
     count(stat::MASQUERADED);
     nat::rewrite(ctx, f, End::Src, node, port)?;
     Ok(nat::redirect_neigh(oif))
