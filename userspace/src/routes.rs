@@ -13,6 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
+    path::Path,
 };
 
 use futures::TryStreamExt as _;
@@ -114,12 +115,29 @@ async fn connect() -> Result<Handle, RouteError> {
 impl Router {
     /// Finds the uplink and, in VXLAN mode, creates the overlay device or keeps the one already
     /// there when it matches (a restarted agent must not disturb traffic).
-    pub async fn new(mode: Mode, node_ip: Ipv4Addr) -> Result<Router, RouteError> {
+    /// `proc_sys_net` is where the host's /proc/sys/net is visible.
+    pub async fn new(
+        mode: Mode,
+        node_ip: Ipv4Addr,
+        proc_sys_net: &Path,
+    ) -> Result<Router, RouteError> {
         let h = connect().await?;
         let uplink = find_uplink(&h, node_ip).await?;
         let vxlan = match mode {
             Mode::Native => None,
-            Mode::Vxlan { vni, port } => Some(ensure_vxlan(&h, &uplink, node_ip, vni, port).await?),
+            Mode::Vxlan { vni, port } => {
+                let index = ensure_vxlan(&h, &uplink, node_ip, vni, port).await?;
+                // Decapsulated packets from other nodes may carry sources (a node address
+                // SNATed for a NodePort) that the routing table reaches through the uplink: no
+                // reverse-path filter here.
+                for (key, value) in [("rp_filter", "0"), ("forwarding", "1")] {
+                    let path = proc_sys_net.join(format!("ipv4/conf/{VXLAN_IFNAME}/{key}"));
+                    if let Err(e) = std::fs::write(&path, value) {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot set sysctl");
+                    }
+                }
+                Some(index)
+            }
         };
         Ok(Router {
             h,
@@ -473,14 +491,6 @@ async fn ensure_vxlan(
         .execute()
         .await
         .map_err(nl(format!("configuring {VXLAN_IFNAME}")))?;
-    // Decapsulated packets from other nodes may carry sources (a node address SNATed for a
-    // NodePort) that the routing table reaches through the uplink: no reverse-path filter here.
-    for (key, value) in [("rp_filter", "0"), ("forwarding", "1")] {
-        let path = format!("/proc/sys/net/ipv4/conf/{VXLAN_IFNAME}/{key}");
-        if let Err(e) = std::fs::write(&path, value) {
-            tracing::warn!(%path, error = %e, "cannot set sysctl");
-        }
-    }
     Ok(index)
 }
 

@@ -47,6 +47,21 @@ pub fn write_if_changed(path: &Path, contents: &str) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Installs the CNI plugin binary `src` as `<dir>/petrel-cni`: copied to a temporary file in
+/// `dir`, made executable and synced, then renamed over the old one, so a runtime calling the
+/// plugin meanwhile runs either the old binary or the new one, never half a file.
+pub fn install_binary(src: &Path, dir: &Path) -> io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir)?;
+    let dst = dir.join("petrel-cni");
+    let tmp = dir.join(".petrel-cni.tmp");
+    std::fs::copy(src, &tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &dst)?;
+    Ok(dst)
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::NodeSpec;
@@ -68,6 +83,27 @@ mod tests {
             Some("10.244.3.0/24".into())
         );
         assert_eq!(pod_cidr(&Node::default()), None);
+    }
+
+    #[test]
+    fn install_binary_replaces_atomically_and_leaves_no_temporary() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("new");
+        std::fs::write(&src, b"v2").expect("src");
+        let bin = dir.path().join("opt/cni/bin");
+        std::fs::create_dir_all(&bin).expect("bin dir");
+        std::fs::write(bin.join("petrel-cni"), b"v1").expect("old");
+        let dst = install_binary(&src, &bin).expect("install");
+        assert_eq!(std::fs::read(&dst).expect("read"), b"v2");
+        let mode = std::fs::metadata(&dst).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        let names: Vec<_> = std::fs::read_dir(&bin)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["petrel-cni"]);
+        assert!(install_binary(&dir.path().join("missing"), &bin).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the datapath maps. The binary (`petrel-agent`) wires in the sources, the runner, metrics.
 
 pub mod cni_config;
+pub mod config_file;
 pub mod desired;
 pub mod manifests;
 pub mod metrics;

@@ -41,6 +41,10 @@ use tokio::sync::Notify;
     about = "petrel's node agent (replaces kube-proxy)"
 )]
 struct Cli {
+    /// Configuration file (YAML; keys are the long flag names). Flags and environment variables
+    /// win over it.
+    #[arg(long, env = "PETREL_CONFIG")]
+    config: Option<PathBuf>,
     /// Kubeconfig to use; in-cluster configuration when absent.
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
@@ -126,10 +130,63 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Where the host's /proc/sys/net is (a container sees a read-only /proc/sys; mount the
+    /// host's elsewhere and name it here).
+    #[arg(long, default_value = "/proc/sys/net")]
+    proc_sys_net: PathBuf,
     /// Remove everything petrel installed (pinned maps and links, hence every attached program)
     /// and exit: for uninstalling.
     #[arg(long)]
     cleanup: bool,
+    /// Copy the petrel-cni binary next to this one into --cni-bin-dir (atomically: a temporary
+    /// file renamed into place) and exit: the DaemonSet's init container.
+    #[arg(long)]
+    install_cni: bool,
+    /// Where container runtimes look for CNI plugins.
+    #[arg(long, default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+}
+
+impl Cli {
+    /// Flags, then environment variables, then the --config file, then the defaults.
+    fn load() -> anyhow::Result<Cli> {
+        use clap::{ArgAction, CommandFactory as _, FromArgMatches as _, parser::ValueSource};
+        use petrel::agent::config_file::{self, Kind};
+        let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        let matches = Cli::command().get_matches_from(&argv);
+        let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+            return Ok(Cli::from_arg_matches(&matches)?);
+        };
+        let cmd = Cli::command();
+        // (long name, kind, clap id) of every flag the file may set.
+        let known: Vec<(String, Kind, String)> = cmd
+            .get_arguments()
+            .filter_map(|a| {
+                let long = a
+                    .get_long()
+                    .filter(|l| !matches!(*l, "config" | "help" | "version"))?;
+                let kind = match a.get_action() {
+                    ArgAction::SetTrue => Kind::Switch,
+                    ArgAction::Append => Kind::List,
+                    _ => Kind::Single,
+                };
+                Some((long.to_string(), kind, a.get_id().to_string()))
+            })
+            .collect();
+        let flags: Vec<(String, Kind)> = known.iter().map(|(l, k, _)| (l.clone(), *k)).collect();
+        let given_elsewhere = |long: &str| {
+            known
+                .iter()
+                .find(|(l, _, _)| l == long)
+                .and_then(|(_, _, id)| matches.value_source(id))
+                .is_some_and(|s| matches!(s, ValueSource::CommandLine | ValueSource::EnvVariable))
+        };
+        let from_file = config_file::read_args(&path, &flags, given_elsewhere)?;
+        let mut all = vec![argv[0].clone()];
+        all.extend(from_file.into_iter().map(Into::into));
+        all.extend(argv[1..].iter().cloned());
+        Cli::try_parse_from(all).with_context(|| format!("in {}", path.display()))
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -194,8 +251,24 @@ fn init_logs(format: LogFormat) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::load()?;
     init_logs(cli.log_format);
+    if cli.install_cni {
+        let src = std::env::current_exe()
+            .context("locating petrel-agent")?
+            .with_file_name("petrel-cni");
+        let dst = petrel::agent::cni_config::install_binary(&src, &cli.cni_bin_dir).with_context(
+            || {
+                format!(
+                    "installing {} into {}",
+                    src.display(),
+                    cli.cni_bin_dir.display()
+                )
+            },
+        )?;
+        tracing::info!(plugin = %dst.display(), "petrel-cni installed");
+        return Ok(());
+    }
     if cli.cleanup {
         Datapath::remove(&cli.bpffs_root)?;
         tracing::info!(root = %cli.bpffs_root.display(), "removed every petrel pin: programs detached, maps freed");
@@ -238,7 +311,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // Reverse NAT rewrites replies before routing; the kernel uses max(all, interface) for
     // rp_filter, so a strict `all` defeats petrel-cni's per-veth setting.
-    if std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/rp_filter")
+    if std::fs::read_to_string(cli.proc_sys_net.join("ipv4/conf/all/rp_filter"))
         .is_ok_and(|v| v.trim() != "0")
     {
         tracing::warn!(
@@ -452,7 +525,7 @@ impl RoutingState {
             self.problems = plan.problems;
         }
         if self.router.as_ref().is_none_or(|r| r.node_ip() != node_ip) {
-            match Router::new(mode, node_ip).await {
+            match Router::new(mode, node_ip, &cli.proc_sys_net).await {
                 Ok(r) => {
                     tracing::info!(mode = ?r.mode(), uplink = %r.uplink().name, pod_mtu = r.pod_mtu(), "routing to other nodes' pods");
                     // Replies of flows this node translated come back on the uplink (native) or
