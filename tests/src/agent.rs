@@ -15,6 +15,12 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent inside the network namespace at `netns` with `args`.
     pub fn start(netns: &Path, args: &[String]) -> Agent {
+        Self::start_wrapped(netns, &[], args)
+    }
+
+    /// As `start`, run through `wrapper` (a command that execs the rest of its arguments, such as
+    /// `setpriv ... --`), so the agent keeps the PID.
+    pub fn start_wrapped(netns: &Path, wrapper: &[&str], args: &[String]) -> Agent {
         let bin = crate::workspace_bin("petrel-agent", "PETREL_AGENT_BIN");
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("agent.log");
@@ -22,6 +28,7 @@ impl Agent {
         let child = Command::new("nsenter")
             .arg(format!("--net={}", netns.display()))
             .arg("--")
+            .args(wrapper)
             .arg(bin)
             .args(args)
             .env("RUST_LOG", "info")
@@ -35,6 +42,11 @@ impl Agent {
             log,
             _dir: dir,
         }
+    }
+
+    /// The agent's PID (nsenter and any wrapper exec it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log(&self) -> String {

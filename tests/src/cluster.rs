@@ -335,68 +335,11 @@ impl Cluster {
         node_port: i32,
         backends: &[Ipv4Addr],
     ) -> Ipv4Addr {
-        let meta = |n: &str| ObjectMeta {
-            name: Some(n.into()),
-            namespace: Some("default".into()),
-            ..Default::default()
-        };
-        let svc = Service {
-            metadata: meta(name),
-            spec: Some(ServiceSpec {
-                type_: Some("NodePort".into()),
-                ports: Some(vec![ServicePort {
-                    name: Some("http".into()),
-                    port: 80,
-                    target_port: Some(IntOrString::Int(POD_PORT.into())),
-                    node_port: Some(node_port),
-                    protocol: Some("TCP".into()),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let svc = Api::<Service>::namespaced(self.client.clone(), "default")
-            .create(&PostParams::default(), &svc)
-            .await
-            .expect("create service");
-        let mut slice_meta = meta(&format!("{name}-1"));
-        slice_meta.labels = Some(
-            [("kubernetes.io/service-name".to_string(), name.to_string())]
-                .into_iter()
-                .collect(),
-        );
-        let slice = EndpointSlice {
-            metadata: slice_meta,
-            address_type: "IPv4".into(),
-            endpoints: backends
-                .iter()
-                .map(|ip| Endpoint {
-                    addresses: vec![ip.to_string()],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(true),
-                        serving: Some(true),
-                        terminating: Some(false),
-                    }),
-                    node_name: Some(self.node_of(*ip).name.clone()),
-                    ..Default::default()
-                })
-                .collect(),
-            ports: Some(vec![EndpointPort {
-                name: Some("http".into()),
-                port: Some(POD_PORT.into()),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-        };
-        Api::<EndpointSlice>::namespaced(self.client.clone(), "default")
-            .create(&PostParams::default(), &slice)
-            .await
-            .expect("create endpointslice");
-        svc.spec
-            .and_then(|s| s.cluster_ip)
-            .and_then(|ip| ip.parse().ok())
-            .expect("the API server assigned a ClusterIP")
+        let placed: Vec<(Ipv4Addr, String)> = backends
+            .iter()
+            .map(|ip| (*ip, self.node_of(*ip).name.clone()))
+            .collect();
+        create_service(&self.client, name, node_port, &placed).await
     }
 
     pub async fn delete_node(&self, name: &str) {
@@ -414,7 +357,80 @@ impl Drop for Cluster {
     }
 }
 
-async fn create_node(client: &kube::Client, name: &str, ip: Ipv4Addr, pod_cidr: Ipv4Net) {
+/// Creates Service `name` in `default` (NodePort `node_port`, port 80 -> POD_PORT) with an
+/// EndpointSlice holding `backends` (address, node name), all ready; returns the ClusterIP.
+pub async fn create_service(
+    client: &kube::Client,
+    name: &str,
+    node_port: i32,
+    backends: &[(Ipv4Addr, String)],
+) -> Ipv4Addr {
+    let meta = |n: &str| ObjectMeta {
+        name: Some(n.into()),
+        namespace: Some("default".into()),
+        ..Default::default()
+    };
+    let svc = Service {
+        metadata: meta(name),
+        spec: Some(ServiceSpec {
+            type_: Some("NodePort".into()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(IntOrString::Int(POD_PORT.into())),
+                node_port: Some(node_port),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let svc = Api::<Service>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create service");
+    let mut slice_meta = meta(&format!("{name}-1"));
+    slice_meta.labels = Some(
+        [("kubernetes.io/service-name".to_string(), name.to_string())]
+            .into_iter()
+            .collect(),
+    );
+    let slice = EndpointSlice {
+        metadata: slice_meta,
+        address_type: "IPv4".into(),
+        endpoints: backends
+            .iter()
+            .map(|(ip, node)| Endpoint {
+                addresses: vec![ip.to_string()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    serving: Some(true),
+                    terminating: Some(false),
+                }),
+                node_name: Some(node.clone()),
+                ..Default::default()
+            })
+            .collect(),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(POD_PORT.into()),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+    };
+    Api::<EndpointSlice>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &slice)
+        .await
+        .expect("create endpointslice");
+    svc.spec
+        .and_then(|s| s.cluster_ip)
+        .and_then(|ip| ip.parse().ok())
+        .expect("the API server assigned a ClusterIP")
+}
+
+/// Creates Node `name` with `pod_cidr` and the InternalIP `ip`.
+pub async fn create_node(client: &kube::Client, name: &str, ip: Ipv4Addr, pod_cidr: Ipv4Net) {
     let node = Node {
         metadata: ObjectMeta {
             name: Some(name.into()),

@@ -399,6 +399,10 @@ fn follows_services_and_endpointslices_from_the_api_server() {
                 std::fs::read_to_string(cni.join("pod-cidr"))
                     .is_ok_and(|c| c.trim() == "10.244.7.0/24")
             });
+            // The conflist follows once the uplink (and so the pods' MTU) is known.
+            eventually("conflist written", 10, || {
+                cni.join("05-petrel.conflist").exists()
+            });
             let conf: serde_json::Value = serde_json::from_str(
                 &std::fs::read_to_string(cni.join("05-petrel.conflist")).expect("conflist"),
             )
