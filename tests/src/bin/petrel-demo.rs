@@ -301,10 +301,7 @@ fn demo() -> anyhow::Result<()> {
         .map(strip_ansi)
         .filter(|l| l.contains("INFO"))
     {
-        println!(
-            "      {}",
-            line.split("petrel_agent: ").nth(1).unwrap_or(&line)
-        );
+        println!("      {}", log_message(&line));
     }
 
     step("$ netctl dump-services")?;
@@ -403,10 +400,7 @@ fn demo() -> anyhow::Result<()> {
         );
     }
     for line in String::from_utf8_lossy(&out.stderr).lines().map(strip_ansi) {
-        println!(
-            "    {}",
-            line.split("petrel_agent: ").nth(1).unwrap_or(&line)
-        );
+        println!("    {}", log_message(&line));
     }
     drop(servers);
     for (name, ns, _) in &pods {
@@ -421,6 +415,15 @@ fn demo() -> anyhow::Result<()> {
     drop(outside);
     drop(node);
     Ok(())
+}
+
+/// An agent log line without its timestamp, level and target ("petrel_agent: ", "petrel::...: ").
+fn log_message(line: &str) -> &str {
+    ["  INFO ", " INFO ", " WARN "]
+        .iter()
+        .find_map(|level| line.split_once(level))
+        .map(|(_, rest)| rest.split_once(": ").map_or(rest, |(_, msg)| msg))
+        .unwrap_or(line)
 }
 
 fn strip_ansi(s: &str) -> String {

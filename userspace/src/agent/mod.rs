@@ -7,5 +7,6 @@ pub mod desired;
 pub mod manifests;
 pub mod metrics;
 pub mod names;
+pub mod route_sync;
 pub mod routing;
 pub mod sync;

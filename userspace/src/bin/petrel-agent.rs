@@ -27,10 +27,10 @@ use petrel::{
         desired::{self, NodeFacts, Options},
         manifests,
         metrics::{self, CounterLabel, Health, MapLabel, Metrics},
-        routing::{self, RemoteNode},
+        route_sync, routing,
         sync::Syncer,
     },
-    routes::{self, Router},
+    routes,
 };
 use tokio::sync::Notify;
 
@@ -362,7 +362,21 @@ async fn main() -> anyhow::Result<()> {
         maglev: cli.external_selection == Selection::Maglev,
     };
     let mut attached: HashSet<String> = HashSet::new();
-    let mut routing = RoutingState::default();
+    let route_settings = route_sync::Settings {
+        mode: match cli.routing {
+            Routing::Native => Some(routes::Mode::Native),
+            Routing::Vxlan => Some(routes::Mode::Vxlan {
+                vni: cli.vxlan_vni,
+                port: cli.vxlan_port,
+            }),
+            Routing::None => None,
+        },
+        pod_mtu: cli.pod_mtu,
+        proc_sys_net: cli.proc_sys_net.clone(),
+        sync_period: cli.sync_period,
+        external_interfaces: cli.external_interfaces.clone(),
+    };
+    let mut routing = route_sync::RouteSync::default();
     let mut observed_triggers: BTreeSet<(String, String)> = BTreeSet::new();
     let mut last_sync = Instant::now() - cli.min_sync_period;
     let mut next_full_sync = Instant::now() + cli.sync_period;
@@ -385,7 +399,7 @@ async fn main() -> anyhow::Result<()> {
         if since < cli.min_sync_period {
             tokio::time::sleep(cli.min_sync_period - since).await;
         }
-        write_cni_config(&cli, &shared, routing.pod_mtu(&cli));
+        write_cni_config(&cli, &shared, routing.pod_mtu(&route_settings));
         let (desired, slices, manifest_errors, node_ip, plan) = {
             let inputs = shared.0.lock().expect("poisoned");
             if !inputs.ready {
@@ -404,7 +418,7 @@ async fn main() -> anyhow::Result<()> {
         };
         if let Some(ip) = node_ip {
             routing
-                .sync(&cli, ip, plan, &mut dp, &mut attached, &metrics)
+                .sync(&route_settings, ip, plan, &mut dp, &mut attached, &metrics)
                 .await;
         }
         attach_pod_interfaces(&mut dp, &cli.pod_interface_prefix, &mut attached);
@@ -472,127 +486,6 @@ fn node_facts(cli: &Cli, nodes: &[Node]) -> NodeFacts {
             .collect();
     }
     NodeFacts { name, ips }
-}
-
-/// Routes to other nodes' pods: the router (made once the node address is known, again if it
-/// changes) and what was last applied.
-#[derive(Default)]
-struct RoutingState {
-    router: Option<Router>,
-    applied: Option<Vec<RemoteNode>>,
-    last_check: Option<Instant>,
-    problems: Vec<String>,
-}
-
-impl RoutingState {
-    /// The pods' MTU, once known: the flag, else what the uplink and the mode allow.
-    fn pod_mtu(&self, cli: &Cli) -> Option<u32> {
-        match (cli.pod_mtu, &self.router, cli.routing) {
-            (Some(m), _, _) => Some(m),
-            (None, Some(r), _) => Some(r.pod_mtu()),
-            (None, None, Routing::None) => Some(1500),
-            (None, None, _) => None,
-        }
-    }
-
-    fn mode(cli: &Cli) -> Option<routes::Mode> {
-        match cli.routing {
-            Routing::Native => Some(routes::Mode::Native),
-            Routing::Vxlan => Some(routes::Mode::Vxlan {
-                vni: cli.vxlan_vni,
-                port: cli.vxlan_port,
-            }),
-            Routing::None => None,
-        }
-    }
-
-    /// Applies `plan` when it changed, and re-checks the kernel's routes every --sync-period
-    /// (someone may have deleted one). Failures are logged and retried on the next sync.
-    async fn sync(
-        &mut self,
-        cli: &Cli,
-        node_ip: Ipv4Addr,
-        plan: routing::Plan,
-        dp: &mut Datapath,
-        attached: &mut HashSet<String>,
-        metrics: &Metrics,
-    ) {
-        let Some(mode) = Self::mode(cli) else { return };
-        if plan.problems != self.problems {
-            for p in &plan.problems {
-                tracing::warn!("{p}");
-            }
-            self.problems = plan.problems;
-        }
-        if self.router.as_ref().is_none_or(|r| r.node_ip() != node_ip) {
-            match Router::new(mode, node_ip, &cli.proc_sys_net).await {
-                Ok(r) => {
-                    tracing::info!(mode = ?r.mode(), uplink = %r.uplink().name, pod_mtu = r.pod_mtu(), "routing to other nodes' pods");
-                    // Replies of flows this node translated come back on the uplink (native) or
-                    // out of the overlay device: both need the external-side program.
-                    let mut ifaces = vec![r.uplink().name.clone()];
-                    if matches!(mode, routes::Mode::Vxlan { .. }) {
-                        ifaces.push(routes::VXLAN_IFNAME.to_string());
-                    }
-                    for iface in ifaces {
-                        if cli.external_interfaces.contains(&iface) || attached.contains(&iface) {
-                            continue;
-                        }
-                        match dp.attach_external_ingress(&iface) {
-                            Ok(how) => {
-                                tracing::info!(%iface, ?how, "node interface attached");
-                                attached.insert(iface);
-                            }
-                            Err(e) => {
-                                tracing::warn!(%iface, error = %e, "attaching to node interface failed")
-                            }
-                        }
-                    }
-                    self.router = Some(r);
-                    self.applied = None;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot set up routing to other nodes");
-                    metrics.sync_errors.inc();
-                    return;
-                }
-            }
-        }
-        let due = self
-            .last_check
-            .is_none_or(|t| t.elapsed() >= cli.sync_period);
-        if !due && self.applied.as_ref() == Some(&plan.remotes) {
-            return;
-        }
-        let router = self.router.as_mut().expect("made above");
-        match router.apply(&plan.remotes).await {
-            Ok(a) => {
-                for e in &a.errors {
-                    tracing::error!("{e}");
-                }
-                if a.added + a.removed > 0 {
-                    tracing::info!(
-                        added = a.added,
-                        removed = a.removed,
-                        nodes = plan.remotes.len(),
-                        "routes to other nodes updated"
-                    );
-                }
-                metrics.node_routes.set(plan.remotes.len() as i64);
-                if a.errors.is_empty() {
-                    self.applied = Some(plan.remotes);
-                } else {
-                    metrics.sync_errors.inc();
-                    self.applied = None;
-                }
-                self.last_check = Some(Instant::now());
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot apply routes to other nodes");
-                metrics.sync_errors.inc();
-            }
-        }
-    }
 }
 
 /// Keeps petrel-cni's pod CIDR file and the conflist in line with this Node's podCIDR.

@@ -1,0 +1,143 @@
+//! Keeps this node's routes to other nodes' pods in line with the Node objects: makes the
+//! `Router` once the node address is known (again when it changes), attaches the external-side
+//! program to the uplink and the overlay device (replies of translated flows come back there),
+//! applies each new plan, and re-checks the kernel's routes every sync period. Failures are
+//! logged, counted and retried at the next sync.
+
+use std::{
+    collections::HashSet,
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use super::{
+    metrics::Metrics,
+    routing::{Plan, RemoteNode},
+};
+use crate::{
+    Datapath,
+    routes::{self, Router},
+};
+
+/// How this node routes, from the agent's configuration.
+pub struct Settings {
+    /// None: petrel does not route between nodes (another component does).
+    pub mode: Option<routes::Mode>,
+    /// The pods' MTU when set explicitly.
+    pub pod_mtu: Option<u32>,
+    /// Where the host's /proc/sys/net is.
+    pub proc_sys_net: PathBuf,
+    /// How often the kernel's routes are re-checked.
+    pub sync_period: Duration,
+    /// Interfaces already attached as external ones.
+    pub external_interfaces: Vec<String>,
+}
+
+/// Route reconciliation state: the router and what was last applied.
+#[derive(Default)]
+pub struct RouteSync {
+    router: Option<Router>,
+    applied: Option<Vec<RemoteNode>>,
+    last_check: Option<Instant>,
+    problems: Vec<String>,
+}
+
+impl RouteSync {
+    /// The pods' MTU, once known: the setting, else what the uplink and the mode allow (1500
+    /// when petrel does not route).
+    pub fn pod_mtu(&self, s: &Settings) -> Option<u32> {
+        match (s.pod_mtu, &self.router, s.mode) {
+            (Some(m), _, _) => Some(m),
+            (None, Some(r), _) => Some(r.pod_mtu()),
+            (None, None, None) => Some(1500),
+            (None, None, Some(_)) => None,
+        }
+    }
+
+    /// Applies `plan` when it changed, and re-checks the kernel's routes every --sync-period
+    /// (someone may have deleted one). Failures are logged and retried on the next sync.
+    pub async fn sync(
+        &mut self,
+        s: &Settings,
+        node_ip: Ipv4Addr,
+        plan: Plan,
+        dp: &mut Datapath,
+        attached: &mut HashSet<String>,
+        metrics: &Metrics,
+    ) {
+        let Some(mode) = s.mode else { return };
+        if plan.problems != self.problems {
+            for p in &plan.problems {
+                tracing::warn!("{p}");
+            }
+            self.problems = plan.problems;
+        }
+        if self.router.as_ref().is_none_or(|r| r.node_ip() != node_ip) {
+            match Router::new(mode, node_ip, &s.proc_sys_net).await {
+                Ok(r) => {
+                    tracing::info!(mode = ?r.mode(), uplink = %r.uplink().name, pod_mtu = r.pod_mtu(), "routing to other nodes' pods");
+                    // Replies of flows this node translated come back on the uplink (native) or
+                    // out of the overlay device: both need the external-side program.
+                    let mut ifaces = vec![r.uplink().name.clone()];
+                    if matches!(mode, routes::Mode::Vxlan { .. }) {
+                        ifaces.push(routes::VXLAN_IFNAME.to_string());
+                    }
+                    for iface in ifaces {
+                        if s.external_interfaces.contains(&iface) || attached.contains(&iface) {
+                            continue;
+                        }
+                        match dp.attach_external_ingress(&iface) {
+                            Ok(how) => {
+                                tracing::info!(%iface, ?how, "node interface attached");
+                                attached.insert(iface);
+                            }
+                            Err(e) => {
+                                tracing::warn!(%iface, error = %e, "attaching to node interface failed")
+                            }
+                        }
+                    }
+                    self.router = Some(r);
+                    self.applied = None;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot set up routing to other nodes");
+                    metrics.sync_errors.inc();
+                    return;
+                }
+            }
+        }
+        let due = self.last_check.is_none_or(|t| t.elapsed() >= s.sync_period);
+        if !due && self.applied.as_ref() == Some(&plan.remotes) {
+            return;
+        }
+        let router = self.router.as_mut().expect("made above");
+        match router.apply(&plan.remotes).await {
+            Ok(a) => {
+                for e in &a.errors {
+                    tracing::error!("{e}");
+                }
+                if a.added + a.removed > 0 {
+                    tracing::info!(
+                        added = a.added,
+                        removed = a.removed,
+                        nodes = plan.remotes.len(),
+                        "routes to other nodes updated"
+                    );
+                }
+                metrics.node_routes.set(plan.remotes.len() as i64);
+                if a.errors.is_empty() {
+                    self.applied = Some(plan.remotes);
+                } else {
+                    metrics.sync_errors.inc();
+                    self.applied = None;
+                }
+                self.last_check = Some(Instant::now());
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot apply routes to other nodes");
+                metrics.sync_errors.inc();
+            }
+        }
+    }
+}
