@@ -7,7 +7,7 @@
 //! routed subnet, where native routing could not work. Each run checks, with real TCP traffic:
 //! pod to pod across nodes (source kept), a ClusterIP whose backends are all on other nodes (TC
 //! path and socket-LB), a NodePort from an outside host on every node (SNAT when the backend is
-//! remote), pod egress to the outside host (masqueraded), an agent restart under load (no failed
+//! remote), pod egress to the outside host (TCP and ping, masqueraded), an agent restart under load (no failed
 //! connection), a deleted Node's routes going away while a route petrel does not own stays, and
 //! `petrel-agent --cleanup` leaving nothing behind.
 
@@ -215,6 +215,11 @@ async fn scenario(switch: &NetNs, fabric: Fabric, routing: &str) {
             "masqueraded to {}'s address",
             node.name
         );
+        // ICMP echo too: the outside host has no route to pod addresses, so an answer to the
+        // pod's ping means the request left with the node's address and the reply found the pod.
+        client
+            .ns
+            .exec("ping", &["-c", "2", "-W", "2", &c.outside_ip.to_string()]);
     }
 
     // Restart node-1's agent (SIGKILL, then a new one) while client-1 keeps making connections

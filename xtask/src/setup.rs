@@ -36,6 +36,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("rust-web-clippy", "clippy for the eBPF crate"),
     ("iproute2", "ip: namespaces and veths in tests and the demo"),
     ("util-linux", "nsenter"),
+    (
+        "iputils-ping",
+        "ping: ICMP through masquerading in the multi-node test",
+    ),
     ("bpftool", "inspecting programs and maps when debugging"),
     (
         "containernetworking-plugins",

@@ -18,6 +18,7 @@ use core::mem::size_of;
 /// never a silent reinterpretation of old bytes.
 pub const MAP_VERSION: &str = "v1";
 
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 

@@ -9,7 +9,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail},
     programs::TcContext,
 };
-use petrel_common::{IPPROTO_TCP, IPPROTO_UDP};
+use petrel_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
@@ -17,14 +17,25 @@ const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 const IP_SRC_OFF: usize = ETH_HLEN + 12;
 const IP_DST_OFF: usize = ETH_HLEN + 16;
 
-/// An IPv4 TCP or UDP packet's addressing.
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+/// `Flow::sport_off` / `dport_off` of an end that has no port (the reply side of an ICMP echo
+/// request, the request side of a reply): read as 0, never written.
+const NO_PORT: usize = 0;
+
+/// An IPv4 TCP, UDP or ICMP echo packet's addressing. For ICMP echo the identifier plays the
+/// port: the source port of a request, the destination port of a reply (so a request's reply
+/// key matches the reply), as conntrack and Cilium's NAT treat it.
 pub struct Flow {
     pub proto: u8,
     pub ihl: usize,
-    l4_off: usize,
+    sport_off: usize,
+    dport_off: usize,
     csum_off: usize,
     /// UDP checksums of 0 mean "none": keep them 0 (BPF_F_MARK_MANGLED_0).
     csum_flags: u64,
+    /// The L4 checksum covers the addresses (TCP, UDP), not ICMP's.
+    pseudo_hdr: bool,
     pub saddr_be: u32,
     pub daddr_be: u32,
     pub sport_be: u16,
@@ -49,21 +60,36 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, i64> {
     }
     let proto: u8 = ctx.load(ETH_HLEN + 9)?;
     let l4_off = ETH_HLEN + ihl;
-    let (csum_off, csum_flags) = match proto {
-        IPPROTO_TCP => (l4_off + 16, 0u64),
-        IPPROTO_UDP => (l4_off + 6, BPF_F_MARK_MANGLED_0 as u64),
+    let (csum_off, csum_flags, pseudo_hdr, sport_off, dport_off) = match proto {
+        IPPROTO_TCP => (l4_off + 16, 0u64, true, l4_off, l4_off + 2),
+        IPPROTO_UDP => (
+            l4_off + 6,
+            BPF_F_MARK_MANGLED_0 as u64,
+            true,
+            l4_off,
+            l4_off + 2,
+        ),
+        IPPROTO_ICMP => match ctx.load::<u8>(l4_off)? {
+            ICMP_ECHO_REQUEST => (l4_off + 2, 0, false, l4_off + 4, NO_PORT),
+            ICMP_ECHO_REPLY => (l4_off + 2, 0, false, NO_PORT, l4_off + 4),
+            _ => return Ok(None),
+        },
         _ => return Ok(None),
     };
+    let port =
+        |off: usize| -> Result<u16, i64> { if off == NO_PORT { Ok(0) } else { ctx.load(off) } };
     Ok(Some(Flow {
         proto,
         ihl,
-        l4_off,
+        sport_off,
+        dport_off,
         csum_off,
         csum_flags,
+        pseudo_hdr,
         saddr_be: ctx.load(IP_SRC_OFF)?,
         daddr_be: ctx.load(IP_DST_OFF)?,
-        sport_be: ctx.load(l4_off)?,
-        dport_be: ctx.load(l4_off + 2)?,
+        sport_be: port(sport_off)?,
+        dport_be: port(dport_off)?,
     }))
 }
 
@@ -74,7 +100,8 @@ pub enum End {
     Dst,
 }
 
-/// Rewrites one end's address and port, fixing the IP and L4 checksums incrementally.
+/// Rewrites one end's address and port (an ICMP echo's identifier, on the end that has it),
+/// fixing the IP and L4 checksums incrementally.
 #[inline(always)]
 pub fn rewrite(
     ctx: &mut TcContext,
@@ -84,20 +111,22 @@ pub fn rewrite(
     new_port_be: u16,
 ) -> Result<(), i64> {
     let (old_addr, old_port, addr_off, port_off) = match end {
-        End::Dst => (f.daddr_be, f.dport_be, IP_DST_OFF, f.l4_off + 2),
-        End::Src => (f.saddr_be, f.sport_be, IP_SRC_OFF, f.l4_off),
+        End::Dst => (f.daddr_be, f.dport_be, IP_DST_OFF, f.dport_off),
+        End::Src => (f.saddr_be, f.sport_be, IP_SRC_OFF, f.sport_off),
     };
     if old_addr != new_addr_be {
-        ctx.l4_csum_replace(
-            f.csum_off,
-            old_addr as u64,
-            new_addr_be as u64,
-            BPF_F_PSEUDO_HDR as u64 | f.csum_flags | 4,
-        )?;
+        if f.pseudo_hdr {
+            ctx.l4_csum_replace(
+                f.csum_off,
+                old_addr as u64,
+                new_addr_be as u64,
+                BPF_F_PSEUDO_HDR as u64 | f.csum_flags | 4,
+            )?;
+        }
         ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, new_addr_be as u64, 4)?;
         ctx.store(addr_off, &new_addr_be, 0)?;
     }
-    if old_port != new_port_be {
+    if old_port != new_port_be && port_off != NO_PORT {
         ctx.l4_csum_replace(
             f.csum_off,
             old_port as u64,
