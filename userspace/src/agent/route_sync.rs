@@ -20,6 +20,9 @@ use crate::{
     routes::{self, Router},
 };
 
+/// How long to wait before trying again to set up routing after a failure.
+const RETRY: Duration = Duration::from_secs(5);
+
 /// How this node routes, from the agent's configuration.
 pub struct Settings {
     /// None: petrel does not route between nodes (another component does).
@@ -38,6 +41,8 @@ pub struct Settings {
 #[derive(Default)]
 pub struct RouteSync {
     router: Option<Router>,
+    /// The last failure to set up routing and when: logged once, retried every RETRY.
+    failure: Option<(String, Instant)>,
     applied: Option<Vec<RemoteNode>>,
     last_check: Option<Instant>,
     problems: Vec<String>,
@@ -51,6 +56,12 @@ impl RouteSync {
             (Some(m), _, _) => Some(m),
             (None, Some(r), _) => Some(r.pod_mtu()),
             (None, None, None) => Some(1500),
+            // Routing could not be set up (logged): pods on this node are wired anyway, with
+            // the usual MTU for the mode.
+            (None, None, Some(routes::Mode::Native)) if self.failure.is_some() => Some(1500),
+            (None, None, Some(routes::Mode::Vxlan { .. })) if self.failure.is_some() => {
+                Some(1500 - routes::VXLAN_OVERHEAD)
+            }
             (None, None, Some(_)) => None,
         }
     }
@@ -74,6 +85,13 @@ impl RouteSync {
             self.problems = plan.problems;
         }
         if self.router.as_ref().is_none_or(|r| r.node_ip() != node_ip) {
+            if self
+                .failure
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() < RETRY)
+            {
+                return;
+            }
             match Router::new(mode, node_ip, &s.proc_sys_net).await {
                 Ok(r) => {
                     tracing::info!(mode = ?r.mode(), uplink = %r.uplink().name, pod_mtu = r.pod_mtu(), "routing to other nodes' pods");
@@ -99,9 +117,16 @@ impl RouteSync {
                     }
                     self.router = Some(r);
                     self.applied = None;
+                    if self.failure.take().is_some() {
+                        tracing::info!("routing to other nodes set up after earlier failures");
+                    }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot set up routing to other nodes");
+                    let msg = e.to_string();
+                    if self.failure.as_ref().map(|(m, _)| m) != Some(&msg) {
+                        tracing::error!(error = %msg, retry_in_s = RETRY.as_secs(), "cannot set up routing to other nodes");
+                    }
+                    self.failure = Some((msg, Instant::now()));
                     metrics.sync_errors.inc();
                     return;
                 }
@@ -126,12 +151,12 @@ impl RouteSync {
                     );
                 }
                 metrics.node_routes.set(plan.remotes.len() as i64);
-                if a.errors.is_empty() {
-                    self.applied = Some(plan.remotes);
-                } else {
+                if !a.errors.is_empty() {
                     metrics.sync_errors.inc();
-                    self.applied = None;
                 }
+                // Entries that failed are tried again at the periodic re-check (or sooner if
+                // the plan changes), not at every sync.
+                self.applied = Some(plan.remotes);
                 self.last_check = Some(Instant::now());
             }
             Err(e) => {
