@@ -13,7 +13,7 @@ use std::{
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::AddressAttribute,
-    link::{LinkAttribute, LinkFlags, LinkMessage},
+    link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
     route::{RouteAddress, RouteAttribute, RouteScope},
 };
 use nix::sched::{CloneFlags, setns};
@@ -188,24 +188,25 @@ pub fn setup(plan: &Plan) -> Result<Wired> {
             // A leftover from an ADD killed half-way for the same attachment: start over.
             delete_link(&h, &host_if).await?;
             delete_link(&h, &peer_tmp).await?;
+            // The peer is created directly in the pod's namespace (as the reference plugins
+            // do): moving an existing device between namespaces waits for an RCU grace period
+            // (about 30 ms here, most of an ADD; see README "Performance").
+            let peer = LinkUnspec::new_with_name(&peer_tmp)
+                .mtu(mtu)
+                .setns_by_fd(ns_fd)
+                .build();
             h.link()
-                .add(LinkVeth::new(&host_if, &peer_tmp).mtu(mtu).build())
-                .execute()
-                .await
-                .map_err(nl_err(format!("creating veth {host_if}")))?;
-            let peer = link_by_name(&h, &peer_tmp).await?.ok_or_else(|| {
-                CniError::new(code::NETLINK, "veth peer vanished", peer_tmp.clone())
-            })?;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(peer.header.index)
+                .add(
+                    LinkVeth::new(&host_if, &peer_tmp)
                         .mtu(mtu)
-                        .setns_by_fd(ns_fd)
+                        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
                         .build(),
                 )
                 .execute()
                 .await
-                .map_err(nl_err("moving veth peer into the pod namespace".into()))?;
+                .map_err(nl_err(format!(
+                    "creating veth {host_if} with its peer in the pod namespace"
+                )))?;
             let host = link_by_name(&h, &host_if).await?.ok_or_else(|| {
                 CniError::new(code::NETLINK, "host veth vanished", host_if.clone())
             })?;

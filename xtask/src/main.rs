@@ -42,6 +42,13 @@ enum Cmd {
     /// The main job on one machine: a throw-away simulated node in network namespaces with the
     /// datapath loaded, a service VIP answering, and everything removed at the end.
     Demo,
+    /// Benchmarks against the real alternatives, in one run (not a test: no timed assertions).
+    /// So far: petrel-cni vs bridge+host-local. Results in bench/results/.
+    Bench {
+        /// Fewer repetitions (a smoke run of the benchmark).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,6 +72,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo => {
             let env = setup::run(&root, false)?;
             demo(&env)
+        }
+        Cmd::Bench { quick } => {
+            let env = setup::run(&root, false)?;
+            bench(&env, quick)
         }
     }
 }
@@ -204,8 +215,8 @@ fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
     run(env, "cargo", &args)
 }
 
-fn demo(env: &setup::Env) -> anyhow::Result<()> {
-    require_root("cargo xtask demo")?;
+/// Builds every binary the demo and the benchmarks run (release).
+fn build_tools(env: &setup::Env) -> anyhow::Result<()> {
     run(
         env,
         "cargo",
@@ -220,7 +231,20 @@ fn demo(env: &setup::Env) -> anyhow::Result<()> {
             "petrel-tests",
             "--bins",
         ],
-    )?;
+    )
+}
+
+fn demo(env: &setup::Env) -> anyhow::Result<()> {
+    require_root("cargo xtask demo")?;
+    build_tools(env)?;
     let demo = env.target_dir.join("release/petrel-demo");
     run(env, demo.to_str().context("non-UTF-8 target dir")?, &[])
+}
+
+fn bench(env: &setup::Env, quick: bool) -> anyhow::Result<()> {
+    require_root("cargo xtask bench")?;
+    build_tools(env)?;
+    let bench = env.target_dir.join("release/petrel-bench");
+    let args: &[&str] = if quick { &["--quick"] } else { &[] };
+    run(env, bench.to_str().context("non-UTF-8 target dir")?, args)
 }
