@@ -387,19 +387,23 @@ fn link_mtu(l: &LinkMessage) -> u32 {
 }
 
 async fn find_uplink(h: &Handle, node_ip: Ipv4Addr) -> Result<Uplink, RouteError> {
-    let index = h
+    // The whole dump is read: a stream dropped half-way makes the netlink connection log
+    // "failed to forward response back to the handle" for the rest.
+    let addresses: Vec<_> = h
         .address()
         .get()
         .set_address_filter(IpAddr::V4(node_ip))
         .execute()
-        .try_filter(|a| {
-            futures::future::ready(a.attributes.iter().any(|x| {
-                matches!(x, AddressAttribute::Address(IpAddr::V4(ip)) | AddressAttribute::Local(IpAddr::V4(ip)) if *ip == node_ip)
-            }))
-        })
-        .try_next()
+        .try_collect()
         .await
-        .map_err(nl("listing addresses"))?
+        .map_err(nl("listing addresses"))?;
+    let index = addresses
+        .iter()
+        .find(|a| {
+            a.attributes.iter().any(|x| {
+                matches!(x, AddressAttribute::Address(IpAddr::V4(ip)) | AddressAttribute::Local(IpAddr::V4(ip)) if *ip == node_ip)
+            })
+        })
         .map(|a| a.header.index)
         .ok_or(RouteError::NoUplink(node_ip))?;
     let link = h

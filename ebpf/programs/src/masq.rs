@@ -29,12 +29,14 @@ const FIRST_PORT: u32 = 1024;
 /// or node address is configured.
 #[inline(always)]
 pub fn applies(saddr_be: u32, daddr_be: u32) -> bool {
+    // Called for every non-service packet on the external side (note_inbound): the address
+    // tests come before the node-address lookup, which most such packets never need.
     let mask = crate::maps::config(config::CLUSTER_MASK);
+    if mask == 0 {
+        return false;
+    }
     let cidr = crate::maps::config(config::CLUSTER_CIDR);
-    mask != 0
-        && crate::maps::config(config::NODE_IP) != 0
-        && saddr_be & mask == cidr
-        && daddr_be & mask != cidr
+    saddr_be & mask == cidr && daddr_be & mask != cidr && crate::maps::config(config::NODE_IP) != 0
 }
 
 /// The reply key of `f` when it leaves as `node:port`.

@@ -5,7 +5,6 @@
 //! logged, counted and retried at the next sync.
 
 use std::{
-    collections::HashSet,
     net::Ipv4Addr,
     path::PathBuf,
     time::{Duration, Instant},
@@ -74,7 +73,6 @@ impl RouteSync {
         node_ip: Ipv4Addr,
         plan: Plan,
         dp: &mut Datapath,
-        attached: &mut HashSet<String>,
         metrics: &Metrics,
     ) {
         let Some(mode) = s.mode else { return };
@@ -102,13 +100,13 @@ impl RouteSync {
                         ifaces.push(routes::VXLAN_IFNAME.to_string());
                     }
                     for iface in ifaces {
-                        if s.external_interfaces.contains(&iface) || attached.contains(&iface) {
+                        // Once per new router; attaching again would only swap the program.
+                        if s.external_interfaces.contains(&iface) {
                             continue;
                         }
                         match dp.attach_external_ingress(&iface) {
                             Ok(how) => {
                                 tracing::info!(%iface, ?how, "node interface attached");
-                                attached.insert(iface);
                             }
                             Err(e) => {
                                 tracing::warn!(%iface, error = %e, "attaching to node interface failed")

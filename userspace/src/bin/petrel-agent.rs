@@ -418,7 +418,7 @@ async fn main() -> anyhow::Result<()> {
         };
         if let Some(ip) = node_ip {
             routing
-                .sync(&route_settings, ip, plan, &mut dp, &mut attached, &metrics)
+                .sync(&route_settings, ip, plan, &mut dp, &metrics)
                 .await;
         }
         attach_pod_interfaces(&mut dp, &cli.pod_interface_prefix, &mut attached);
