@@ -365,68 +365,91 @@ pub async fn create_service(
     node_port: i32,
     backends: &[(Ipv4Addr, String)],
 ) -> Ipv4Addr {
-    let meta = |n: &str| ObjectMeta {
-        name: Some(n.into()),
+    let svc = Api::<Service>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &service_object(name, Some(node_port)))
+        .await
+        .expect("create service");
+    Api::<EndpointSlice>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &slice_object(name, backends))
+        .await
+        .expect("create endpointslice");
+    cluster_ip(&svc)
+}
+
+/// The ClusterIP the API server gave `svc`.
+pub fn cluster_ip(svc: &Service) -> Ipv4Addr {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.as_ref())
+        .and_then(|ip| ip.parse().ok())
+        .expect("the API server assigned a ClusterIP")
+}
+
+fn meta(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
         namespace: Some("default".into()),
         ..Default::default()
-    };
-    let svc = Service {
+    }
+}
+
+/// Service `name` in `default`, port 80 (`http`) -> POD_PORT: a NodePort service on `node_port`
+/// when given, else a ClusterIP service.
+pub fn service_object(name: &str, node_port: Option<i32>) -> Service {
+    Service {
         metadata: meta(name),
         spec: Some(ServiceSpec {
-            type_: Some("NodePort".into()),
+            type_: Some(if node_port.is_some() { "NodePort" } else { "ClusterIP" }.into()),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: 80,
                 target_port: Some(IntOrString::Int(POD_PORT.into())),
-                node_port: Some(node_port),
+                node_port,
                 protocol: Some("TCP".into()),
                 ..Default::default()
             }]),
             ..Default::default()
         }),
         ..Default::default()
-    };
-    let svc = Api::<Service>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &svc)
-        .await
-        .expect("create service");
-    let mut slice_meta = meta(&format!("{name}-1"));
+    }
+}
+
+/// The endpoint list of an EndpointSlice: `backends` (address, node name), all ready.
+pub fn slice_endpoints(backends: &[(Ipv4Addr, String)]) -> Vec<Endpoint> {
+    backends
+        .iter()
+        .map(|(ip, node)| Endpoint {
+            addresses: vec![ip.to_string()],
+            conditions: Some(EndpointConditions {
+                ready: Some(true),
+                serving: Some(true),
+                terminating: Some(false),
+            }),
+            node_name: Some(node.clone()),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// EndpointSlice `<service>-1` of Service `service`, port `http` = POD_PORT.
+pub fn slice_object(service: &str, backends: &[(Ipv4Addr, String)]) -> EndpointSlice {
+    let mut slice_meta = meta(&format!("{service}-1"));
     slice_meta.labels = Some(
-        [("kubernetes.io/service-name".to_string(), name.to_string())]
+        [("kubernetes.io/service-name".to_string(), service.to_string())]
             .into_iter()
             .collect(),
     );
-    let slice = EndpointSlice {
+    EndpointSlice {
         metadata: slice_meta,
         address_type: "IPv4".into(),
-        endpoints: backends
-            .iter()
-            .map(|(ip, node)| Endpoint {
-                addresses: vec![ip.to_string()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    serving: Some(true),
-                    terminating: Some(false),
-                }),
-                node_name: Some(node.clone()),
-                ..Default::default()
-            })
-            .collect(),
+        endpoints: slice_endpoints(backends),
         ports: Some(vec![EndpointPort {
             name: Some("http".into()),
             port: Some(POD_PORT.into()),
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-    };
-    Api::<EndpointSlice>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &slice)
-        .await
-        .expect("create endpointslice");
-    svc.spec
-        .and_then(|s| s.cluster_ip)
-        .and_then(|ip| ip.parse().ok())
-        .expect("the API server assigned a ClusterIP")
+    }
 }
 
 /// Creates Node `name` with `pod_cidr` and the InternalIP `ip`.

@@ -76,3 +76,15 @@ pub fn workspace_bin(name: &str, env_var: &str) -> std::path::PathBuf {
             panic!("{name} is not built: run `cargo xtask test` (it builds it) or set {env_var}")
         })
 }
+
+/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process, so one process can subtract
+/// the time it made a change from the time another saw it take effect.
+pub fn monotonic_ns() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+}

@@ -212,13 +212,31 @@ pub fn get_in_cgroup(
     addr: SocketAddrV4,
     proto: &str,
 ) -> Result<Reply, String> {
-    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").to_string_lossy().as_bytes())
-        .expect("no NUL in path");
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net={}", netns.display()))
         .arg("--")
         .arg(pod_bin)
         .args(["get", proto, &addr.to_string()]);
+    join_cgroup_on_exec(&mut cmd, cgroup);
+    let out = cmd
+        .output()
+        .map_err(|e| format!("spawning {}: {e}", pod_bin.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(
+            format!("{}{}", stdout, String::from_utf8_lossy(&out.stderr))
+                .trim()
+                .to_string(),
+        );
+    }
+    Reply::parse(&stdout).ok_or_else(|| format!("bad answer {stdout:?}"))
+}
+
+/// Makes the process `cmd` starts join the cgroup v2 folder `cgroup` before it execs (a cgroup
+/// holds processes, not threads).
+pub fn join_cgroup_on_exec(cmd: &mut Command, cgroup: &Path) {
+    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").to_string_lossy().as_bytes())
+        .expect("no NUL in path");
     // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -234,16 +252,4 @@ pub fn get_in_cgroup(
             Ok(())
         });
     }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("spawning {}: {e}", pod_bin.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        return Err(
-            format!("{}{}", stdout, String::from_utf8_lossy(&out.stderr))
-                .trim()
-                .to_string(),
-        );
-    }
-    Reply::parse(&stdout).ok_or_else(|| format!("bad answer {stdout:?}"))
 }
