@@ -39,6 +39,13 @@ pub fn applies(saddr_be: u32, daddr_be: u32) -> bool {
     saddr_be & mask == cidr && daddr_be & mask != cidr && crate::maps::config(config::NODE_IP) != 0
 }
 
+/// Whether `addr_be` is inside the cluster CIDR (false when none is configured).
+#[inline(always)]
+pub fn inside_cluster(addr_be: u32) -> bool {
+    let mask = crate::maps::config(config::CLUSTER_MASK);
+    mask != 0 && addr_be & mask == crate::maps::config(config::CLUSTER_CIDR)
+}
+
 /// The reply key of `f` when it leaves as `node:port`.
 #[inline(always)]
 fn reply_key(f: &Flow, node_be: u32, port_be: u16) -> CtKey {

@@ -57,6 +57,13 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
         }
     }
 
+    // Pod to pod on the pod side (socket-LB already translated it, or it never was service
+    // traffic): no frontend or masquerading applies inside the cluster CIDR, and such flows
+    // have no forward entry, so the two lookups below are skipped for most packets.
+    if internal && masq::inside_cluster(f.saddr_be) && masq::inside_cluster(f.daddr_be) {
+        return Ok(TC_ACT_OK);
+    }
+
     // An established flow keeps its backend while that backend exists; otherwise it is
     // re-balanced (a TCP flow then gets a reset from its new backend, never a black hole).
     // SAFETY: copied out at once.

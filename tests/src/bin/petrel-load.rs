@@ -50,6 +50,9 @@ enum Cmd {
         expect: Option<String>,
         #[arg(long, default_value_t = 120.0)]
         timeout: f64,
+        /// Every attempt's outcome on stderr, with the time since the start.
+        #[arg(long)]
+        verbose: bool,
     },
 }
 
@@ -83,7 +86,8 @@ fn main() -> ExitCode {
                 addr,
                 expect,
                 timeout,
-            } => probe(addr, expect.as_deref(), Duration::from_secs_f64(timeout)).await,
+                verbose,
+            } => probe(addr, expect.as_deref(), Duration::from_secs_f64(timeout), verbose).await,
         }
     })
 }
@@ -255,12 +259,18 @@ async fn load(l: Load, kept: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn probe(addr: SocketAddr, expect: Option<&str>, timeout: Duration) -> ExitCode {
-    let deadline = Instant::now() + timeout;
+async fn probe(addr: SocketAddr, expect: Option<&str>, timeout: Duration, verbose: bool) -> ExitCode {
+    let started = Instant::now();
+    let deadline = started + timeout;
     let mut ready = false;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
-        match one_connection(addr).await {
+        let outcome = one_connection(addr).await;
+        if verbose {
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            eprintln!("{ms:.1} ms: {outcome:?}");
+        }
+        match outcome {
             Ok(name) => {
                 let seen_at = petrel_tests::monotonic_ns();
                 if !ready {

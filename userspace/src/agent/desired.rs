@@ -3,6 +3,7 @@
 //! condition. kube-proxy's rules, as its code and the sig-network e2e suite define them.
 
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddrV4},
 };
@@ -134,16 +135,18 @@ pub fn skip_reason(svc: &Service) -> Option<&'static str> {
     None
 }
 
-/// Computes the desired state.
-pub fn compute(
-    services: &[Service],
-    slices: &[EndpointSlice],
+/// Computes the desired state. Takes the objects or shared pointers to them (the agent hands in
+/// its watch caches' `Arc`s, so a sync copies no object).
+pub fn compute<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
+    services: &[S],
+    slices: &[E],
     node: &NodeFacts,
     opts: Options,
 ) -> Desired {
     // Slices by owning service.
     let mut by_service: BTreeMap<String, Vec<&EndpointSlice>> = BTreeMap::new();
     for s in slices {
+        let s: &EndpointSlice = s.borrow();
         if s.address_type != "IPv4" {
             continue;
         }
@@ -161,6 +164,7 @@ pub fn compute(
 
     let mut desired = Desired::default();
     for svc in services {
+        let svc: &Service = svc.borrow();
         let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
         let name = svc.metadata.name.as_deref().unwrap_or_default();
         let id = key(ns, name);
@@ -464,7 +468,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        let d = compute(&[s], &[], &node(), Options { maglev: true });
+        let d = compute(&[s], &[] as &[EndpointSlice], &node(), Options { maglev: true });
         let kinds: Vec<(String, FrontendKind, bool)> = d
             .frontends
             .iter()
@@ -524,7 +528,7 @@ mod tests {
             },
         );
         other.metadata.labels = Some([(LABEL_PROXY_NAME.to_string(), "foo".to_string())].into());
-        let d = compute(&[headless, ext, other], &[], &node(), Options::default());
+        let d = compute(&[headless, ext, other], &[] as &[EndpointSlice], &node(), Options::default());
         assert!(d.frontends.is_empty());
         assert_eq!(d.skipped.len(), 3);
     }

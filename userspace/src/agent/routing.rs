@@ -4,6 +4,7 @@
 //! InternalIP in native mode, or through the VXLAN device in overlay mode; see `crate::routes`).
 //! Nodes that cannot be routed to are reported, not guessed at.
 
+use std::borrow::Borrow;
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
@@ -41,15 +42,21 @@ pub fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
 
 /// Routes to every node but `me`. `cluster_cidr`, when known, is only checked: a pod CIDR outside
 /// it would have its pods' egress masqueraded.
-pub fn plan(nodes: &[Node], me: &str, cluster_cidr: Option<Ipv4Net>) -> Plan {
+pub fn plan<N: Borrow<Node>>(
+    nodes: &[N],
+    me: &str,
+    cluster_cidr: Option<Ipv4Net>,
+) -> Plan {
     let mut out = Plan::default();
+    let nodes: Vec<&Node> = nodes.iter().map(Borrow::borrow).collect();
     let own = nodes
         .iter()
+        .copied()
         .find(|n| n.metadata.name.as_deref() == Some(me))
         .and_then(pod_cidr);
     // Sorted by name so that, of two nodes claiming overlapping ranges, the same one wins on
     // every node.
-    let mut sorted: Vec<&Node> = nodes.iter().collect();
+    let mut sorted = nodes;
     sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let mut taken: BTreeMap<Ipv4Net, String> = BTreeMap::new();
     for node in sorted {

@@ -226,10 +226,12 @@ fn humantime_ms(s: &str) -> Result<Duration, String> {
 
 /// What the sources have seen so far.
 #[derive(Default)]
+/// What the sources have seen so far, as shared pointers into their caches: a snapshot copies
+/// no object.
 struct Inputs {
-    services: Vec<Service>,
-    slices: Vec<EndpointSlice>,
-    nodes: Vec<Node>,
+    services: Vec<Arc<Service>>,
+    slices: Vec<Arc<EndpointSlice>>,
+    nodes: Vec<Arc<Node>>,
     /// Every source has listed once: programming before that would briefly drop services.
     ready: bool,
     manifest_errors: usize,
@@ -469,7 +471,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn node_facts(cli: &Cli, nodes: &[Node]) -> NodeFacts {
+fn node_facts(cli: &Cli, nodes: &[Arc<Node>]) -> NodeFacts {
     let name = cli.node_name.clone().unwrap_or_default();
     let mut ips = cli.node_ips.clone();
     if ips.is_empty() {
@@ -498,7 +500,7 @@ fn write_cni_config(cli: &Cli, shared: &Shared, pod_mtu: Option<u32>) {
             .nodes
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(name))
-            .and_then(cni_config::pod_cidr)
+            .and_then(|n| cni_config::pod_cidr(n))
     };
     let Some(cidr) = cidr else { return };
     match cni_config::write_if_changed(&cli.pod_cidr_file, &format!("{cidr}\n")) {
@@ -593,7 +595,7 @@ fn update_gauges(metrics: &Metrics, syncer: &Syncer) {
 /// (annotation set by the EndpointSlice controller) to the sync that programmed it.
 fn observe_programming_latency(
     metrics: &Metrics,
-    slices: &[EndpointSlice],
+    slices: &[Arc<EndpointSlice>],
     seen: &mut BTreeSet<(String, String)>,
 ) {
     const TRIGGER: &str = "endpoints.kubernetes.io/last-change-trigger-time";
@@ -629,9 +631,9 @@ async fn watch_manifests(dir: PathBuf, shared: Shared) {
             tracing::info!(dir = %dir.display(), services = m.services.len(), endpointslices = m.slices.len(), skipped = errors.len(), "manifests read");
             {
                 let mut inputs = shared.0.lock().expect("poisoned");
-                inputs.services = m.services;
-                inputs.slices = m.slices;
-                inputs.nodes = m.nodes;
+                inputs.services = m.services.into_iter().map(Arc::new).collect();
+                inputs.slices = m.slices.into_iter().map(Arc::new).collect();
+                inputs.nodes = m.nodes.into_iter().map(Arc::new).collect();
                 inputs.manifest_errors = errors.len();
                 inputs.ready = true;
             }
@@ -693,9 +695,13 @@ async fn watch_api(kubeconfig: Option<PathBuf>, node: String, shared: Shared) {
                 }
             }),
     );
-    tokio::spawn(services.for_each(wake(shared.clone())));
-    tokio::spawn(slices.for_each(wake(shared.clone())));
-    tokio::spawn(nodes.for_each(wake(shared.clone())));
+    // Every event (already applied to its store when the stream yields it) wakes the refresher
+    // below, which snapshots the stores into the shared inputs and wakes the sync loop: a change
+    // reaches the datapath as soon as the sync loop's minimum interval allows.
+    let changed = Arc::new(Notify::new());
+    tokio::spawn(services.for_each(wake(changed.clone())));
+    tokio::spawn(slices.for_each(wake(changed.clone())));
+    tokio::spawn(nodes.for_each(wake(changed.clone())));
     let all_ready = async {
         let _ = svc_reader.wait_until_ready().await;
         let _ = slice_reader.wait_until_ready().await;
@@ -706,22 +712,20 @@ async fn watch_api(kubeconfig: Option<PathBuf>, node: String, shared: Shared) {
     loop {
         {
             let mut inputs = shared.0.lock().expect("poisoned");
-            inputs.services = svc_reader.state().iter().map(|s| (**s).clone()).collect();
-            inputs.slices = slice_reader.state().iter().map(|s| (**s).clone()).collect();
-            inputs.nodes = node_reader.state().iter().map(|s| (**s).clone()).collect();
+            inputs.services = svc_reader.state();
+            inputs.slices = slice_reader.state();
+            inputs.nodes = node_reader.state();
             inputs.ready = true;
         }
         shared.1.notify_one();
-        // Stores are refreshed into the shared inputs at most every 50 ms; the sync loop
-        // coalesces further.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        changed.notified().await;
     }
 }
 
-/// A stream callback that only wakes the sync loop.
-fn wake<T>(shared: Shared) -> impl FnMut(T) -> futures::future::Ready<()> {
+/// A stream callback that only wakes whoever waits on `notify`.
+fn wake<T>(notify: Arc<Notify>) -> impl FnMut(T) -> futures::future::Ready<()> {
     move |_| {
-        shared.1.notify_one();
+        notify.notify_one();
         futures::future::ready(())
     }
 }

@@ -17,6 +17,49 @@ mod services;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration, time::Instant};
 
+/// Ctrl-C or SIGTERM: every process of the run (API server, etcd, agents, kube-proxy, servers,
+/// load generators) is in this process group; end them all. Namespaces, pins and cgroups left
+/// by an interrupted run are removed by the next one (`sweep`).
+extern "C" fn on_signal(_: libc::c_int) {
+    // SAFETY: async-signal-safe calls only.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::kill(0, libc::SIGTERM);
+        libc::_exit(130);
+    }
+}
+
+/// Removes what an interrupted earlier run left: its namespaces (`pb*`), bpffs folders and
+/// cgroups (`petrel-bench-*`). These names are used by the benchmark only.
+fn sweep() {
+    let out = std::process::Command::new("ip").args(["netns", "list"]).output();
+    let list = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let ours = name.len() > 3
+            && name.starts_with("pb")
+            && matches!(name.as_bytes()[2], b'c' | b'n' | b'p' | b's')
+            && name[3..].bytes().all(|b| b.is_ascii_hexdigit());
+        if ours {
+            eprintln!("==> removing namespace {name} left by an interrupted run");
+            let _ = std::process::Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+    let cgroup = petrel::sys::cgroup2_root().ok();
+    for (dir, pins) in [(Some(PathBuf::from("/sys/fs/bpf")), true), (cgroup, false)] {
+        let entries = dir.and_then(|d| std::fs::read_dir(d).ok()).into_iter().flatten();
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("petrel-bench-") {
+                eprintln!("==> removing {} left by an interrupted run", e.path().display());
+                let _ = if pins {
+                    petrel::Datapath::remove(&e.path()).map_err(drop)
+                } else {
+                    std::fs::remove_dir(e.path()).map_err(drop)
+                };
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -41,6 +84,12 @@ fn main() -> ExitCode {
         eprintln!("petrel-bench needs root (network namespaces, eBPF): run `cargo xtask bench` as root");
         return ExitCode::FAILURE;
     }
+    // SAFETY: the handler makes async-signal-safe calls only.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    sweep();
     let started = Instant::now();
     let machine = report::machine(quick);
     let mut sections = Vec::new();

@@ -156,6 +156,11 @@ impl Drop for Proc {
     }
 }
 
+/// PETREL_BENCH_DEBUG set: probes log every attempt, shown after each wait.
+fn debug() -> bool {
+    std::env::var_os("PETREL_BENCH_DEBUG").is_some()
+}
+
 /// Peak resident memory (VmHWM) of process `pid`, in MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -199,11 +204,12 @@ impl Node {
         for conf in ["all", "default", "eth0"] {
             ns.sysctl(&format!("net.ipv4.conf.{conf}.rp_filter"), "0");
         }
-        // A VIP nothing has programmed yet fails at once (ICMP unreachable, not rate-limited)
-        // instead of waiting for a SYN retransmit, so probes see the moment it starts to answer.
-        // Proxies translate before routing.
-        ns.exec("ip", &["route", "add", "unreachable", "10.96.0.0/12"]);
-        ns.sysctl("net.ipv4.icmp_ratelimit", "0");
+        // A VIP nothing has programmed yet is refused at once: the service range is local to
+        // the node, whose stack answers a SYN to it with a reset. (An unreachable or prohibit
+        // route would answer with ICMP, which the kernel rate-limits to one a second after a
+        // burst of five: probes would see a second's retransmit instead of the moment the VIP
+        // starts to answer.) Proxies translate before this routing decision.
+        ns.exec("ip", &["route", "add", "local", "10.96.0.0/12", "dev", "lo", "table", "local"]);
         let ipam = tempfile::tempdir().expect("tempdir");
         let conf = json!({
             "cniVersion": "1.1.0", "name": "bench", "type": "petrel-cni",
@@ -298,6 +304,9 @@ impl Node {
         if let Some(e) = expect {
             args.push(format!("--expect={e}"));
         }
+        if debug() {
+            args.push("--verbose".into());
+        }
         let mut p = Proc::spawn(&self.client.path(), cgroup, &load_bin(), &args);
         let first = p.line();
         assert_eq!(first.as_deref(), Some("ready"), "probe: {}", p.log_tail());
@@ -336,6 +345,9 @@ fn seen(mut probe: Proc, alive: &mut dyn FnMut() -> Result<(), String>) -> Resul
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(line) => {
                 if let Some(t) = line.strip_prefix("seen ") {
+                    if debug() {
+                        eprintln!("probe:\n{}", probe.log_tail());
+                    }
                     return t.parse().map_err(|e| format!("probe printed {line:?}: {e}"));
                 }
             }
