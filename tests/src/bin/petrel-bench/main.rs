@@ -112,7 +112,7 @@ fn main() -> ExitCode {
                 secs: 2.0,
                 rounds: 3,
                 changes: 100,
-                churn_budget: Duration::from_secs(100),
+                churn_budget: Duration::from_secs(60),
             }
         };
         let section = services::run(opts);
