@@ -42,8 +42,9 @@ enum Cmd {
     /// The main job on one machine: a throw-away simulated node in network namespaces with the
     /// datapath loaded, a service VIP answering, and everything removed at the end.
     Demo,
-    /// Benchmarks against the real alternatives, in one run (not a test: no timed assertions).
-    /// So far: petrel-cni vs bridge+host-local. Results in bench/results/.
+    /// Benchmarks against the real alternatives, in one run (not a test: no timed assertions):
+    /// the service datapath and control plane against kube-proxy (iptables) and the direct pod
+    /// path, and petrel-cni against bridge+host-local. Results in bench/results/.
     Bench {
         /// Fewer repetitions (a smoke run of the benchmark).
         #[arg(long)]
@@ -74,7 +75,8 @@ fn main() -> anyhow::Result<()> {
             demo(&env)
         }
         Cmd::Bench { quick } => {
-            let env = setup::run(&root, false)?;
+            // The service benchmark runs the real kube-apiserver and kube-proxy.
+            let env = setup::run(&root, true)?;
             bench(&env, quick)
         }
     }

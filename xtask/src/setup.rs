@@ -55,6 +55,12 @@ const PACKAGES: &[(&str, &str)] = &[
         "golang-github-modern-go-reflect2-dev",
         "reflect2 1.0.2 swapped into that build",
     ),
+    (
+        "iptables",
+        "kube-proxy's iptables mode: the benchmark's baseline",
+    ),
+    ("conntrack", "kube-proxy clears conntrack entries with it"),
+    ("gnuplot-nox", "the benchmark's scaling plot"),
     ("rsync", "used by the kubernetes build"),
     ("make", "the kubernetes build"),
     ("ca-certificates", "TLS roots for apt"),

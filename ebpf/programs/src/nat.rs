@@ -93,6 +93,17 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, i64> {
     }))
 }
 
+/// Whether the packet opens a TCP connection (SYN without ACK).
+#[inline(always)]
+pub fn is_tcp_syn(ctx: &TcContext, f: &Flow) -> bool {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    f.proto == IPPROTO_TCP
+        && ctx
+            .load::<u8>(ETH_HLEN + f.ihl + 13)
+            .is_ok_and(|flags| flags & (SYN | ACK) == SYN)
+}
+
 /// Which end of the flow to rewrite.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum End {

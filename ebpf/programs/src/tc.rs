@@ -61,6 +61,20 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
     // traffic): no frontend or masquerading applies inside the cluster CIDR, and such flows
     // have no forward entry, so the two lookups below are skipped for most packets.
     if internal && masq::inside_cluster(f.saddr_be) && masq::inside_cluster(f.daddr_be) {
+        // A new connection may reuse the tuple of an earlier flow translated here (same client
+        // port to the same backend): that flow's reply entry must go, or this connection's
+        // replies would be rewritten to come from the old frontend and never be accepted.
+        if nat::is_tcp_syn(ctx, &f) {
+            let reply = CtKey {
+                saddr_be: f.daddr_be,
+                daddr_be: f.saddr_be,
+                sport_be: f.dport_be,
+                dport_be: f.sport_be,
+                proto: f.proto,
+                _pad: [0; 3],
+            };
+            let _ = REV_CT.remove(&reply);
+        }
         return Ok(TC_ACT_OK);
     }
 
@@ -75,7 +89,15 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
             return masq::forward(ctx, &f, &key, &ct);
         }
         match lb::backend(ct.backend_id) {
-            Some(b) => return forward(ctx, &f, &ct, &b),
+            Some(b) => {
+                // A new connection on the tuple of an earlier one keeps its backend; its reply
+                // entry may have been dropped meanwhile (see the pod-to-pod case above).
+                if nat::is_tcp_syn(ctx, &f) {
+                    let (rev_key, rev) = reply_entry(&f, &ct, &b);
+                    REV_CT.insert(rev_key, rev, 0)?;
+                }
+                return forward(ctx, &f, &ct, &b);
+            }
             None => count(stat::REBALANCED),
         }
     }
@@ -137,24 +159,32 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
                 count(stat::SNAT);
             }
             CONNTRACK.insert(key, ct, 0)?;
-            let snat = ct.flags & CT_F_SNAT != 0;
-            let rev_key = CtKey {
-                saddr_be: backend.addr_be,
-                daddr_be: if snat { ct.nat_addr_be } else { f.saddr_be },
-                sport_be: backend.port_be,
-                dport_be: if snat { ct.nat_port_be } else { f.sport_be },
-                proto: f.proto,
-                _pad: [0; 3],
-            };
-            let rev = CtValue {
-                nat_addr_be: f.saddr_be,
-                nat_port_be: f.sport_be,
-                ..ct
-            };
+            let (rev_key, rev) = reply_entry(&f, &ct, &backend);
             REV_CT.insert(rev_key, rev, 0)?;
             forward(ctx, &f, &ct, &backend)
         }
     }
+}
+
+/// The reply entry of flow `f` translated by `ct` to backend `b`: keyed by the reply as the
+/// backend sends it, holding the client to give it back to.
+#[inline(always)]
+fn reply_entry(f: &Flow, ct: &CtValue, b: &Backend) -> (CtKey, CtValue) {
+    let snat = ct.flags & CT_F_SNAT != 0;
+    let key = CtKey {
+        saddr_be: b.addr_be,
+        daddr_be: if snat { ct.nat_addr_be } else { f.saddr_be },
+        sport_be: b.port_be,
+        dport_be: if snat { ct.nat_port_be } else { f.sport_be },
+        proto: f.proto,
+        _pad: [0; 3],
+    };
+    let rev = CtValue {
+        nat_addr_be: f.saddr_be,
+        nat_port_be: f.sport_be,
+        ..*ct
+    };
+    (key, rev)
 }
 
 #[inline(always)]

@@ -8,8 +8,8 @@
 //!    petrel alone at 100,000 services (sync time, peak RSS).
 //! 3. CNI (`cni`): petrel-cni against bridge + host-local.
 //!
-//! Writes `bench/results/bench.md`, `bench.json` and `scaling.png` (machine, kernel and versions
-//! included). `--only=cni` or `--only=services` runs one part; `--out=DIR` writes elsewhere.
+//! Writes `bench/results/bench.md`, `bench.json`, `scaling.png` (connection rate against the
+//! number of services) and `sync.png` (full sync time), machine, kernel and versions included. `--only=cni` or `--only=services` runs one part; `--out=DIR` writes elsewhere.
 
 mod cni;
 mod report;
@@ -68,11 +68,22 @@ fn main() -> ExitCode {
         .iter()
         .find_map(|a| a.strip_prefix("--out="))
         .map_or_else(|| PathBuf::from("bench/results"), PathBuf::from);
+    let secs: Option<f64> = match args.iter().find_map(|a| a.strip_prefix("--secs=")) {
+        None => None,
+        Some(s) => match s.parse() {
+            Ok(v) if v > 0.0 => Some(v),
+            _ => {
+                eprintln!("petrel-bench: --secs takes a positive number of seconds, not {s:?}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let known = ["--quick", "--only=", "--out=", "--secs="];
     if let Some(bad) = args
         .iter()
-        .find(|a| *a != "--quick" && !a.starts_with("--only=") && !a.starts_with("--out="))
+        .find(|a| !known.iter().any(|k| a.starts_with(k)))
     {
-        eprintln!("petrel-bench: unknown argument {bad:?} (known: --quick, --only=cni|services, --out=DIR)");
+        eprintln!("petrel-bench: unknown argument {bad:?} (known: --quick, --only=cni|services, --out=DIR, --secs=S)");
         return ExitCode::FAILURE;
     }
     if only.is_some_and(|o| o != "cni" && o != "services") {
@@ -94,7 +105,7 @@ fn main() -> ExitCode {
     let machine = report::machine(quick);
     let mut sections = Vec::new();
     if only != Some("cni") {
-        let opts = if quick {
+        let mut opts = if quick {
             services::Opts {
                 scales: vec![1, 100],
                 churn_scales: vec![100],
@@ -115,12 +126,21 @@ fn main() -> ExitCode {
                 churn_budget: Duration::from_secs(60),
             }
         };
+        if let Some(s) = secs {
+            opts.secs = s;
+        }
         let section = services::run(opts);
         report::plot(
             &out_dir.join("scaling.png"),
-            "New connections per second through a ClusterIP (10 endpoints each)",
+            "New connections per second through a ClusterIP",
             "connections/s",
-            &services::series(&section),
+            &services::rate_series(&section),
+        );
+        report::plot(
+            &out_dir.join("sync.png"),
+            "Full sync: proxy start until the newest service answers",
+            "seconds",
+            &services::sync_series(&section),
         );
         sections.push(("services", section));
     }
@@ -132,7 +152,7 @@ fn main() -> ExitCode {
     eprintln!(
         "==> wrote {}/bench.md, bench.json{} in {:.0} s",
         out_dir.display(),
-        if only == Some("cni") { "" } else { " and scaling.png" },
+        if only == Some("cni") { "" } else { ", scaling.png and sync.png" },
         started.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS

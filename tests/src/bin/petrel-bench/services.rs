@@ -1111,24 +1111,38 @@ fn report(steps: &[Step], big: &Sync, opts: &Opts) -> Section {
     }
 }
 
-/// (variant name, [(services, connections per second)]) for the scaling plot.
-pub fn series(section: &Section) -> Vec<(String, Vec<(f64, f64)>)> {
+/// [(services, f(step))] over the scale steps of a finished section.
+fn points(section: &Section, f: impl Fn(&Value) -> Option<f64>) -> Vec<(f64, f64)> {
+    section.json["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let n = s["services"].as_f64().unwrap_or(f64::NAN);
+            (n, f(s).unwrap_or(f64::NAN))
+        })
+        .collect()
+}
+
+/// (variant, [(services, new connections per second)]) for the scaling plot.
+pub fn rate_series(section: &Section) -> Vec<(String, Vec<(f64, f64)>)> {
     VARIANTS
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let points = section.json["steps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|s| {
-                    (
-                        s["services"].as_f64().unwrap_or(f64::NAN),
-                        s["datapath"][i]["conn_per_sec"].as_f64().unwrap_or(f64::NAN),
-                    )
-                })
-                .collect();
-            (v.name.to_string(), points)
+            let pts = points(section, |s| s["datapath"][i]["conn_per_sec"].as_f64());
+            (v.name.to_string(), pts)
+        })
+        .collect()
+}
+
+/// (proxy, [(services, full sync seconds)]) for the sync plot.
+pub fn sync_series(section: &Section) -> Vec<(String, Vec<(f64, f64)>)> {
+    [("petrel", "petrel"), ("kube-proxy iptables", "kube_proxy_iptables")]
+        .into_iter()
+        .map(|(name, key)| {
+            let pts = points(section, |s| s["full_sync"][key]["secs"].as_f64());
+            (name.to_string(), pts)
         })
         .collect()
 }
