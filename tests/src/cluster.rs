@@ -366,7 +366,10 @@ pub async fn create_service(
     backends: &[(Ipv4Addr, String)],
 ) -> Ipv4Addr {
     let svc = Api::<Service>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &service_object(name, Some(node_port)))
+        .create(
+            &PostParams::default(),
+            &service_object(name, Some(node_port)),
+        )
         .await
         .expect("create service");
     Api::<EndpointSlice>::namespaced(client.clone(), "default")
@@ -399,7 +402,14 @@ pub fn service_object(name: &str, node_port: Option<i32>) -> Service {
     Service {
         metadata: meta(name),
         spec: Some(ServiceSpec {
-            type_: Some(if node_port.is_some() { "NodePort" } else { "ClusterIP" }.into()),
+            type_: Some(
+                if node_port.is_some() {
+                    "NodePort"
+                } else {
+                    "ClusterIP"
+                }
+                .into(),
+            ),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: 80,
@@ -435,9 +445,12 @@ pub fn slice_endpoints(backends: &[(Ipv4Addr, String)]) -> Vec<Endpoint> {
 pub fn slice_object(service: &str, backends: &[(Ipv4Addr, String)]) -> EndpointSlice {
     let mut slice_meta = meta(&format!("{service}-1"));
     slice_meta.labels = Some(
-        [("kubernetes.io/service-name".to_string(), service.to_string())]
-            .into_iter()
-            .collect(),
+        [(
+            "kubernetes.io/service-name".to_string(),
+            service.to_string(),
+        )]
+        .into_iter()
+        .collect(),
     );
     EndpointSlice {
         metadata: slice_meta,

@@ -726,6 +726,80 @@ fn socket_lb_translates_at_the_socket_and_shows_the_vip() {
     assert!(err.contains("refused"), "{err}");
 }
 
+/// One TCP request from CLIENT's own port `port` (bound first, as a reused ephemeral port
+/// would be): the server's name and the peer address the socket reports.
+fn tcp_get_from_port(port: u16, to: SocketAddrV4) -> std::io::Result<(String, String)> {
+    use nix::sys::{
+        socket::{
+            AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket,
+            sockopt,
+        },
+        time::{TimeVal, TimeValLike as _},
+    };
+    use std::os::fd::AsRawFd as _;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    // A blocking connect gives up after the send timeout.
+    setsockopt(&fd, sockopt::SendTimeout, &TimeVal::seconds(3))?;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(CLIENT, port)),
+    )?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
+    let mut s = TcpStream::from(fd);
+    s.set_read_timeout(Some(pod::TIMEOUT))?;
+    s.write_all(b"hi\n")?;
+    let peer = s.peer_addr()?.to_string();
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let server = out
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Ok((server, peer))
+}
+
+#[test]
+fn a_new_connection_on_the_tuple_of_a_translated_one_is_not_hijacked() {
+    // The same client port to the same backend, first through the VIP (TC path), then straight
+    // to the pod (as after socket-LB, or a headless service), then through the VIP again. Each
+    // must be answered with its own peer address.
+    let f = Fixture::new();
+    f.maps()
+        .set_cluster_cidr(Some("10.244.0.0/16".parse().expect("cidr")))
+        .expect("cluster cidr");
+    // No TIME_WAIT on the backend, so the reused tuple meets only what the datapath keeps.
+    f.node.pods[1].ns.sysctl("net.ipv4.tcp_max_tw_buckets", "0");
+    f.program(&ServiceEntry::new(
+        fe(vip(23), 80, Proto::Tcp),
+        1,
+        vec![ep(0, Proto::Tcp)],
+    ));
+    let via_vip = SocketAddrV4::new(vip(23), 80);
+    let direct = SocketAddrV4::new(BACKENDS[0], 8080);
+    let steps = from(f.client_ns(), move || {
+        [via_vip, direct, via_vip].map(|to| tcp_get_from_port(40123, to))
+    });
+    let got: Vec<String> = steps
+        .iter()
+        .map(|r| match r {
+            Ok((server, peer)) => format!("{server} {peer}"),
+            Err(e) => format!("error: {e}"),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        ["b0 10.96.0.23:80", "b0 10.244.0.3:8080", "b0 10.96.0.23:80"],
+        "a stale reply entry rewrote a new connection's replies"
+    );
+}
+
 #[test]
 fn reload_swaps_programs_in_place_and_traffic_keeps_flowing() {
     let f = Fixture::new();

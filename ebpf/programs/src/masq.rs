@@ -128,14 +128,7 @@ pub fn note_inbound(f: &Flow) {
     if !applies(f.daddr_be, f.saddr_be) {
         return;
     }
-    let reply = CtKey {
-        saddr_be: f.daddr_be,
-        daddr_be: f.saddr_be,
-        sport_be: f.dport_be,
-        dport_be: f.sport_be,
-        proto: f.proto,
-        _pad: [0; 3],
-    };
+    let reply = nat::reversed(f);
     // SAFETY: only checked for presence.
     if unsafe { CONNTRACK.get(reply) }.is_none() {
         let v = CtValue {

@@ -9,7 +9,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail},
     programs::TcContext,
 };
-use petrel_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use petrel_common::{CtKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
@@ -91,6 +91,19 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, i64> {
         sport_be: port(sport_off)?,
         dport_be: port(dport_off)?,
     }))
+}
+
+/// The key a reply to `f` would have, untranslated (its addresses and ports swapped).
+#[inline(always)]
+pub fn reversed(f: &Flow) -> CtKey {
+    CtKey {
+        saddr_be: f.daddr_be,
+        daddr_be: f.saddr_be,
+        sport_be: f.dport_be,
+        dport_be: f.sport_be,
+        proto: f.proto,
+        _pad: [0; 3],
+    }
 }
 
 /// Whether the packet opens a TCP connection (SYN without ACK).

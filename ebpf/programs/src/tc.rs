@@ -65,15 +65,7 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
         // port to the same backend): that flow's reply entry must go, or this connection's
         // replies would be rewritten to come from the old frontend and never be accepted.
         if nat::is_tcp_syn(ctx, &f) {
-            let reply = CtKey {
-                saddr_be: f.daddr_be,
-                daddr_be: f.saddr_be,
-                sport_be: f.dport_be,
-                dport_be: f.sport_be,
-                proto: f.proto,
-                _pad: [0; 3],
-            };
-            let _ = REV_CT.remove(&reply);
+            let _ = REV_CT.remove(nat::reversed(&f));
         }
         return Ok(TC_ACT_OK);
     }

@@ -87,7 +87,15 @@ fn main() -> ExitCode {
                 expect,
                 timeout,
                 verbose,
-            } => probe(addr, expect.as_deref(), Duration::from_secs_f64(timeout), verbose).await,
+            } => {
+                probe(
+                    addr,
+                    expect.as_deref(),
+                    Duration::from_secs_f64(timeout),
+                    verbose,
+                )
+                .await
+            }
         }
     })
 }
@@ -159,7 +167,13 @@ impl Tally {
     }
 }
 
-async fn worker(addrs: Vec<SocketAddr>, first: usize, kept: bool, start: Instant, end: Instant) -> Tally {
+async fn worker(
+    addrs: Vec<SocketAddr>,
+    first: usize,
+    kept: bool,
+    start: Instant,
+    end: Instant,
+) -> Tally {
     let mut t = Tally::default();
     let mut next = first;
     let mut conn: Option<BufReader<TcpStream>> = None;
@@ -259,7 +273,12 @@ async fn load(l: Load, kept: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn probe(addr: SocketAddr, expect: Option<&str>, timeout: Duration, verbose: bool) -> ExitCode {
+async fn probe(
+    addr: SocketAddr,
+    expect: Option<&str>,
+    timeout: Duration,
+    verbose: bool,
+) -> ExitCode {
     let started = Instant::now();
     let deadline = started + timeout;
     let mut ready = false;

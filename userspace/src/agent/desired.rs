@@ -468,7 +468,12 @@ mod tests {
             }),
             ..Default::default()
         });
-        let d = compute(&[s], &[] as &[EndpointSlice], &node(), Options { maglev: true });
+        let d = compute(
+            &[s],
+            &[] as &[EndpointSlice],
+            &node(),
+            Options { maglev: true },
+        );
         let kinds: Vec<(String, FrontendKind, bool)> = d
             .frontends
             .iter()
@@ -528,7 +533,12 @@ mod tests {
             },
         );
         other.metadata.labels = Some([(LABEL_PROXY_NAME.to_string(), "foo".to_string())].into());
-        let d = compute(&[headless, ext, other], &[] as &[EndpointSlice], &node(), Options::default());
+        let d = compute(
+            &[headless, ext, other],
+            &[] as &[EndpointSlice],
+            &node(),
+            Options::default(),
+        );
         assert!(d.frontends.is_empty());
         assert_eq!(d.skipped.len(), 3);
     }

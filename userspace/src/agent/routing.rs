@@ -42,11 +42,7 @@ pub fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
 
 /// Routes to every node but `me`. `cluster_cidr`, when known, is only checked: a pod CIDR outside
 /// it would have its pods' egress masqueraded.
-pub fn plan<N: Borrow<Node>>(
-    nodes: &[N],
-    me: &str,
-    cluster_cidr: Option<Ipv4Net>,
-) -> Plan {
+pub fn plan<N: Borrow<Node>>(nodes: &[N], me: &str, cluster_cidr: Option<Ipv4Net>) -> Plan {
     let mut out = Plan::default();
     let nodes: Vec<&Node> = nodes.iter().map(Borrow::borrow).collect();
     let own = nodes

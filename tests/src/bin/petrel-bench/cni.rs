@@ -157,10 +157,17 @@ pub fn run(quick: bool) -> Section {
             ("add_p99_ms", percentile_ms(&f.add, 99.0)),
             ("del_p50_ms", percentile_ms(&f.del, 50.0)),
             ("del_p99_ms", percentile_ms(&f.del, 99.0)),
-            ("concurrent_add_p50_ms", percentile_ms(&f.concurrent_add, 50.0)),
-            ("concurrent_add_p99_ms", percentile_ms(&f.concurrent_add, 99.0)),
+            (
+                "concurrent_add_p50_ms",
+                percentile_ms(&f.concurrent_add, 50.0),
+            ),
+            (
+                "concurrent_add_p99_ms",
+                percentile_ms(&f.concurrent_add, 99.0),
+            ),
         ];
-        let mut row = json!({"plugin": p.name, "concurrent_wall_s": f.concurrent_wall.as_secs_f64()});
+        let mut row =
+            json!({"plugin": p.name, "concurrent_wall_s": f.concurrent_wall.as_secs_f64()});
         md.push_str(&format!("| {} |", p.name));
         for (key, v) in cols {
             row[key] = json!(v);
@@ -170,11 +177,8 @@ pub fn run(quick: bool) -> Section {
         rows.push(row);
     }
     let ratio = percentile_ms(&figures[0].add, 50.0) / percentile_ms(&figures[1].add, 50.0);
-    let target = crate::report::Target::at_most(
-        "CNI ADD p50, petrel-cni / bridge+host-local",
-        ratio,
-        0.5,
-    );
+    let target =
+        crate::report::Target::at_most("CNI ADD p50, petrel-cni / bridge+host-local", ratio, 0.5);
     Section {
         md,
         json: json!({"plugins": rows, "sequential": seq_n, "concurrent": conc_n}),

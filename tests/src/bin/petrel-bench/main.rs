@@ -32,8 +32,12 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// Removes what an interrupted earlier run left: its namespaces (`pb*`), bpffs folders and
 /// cgroups (`petrel-bench-*`). These names are used by the benchmark only.
 fn sweep() {
-    let out = std::process::Command::new("ip").args(["netns", "list"]).output();
-    let list = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output();
+    let list = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
         let ours = name.len() > 3
             && name.starts_with("pb")
@@ -41,15 +45,23 @@ fn sweep() {
             && name[3..].bytes().all(|b| b.is_ascii_hexdigit());
         if ours {
             eprintln!("==> removing namespace {name} left by an interrupted run");
-            let _ = std::process::Command::new("ip").args(["netns", "del", name]).status();
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", name])
+                .status();
         }
     }
     let cgroup = petrel::sys::cgroup2_root().ok();
     for (dir, pins) in [(Some(PathBuf::from("/sys/fs/bpf")), true), (cgroup, false)] {
-        let entries = dir.and_then(|d| std::fs::read_dir(d).ok()).into_iter().flatten();
+        let entries = dir
+            .and_then(|d| std::fs::read_dir(d).ok())
+            .into_iter()
+            .flatten();
         for e in entries.flatten() {
             if e.file_name().to_string_lossy().starts_with("petrel-bench-") {
-                eprintln!("==> removing {} left by an interrupted run", e.path().display());
+                eprintln!(
+                    "==> removing {} left by an interrupted run",
+                    e.path().display()
+                );
                 let _ = if pins {
                     petrel::Datapath::remove(&e.path()).map_err(drop)
                 } else {
@@ -78,12 +90,22 @@ fn main() -> ExitCode {
             }
         },
     };
-    let known = ["--quick", "--only=", "--out=", "--secs="];
+    let xtables = match args.iter().find_map(|a| a.strip_prefix("--iptables=")) {
+        None | Some("legacy") => services::Xtables::Legacy,
+        Some("nft") => services::Xtables::Nft,
+        Some(other) => {
+            eprintln!("petrel-bench: --iptables takes legacy or nft, not {other:?}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let known = ["--quick", "--only=", "--out=", "--secs=", "--iptables="];
     if let Some(bad) = args
         .iter()
         .find(|a| !known.iter().any(|k| a.starts_with(k)))
     {
-        eprintln!("petrel-bench: unknown argument {bad:?} (known: --quick, --only=cni|services, --out=DIR, --secs=S)");
+        eprintln!(
+            "petrel-bench: unknown argument {bad:?} (known: --quick, --only=cni|services, --out=DIR, --secs=S, --iptables=legacy|nft)"
+        );
         return ExitCode::FAILURE;
     }
     if only.is_some_and(|o| o != "cni" && o != "services") {
@@ -92,7 +114,9 @@ fn main() -> ExitCode {
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("petrel-bench needs root (network namespaces, eBPF): run `cargo xtask bench` as root");
+        eprintln!(
+            "petrel-bench needs root (network namespaces, eBPF): run `cargo xtask bench` as root"
+        );
         return ExitCode::FAILURE;
     }
     // SAFETY: the handler makes async-signal-safe calls only.
@@ -114,6 +138,7 @@ fn main() -> ExitCode {
                 rounds: 1,
                 changes: 10,
                 churn_budget: Duration::from_secs(15),
+                xtables,
             }
         } else {
             services::Opts {
@@ -124,6 +149,7 @@ fn main() -> ExitCode {
                 rounds: 3,
                 changes: 100,
                 churn_budget: Duration::from_secs(60),
+                xtables,
             }
         };
         if let Some(s) = secs {
@@ -152,7 +178,11 @@ fn main() -> ExitCode {
     eprintln!(
         "==> wrote {}/bench.md, bench.json{} in {:.0} s",
         out_dir.display(),
-        if only == Some("cni") { "" } else { ", scaling.png and sync.png" },
+        if only == Some("cni") {
+            ""
+        } else {
+            ", scaling.png and sync.png"
+        },
         started.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS

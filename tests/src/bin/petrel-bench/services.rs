@@ -74,6 +74,7 @@ pub struct Opts {
     pub changes: usize,
     /// Each endpoint-change series stops after this long, whatever its count.
     pub churn_budget: Duration,
+    pub xtables: Xtables,
 }
 
 /// A process the benchmark started inside a namespace (through nsenter, which execs it, so the
@@ -86,6 +87,17 @@ struct Proc {
 
 impl Proc {
     fn spawn(netns: &Path, cgroup: Option<&Path>, program: &Path, args: &[String]) -> Proc {
+        Self::spawn_with_path(netns, cgroup, program, args, None)
+    }
+
+    /// As `spawn`, with `bin` first on the program's PATH.
+    fn spawn_with_path(
+        netns: &Path,
+        cgroup: Option<&Path>,
+        program: &Path,
+        args: &[String],
+        bin: Option<&Path>,
+    ) -> Proc {
         let log = std::env::temp_dir().join(format!("{}.log", unique("petrel-bench-")));
         let err = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new("nsenter");
@@ -98,6 +110,12 @@ impl Proc {
             .stderr(err);
         if let Some(cg) = cgroup {
             join_cgroup_on_exec(&mut cmd, cg);
+        }
+        if let Some(bin) = bin {
+            cmd.env(
+                "PATH",
+                format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display()),
+            );
         }
         let mut child = cmd
             .spawn()
@@ -209,7 +227,19 @@ impl Node {
         // route would answer with ICMP, which the kernel rate-limits to one a second after a
         // burst of five: probes would see a second's retransmit instead of the moment the VIP
         // starts to answer.) Proxies translate before this routing decision.
-        ns.exec("ip", &["route", "add", "local", "10.96.0.0/12", "dev", "lo", "table", "local"]);
+        ns.exec(
+            "ip",
+            &[
+                "route",
+                "add",
+                "local",
+                "10.96.0.0/12",
+                "dev",
+                "lo",
+                "table",
+                "local",
+            ],
+        );
         let ipam = tempfile::tempdir().expect("tempdir");
         let conf = json!({
             "cniVersion": "1.1.0", "name": "bench", "type": "petrel-cni",
@@ -290,12 +320,19 @@ impl Node {
         let log = p.log_tail();
         let (ok, out) = p.finish();
         assert!(ok, "petrel-load {mode} {addrs} failed: {out} {log}");
-        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("petrel-load output {out:?}: {e}"))
+        serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("petrel-load output {out:?}: {e}"))
     }
 
     /// Starts a probe of `vip` from the client pod that ends when `expect` (or any backend)
     /// answers; returns once it has made its first attempt.
-    fn probe(&self, cgroup: Option<&Path>, vip: SocketAddrV4, expect: Option<&str>, timeout: u64) -> Proc {
+    fn probe(
+        &self,
+        cgroup: Option<&Path>,
+        vip: SocketAddrV4,
+        expect: Option<&str>,
+        timeout: u64,
+    ) -> Proc {
         let mut args: Vec<String> = vec![
             "probe".into(),
             vip.to_string(),
@@ -315,15 +352,17 @@ impl Node {
 
     /// Scrapes `/metrics` on 127.0.0.1:10249 inside the node (both proxies serve there).
     fn metrics(&self) -> String {
-        self.ns.run(|| {
-            let mut s = TcpStream::connect("127.0.0.1:10249").ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).ok()?;
-            Some(out)
-        })
-        .unwrap_or_default()
+        self.ns
+            .run(|| {
+                let mut s = TcpStream::connect("127.0.0.1:10249").ok()?;
+                s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+                s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                    .ok()?;
+                let mut out = String::new();
+                s.read_to_string(&mut out).ok()?;
+                Some(out)
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -348,7 +387,9 @@ fn seen(mut probe: Proc, alive: &mut dyn FnMut() -> Result<(), String>) -> Resul
                     if debug() {
                         eprintln!("probe:\n{}", probe.log_tail());
                     }
-                    return t.parse().map_err(|e| format!("probe printed {line:?}: {e}"));
+                    return t
+                        .parse()
+                        .map_err(|e| format!("probe printed {line:?}: {e}"));
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => alive()?,
@@ -362,7 +403,10 @@ fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| {
             let rest = l.strip_prefix(name)?;
-            let rest = rest.strip_prefix(' ').or_else(|| rest.strip_prefix('{').and_then(|r| r.split_once("} ").map(|(_, v)| v)))?;
+            let rest = rest.strip_prefix(' ').or_else(|| {
+                rest.strip_prefix('{')
+                    .and_then(|r| r.split_once("} ").map(|(_, v)| v))
+            })?;
             rest.split_whitespace().next()?.parse().ok()
         })
         .unwrap_or(f64::NAN)
@@ -442,9 +486,51 @@ struct Proxies {
     files: tempfile::TempDir,
     petrel: Option<Agent>,
     kube_proxy: Option<Proc>,
+    xtables: tempfile::TempDir,
+}
+
+/// Which iptables kube-proxy runs: `iptables-legacy` (x_tables) or `iptables-nft`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Xtables {
+    Legacy,
+    Nft,
+}
+
+impl Xtables {
+    pub fn name(self) -> &'static str {
+        match self {
+            Xtables::Legacy => "legacy",
+            Xtables::Nft => "nft",
+        }
+    }
+}
+
+/// A folder of `iptables*` and `ip6tables*` links to Debian's `mode` variants, put first on
+/// kube-proxy's PATH: the machine's own alternatives are left as they are.
+fn xtables_dir(mode: Xtables) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for family in ["iptables", "ip6tables"] {
+        for tool in ["", "-save", "-restore"] {
+            let target = format!("/usr/sbin/{family}-{}{tool}", mode.name());
+            std::os::unix::fs::symlink(&target, dir.path().join(format!("{family}{tool}")))
+                .expect("link xtables tool");
+        }
+    }
+    dir
 }
 
 impl Proxies {
+    /// `iptables-save` lines (rules, `-A ...`) in the node, of kube-proxy's variant.
+    fn iptables_rules(&self, node: &Node) -> Vec<String> {
+        let save = self.xtables.path().join("iptables-save");
+        let out = node.ns.exec(&save.display().to_string(), &[]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("-A "))
+            .map(str::to_string)
+            .collect()
+    }
+
     fn petrel_args(&self) -> Vec<String> {
         let f = |s: &str| self.files.path().join(s).display().to_string();
         vec![
@@ -465,12 +551,9 @@ impl Proxies {
         if self.petrel.take().is_some() {
             let bin = workspace_bin("petrel-agent", "PETREL_AGENT_BIN");
             let pins = format!("--bpffs-root={}", self.pins.path().display());
-            node.ns.exec(&bin.display().to_string(), &["--cleanup", &pins]);
+            node.ns
+                .exec(&bin.display().to_string(), &["--cleanup", &pins]);
         }
-    }
-
-    fn agent_pid(&self) -> u32 {
-        self.petrel.as_ref().and_then(Agent::pid).expect("agent running")
     }
 
     fn kube_proxy_proc(&self, node: &Node) -> Proc {
@@ -491,7 +574,13 @@ impl Proxies {
             // minimum interval between syncs keeps its default (1 s).
             "--iptables-sync-period=1h".into(),
         ];
-        Proc::spawn(&node.ns.path(), None, &bin_dir().join("kube-proxy"), &args)
+        Proc::spawn_with_path(
+            &node.ns.path(),
+            None,
+            &bin_dir().join("kube-proxy"),
+            &args,
+            Some(self.xtables.path()),
+        )
     }
 
     /// Stops kube-proxy and removes its rules (`kube-proxy --cleanup`), so the next start
@@ -504,8 +593,15 @@ impl Proxies {
                 .arg("--")
                 .arg(bin)
                 .arg("--cleanup")
+                .env(
+                    "PATH",
+                    format!(
+                        "{}:/usr/sbin:/usr/bin:/sbin:/bin",
+                        self.xtables.path().display()
+                    ),
+                )
                 .output();
-            let left = iptables_rules(node);
+            let left = self.iptables_rules(node);
             assert!(
                 left.iter().all(|r| !r.contains("KUBE-SVC")),
                 "kube-proxy --cleanup left {} KUBE rules",
@@ -513,20 +609,6 @@ impl Proxies {
             );
         }
     }
-
-    fn kube_proxy_pid(&self) -> u32 {
-        self.kube_proxy.as_ref().map(|p| p.child.id()).expect("kube-proxy running")
-    }
-}
-
-/// `iptables-save` lines (rules, `-A ...`) in the node.
-fn iptables_rules(node: &Node) -> Vec<String> {
-    let out = node.ns.exec("iptables-save", &[]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("-A "))
-        .map(str::to_string)
-        .collect()
 }
 
 /// One full sync: from starting the proxy until `vip` answers from the node's client.
@@ -541,6 +623,17 @@ struct Sync {
 }
 
 impl Sync {
+    fn new(secs: f64, metrics: &str, pid: Option<u32>, rules: Option<usize>) -> Sync {
+        const OWN: &str = "kubeproxy_sync_proxy_rules_duration_seconds";
+        Sync {
+            secs,
+            own_sum: metric(metrics, &format!("{OWN}_sum")),
+            own_count: metric(metrics, &format!("{OWN}_count")),
+            peak_rss_mib: pid.map_or(f64::NAN, peak_rss_mib),
+            rules,
+        }
+    }
+
     fn json(&self) -> Value {
         json!({"secs": self.secs, "own_sync_sum_s": self.own_sum, "own_sync_count": self.own_count,
                "peak_rss_mib": self.peak_rss_mib, "iptables_rules": self.rules})
@@ -566,25 +659,25 @@ fn full_sync<P>(
     ((t - t0) as f64 / 1e9, node.metrics(), proxy)
 }
 
-fn sync_petrel(px: &mut Proxies, node: &Node, vip: SocketAddrV4) -> Sync {
-    px.stop_petrel(node);
+/// Starts petrel-agent with `args` in `node` and measures its full sync to `vip`.
+fn run_petrel(px: &mut Proxies, node: &Node, vip: SocketAddrV4, args: &[String]) -> Sync {
     let cg = px.cgroup.path().to_path_buf();
-    let args = px.petrel_args();
     let (secs, metrics, agent) = full_sync(
         node,
         Some(&cg),
         vip,
-        || Agent::start(&node.ns.path(), &args),
+        || Agent::start(&node.ns.path(), args),
         agent_alive,
     );
+    let sync = Sync::new(secs, &metrics, agent.pid(), None);
     px.petrel = Some(agent);
-    Sync {
-        secs,
-        own_sum: metric(&metrics, "kubeproxy_sync_proxy_rules_duration_seconds_sum"),
-        own_count: metric(&metrics, "kubeproxy_sync_proxy_rules_duration_seconds_count"),
-        peak_rss_mib: peak_rss_mib(px.agent_pid()),
-        rules: None,
-    }
+    sync
+}
+
+fn sync_petrel(px: &mut Proxies, node: &Node, vip: SocketAddrV4) -> Sync {
+    px.stop_petrel(node);
+    let args = px.petrel_args();
+    run_petrel(px, node, vip, &args)
 }
 
 fn sync_kube_proxy(px: &mut Proxies, node: &Node, vip: SocketAddrV4) -> Sync {
@@ -599,14 +692,10 @@ fn sync_kube_proxy(px: &mut Proxies, node: &Node, vip: SocketAddrV4) -> Sync {
             _ => Ok(()),
         },
     );
+    let rules = px.iptables_rules(node).len();
+    let sync = Sync::new(secs, &metrics, Some(proc.child.id()), Some(rules));
     px.kube_proxy = Some(proc);
-    Sync {
-        secs,
-        own_sum: metric(&metrics, "kubeproxy_sync_proxy_rules_duration_seconds_sum"),
-        own_count: metric(&metrics, "kubeproxy_sync_proxy_rules_duration_seconds_count"),
-        peak_rss_mib: peak_rss_mib(px.kube_proxy_pid()),
-        rules: Some(iptables_rules(node).len()),
-    }
+    sync
 }
 
 /// The ClusterIP of manifest service `i` (inside the node's service range).
@@ -618,7 +707,9 @@ fn manifest_vip(i: usize) -> Ipv4Addr {
 fn write_manifests(dir: &Path, ips: &[Ipv4Addr], n: usize) {
     let eps: Vec<String> = ips
         .iter()
-        .map(|ip| format!("{{addresses: [{ip}], nodeName: {PETREL_NODE}, conditions: {{ready: true}}}}"))
+        .map(|ip| {
+            format!("{{addresses: [{ip}], nodeName: {PETREL_NODE}, conditions: {{ready: true}}}}")
+        })
         .collect();
     let eps = eps.join(", ");
     let mut out = String::with_capacity(n * 1200);
@@ -646,24 +737,7 @@ fn sync_standalone(px: &mut Proxies, node: &Node, ips: &[Ipv4Addr], n: usize) ->
         .filter(|a| !a.starts_with("--kubeconfig"))
         .collect();
     args.push(format!("--manifests={}", dir.display()));
-    let cg = px.cgroup.path().to_path_buf();
-    let vip = SocketAddrV4::new(manifest_vip(n - 1), 80);
-    let (secs, metrics, agent) = full_sync(
-        node,
-        Some(&cg),
-        vip,
-        || Agent::start(&node.ns.path(), &args),
-        agent_alive,
-    );
-    let sync = Sync {
-        secs,
-        own_sum: metric(&metrics, "kubeproxy_sync_proxy_rules_duration_seconds_sum"),
-        own_count: metric(&metrics, "kubeproxy_sync_proxy_rules_duration_seconds_count"),
-        peak_rss_mib: agent.pid().map_or(f64::NAN, peak_rss_mib),
-        rules: None,
-    };
-    px.petrel = Some(agent);
-    sync
+    run_petrel(px, node, SocketAddrV4::new(manifest_vip(n - 1), 80), &args)
 }
 
 fn agent_alive(a: &mut Agent) -> Result<(), String> {
@@ -820,7 +894,11 @@ fn datapath(nodes: &[Node], px: &Proxies, vip: SocketAddrV4, opts: &Opts) -> Vec
         for (v, f) in VARIANTS.iter().zip(figs.iter_mut()) {
             let node = &nodes[v.node];
             let cg = v.socket_lb.then(|| px.cgroup.path());
-            let to = if v.direct { direct.clone() } else { vip.to_string() };
+            let to = if v.direct {
+                direct.clone()
+            } else {
+                vip.to_string()
+            };
             let conn = node.load(cg, "conn", &to, opts.secs);
             let rr = node.load(cg, "rr", &to, opts.secs);
             f.add(&conn, &rr);
@@ -843,7 +921,10 @@ pub fn run(opts: Opts) -> Section {
     let ctl = NetNs::new(&unique("pbc"));
     ctl.exec("ip", &["link", "add", "br0", "type", "bridge"]);
     ctl.exec("ip", &["link", "set", "br0", "up"]);
-    ctl.exec("ip", &["addr", "add", &format!("{CTL_IP}/24"), "dev", "br0"]);
+    ctl.exec(
+        "ip",
+        &["addr", "add", &format!("{CTL_IP}/24"), "dev", "br0"],
+    );
     let path = ctl.path();
     // The API server, etcd and the test's kube client live in the control namespace: all of it
     // runs on a thread (and a runtime) that entered it.
@@ -867,23 +948,48 @@ fn measure(rt: &tokio::runtime::Runtime, ctl: &NetNs, opts: &Opts) -> Section {
     let nodes: Vec<Node> = (1..=3).map(|i| Node::new(ctl, i)).collect();
     let ips = nodes[0].backend_ips();
     for n in &nodes[1..] {
-        assert_eq!(n.backend_ips(), ips, "petrel-cni gave the nodes' pods different addresses");
+        assert_eq!(
+            n.backend_ips(),
+            ips,
+            "petrel-cni gave the nodes' pods different addresses"
+        );
     }
     rt.block_on(async {
         let cidr = |s: &str| s.parse().expect("cidr");
-        cluster::create_node(&client, PETREL_NODE, Ipv4Addr::new(10, 98, 0, 12), cidr(POD_CIDR)).await;
-        cluster::create_node(&client, KUBE_PROXY_NODE, Ipv4Addr::new(10, 98, 0, 13), cidr("10.244.2.0/24")).await;
+        cluster::create_node(
+            &client,
+            PETREL_NODE,
+            Ipv4Addr::new(10, 98, 0, 12),
+            cidr(POD_CIDR),
+        )
+        .await;
+        cluster::create_node(
+            &client,
+            KUBE_PROXY_NODE,
+            Ipv4Addr::new(10, 98, 0, 13),
+            cidr("10.244.2.0/24"),
+        )
+        .await;
     });
-    let backends: Vec<(Ipv4Addr, String)> = ips.iter().map(|ip| (*ip, PETREL_NODE.to_string())).collect();
+    let backends: Vec<(Ipv4Addr, String)> = ips
+        .iter()
+        .map(|ip| (*ip, PETREL_NODE.to_string()))
+        .collect();
     // The endpoint-change service: one endpoint, moved from backend to backend.
     let churn_vip = rt.block_on(async {
         let first = [backends[0].clone()];
         let svc = Api::<Service>::namespaced(client.clone(), "default")
-            .create(&PostParams::default(), &cluster::service_object("churn", None))
+            .create(
+                &PostParams::default(),
+                &cluster::service_object("churn", None),
+            )
             .await
             .expect("create churn service");
         Api::<EndpointSlice>::namespaced(client.clone(), "default")
-            .create(&PostParams::default(), &cluster::slice_object("churn", &first))
+            .create(
+                &PostParams::default(),
+                &cluster::slice_object("churn", &first),
+            )
             .await
             .expect("churn slice");
         Api::<Endpoints>::namespaced(client.clone(), "default")
@@ -899,6 +1005,7 @@ fn measure(rt: &tokio::runtime::Runtime, ctl: &NetNs, opts: &Opts) -> Section {
         files: tempfile::tempdir().expect("tempdir"),
         petrel: None,
         kube_proxy: None,
+        xtables: xtables_dir(opts.xtables),
     };
     let mut vips: Vec<Ipv4Addr> = Vec::new();
     let mut steps = Vec::new();
@@ -919,8 +1026,26 @@ fn measure(rt: &tokio::runtime::Runtime, ctl: &NetNs, opts: &Opts) -> Section {
         let churn = opts.churn_scales.contains(&n).then(|| {
             eprintln!("==> services: endpoint changes at {n} services");
             let cg = px.cgroup.path().to_path_buf();
-            let p = churn(rt, &client, &nodes[1], Some(&cg), churn_vip, ChurnObject::Slice, opts, Duration::from_millis(200));
-            let k = churn(rt, &client, &nodes[2], None, churn_vip, ChurnObject::Endpoints, opts, Duration::from_millis(1100));
+            let p = churn(
+                rt,
+                &client,
+                &nodes[1],
+                Some(&cg),
+                churn_vip,
+                ChurnObject::Slice,
+                opts,
+                Duration::from_millis(200),
+            );
+            let k = churn(
+                rt,
+                &client,
+                &nodes[2],
+                None,
+                churn_vip,
+                ChurnObject::Endpoints,
+                opts,
+                Duration::from_millis(1100),
+            );
             eprintln!(
                 "    p99 petrel {:.1} ms ({} changes), kube-proxy {:.1} ms ({} changes)",
                 percentile_ms(&p, 99.0),
@@ -930,10 +1055,18 @@ fn measure(rt: &tokio::runtime::Runtime, ctl: &NetNs, opts: &Opts) -> Section {
             );
             (p, k)
         });
-        eprintln!("==> services: datapath at {n} services, {} rounds", opts.rounds);
+        eprintln!(
+            "==> services: datapath at {n} services, {} rounds",
+            opts.rounds
+        );
         let figures = datapath(&nodes, &px, last, opts);
         for (v, f) in VARIANTS.iter().zip(&figures) {
-            eprintln!("    {:<20} {:>8.0} conn/s {:>8.0} rr/s", v.name, median(&f.conn_rate), median(&f.rr_rate));
+            eprintln!(
+                "    {:<20} {:>8.0} conn/s {:>8.0} rr/s",
+                v.name,
+                median(&f.conn_rate),
+                median(&f.rr_rate)
+            );
         }
         steps.push(Step {
             services: n,
@@ -952,9 +1085,15 @@ fn measure(rt: &tokio::runtime::Runtime, ctl: &NetNs, opts: &Opts) -> Section {
     px.stop_kube_proxy(&nodes[2]);
     px.stop_petrel(&nodes[1]);
     drop(api);
-    eprintln!("==> services: petrel alone at {} services (standalone manifests)", opts.big);
+    eprintln!(
+        "==> services: petrel alone at {} services (standalone manifests)",
+        opts.big
+    );
     let big = sync_standalone(&mut px, &nodes[1], &ips, opts.big);
-    eprintln!("    petrel full sync {:.2}s, peak RSS {:.0} MiB", big.secs, big.peak_rss_mib);
+    eprintln!(
+        "    petrel full sync {:.2}s, peak RSS {:.0} MiB",
+        big.secs, big.peak_rss_mib
+    );
     px.stop_petrel(&nodes[1]);
     report(&steps, &big, opts)
 }
@@ -964,10 +1103,13 @@ fn report(steps: &[Step], big: &Sync, opts: &Opts) -> Section {
     md.push_str(&format!(
         "New connections (connect, one request and answer, close) and round trips on kept \
          connections from a client pod through a ClusterIP to 10 pods on the same node, {CONCURRENCY} \
-         at a time, {} s each, median of {} interleaved rounds; p50/p99 per operation.\n\n\
+         at a time, {} s each, median of {} interleaved rounds; p50/p99 per operation. kube-proxy \
+         runs iptables-{}.\n\n\
          | services | variant | conn/s | vs direct | conn p50 ms | conn p99 ms | rr/s | rr p50 ms | rr p99 ms | errors | backends |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n",
-        opts.secs, opts.rounds
+        opts.secs,
+        opts.rounds,
+        opts.xtables.name()
     ));
     for s in steps {
         let direct = median(&s.figures[0].conn_rate);
@@ -1045,29 +1187,49 @@ fn report(steps: &[Step], big: &Sync, opts: &Opts) -> Section {
     for s in [first, last] {
         for i in [1, 2] {
             targets.push(Target::at_least(
-                &format!("{} conn/s / direct, {} services", VARIANTS[i].name, s.services),
+                &format!(
+                    "{} conn/s / direct, {} services",
+                    VARIANTS[i].name, s.services
+                ),
                 rate(s, i) / rate(s, 0),
                 0.97,
             ));
         }
     }
     targets.push(Target::at_least(
-        &format!("petrel socket-LB conn/s / kube-proxy iptables, {} services", last.services),
+        &format!(
+            "petrel socket-LB conn/s / kube-proxy iptables, {} services",
+            last.services
+        ),
         rate(last, 1) / rate(last, 3),
         3.0,
     ));
     targets.push(Target::at_least(
-        &format!("petrel TC conn/s / kube-proxy iptables, {} services", last.services),
+        &format!(
+            "petrel TC conn/s / kube-proxy iptables, {} services",
+            last.services
+        ),
         rate(last, 2) / rate(last, 3),
         3.0,
     ));
     targets.push(Target::at_most(
-        &format!("petrel full sync / kube-proxy iptables full sync, {} services", last.services),
+        &format!(
+            "petrel full sync / kube-proxy iptables full sync, {} services",
+            last.services
+        ),
         last.petrel.secs / last.kube_proxy.secs,
         0.05,
     ));
-    targets.push(Target::at_most(&format!("petrel full sync s, {} services", opts.big), big.secs, 10.0));
-    targets.push(Target::at_most(&format!("petrel agent peak RSS MiB, {} services", opts.big), big.peak_rss_mib, 256.0));
+    targets.push(Target::at_most(
+        &format!("petrel full sync s, {} services", opts.big),
+        big.secs,
+        10.0,
+    ));
+    targets.push(Target::at_most(
+        &format!("petrel agent peak RSS MiB, {} services", opts.big),
+        big.peak_rss_mib,
+        256.0,
+    ));
     if let Some(s) = steps.iter().rev().find(|s| s.churn.is_some()) {
         let (p, _) = s.churn.as_ref().expect("found above");
         targets.push(Target::at_most(
@@ -1106,6 +1268,7 @@ fn report(steps: &[Step], big: &Sync, opts: &Opts) -> Section {
             "big": {"services": opts.big, "petrel": big.json()},
             "concurrency": CONCURRENCY, "secs": opts.secs, "rounds": opts.rounds,
             "kube_proxy_ipvs": "not measured: kernel without IP_VS",
+            "kube_proxy_iptables_variant": opts.xtables.name(),
         }),
         targets,
     }
@@ -1138,11 +1301,14 @@ pub fn rate_series(section: &Section) -> Vec<(String, Vec<(f64, f64)>)> {
 
 /// (proxy, [(services, full sync seconds)]) for the sync plot.
 pub fn sync_series(section: &Section) -> Vec<(String, Vec<(f64, f64)>)> {
-    [("petrel", "petrel"), ("kube-proxy iptables", "kube_proxy_iptables")]
-        .into_iter()
-        .map(|(name, key)| {
-            let pts = points(section, |s| s["full_sync"][key]["secs"].as_f64());
-            (name.to_string(), pts)
-        })
-        .collect()
+    [
+        ("petrel", "petrel"),
+        ("kube-proxy iptables", "kube_proxy_iptables"),
+    ]
+    .into_iter()
+    .map(|(name, key)| {
+        let pts = points(section, |s| s["full_sync"][key]["secs"].as_f64());
+        (name.to_string(), pts)
+    })
+    .collect()
 }
