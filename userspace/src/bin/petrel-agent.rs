@@ -384,6 +384,8 @@ async fn main() -> anyhow::Result<()> {
     let mut next_full_sync = Instant::now() + cli.sync_period;
     // New pod veths are picked up within a second, between syncs.
     let mut link_scan = tokio::time::interval(Duration::from_secs(1));
+    // netctl's names are written at the first sync and whenever the datapath changed.
+    let mut names_published = false;
     loop {
         tokio::select! {
             _ = shared.1.notified() => {}
@@ -401,6 +403,7 @@ async fn main() -> anyhow::Result<()> {
         if since < cli.min_sync_period {
             tokio::time::sleep(cli.min_sync_period - since).await;
         }
+        let iteration = Instant::now();
         write_cni_config(&cli, &shared, routing.pod_mtu(&route_settings));
         let (desired, slices, manifest_errors, node_ip, plan) = {
             let inputs = shared.0.lock().expect("poisoned");
@@ -427,6 +430,7 @@ async fn main() -> anyhow::Result<()> {
         if let Some(ip) = node_ip {
             let _ = syncer.maps_mut().set_node_ip(ip);
         }
+        let computed = iteration.elapsed();
         let started = Instant::now();
         let report = syncer.sync(&desired);
         let took = started.elapsed();
@@ -447,8 +451,14 @@ async fn main() -> anyhow::Result<()> {
             metrics.sync_errors.inc();
         }
         update_gauges(&metrics, &syncer);
-        if let Err(e) = petrel::agent::names::write(&cli.state_dir, &desired) {
-            tracing::warn!(dir = %cli.state_dir.display(), error = %e, "cannot publish service names for netctl");
+        let changed = report.upserted + report.removed > 0;
+        if changed || !names_published {
+            match petrel::agent::names::write(&cli.state_dir, &desired) {
+                Ok(()) => names_published = true,
+                Err(e) => {
+                    tracing::warn!(dir = %cli.state_dir.display(), error = %e, "cannot publish service names for netctl")
+                }
+            }
         }
         tracing::debug!(
             upserted = report.upserted,
@@ -458,11 +468,13 @@ async fn main() -> anyhow::Result<()> {
             took_ms = took.as_millis() as u64,
             "synced"
         );
-        if report.upserted + report.removed > 0 {
+        if changed {
             tracing::info!(
                 upserted = report.upserted,
                 removed = report.removed,
                 took_ms = took.as_millis() as u64,
+                compute_ms = computed.as_millis() as u64,
+                total_ms = iteration.elapsed().as_millis() as u64,
                 "datapath updated"
             );
         }

@@ -98,13 +98,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let known = ["--quick", "--only=", "--out=", "--secs=", "--iptables="];
+    let scales: Option<Vec<usize>> = match args.iter().find_map(|a| a.strip_prefix("--scales=")) {
+        None => None,
+        Some(list) => match list.split(',').map(str::parse).collect::<Result<Vec<usize>, _>>() {
+            Ok(v) if !v.is_empty() && v.iter().all(|n| *n > 0) && v.is_sorted() => Some(v),
+            _ => {
+                eprintln!("petrel-bench: --scales takes increasing service counts, e.g. 1,1000,10000, not {list:?}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let known = ["--quick", "--only=", "--out=", "--secs=", "--iptables=", "--scales="];
     if let Some(bad) = args
         .iter()
         .find(|a| !known.iter().any(|k| a.starts_with(k)))
     {
         eprintln!(
-            "petrel-bench: unknown argument {bad:?} (known: --quick, --only=cni|services, --out=DIR, --secs=S, --iptables=legacy|nft)"
+            "petrel-bench: unknown argument {bad:?} (known: --quick, --only=cni|services, --out=DIR, --secs=S, --iptables=legacy|nft, --scales=N,N,..)"
         );
         return ExitCode::FAILURE;
     }
@@ -146,7 +156,7 @@ fn main() -> ExitCode {
                 churn_scales: vec![1_000, 10_000],
                 big: 100_000,
                 secs: 2.0,
-                rounds: 3,
+                rounds: 5,
                 changes: 100,
                 churn_budget: Duration::from_secs(60),
                 xtables,
@@ -154,6 +164,11 @@ fn main() -> ExitCode {
         };
         if let Some(s) = secs {
             opts.secs = s;
+        }
+        if let Some(v) = scales {
+            // Endpoint changes at every scale past the first.
+            opts.churn_scales = v.iter().skip(1).copied().collect();
+            opts.scales = v;
         }
         let section = services::run(opts);
         report::plot(

@@ -881,8 +881,55 @@ impl Figures {
     }
 }
 
+/// CPU ticks (user + system) process `pid` has used, and whether it has a child running (as
+/// kube-proxy has while iptables-restore runs).
+fn busy_ticks(pid: u32) -> (u64, bool) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    let children = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .is_ok_and(|c| !c.trim().is_empty())
+        });
+    (ticks, children)
+}
+
+/// Waits (up to two minutes) until both proxies are idle: a sync still running after the last
+/// endpoint change would take CPU from whichever variant is measured first.
+fn wait_idle(px: &Proxies) {
+    let pids: Vec<u32> = [
+        px.petrel.as_ref().and_then(Agent::pid),
+        px.kube_proxy.as_ref().map(|p| p.child.id()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut before: Vec<(u64, bool)> = pids.iter().map(|p| busy_ticks(*p)).collect();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        let now: Vec<(u64, bool)> = pids.iter().map(|p| busy_ticks(*p)).collect();
+        // At most 5 ticks (50 ms) a second each, and no child process.
+        let idle = before
+            .iter()
+            .zip(&now)
+            .all(|((a, _), (b, child))| b - a <= 5 && !child);
+        if idle {
+            return;
+        }
+        before = now;
+    }
+    eprintln!("    (proxies still busy after 2 minutes; measuring anyway)");
+}
+
 /// Every variant, `rounds` times in turn (so drift in the machine's load spreads over all).
-fn datapath(nodes: &[Node], px: &Proxies, vip: SocketAddrV4, opts: &Opts) -> Vec<Figures> {
+fn datapath(nodes: &[Node], px: &Proxies, vips: &[Ipv4Addr], opts: &Opts) -> Vec<Figures> {
     let mut figs = vec![Figures::default(); VARIANTS.len()];
     let direct: Vec<String> = nodes[0]
         .backend_ips()
@@ -890,6 +937,16 @@ fn datapath(nodes: &[Node], px: &Proxies, vip: SocketAddrV4, opts: &Opts) -> Vec
         .map(|ip| SocketAddrV4::new(*ip, POD_PORT).to_string())
         .collect();
     let direct = direct.join(",");
+    // Up to 16 services spread over all of them, used in turn: a rule list walked in order
+    // (iptables' KUBE-SERVICES) costs what an average service costs, not the newest one's.
+    let step = vips.len().div_ceil(16).max(1);
+    let spread: Vec<String> = vips
+        .iter()
+        .rev()
+        .step_by(step)
+        .map(|ip| SocketAddrV4::new(*ip, 80).to_string())
+        .collect();
+    let spread = spread.join(",");
     for _ in 0..opts.rounds {
         for (v, f) in VARIANTS.iter().zip(figs.iter_mut()) {
             let node = &nodes[v.node];
@@ -897,7 +954,7 @@ fn datapath(nodes: &[Node], px: &Proxies, vip: SocketAddrV4, opts: &Opts) -> Vec
             let to = if v.direct {
                 direct.clone()
             } else {
-                vip.to_string()
+                spread.clone()
             };
             let conn = node.load(cg, "conn", &to, opts.secs);
             let rr = node.load(cg, "rr", &to, opts.secs);
@@ -1036,6 +1093,11 @@ fn measure(rt: &tokio::runtime::Runtime, ctl: &NetNs, opts: &Opts) -> Section {
                 opts,
                 Duration::from_millis(200),
             );
+            if debug() {
+                let log = px.petrel.as_ref().map(Agent::log).unwrap_or_default();
+                let updates: Vec<&str> = log.lines().filter(|l| l.contains("datapath updated")).collect();
+                eprintln!("agent:\n{}", updates[updates.len().saturating_sub(8)..].join("\n"));
+            }
             let k = churn(
                 rt,
                 &client,
@@ -1059,7 +1121,8 @@ fn measure(rt: &tokio::runtime::Runtime, ctl: &NetNs, opts: &Opts) -> Section {
             "==> services: datapath at {n} services, {} rounds",
             opts.rounds
         );
-        let figures = datapath(&nodes, &px, last, opts);
+        wait_idle(&px);
+        let figures = datapath(&nodes, &px, &vips, opts);
         for (v, f) in VARIANTS.iter().zip(&figures) {
             eprintln!(
                 "    {:<20} {:>8.0} conn/s {:>8.0} rr/s",
