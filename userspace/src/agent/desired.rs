@@ -408,6 +408,42 @@ mod tests {
         }
     }
 
+    /// Not a test of correctness: how long one computation over 10,000 services x 10 endpoints
+    /// takes (`cargo test --release -p petrel compute_time -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement; run by hand"]
+    fn compute_time_at_10k_services() {
+        let eps: Vec<(String, Option<&str>, Option<bool>)> = (0..10)
+            .map(|i| (format!("10.244.1.{}", i + 2), Some("n1"), Some(true)))
+            .collect();
+        let eps: Vec<(&str, Option<&str>, Option<bool>)> =
+            eps.iter().map(|(a, n, r)| (a.as_str(), *n, *r)).collect();
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        for i in 0..10_000u32 {
+            let name = format!("svc-{i}");
+            let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i);
+            services.push(svc(
+                &name,
+                ServiceSpec {
+                    cluster_ip: Some(vip.to_string()),
+                    ports: Some(vec![port("http", 80, "TCP")]),
+                    ..Default::default()
+                },
+            ));
+            slices.push(slice(&name, &[("http", 8080, "TCP")], &eps));
+        }
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let d = compute(&services, &slices, &node(), Options::default());
+            println!(
+                "compute: {} frontends in {:?}",
+                d.frontends.len(),
+                t.elapsed()
+            );
+        }
+    }
+
     #[test]
     fn cluster_ip_ports_resolve_target_ports_by_name() {
         let s = svc(

@@ -100,15 +100,28 @@ fn main() -> ExitCode {
     };
     let scales: Option<Vec<usize>> = match args.iter().find_map(|a| a.strip_prefix("--scales=")) {
         None => None,
-        Some(list) => match list.split(',').map(str::parse).collect::<Result<Vec<usize>, _>>() {
+        Some(list) => match list
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<Vec<usize>, _>>()
+        {
             Ok(v) if !v.is_empty() && v.iter().all(|n| *n > 0) && v.is_sorted() => Some(v),
             _ => {
-                eprintln!("petrel-bench: --scales takes increasing service counts, e.g. 1,1000,10000, not {list:?}");
+                eprintln!(
+                    "petrel-bench: --scales takes increasing service counts, e.g. 1,1000,10000, not {list:?}"
+                );
                 return ExitCode::FAILURE;
             }
         },
     };
-    let known = ["--quick", "--only=", "--out=", "--secs=", "--iptables=", "--scales="];
+    let known = [
+        "--quick",
+        "--only=",
+        "--out=",
+        "--secs=",
+        "--iptables=",
+        "--scales=",
+    ];
     if let Some(bad) = args
         .iter()
         .find(|a| !known.iter().any(|k| a.starts_with(k)))
@@ -166,8 +179,8 @@ fn main() -> ExitCode {
             opts.secs = s;
         }
         if let Some(v) = scales {
-            // Endpoint changes at every scale past the first.
-            opts.churn_scales = v.iter().skip(1).copied().collect();
+            // Endpoint changes at every scale past the first (at the only one, if one).
+            opts.churn_scales = v.iter().skip(usize::from(v.len() > 1)).copied().collect();
             opts.scales = v;
         }
         let section = services::run(opts);

@@ -887,15 +887,17 @@ fn busy_ticks(pid: u32) -> (u64, bool) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) in parentheses.
     let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
     let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
     let children = std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
         .flatten()
         .flatten()
         .any(|t| {
-            std::fs::read_to_string(t.path().join("children"))
-                .is_ok_and(|c| !c.trim().is_empty())
+            std::fs::read_to_string(t.path().join("children")).is_ok_and(|c| !c.trim().is_empty())
         });
     (ticks, children)
 }
@@ -1095,8 +1097,14 @@ fn measure(rt: &tokio::runtime::Runtime, ctl: &NetNs, opts: &Opts) -> Section {
             );
             if debug() {
                 let log = px.petrel.as_ref().map(Agent::log).unwrap_or_default();
-                let updates: Vec<&str> = log.lines().filter(|l| l.contains("datapath updated")).collect();
-                eprintln!("agent:\n{}", updates[updates.len().saturating_sub(8)..].join("\n"));
+                let updates: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("datapath updated"))
+                    .collect();
+                eprintln!(
+                    "agent:\n{}",
+                    updates[updates.len().saturating_sub(8)..].join("\n")
+                );
             }
             let k = churn(
                 rt,
