@@ -48,6 +48,14 @@ pub struct RouteSync {
 }
 
 impl RouteSync {
+    /// Whether routing failed to be set up and its retry is due (the sync loop then syncs
+    /// without waiting for a watch event).
+    pub fn retry_due(&self) -> bool {
+        self.failure
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() >= RETRY)
+    }
+
     /// The pods' MTU, once known: the setting, else what the uplink and the mode allow (1500
     /// when petrel does not route).
     pub fn pod_mtu(&self, s: &Settings) -> Option<u32> {

@@ -384,6 +384,8 @@ async fn main() -> anyhow::Result<()> {
     let mut next_full_sync = Instant::now() + cli.sync_period;
     // New pod veths are picked up within a second, between syncs.
     let mut link_scan = tokio::time::interval(Duration::from_secs(1));
+    // Desired state per service, computed again only for services whose objects changed.
+    let mut memo = desired::Memo::default();
     // netctl's names are written at the first sync and whenever the datapath changed.
     let mut names_published = false;
     loop {
@@ -392,7 +394,11 @@ async fn main() -> anyhow::Result<()> {
             _ = tokio::time::sleep_until(next_full_sync.into()) => {}
             _ = link_scan.tick() => {
                 attach_pod_interfaces(&mut dp, &cli.pod_interface_prefix, &mut attached);
-                continue;
+                // Routing that failed is retried on its own clock, not only when an event
+                // comes (the conflist waits for it).
+                if !routing.retry_due() {
+                    continue;
+                }
             }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
@@ -411,7 +417,7 @@ async fn main() -> anyhow::Result<()> {
                 continue;
             }
             let node = node_facts(&cli, &inputs.nodes);
-            let d = desired::compute(&inputs.services, &inputs.slices, &node, opts);
+            let d = memo.compute(&inputs.services, &inputs.slices, &node, opts);
             let plan = routing::plan(&inputs.nodes, &node.name, Some(cli.cluster_cidr));
             (
                 d,
