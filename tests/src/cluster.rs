@@ -27,7 +27,7 @@ use crate::{
     agent::{Agent, eventually},
     apiserver::KubeApiServer,
     cgroup::Cgroup,
-    cni::{Call, plugin_bin},
+    cni,
     netns::{NetNs, veth},
     pod, unique,
 };
@@ -126,21 +126,7 @@ impl SimNode {
         conf["name"] = list["name"].clone();
         conf["cniVersion"] = list["cniVersion"].clone();
         conf["dataDir"] = self.files.path().join("ipam").display().to_string().into();
-        let ns = NetNs::new(&unique("pq"));
-        let call = Call {
-            plugin: plugin_bin(),
-            command: "ADD",
-            container_id: name,
-            ifname: "eth0",
-            netns: Some(ns.path()),
-            extra_env: Vec::new(),
-        };
-        let result = call.run(&self.ns, &conf.to_string()).ok().json();
-        let ip: Ipv4Addr = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no IP in the CNI result {result}"));
+        let (ns, ip) = cni::add_pod(&self.ns, &conf.to_string(), name, "pq");
         assert!(
             self.pod_cidr.contains(&ip),
             "{name} got {ip}, outside {}",

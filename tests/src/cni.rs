@@ -139,3 +139,26 @@ pub fn reservations(data_dir: &Path, name: &str) -> Vec<String> {
     v.sort();
     v
 }
+
+/// ADD of container `id` with plugin config `conf`, called from `node`, into a new pod
+/// namespace: the namespace and the IPv4 address the plugin gave (panics when the call fails).
+pub fn add_pod(node: &NetNs, conf: &str, id: &str, ns_prefix: &str) -> (NetNs, std::net::Ipv4Addr) {
+    let pod = NetNs::new(&crate::unique(ns_prefix));
+    let result = Call {
+        plugin: plugin_bin(),
+        command: "ADD",
+        container_id: id,
+        ifname: "eth0",
+        netns: Some(pod.path()),
+        extra_env: Vec::new(),
+    }
+    .run(node, conf)
+    .ok()
+    .json();
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no IP in the CNI result {result}"));
+    (pod, ip)
+}

@@ -39,11 +39,13 @@ pub fn applies(saddr_be: u32, daddr_be: u32) -> bool {
     saddr_be & mask == cidr && daddr_be & mask != cidr && crate::maps::config(config::NODE_IP) != 0
 }
 
-/// Whether `addr_be` is inside the cluster CIDR (false when none is configured).
+/// Whether both addresses are inside the cluster CIDR (false when none is configured): pod to
+/// pod. The CIDR is read once for the two.
 #[inline(always)]
-pub fn inside_cluster(addr_be: u32) -> bool {
+pub fn both_inside_cluster(a_be: u32, b_be: u32) -> bool {
     let mask = crate::maps::config(config::CLUSTER_MASK);
-    mask != 0 && addr_be & mask == crate::maps::config(config::CLUSTER_CIDR)
+    let cidr = crate::maps::config(config::CLUSTER_CIDR);
+    mask != 0 && a_be & mask == cidr && b_be & mask == cidr
 }
 
 /// The reply key of `f` when it leaves as `node:port`.

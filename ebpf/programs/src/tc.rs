@@ -60,7 +60,7 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
     // Pod to pod on the pod side (socket-LB already translated it, or it never was service
     // traffic): no frontend or masquerading applies inside the cluster CIDR, and such flows
     // have no forward entry, so the two lookups below are skipped for most packets.
-    if internal && masq::inside_cluster(f.saddr_be) && masq::inside_cluster(f.daddr_be) {
+    if internal && masq::both_inside_cluster(f.saddr_be, f.daddr_be) {
         // A new connection may reuse the tuple of an earlier flow translated here (same client
         // port to the same backend): that flow's reply entry must go, or this connection's
         // replies would be rewritten to come from the old frontend and never be accepted.

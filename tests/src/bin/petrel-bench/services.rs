@@ -41,8 +41,7 @@ use petrel_tests::{
     apiserver::{KubeApiServer, bin_dir},
     cgroup::Cgroup,
     cluster::{self, POD_PORT},
-    cni::{Call, plugin_bin},
-    monotonic_ns,
+    cni, monotonic_ns,
     netns::{NetNs, enter, veth},
     pod::join_cgroup_on_exec,
     unique, workspace_bin,
@@ -246,26 +245,7 @@ impl Node {
             "podCIDR": POD_CIDR, "dataDir": ipam.path(),
         })
         .to_string();
-        let add = |id: &str| -> (NetNs, Ipv4Addr) {
-            let pod = NetNs::new(&unique("pbp"));
-            let result = Call {
-                plugin: plugin_bin(),
-                command: "ADD",
-                container_id: id,
-                ifname: "eth0",
-                netns: Some(pod.path()),
-                extra_env: Vec::new(),
-            }
-            .run(&ns, &conf)
-            .ok()
-            .json();
-            let ip = result["ips"][0]["address"]
-                .as_str()
-                .and_then(|a| a.split('/').next())
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("no IP in the CNI result {result}"));
-            (pod, ip)
-        };
+        let add = |id: &str| cni::add_pod(&ns, &conf, id, "pbp");
         let backends = (0..BACKENDS)
             .map(|i| {
                 let name = format!("b{i}");
@@ -1267,22 +1247,16 @@ fn report(steps: &[Step], big: &Sync, opts: &Opts) -> Section {
             ));
         }
     }
-    targets.push(Target::at_least(
-        &format!(
-            "petrel socket-LB conn/s / kube-proxy iptables, {} services",
-            last.services
-        ),
-        rate(last, 1) / rate(last, 3),
-        3.0,
-    ));
-    targets.push(Target::at_least(
-        &format!(
-            "petrel TC conn/s / kube-proxy iptables, {} services",
-            last.services
-        ),
-        rate(last, 2) / rate(last, 3),
-        3.0,
-    ));
+    for i in [1, 2] {
+        targets.push(Target::at_least(
+            &format!(
+                "{} conn/s / kube-proxy iptables, {} services",
+                VARIANTS[i].name, last.services
+            ),
+            rate(last, i) / rate(last, 3),
+            3.0,
+        ));
+    }
     targets.push(Target::at_most(
         &format!(
             "petrel full sync / kube-proxy iptables full sync, {} services",
