@@ -11,6 +11,8 @@ use std::{
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
 use serde::Deserialize as _;
 
+use super::{Publisher, Snapshot};
+
 #[derive(Clone, Debug, Default)]
 pub struct Manifests {
     pub services: Vec<Service>,
@@ -146,6 +148,29 @@ pub fn load_dir(dir: &Path) -> (Manifests, Vec<ManifestError>) {
         }
     }
     (all, errors)
+}
+
+/// Publishes the manifests in `dir`, again whenever a file changes (polled twice a second).
+pub async fn watch(dir: PathBuf, out: Publisher) {
+    let mut last = None;
+    loop {
+        let fp = fingerprint(&dir);
+        if last.as_ref() != Some(&fp) {
+            let (m, errors) = load_dir(&dir);
+            for e in &errors {
+                tracing::error!(file = %e.file.display(), line = e.line, reason = %e.reason, "manifest skipped");
+            }
+            tracing::info!(dir = %dir.display(), services = m.services.len(), endpointslices = m.slices.len(), skipped = errors.len(), "manifests read");
+            out.send_replace(Some(std::sync::Arc::new(Snapshot {
+                services: m.services.into_iter().map(Into::into).collect(),
+                slices: m.slices.into_iter().map(Into::into).collect(),
+                nodes: m.nodes.into_iter().map(Into::into).collect(),
+                manifest_errors: errors.len(),
+            })));
+            last = Some(fp);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 #[cfg(test)]

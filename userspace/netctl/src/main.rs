@@ -7,10 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use petrel::{
-    Frontend, Proto, ServiceMaps,
-    maps::{ProgrammedBackend, conntrack},
-};
+use petrel_datapath::{Frontend, Proto, ServiceMaps, inspect::ProgrammedBackend};
 
 #[derive(Parser)]
 #[command(name = "netctl", version, about = "Inspect petrel's datapath")]
@@ -100,7 +97,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::DumpServices => {
             let services = maps.dump()?;
-            let names = petrel::agent::names::read(&cli.state_dir);
+            let names = petrel_datapath::inspect::names::read(&cli.state_dir);
             if json {
                 let out: Vec<serde_json::Value> = services
                     .iter()
@@ -139,7 +136,12 @@ fn main() -> anyhow::Result<()> {
                     ),
                     None => ("-".to_string(), "-".to_string(), "-".to_string()),
                 };
-                let mut flags = s.flags.join(",");
+                let mut flags = s
+                    .flags
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",");
                 if let Some(t) = s.affinity_timeout_s {
                     flags = format!("{flags}({t}s)");
                 }
@@ -172,7 +174,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::DumpConntrack { limit } => {
-            let flows = conntrack(&maps_dir, limit)?;
+            let flows = maps.conntrack(limit)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&flows)?);
                 return Ok(());
@@ -221,7 +223,7 @@ fn main() -> anyhow::Result<()> {
                 port: addr.port(),
                 proto,
             };
-            let e = maps.explain(&maps_dir, client, fe, from_outside)?;
+            let e = maps.explain(client, fe, from_outside)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&e)?);
                 return Ok(());

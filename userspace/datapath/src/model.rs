@@ -1,7 +1,85 @@
-//! What a service frontend is programmed to: the backend sets per scope, computed from endpoint
-//! conditions and traffic policies as kube-proxy defines them. Pure functions, no I/O.
+//! The datapath's domain types, as userspace describes them (host byte order; `maps::codec` turns
+//! them into the kernel's network-order values): protocols, frontends, backends, and what a service
+//! frontend is programmed to, with its backend sets per scope computed from endpoint conditions
+//! and traffic policies as kube-proxy defines them. Pure, no I/O.
 
-use crate::maps::Frontend;
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    str::FromStr,
+};
+
+use petrel_common::{IPPROTO_TCP, IPPROTO_UDP};
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => IPPROTO_TCP,
+            Proto::Udp => IPPROTO_UDP,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Proto> {
+        match n {
+            IPPROTO_TCP => Some(Proto::Tcp),
+            IPPROTO_UDP => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+        })
+    }
+}
+
+impl FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_uppercase().as_str() {
+            "TCP" => Ok(Proto::Tcp),
+            "UDP" => Ok(Proto::Udp),
+            other => Err(format!("unsupported protocol {other:?} (TCP or UDP)")),
+        }
+    }
+}
+
+/// A service frontend: what clients connect to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Frontend {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+    }
+}
+
+/// A backend as userspace describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub id: u32,
+    pub addr: SocketAddrV4,
+    pub proto: Proto,
+    pub terminating: bool,
+    /// On another node: external traffic to it is SNATed (policy Cluster).
+    pub remote: bool,
+}
 
 /// One endpoint of a service port, with its EndpointSlice conditions resolved (v1 semantics:
 /// `ready` unset means ready, `serving` unset means `ready`, `terminating` unset means false).
@@ -126,7 +204,6 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::maps::Proto;
 
     fn ep(id: u32, local: bool, ready: bool, serving: bool, terminating: bool) -> Endpoint {
         Endpoint {

@@ -3,6 +3,7 @@
 //! kube-proxy's semantics: 200 while syncs are recent, 503 when the datapath is falling behind).
 
 use std::{
+    collections::BTreeSet,
     convert::Infallible,
     net::SocketAddr,
     sync::{
@@ -14,6 +15,8 @@ use std::{
 
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use petrel_datapath::maps::MapStore;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{
@@ -24,6 +27,8 @@ use prometheus_client::{
     },
     registry::Registry,
 };
+
+use crate::sync::Syncer;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabel {
@@ -216,5 +221,61 @@ pub async fn serve(
                 .serve_connection(io, svc)
                 .await;
         });
+    }
+}
+
+impl Metrics {
+    /// The gauges that follow what is programmed: counts, map fill, datapath counters.
+    pub fn update_gauges<S: MapStore>(&self, syncer: &Syncer<S>) {
+        let (services, backends) = syncer.counts();
+        self.services.set(services as i64);
+        self.backends.set(backends as i64);
+        let (used, cap) = syncer.fill();
+        self.map_fill
+            .get_or_create(&MapLabel {
+                map: petrel_datapath::maps::SERVICES.into(),
+            })
+            .set(used as f64 / cap.max(1) as f64);
+        if let Ok(stats) = syncer.maps().stats() {
+            for (name, v) in stats {
+                self.datapath
+                    .get_or_create(&CounterLabel {
+                        counter: name.into(),
+                    })
+                    .set(v as i64);
+            }
+        }
+    }
+}
+
+/// kubeproxy_network_programming_duration_seconds: from each EndpointSlice change's trigger time
+/// (annotation set by the EndpointSlice controller) to the sync that programmed it.
+#[derive(Debug, Default)]
+pub struct ProgrammingLatency {
+    /// (uid, resourceVersion) of the slices already observed.
+    seen: BTreeSet<(String, String)>,
+}
+
+impl ProgrammingLatency {
+    pub fn observe(&mut self, metrics: &Metrics, slices: &[Arc<EndpointSlice>]) {
+        const TRIGGER: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+        for s in slices {
+            let Some(t) = s.metadata.annotations.as_ref().and_then(|a| a.get(TRIGGER)) else {
+                continue;
+            };
+            let key = (
+                s.metadata.uid.clone().unwrap_or_default(),
+                s.metadata.resource_version.clone().unwrap_or_default(),
+            );
+            if !self.seen.insert(key) {
+                continue;
+            }
+            if let Ok(ts) = t.parse::<k8s_openapi::jiff::Timestamp>() {
+                let ms = k8s_openapi::jiff::Timestamp::now().as_millisecond() - ts.as_millisecond();
+                if ms >= 0 {
+                    metrics.network_programming.observe(ms as f64 / 1000.0);
+                }
+            }
+        }
     }
 }

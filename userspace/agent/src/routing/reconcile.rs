@@ -10,14 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use petrel_datapath::Datapath;
+
 use super::{
-    metrics::Metrics,
-    routing::{Plan, RemoteNode},
+    kernel::{self as routes, Router},
+    plan::{Plan, RemoteNode},
 };
-use crate::{
-    Datapath,
-    routes::{self, Router},
-};
+use crate::metrics::Metrics;
 
 /// How long to wait before trying again to set up routing after a failure.
 const RETRY: Duration = Duration::from_secs(5);
@@ -48,12 +47,12 @@ pub struct RouteSync {
 }
 
 impl RouteSync {
-    /// Whether routing failed to be set up and its retry is due (the sync loop then syncs
-    /// without waiting for a watch event).
-    pub fn retry_due(&self) -> bool {
+    /// When routing failed to be set up: how long until its retry is due (the sync loop then
+    /// syncs without waiting for a watch event).
+    pub fn retry_in(&self) -> Option<Duration> {
         self.failure
             .as_ref()
-            .is_some_and(|(_, at)| at.elapsed() >= RETRY)
+            .map(|(_, at)| RETRY.saturating_sub(at.elapsed()))
     }
 
     /// The pods' MTU, once known: the setting, else what the uplink and the mode allow (1500

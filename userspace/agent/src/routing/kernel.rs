@@ -27,7 +27,7 @@ use netlink_packet_route::{
 };
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
-use crate::agent::routing::{RemoteNode, vtep_addr, vtep_mac};
+use super::plan::{RemoteNode, vtep_addr, vtep_mac};
 
 /// The route protocol number petrel's routes carry (`ip route show proto 112`); not one that
 /// /etc/iproute2/rt_protos or a known routing daemon uses.

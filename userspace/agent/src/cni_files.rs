@@ -2,16 +2,55 @@
 //! in the file the plugin reads when its config has no `podCIDR`, and the CNI conflist that makes
 //! the container runtime call petrel-cni. Both written atomically, only when they change.
 
-use std::{io, path::Path};
+use std::{
+    io,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
-use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 
-/// The node's IPv4 pod CIDR, if the Node has one.
-pub fn pod_cidr(node: &Node) -> Option<Ipv4Net> {
-    let spec = node.spec.as_ref()?;
-    let all = spec.pod_cidrs.iter().flatten().chain(spec.pod_cidr.iter());
-    all.filter_map(|c| c.parse::<Ipv4Net>().ok()).next()
+use crate::node;
+
+/// The files the agent writes for petrel-cni.
+#[derive(Clone, Debug)]
+pub struct CniFiles {
+    pub pod_cidr_file: PathBuf,
+    /// Empty: the CNI configuration is left alone.
+    pub conf_file: PathBuf,
+}
+
+impl CniFiles {
+    /// Keeps petrel-cni's pod CIDR file and the conflist in line with Node `name`'s podCIDR.
+    /// The conflist waits for the MTU (known once the uplink is found): pods made with a wrong
+    /// one would keep it.
+    pub fn write(&self, nodes: &[Arc<Node>], name: &str, pod_mtu: Option<u32>) {
+        let Some(cidr) = node::find(nodes, name).and_then(node::pod_cidr) else {
+            return;
+        };
+        let file = &self.pod_cidr_file;
+        match write_if_changed(file, &format!("{cidr}\n")) {
+            Ok(true) => {
+                tracing::info!(%cidr, file = %file.display(), "pod CIDR written for petrel-cni")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "cannot write the pod CIDR")
+            }
+        }
+        let Some(mtu) = pod_mtu else { return };
+        if self.conf_file.as_os_str().is_empty() {
+            return;
+        }
+        let file = &self.conf_file;
+        match write_if_changed(file, &conflist(&self.pod_cidr_file, mtu)) {
+            Ok(true) => tracing::info!(file = %file.display(), "CNI conflist written"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "cannot write the CNI conflist")
+            }
+        }
+    }
 }
 
 /// The conflist: petrel-cni first (reading the pod CIDR from `pod_cidr_file`), then the
@@ -64,26 +103,7 @@ pub fn install_binary(src: &Path, dir: &Path) -> io::Result<std::path::PathBuf> 
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::NodeSpec;
-
     use super::*;
-
-    #[test]
-    fn pod_cidr_prefers_the_first_ipv4_of_pod_cidrs() {
-        let node = Node {
-            spec: Some(NodeSpec {
-                pod_cidr: Some("fd00::/64".into()),
-                pod_cidrs: Some(vec!["fd00::/64".into(), "10.244.3.0/24".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        assert_eq!(
-            pod_cidr(&node).map(|c| c.to_string()),
-            Some("10.244.3.0/24".into())
-        );
-        assert_eq!(pod_cidr(&Node::default()), None);
-    }
 
     #[test]
     fn install_binary_replaces_atomically_and_leaves_no_temporary() {

@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::desired::{BackendKey, Desired};
-use crate::{
-    maps::{BackendSpec, Frontend, MapsError, ServiceMaps},
-    service::{Endpoint, ServiceEntry},
+use petrel_datapath::{
+    maps::{MapStore, MapsError, PinnedMaps, ServiceMaps},
+    model::{BackendSpec, Endpoint, Frontend, ServiceEntry},
 };
+
+use crate::desired::{BackendKey, Desired, FrontendPlan};
 
 /// What one sync did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,8 +65,8 @@ fn entries(e: &ServiceEntry) -> usize {
     1 + s.external.len() + s.internal.map_or(0, |i| 1 + i.len())
 }
 
-pub struct Syncer {
-    maps: ServiceMaps,
+pub struct Syncer<S: MapStore = PinnedMaps> {
+    maps: ServiceMaps<S>,
     rev_ids: BTreeMap<Frontend, u32>,
     rev_pool: IdPool,
     backend_ids: BTreeMap<BackendKey, u32>,
@@ -79,14 +80,14 @@ pub struct Syncer {
     capacity: usize,
 }
 
-impl Syncer {
+impl<S: MapStore> Syncer<S> {
     /// Takes over the maps, adopting the ids they already use: conntrack entries name backend
     /// ids and reverse-NAT ids, so keeping them keeps established flows working across a restart.
     pub fn adopt(
-        maps: ServiceMaps,
+        maps: ServiceMaps<S>,
         maglev_rings: u32,
         capacity: usize,
-    ) -> Result<Syncer, MapsError> {
+    ) -> Result<Self, MapsError> {
         let mut s = Syncer {
             maps,
             rev_ids: BTreeMap::new(),
@@ -118,11 +119,11 @@ impl Syncer {
         Ok(s)
     }
 
-    pub fn maps(&self) -> &ServiceMaps {
+    pub fn maps(&self) -> &ServiceMaps<S> {
         &self.maps
     }
 
-    pub fn maps_mut(&mut self) -> &mut ServiceMaps {
+    pub fn maps_mut(&mut self) -> &mut ServiceMaps<S> {
         &mut self.maps
     }
 
@@ -145,7 +146,7 @@ impl Syncer {
         id
     }
 
-    fn entry(&mut self, fe: Frontend, plan: &super::desired::FrontendPlan) -> ServiceEntry {
+    fn entry(&mut self, fe: Frontend, plan: &FrontendPlan) -> ServiceEntry {
         let rev_nat_id = match self.rev_ids.get(&fe) {
             Some(id) => *id,
             None => {
@@ -321,7 +322,263 @@ impl Syncer {
 
 #[cfg(test)]
 mod tests {
-    use super::IdPool;
+    use std::net::Ipv4Addr;
+
+    use petrel_datapath::{
+        Proto,
+        maps::{FakeMaps, FaultyMaps},
+    };
+
+    use super::*;
+    use crate::desired::{EndpointPlan, FrontendKind, FrontendPlan};
+
+    const NODE_PORT: [u8; 4] = [192, 168, 1, 10];
+
+    fn fe(ip: [u8; 4], port: u16) -> Frontend {
+        Frontend {
+            addr: Ipv4Addr::from(ip),
+            port,
+            proto: Proto::Tcp,
+        }
+    }
+
+    fn ep(addr: &str, local: bool) -> EndpointPlan {
+        EndpointPlan {
+            backend: BackendKey {
+                addr: addr.parse().expect("socket address"),
+                proto: Proto::Tcp,
+            },
+            local,
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+
+    fn plan(kind: FrontendKind, endpoints: Vec<EndpointPlan>) -> FrontendPlan {
+        FrontendPlan {
+            service: "default/web".into(),
+            port_name: String::new(),
+            kind,
+            external_local: false,
+            internal_local: false,
+            affinity_timeout_s: None,
+            maglev: false,
+            publish_not_ready: false,
+            endpoints,
+        }
+    }
+
+    fn desired(frontends: Vec<(Frontend, FrontendPlan)>) -> Desired {
+        Desired {
+            frontends: frontends.into_iter().collect(),
+            skipped: Vec::new(),
+        }
+    }
+
+    fn syncer<S: MapStore>(store: S) -> Syncer<S> {
+        let mut maps = ServiceMaps::new(store);
+        maps.set_maglev_size(7).expect("maglev size");
+        Syncer::adopt(maps, 4, 100).expect("adopt")
+    }
+
+    fn lines(s: &Syncer<impl MapStore + AsRef<FakeMaps>>) -> Vec<String> {
+        s.maps().store().as_ref().dump_lines()
+    }
+
+    /// One ClusterIP with a local and a remote endpoint.
+    fn one_service() -> Desired {
+        desired(vec![(
+            fe([10, 96, 0, 1], 80),
+            plan(
+                FrontendKind::ClusterIp,
+                vec![ep("10.244.0.2:8080", true), ep("10.244.1.2:8080", false)],
+            ),
+        )])
+    }
+
+    #[test]
+    fn each_desired_state_gives_its_map_dump() {
+        let mut s = syncer(FakeMaps::new());
+        let r = s.sync(&one_service());
+        assert_eq!((r.upserted, r.removed, r.refused.len()), (1, 0, 0));
+        assert_eq!(
+            lines(&s),
+            [
+                "BE 1 10.244.0.2:8080 active",
+                "BE 2 10.244.1.2:8080 active remote",
+                "REVNAT 1 10.96.0.1:80",
+                "SVC 10.96.0.1:80/TCP ext slot=0 count=2 revnat=1 flags=",
+                "SVC 10.96.0.1:80/TCP ext slot=1 backend=1",
+                "SVC 10.96.0.1:80/TCP ext slot=2 backend=2",
+            ]
+        );
+
+        // The ClusterIP loses its remote endpoint; a NodePort with eTP Local and Maglev uses
+        // both: external traffic only the local one, in-cluster traffic both.
+        let node_port = FrontendPlan {
+            external_local: true,
+            maglev: true,
+            ..plan(
+                FrontendKind::NodePort,
+                vec![ep("10.244.0.2:8080", true), ep("10.244.1.2:8080", false)],
+            )
+        };
+        let two = desired(vec![
+            (
+                fe([10, 96, 0, 1], 80),
+                plan(FrontendKind::ClusterIp, vec![ep("10.244.0.2:8080", true)]),
+            ),
+            (fe(NODE_PORT, 30080), node_port),
+        ]);
+        let r = s.sync(&two);
+        assert_eq!((r.upserted, r.removed, r.refused.len()), (2, 0, 0));
+        assert_eq!(
+            lines(&s),
+            [
+                "BE 1 10.244.0.2:8080 active",
+                "BE 2 10.244.1.2:8080 active remote",
+                "MAGLEV ring=0 1x7",
+                "REVNAT 1 10.96.0.1:80",
+                "REVNAT 2 192.168.1.10:30080",
+                "SVC 10.96.0.1:80/TCP ext slot=0 count=1 revnat=1 flags=",
+                "SVC 10.96.0.1:80/TCP ext slot=1 backend=1",
+                "SVC 192.168.1.10:30080/TCP ext slot=0 count=1 revnat=2 flags=two-scopes,external,external-local,maglev,drop-when-empty ring=0",
+                "SVC 192.168.1.10:30080/TCP ext slot=1 backend=1",
+                "SVC 192.168.1.10:30080/TCP int slot=0 count=2 revnat=2 flags=",
+                "SVC 192.168.1.10:30080/TCP int slot=1 backend=1",
+                "SVC 192.168.1.10:30080/TCP int slot=2 backend=2",
+            ]
+        );
+        // The same state again writes nothing.
+        let before = s.maps().store().writes.len();
+        let r = s.sync(&two);
+        assert_eq!((r.upserted, r.unchanged), (0, 2));
+        assert_eq!(s.maps().store().writes.len(), before);
+
+        // Everything gone: services, reverse NAT and backends removed. The Maglev ring keeps
+        // its last table (nothing references it; it is rewritten when handed out again).
+        let r = s.sync(&desired(vec![]));
+        assert_eq!((r.upserted, r.removed), (0, 2));
+        assert_eq!(lines(&s), ["MAGLEV ring=0 1x7"]);
+        assert_eq!(s.counts(), (0, 0));
+    }
+
+    #[test]
+    fn backends_first_and_the_master_entry_last() {
+        let mut s = syncer(FakeMaps::new());
+        s.sync(&one_service());
+        let writes = &s.maps().store().writes;
+        let first_svc = writes
+            .iter()
+            .position(|w| w.starts_with("SVC"))
+            .expect("svc");
+        assert!(
+            writes[..first_svc].iter().any(|w| w == "BE put 2"),
+            "{writes:?}"
+        );
+        assert!(
+            !writes[first_svc..].iter().any(|w| w.starts_with("BE")),
+            "{writes:?}"
+        );
+        assert_eq!(
+            writes.last().map(String::as_str),
+            Some("SVC put 10.96.0.1:80/TCP ext slot=0"),
+            "{writes:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_master_and_is_retried_until_it_converges() {
+        // What a fault-free run ends with, and how many writes it takes from an applied
+        // one-service state to the changed state.
+        let changed = desired(vec![(
+            fe([10, 96, 0, 1], 80),
+            plan(
+                FrontendKind::ClusterIp,
+                vec![
+                    ep("10.244.0.2:8080", true),
+                    ep("10.244.1.2:8080", false),
+                    ep("10.244.2.2:8080", false),
+                ],
+            ),
+        )]);
+        let mut clean = syncer(FakeMaps::new());
+        clean.sync(&one_service());
+        let start = clean.maps().store().writes.len();
+        clean.sync(&changed);
+        let total = clean.maps().store().writes.len() - start;
+        let expected = lines(&clean);
+        assert!(total >= 4, "backend, slot 3, reverse NAT, master");
+
+        for n in 1..=total {
+            let mut s = syncer(FaultyMaps::new(FakeMaps::new(), 0));
+            s.sync(&one_service());
+            let done = s.maps().store().attempts;
+            s.maps_mut().store_mut().fail_at = done + n;
+            let r = s.sync(&changed);
+            assert_eq!(r.upserted, 0, "write {n} failed: nothing applied");
+            assert_eq!(
+                r.refused.len(),
+                1,
+                "write {n} failed: the frontend is refused"
+            );
+            // The master entry, written last, still describes the old state.
+            let master = lines(&s)
+                .into_iter()
+                .find(|l| l.contains("ext slot=0"))
+                .expect("master");
+            assert!(master.contains("count=2"), "write {n} failed: {master}");
+            // Nothing was recorded as applied: the next sync retries and converges.
+            let r = s.sync(&changed);
+            assert_eq!(
+                (r.upserted, r.refused.len()),
+                (1, 0),
+                "retry after write {n}"
+            );
+            assert_eq!(lines(&s), expected, "retry after write {n}");
+        }
+    }
+
+    #[test]
+    fn a_full_map_refuses_the_new_frontend_and_keeps_the_others() {
+        let mut maps = ServiceMaps::new(FakeMaps::new());
+        maps.set_maglev_size(7).expect("maglev size");
+        // Room for the first service (master + 2 slots) and not for a second one.
+        let mut s = Syncer::adopt(maps, 4, 4).expect("adopt");
+        let mut two = one_service();
+        two.frontends.insert(
+            fe([10, 96, 0, 2], 80),
+            plan(FrontendKind::ClusterIp, vec![ep("10.244.0.3:8080", true)]),
+        );
+        let r = s.sync(&two);
+        assert_eq!(r.upserted, 1);
+        assert_eq!(r.refused.len(), 1);
+        assert_eq!(r.refused[0].0, fe([10, 96, 0, 2], 80));
+        assert!(
+            r.refused[0].1.contains("SERVICES map full"),
+            "{:?}",
+            r.refused
+        );
+        assert!(!lines(&s).iter().any(|l| l.contains("10.96.0.2")));
+    }
+
+    #[test]
+    fn a_restart_adopts_the_ids_the_maps_hold() {
+        let mut first = syncer(FakeMaps::new());
+        first.sync(&one_service());
+        let before = lines(&first);
+        // A new agent on the same maps: same ids, nothing rewritten, nothing removed.
+        let store = std::mem::take(first.maps_mut().store_mut());
+        let mut second = syncer(store);
+        second.maps_mut().store_mut().writes.clear();
+        let r = second.sync(&one_service());
+        assert_eq!(r.removed, 0);
+        assert_eq!(lines(&second), before);
+        // A frontend the maps hold that nothing wants any more is removed.
+        let r = second.sync(&desired(vec![]));
+        assert_eq!(r.removed, 1);
+    }
 
     #[test]
     fn id_pool_reuses_freed_ids_and_adopts_gaps() {

@@ -1,7 +1,7 @@
 //! Which other nodes this node routes pod traffic to: a pure function of the Node objects.
 //!
 //! Every other Node with an IPv4 pod CIDR and an InternalIP gets a route to that CIDR (via its
-//! InternalIP in native mode, or through the VXLAN device in overlay mode; see `crate::routes`).
+//! InternalIP in native mode, or through the VXLAN device in overlay mode; see `super::kernel`).
 //! Nodes that cannot be routed to are reported, not guessed at.
 
 use std::borrow::Borrow;
@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 
-use super::cni_config::pod_cidr;
+use crate::node::{internal_ip, pod_cidr};
 
 /// Another node's pods, reachable through that node.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -27,17 +27,6 @@ pub struct Plan {
     pub remotes: Vec<RemoteNode>,
     /// One line per node left out or suspicious, for the log.
     pub problems: Vec<String>,
-}
-
-/// The node's first IPv4 InternalIP.
-pub fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
-    node.status
-        .as_ref()?
-        .addresses
-        .as_ref()?
-        .iter()
-        .filter(|a| a.type_ == "InternalIP")
-        .find_map(|a| a.address.parse().ok())
 }
 
 /// Routes to every node but `me`. `cluster_cidr`, when known, is only checked: a pod CIDR outside

@@ -11,7 +11,9 @@ use std::{
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use crate::maps::{Frontend, Proto};
+use petrel_datapath::{Frontend, Proto, inspect::names::FrontendName};
+
+pub use crate::node::NodeFacts;
 
 /// Label kube-proxy honours: a service handled by another proxy.
 pub const LABEL_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -21,14 +23,6 @@ pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// sessionAffinityConfig.clientIP.timeoutSeconds default (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
-
-/// What the agent knows about its node.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeFacts {
-    pub name: String,
-    /// Addresses NodePorts are served on.
-    pub ips: Vec<Ipv4Addr>,
-}
 
 /// Agent options that change the desired state.
 #[derive(Clone, Copy, Debug, Default)]
@@ -97,6 +91,30 @@ impl Desired {
         self.frontends
             .values()
             .flat_map(|f| f.endpoints.iter().map(|e| e.backend))
+            .collect()
+    }
+
+    /// The names behind each frontend, as netctl shows them.
+    pub fn frontend_names(&self) -> BTreeMap<String, FrontendName> {
+        let policy = |local: bool| if local { "Local" } else { "Cluster" }.to_string();
+        self.frontends
+            .iter()
+            .map(|(fe, p)| {
+                let kind = match p.kind {
+                    FrontendKind::ClusterIp => "ClusterIP",
+                    FrontendKind::NodePort => "NodePort",
+                    FrontendKind::ExternalIp => "ExternalIP",
+                    FrontendKind::LoadBalancer => "LoadBalancer",
+                };
+                let name = FrontendName {
+                    service: p.service.clone(),
+                    port_name: p.port_name.clone(),
+                    kind: kind.to_string(),
+                    external_traffic_policy: policy(p.external_local),
+                    internal_traffic_policy: policy(p.internal_local),
+                };
+                (fe.to_string(), name)
+            })
             .collect()
     }
 }

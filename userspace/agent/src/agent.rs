@@ -1,0 +1,262 @@
+//! One agent on one node: the datapath, what has been applied to it, and one sync (`tick`) that
+//! brings the datapath, the routes and petrel-cni's files in line with a snapshot of the inputs.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use petrel_datapath::{Datapath, inspect::names};
+
+use crate::{
+    cli::Cli,
+    cni_files::CniFiles,
+    desired::{Memo, Options},
+    metrics::{Health, Metrics, ProgrammingLatency},
+    node::NodeFacts,
+    pods::PodInterfaces,
+    routing::{self, RouteSync, Settings},
+    runner::BoundedFrequency,
+    sources::{self, Snapshot},
+    sync::Syncer,
+};
+
+/// What one agent holds between syncs.
+pub struct Agent {
+    dp: Datapath,
+    syncer: Syncer,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    pods: PodInterfaces,
+    node_name: String,
+    /// --node-ip: the addresses NodePorts are served on (empty: the Node's InternalIPs).
+    node_ips: Vec<Ipv4Addr>,
+    cluster_cidr: ipnet::Ipv4Net,
+    options: Options,
+    route_settings: Settings,
+    cni_files: CniFiles,
+    /// Where netctl's frontend names are published.
+    state_dir: PathBuf,
+    routes: RouteSync,
+    /// Desired state per service, computed again only for services whose objects changed.
+    memo: Memo,
+    latency: ProgrammingLatency,
+    /// netctl's names are written at the first sync and whenever the datapath changed.
+    names_published: bool,
+}
+
+impl Agent {
+    /// Loads (or adopts) the datapath, attaches what `cli` asks for and takes over the maps,
+    /// keeping the ids they already use: conntrack entries name backend and reverse-NAT ids, so
+    /// established flows keep working across a restart.
+    pub fn start(cli: &Cli, metrics: Arc<Metrics>, health: Arc<Health>) -> anyhow::Result<Agent> {
+        let mut dp = Datapath::load(&cli.datapath_config()).context("loading the datapath")?;
+        if cli.socket_lb {
+            let cg = match &cli.cgroup_root {
+                Some(p) => p.clone(),
+                None => petrel_datapath::sys::cgroup2_root()
+                    .context("finding the cgroup2 root (or pass --cgroup-root)")?,
+            };
+            let how = dp
+                .attach_cgroup(&cg)
+                .with_context(|| format!("attaching socket-LB to {}", cg.display()))?;
+            tracing::info!(cgroup = %cg.display(), ?how, "socket-level load balancing attached");
+        }
+        for iface in &cli.external_interfaces {
+            let how = dp
+                .attach_external_ingress(iface)
+                .with_context(|| format!("attaching to {iface}"))?;
+            tracing::info!(%iface, ?how, "external interface attached");
+        }
+        // Reverse NAT rewrites replies before routing; the kernel uses max(all, interface) for
+        // rp_filter, so a strict `all` defeats petrel-cni's per-veth setting.
+        if std::fs::read_to_string(cli.proc_sys_net.join("ipv4/conf/all/rp_filter"))
+            .is_ok_and(|v| v.trim() != "0")
+        {
+            tracing::warn!(
+                "net.ipv4.conf.all.rp_filter is not 0: replies of translated flows may be dropped"
+            );
+        }
+        let mut maps = dp.service_maps()?;
+        maps.set_cluster_cidr(cli.masquerade.then_some(cli.cluster_cidr))?;
+        if cli.masquerade {
+            tracing::info!(cluster_cidr = %cli.cluster_cidr, "pod egress leaving the cluster CIDR is masqueraded");
+        }
+        let syncer = Syncer::adopt(maps, cli.maglev_rings, cli.services_map_size as usize)?;
+        let (adopted_frontends, adopted_backends) =
+            (syncer.maps().dump()?.len(), syncer.maps().backends()?.len());
+        tracing::info!(
+            adopted_frontends,
+            adopted_backends,
+            "datapath loaded; adopting what the pins hold"
+        );
+        Ok(Agent {
+            dp,
+            syncer,
+            metrics,
+            health,
+            pods: PodInterfaces::new(cli.pod_interface_prefix.clone()),
+            node_name: cli.node_name.clone().unwrap_or_default(),
+            node_ips: cli.node_ips.clone(),
+            cluster_cidr: cli.cluster_cidr,
+            options: cli.options(),
+            route_settings: cli.route_settings(),
+            cni_files: CniFiles {
+                pod_cidr_file: cli.pod_cidr_file.clone(),
+                conf_file: cli.cni_conf_file.clone(),
+            },
+            state_dir: cli.state_dir.clone(),
+            routes: RouteSync::default(),
+            memo: Memo::default(),
+            latency: ProgrammingLatency::default(),
+            names_published: false,
+        })
+    }
+
+    /// When routing failed to be set up: how long until it should be tried again.
+    pub fn retry_in(&self) -> Option<Duration> {
+        self.routes.retry_in()
+    }
+
+    /// Attaches to pod interfaces that appeared since the last call.
+    pub fn attach_pods(&mut self) {
+        self.pods.attach_new(&mut self.dp);
+    }
+
+    /// One sync: CNI files, routes, pod interfaces, then the service maps.
+    pub async fn tick(&mut self, inputs: &Snapshot) {
+        let iteration = Instant::now();
+        let pod_mtu = self.routes.pod_mtu(&self.route_settings);
+        self.cni_files
+            .write(&inputs.nodes, &self.node_name, pod_mtu);
+        let node = NodeFacts::of(&inputs.nodes, &self.node_name, &self.node_ips);
+        let desired = self
+            .memo
+            .compute(&inputs.services, &inputs.slices, &node, self.options);
+        let node_ip = node.ips.first().copied();
+        if let Some(ip) = node_ip {
+            let plan = routing::plan(&inputs.nodes, &node.name, Some(self.cluster_cidr));
+            self.routes
+                .sync(&self.route_settings, ip, plan, &mut self.dp, &self.metrics)
+                .await;
+        }
+        self.attach_pods();
+        if let Some(ip) = node_ip {
+            let _ = self.syncer.maps_mut().set_node_ip(ip);
+        }
+        let computed = iteration.elapsed();
+        let started = Instant::now();
+        let report = self.syncer.sync(&desired);
+        let took = started.elapsed();
+        let m = &self.metrics;
+        m.sync_duration.observe(took.as_secs_f64());
+        m.refused.set(report.refused.len() as i64);
+        m.manifest_errors.set(inputs.manifest_errors as i64);
+        if report.refused.is_empty() {
+            self.health.synced();
+            m.last_sync.set(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            );
+            self.latency.observe(m, &inputs.slices);
+        } else {
+            m.sync_errors.inc();
+        }
+        m.update_gauges(&self.syncer);
+        let changed = report.upserted + report.removed > 0;
+        if changed || !self.names_published {
+            match names::write(&self.state_dir, &desired.frontend_names()) {
+                Ok(()) => self.names_published = true,
+                Err(e) => {
+                    tracing::warn!(dir = %self.state_dir.display(), error = %e, "cannot publish service names for netctl")
+                }
+            }
+        }
+        tracing::debug!(
+            upserted = report.upserted,
+            removed = report.removed,
+            unchanged = report.unchanged,
+            refused = report.refused.len(),
+            took_ms = took.as_millis() as u64,
+            "synced"
+        );
+        if changed {
+            tracing::info!(
+                upserted = report.upserted,
+                removed = report.removed,
+                took_ms = took.as_millis() as u64,
+                compute_ms = computed.as_millis() as u64,
+                total_ms = iteration.elapsed().as_millis() as u64,
+                "datapath updated"
+            );
+        }
+    }
+}
+
+/// Runs the agent until SIGTERM or Ctrl-C: serves metrics and health, starts the source `cli`
+/// names, and syncs whenever the bounded-frequency runner says so. On exit the datapath stays in
+/// place (pinned) and keeps serving; the next agent adopts it.
+pub async fn run(cli: &Cli) -> anyhow::Result<()> {
+    if cli.manifests.is_none() && cli.node_name.is_none() {
+        anyhow::bail!("--node-name (or NODE_NAME) is required when watching an API server");
+    }
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    health.stale_after_ms.store(
+        2 * cli.sync_period.as_millis() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let mut agent = Agent::start(cli, metrics.clone(), health.clone())?;
+    for addr in [cli.metrics_bind_address, cli.healthz_bind_address] {
+        let (m, h) = (metrics.clone(), health.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(addr, m, h).await {
+                tracing::error!(%addr, error = %e, "HTTP endpoint stopped");
+            }
+        });
+    }
+    let (publisher, mut inputs) = sources::channel();
+    match &cli.manifests {
+        Some(dir) => tokio::spawn(sources::manifests::watch(dir.clone(), publisher)),
+        None => tokio::spawn(sources::kube::watch(
+            cli.kubeconfig.clone(),
+            agent.node_name.clone(),
+            publisher,
+        )),
+    };
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut runner = BoundedFrequency::new(cli.min_sync_period, cli.sync_period);
+    // New pod veths are picked up within a second, between syncs.
+    let mut link_scan = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let changed = async {
+            // A source that ended (it never does) must not make this loop spin.
+            if inputs.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = runner.wait(changed) => {}
+            _ = link_scan.tick() => {
+                agent.attach_pods();
+                continue;
+            }
+            _ = sigterm.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        runner.throttle().await;
+        let Some(snapshot) = inputs.borrow_and_update().clone() else {
+            // Not every source has listed yet: programming now would briefly drop services.
+            continue;
+        };
+        agent.tick(&snapshot).await;
+        runner.ran(agent.retry_in());
+    }
+    tracing::info!("exiting; the datapath stays in place (pinned) and keeps serving");
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! This node, as the agent sees it: the only place that finds the agent's own Node object and
+//! reads addresses and pod CIDRs out of Node objects.
+
+use std::{borrow::Borrow, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Node;
+
+/// What the agent knows about its node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub name: String,
+    /// Addresses NodePorts are served on.
+    pub ips: Vec<Ipv4Addr>,
+}
+
+impl NodeFacts {
+    /// The facts of node `name`: `ips` when given (the --node-ip flags), else the Node's
+    /// InternalIPs.
+    pub fn of<N: Borrow<Node>>(nodes: &[N], name: &str, ips: &[Ipv4Addr]) -> NodeFacts {
+        let ips = if ips.is_empty() {
+            find(nodes, name).map(internal_ips).unwrap_or_default()
+        } else {
+            ips.to_vec()
+        };
+        NodeFacts {
+            name: name.to_string(),
+            ips,
+        }
+    }
+}
+
+/// The Node called `name`.
+pub fn find<'a, N: Borrow<Node>>(nodes: &'a [N], name: &str) -> Option<&'a Node> {
+    nodes
+        .iter()
+        .map(Borrow::borrow)
+        .find(|n| n.metadata.name.as_deref() == Some(name))
+}
+
+/// The node's IPv4 InternalIPs, in the order the Node lists them.
+pub fn internal_ips(node: &Node) -> Vec<Ipv4Addr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
+}
+
+/// The node's first IPv4 InternalIP.
+pub fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
+    internal_ips(node).first().copied()
+}
+
+/// The node's IPv4 pod CIDR, if the Node has one (`spec.podCIDRs` first, then `spec.podCIDR`).
+pub fn pod_cidr(node: &Node) -> Option<Ipv4Net> {
+    let spec = node.spec.as_ref()?;
+    let all = spec.pod_cidrs.iter().flatten().chain(spec.pod_cidr.iter());
+    all.filter_map(|c| c.parse::<Ipv4Net>().ok()).next()
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
+
+    use super::*;
+
+    #[test]
+    fn pod_cidr_prefers_the_first_ipv4_of_pod_cidrs() {
+        let node = Node {
+            spec: Some(NodeSpec {
+                pod_cidr: Some("fd00::/64".into()),
+                pod_cidrs: Some(vec!["fd00::/64".into(), "10.244.3.0/24".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            pod_cidr(&node).map(|c| c.to_string()),
+            Some("10.244.3.0/24".into())
+        );
+        assert_eq!(pod_cidr(&Node::default()), None);
+    }
+
+    #[test]
+    fn facts_take_the_flags_over_the_internal_ips() {
+        let addr = |t: &str, a: &str| NodeAddress {
+            type_: t.into(),
+            address: a.into(),
+        };
+        let mut node = Node {
+            status: Some(NodeStatus {
+                addresses: Some(vec![
+                    addr("Hostname", "n1"),
+                    addr("InternalIP", "fd00::1"),
+                    addr("InternalIP", "192.168.1.10"),
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        node.metadata.name = Some("n1".into());
+        let nodes = [node];
+        let found = NodeFacts::of(&nodes, "n1", &[]);
+        assert_eq!(found.ips, [Ipv4Addr::new(192, 168, 1, 10)]);
+        let given = NodeFacts::of(&nodes, "n1", &[Ipv4Addr::new(10, 0, 0, 1)]);
+        assert_eq!(given.ips, [Ipv4Addr::new(10, 0, 0, 1)]);
+        assert!(NodeFacts::of(&nodes, "n2", &[]).ips.is_empty());
+    }
+}

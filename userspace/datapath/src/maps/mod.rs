@@ -1,0 +1,97 @@
+//! The pinned datapath maps: their names, the one error type, and `MapStore`, the narrow
+//! interface the service writer and the read side work over. `PinnedMaps` is the real one (aya
+//! handles on the pins); `FakeMaps` keeps the same values in memory so the write order and the
+//! reconciler are tested without privilege (Cilium's `LBMaps` with its fake and faulty maps).
+//!
+//! Values cross this interface as the kernel's `petrel_common` types; `codec` is the one place
+//! that converts them to and from the host-order `model` types.
+
+use std::path::PathBuf;
+
+use aya::maps::MapError;
+use petrel_common::{
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, MAP_VERSION, RevNat, ServiceKey,
+    ServiceValue,
+};
+
+use crate::model::Frontend;
+
+pub mod codec;
+pub mod fake;
+mod maglev;
+pub mod pinned;
+pub mod writer;
+
+pub use fake::{FakeMaps, FaultyMaps};
+pub use pinned::PinnedMaps;
+pub use writer::ServiceMaps;
+
+/// Names of the pinned maps.
+pub const SERVICES: &str = "SERVICES_V1";
+pub const BACKENDS: &str = "BACKENDS_V1";
+pub const REV_NAT: &str = "REV_NAT_V1";
+pub const CONNTRACK: &str = "CT_V1";
+pub const REV_CT: &str = "REV_CT_V1";
+pub const STATS: &str = "STATS_V1";
+pub const AFFINITY: &str = "AFFINITY_V1";
+pub const MAGLEV: &str = "MAGLEV_V1";
+pub const SOCK_REVNAT: &str = "SOCK_REVNAT_V1";
+pub const SOCK_CT: &str = "SOCK_CT_V1";
+pub const CONFIG: &str = "CONFIG_V1";
+const _: () = assert!(MAP_VERSION.len() == 2, "map names above carry the version");
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("opening pinned map {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error("{op} in map {map}: {source}")]
+    Op {
+        op: &'static str,
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("service {frontend} has {count} backends; at most {max} fit")]
+    TooManyBackends {
+        frontend: Frontend,
+        count: usize,
+        max: usize,
+    },
+}
+
+/// The map operations petrel's userspace performs, one method per (map, operation). Lookups of
+/// absent keys return `Ok(None)`; removals of absent keys succeed (the goal state is reached).
+pub trait MapStore {
+    fn service_get(&self, key: &ServiceKey) -> Result<Option<ServiceValue>, MapsError>;
+    fn service_put(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), MapsError>;
+    fn service_del(&mut self, key: &ServiceKey) -> Result<(), MapsError>;
+    /// Every SERVICES entry (master entries and slots of both scopes).
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapsError>;
+
+    fn backend_get(&self, id: u32) -> Result<Option<Backend>, MapsError>;
+    fn backend_put(&mut self, id: u32, value: Backend) -> Result<(), MapsError>;
+    fn backend_del(&mut self, id: u32) -> Result<(), MapsError>;
+    fn backends(&self) -> Result<Vec<(u32, Backend)>, MapsError>;
+
+    fn rev_nat_put(&mut self, id: u32, value: RevNat) -> Result<(), MapsError>;
+    fn rev_nat_del(&mut self, id: u32) -> Result<(), MapsError>;
+
+    /// One position of the flat Maglev array (`ring * size + position`).
+    fn maglev_get(&self, index: u32) -> Result<u32, MapsError>;
+    fn maglev_set(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError>;
+
+    fn config_get(&self, index: u32) -> Result<u32, MapsError>;
+    fn config_set(&mut self, index: u32, value: u32) -> Result<(), MapsError>;
+
+    /// Datapath counter `index`, summed over CPUs.
+    fn stat(&self, index: u32) -> Result<u64, MapsError>;
+
+    fn ct_get(&self, key: &CtKey) -> Result<Option<CtValue>, MapsError>;
+    /// At most `limit` forward conntrack entries.
+    fn ct_entries(&self, limit: usize) -> Result<Vec<(CtKey, CtValue)>, MapsError>;
+    fn affinity_get(&self, key: &AffinityKey) -> Result<Option<AffinityValue>, MapsError>;
+}

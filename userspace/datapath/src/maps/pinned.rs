@@ -1,0 +1,168 @@
+//! `MapStore` over the real maps, opened from their pins.
+
+use std::path::Path;
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use petrel_common::{
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue,
+};
+
+use super::{
+    AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, MapStore, MapsError, REV_NAT, SERVICES, STATS,
+};
+
+/// The maps userspace reads and writes, opened from a datapath's `maps/` folder.
+pub struct PinnedMaps {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, u32, Backend>,
+    rev_nat: HashMap<MapData, u32, RevNat>,
+    maglev: Array<MapData, u32>,
+    config: Array<MapData, u32>,
+    stats: PerCpuArray<MapData, u64>,
+    ct: HashMap<MapData, CtKey, CtValue>,
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+}
+
+fn open_pin(dir: &Path, name: &'static str) -> Result<Map, MapsError> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|source| MapsError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    Map::from_map_data(data).map_err(|source| MapsError::Open { path, source })
+}
+
+/// Opens pin `name` in `dir` as the typed map `T`.
+fn open<T: TryFrom<Map, Error = MapError>>(dir: &Path, name: &'static str) -> Result<T, MapsError> {
+    op("open", name, T::try_from(open_pin(dir, name)?))
+}
+
+fn op<T>(op: &'static str, map: &'static str, r: Result<T, MapError>) -> Result<T, MapsError> {
+    r.map_err(|source| MapsError::Op { op, map, source })
+}
+
+/// A missing key is `None` for lookups.
+fn found<T>(map: &'static str, r: Result<T, MapError>) -> Result<Option<T>, MapsError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(source) => Err(MapsError::Op {
+            op: "lookup",
+            map,
+            source,
+        }),
+    }
+}
+
+/// A missing key is not an error for removals: the goal state is reached.
+fn removed(map: &'static str, r: Result<(), MapError>) -> Result<(), MapsError> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(source) => Err(MapsError::Op {
+            op: "remove",
+            map,
+            source,
+        }),
+    }
+}
+
+impl PinnedMaps {
+    /// Opens the maps pinned in `maps_dir` (a datapath's `maps/` folder).
+    pub fn open(maps_dir: &Path) -> Result<Self, MapsError> {
+        Ok(PinnedMaps {
+            services: open(maps_dir, SERVICES)?,
+            backends: open(maps_dir, BACKENDS)?,
+            rev_nat: open(maps_dir, REV_NAT)?,
+            maglev: open(maps_dir, MAGLEV)?,
+            config: open(maps_dir, CONFIG)?,
+            stats: open(maps_dir, STATS)?,
+            ct: open(maps_dir, CONNTRACK)?,
+            affinity: open(maps_dir, AFFINITY)?,
+        })
+    }
+}
+
+impl MapStore for PinnedMaps {
+    fn service_get(&self, key: &ServiceKey) -> Result<Option<ServiceValue>, MapsError> {
+        found(SERVICES, self.services.get(key, 0))
+    }
+
+    fn service_put(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), MapsError> {
+        op("insert", SERVICES, self.services.insert(key, value, 0))
+    }
+
+    fn service_del(&mut self, key: &ServiceKey) -> Result<(), MapsError> {
+        removed(SERVICES, self.services.remove(key))
+    }
+
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapsError> {
+        self.services
+            .iter()
+            .map(|e| op("iterate", SERVICES, e))
+            .collect()
+    }
+
+    fn backend_get(&self, id: u32) -> Result<Option<Backend>, MapsError> {
+        found(BACKENDS, self.backends.get(&id, 0))
+    }
+
+    fn backend_put(&mut self, id: u32, value: Backend) -> Result<(), MapsError> {
+        op("insert", BACKENDS, self.backends.insert(id, value, 0))
+    }
+
+    fn backend_del(&mut self, id: u32) -> Result<(), MapsError> {
+        removed(BACKENDS, self.backends.remove(&id))
+    }
+
+    fn backends(&self) -> Result<Vec<(u32, Backend)>, MapsError> {
+        self.backends
+            .iter()
+            .map(|e| op("iterate", BACKENDS, e))
+            .collect()
+    }
+
+    fn rev_nat_put(&mut self, id: u32, value: RevNat) -> Result<(), MapsError> {
+        op("insert", REV_NAT, self.rev_nat.insert(id, value, 0))
+    }
+
+    fn rev_nat_del(&mut self, id: u32) -> Result<(), MapsError> {
+        removed(REV_NAT, self.rev_nat.remove(&id))
+    }
+
+    fn maglev_get(&self, index: u32) -> Result<u32, MapsError> {
+        op("get", MAGLEV, self.maglev.get(&index, 0))
+    }
+
+    fn maglev_set(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError> {
+        op("set", MAGLEV, self.maglev.set(index, backend_id, 0))
+    }
+
+    fn config_get(&self, index: u32) -> Result<u32, MapsError> {
+        op("get", CONFIG, self.config.get(&index, 0))
+    }
+
+    fn config_set(&mut self, index: u32, value: u32) -> Result<(), MapsError> {
+        op("set", CONFIG, self.config.set(index, value, 0))
+    }
+
+    fn stat(&self, index: u32) -> Result<u64, MapsError> {
+        let per_cpu = op("lookup", STATS, self.stats.get(&index, 0))?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    fn ct_get(&self, key: &CtKey) -> Result<Option<CtValue>, MapsError> {
+        found(CONNTRACK, self.ct.get(key, 0))
+    }
+
+    fn ct_entries(&self, limit: usize) -> Result<Vec<(CtKey, CtValue)>, MapsError> {
+        self.ct
+            .iter()
+            .take(limit)
+            .map(|e| op("iterate", CONNTRACK, e))
+            .collect()
+    }
+
+    fn affinity_get(&self, key: &AffinityKey) -> Result<Option<AffinityValue>, MapsError> {
+        found(AFFINITY, self.affinity.get(key, 0))
+    }
+}

@@ -1,0 +1,313 @@
+//! Ordered writes of services and backends over any `MapStore`: the one place that decides in
+//! which order the datapath sees a service change.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+};
+
+use petrel_common::{
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_EXTERNAL,
+    SVC_F_LOCAL_EXTERNAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceValue, config,
+};
+
+use super::{MapStore, MapsError, PinnedMaps, codec, maglev::Rings};
+use crate::{
+    maglev,
+    model::{BackendSpec, Frontend, ServiceEntry},
+};
+
+/// The service maps of one datapath, written in an order that never exposes a half-built
+/// service to the packet path.
+pub struct ServiceMaps<S: MapStore = PinnedMaps> {
+    store: S,
+    rings: Rings,
+    /// Backend id -> address, for Maglev names: kept from the writes so a ring update reads
+    /// nothing back from the backend map.
+    names: BTreeMap<u32, SocketAddrV4>,
+}
+
+impl ServiceMaps<PinnedMaps> {
+    /// Opens the maps pinned in `maps_dir` (a datapath's `maps/` folder).
+    pub fn open(maps_dir: &Path) -> Result<Self, MapsError> {
+        Ok(ServiceMaps::new(PinnedMaps::open(maps_dir)?))
+    }
+}
+
+/// The master entry (slot 0) of one scope of `fe`.
+pub(crate) fn master(
+    store: &impl MapStore,
+    fe: Frontend,
+    scope: u8,
+) -> Result<Option<ServiceValue>, MapsError> {
+    store.service_get(&codec::service_key(fe, 0, scope))
+}
+
+impl<S: MapStore> ServiceMaps<S> {
+    pub fn new(store: S) -> Self {
+        ServiceMaps {
+            store,
+            rings: Rings::default(),
+            names: BTreeMap::new(),
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// The node address external traffic to remote backends is SNATed to.
+    pub fn set_node_ip(&mut self, ip: Ipv4Addr) -> Result<(), MapsError> {
+        self.store.config_set(config::NODE_IP, codec::addr_be(ip))
+    }
+
+    /// The cluster's pod CIDR: pod egress to addresses outside it is masqueraded to the node
+    /// address. None turns masquerading off.
+    pub fn set_cluster_cidr(&mut self, cidr: Option<ipnet::Ipv4Net>) -> Result<(), MapsError> {
+        let (addr, mask) = cidr.map_or((0, 0), |c| {
+            (codec::addr_be(c.network()), codec::addr_be(c.netmask()))
+        });
+        // WARNING: mask first when turning off, address first when turning on: the datapath
+        // never sees a mask with a stale address.
+        self.store.config_set(config::CLUSTER_MASK, 0)?;
+        self.store.config_set(config::CLUSTER_CIDR, addr)?;
+        self.store.config_set(config::CLUSTER_MASK, mask)
+    }
+
+    /// Size of each Maglev ring (must match how the MAGLEV map was sized).
+    pub fn set_maglev_size(&mut self, m: u32) -> Result<(), MapsError> {
+        self.rings = Rings::default();
+        self.store.config_set(config::MAGLEV_SIZE, m)
+    }
+
+    pub fn maglev_size(&self) -> Result<u32, MapsError> {
+        self.store.config_get(config::MAGLEV_SIZE)
+    }
+
+    pub fn upsert_backend(&mut self, b: &BackendSpec) -> Result<(), MapsError> {
+        self.store.backend_put(b.id, codec::backend(b))?;
+        self.names.insert(b.id, b.addr);
+        Ok(())
+    }
+
+    /// Removes a backend. Flows pinned to it are re-balanced by the datapath on their next packet.
+    pub fn remove_backend(&mut self, id: u32) -> Result<(), MapsError> {
+        self.store.backend_del(id)?;
+        self.names.remove(&id);
+        Ok(())
+    }
+
+    /// Writes one scope's slots and then its master entry; removes slots beyond the new count.
+    fn write_scope(
+        &mut self,
+        fe: Frontend,
+        scope: u8,
+        master_value: ServiceValue,
+        ids: &[u32],
+    ) -> Result<(), MapsError> {
+        let old_count = master(&self.store, fe, scope)?.map_or(0, |m| m.count);
+        for (i, id) in ids.iter().enumerate() {
+            let slot = ServiceValue {
+                backend_id: *id,
+                ..master_value
+            };
+            let n = u16::try_from(i + 1).expect("checked against u16::MAX by upsert_service");
+            self.store
+                .service_put(codec::service_key(fe, n, scope), slot)?;
+        }
+        self.store
+            .service_put(codec::service_key(fe, 0, scope), master_value)?;
+        for slot in master_value.count + 1..=old_count {
+            self.store
+                .service_del(&codec::service_key(fe, slot, scope))?;
+        }
+        Ok(())
+    }
+
+    fn remove_scope(&mut self, fe: Frontend, scope: u8) -> Result<(), MapsError> {
+        let Some(m) = master(&self.store, fe, scope)? else {
+            return Ok(());
+        };
+        self.store.service_del(&codec::service_key(fe, 0, scope))?;
+        for slot in 1..=m.count {
+            self.store
+                .service_del(&codec::service_key(fe, slot, scope))?;
+        }
+        Ok(())
+    }
+
+    /// Programs a frontend. The backends must already be in the backend map.
+    ///
+    /// WARNING: the order is what keeps lookups from ever seeing a half-built service: reverse
+    /// NAT and the Maglev ring, then the internal scope (slots, then master), then the external
+    /// scope's slots and finally its master entry, which is what lookups start from. Stale slots
+    /// and a no-longer-needed internal scope are removed last.
+    pub fn upsert_service(&mut self, entry: &ServiceEntry) -> Result<(), MapsError> {
+        let fe = entry.frontend;
+        let scopes = entry.scopes();
+        for set in std::iter::once(&scopes.external).chain(scopes.internal.as_ref()) {
+            if set.len() > u16::MAX as usize {
+                return Err(MapsError::TooManyBackends {
+                    frontend: fe,
+                    count: set.len(),
+                    max: u16::MAX as usize,
+                });
+            }
+        }
+        self.store
+            .rev_nat_put(entry.rev_nat_id, codec::rev_nat(fe))?;
+
+        let mut common = 0;
+        if entry.affinity_timeout_s.is_some() {
+            common |= SVC_F_AFFINITY;
+        }
+        let base = ServiceValue {
+            rev_nat_id: entry.rev_nat_id,
+            affinity_timeout_s: entry.affinity_timeout_s.unwrap_or(0),
+            ..Default::default()
+        };
+        let mut ext_flags = common;
+        if entry.external {
+            ext_flags |= SVC_F_EXTERNAL;
+            if entry.external_local {
+                ext_flags |= SVC_F_LOCAL_EXTERNAL;
+            }
+        }
+        if scopes.external_filtered {
+            ext_flags |= SVC_F_DROP_EMPTY;
+        }
+        let mut maglev_ring = 0;
+        if let Some(ring) = entry.maglev_ring {
+            self.write_maglev(ring, &scopes.external)?;
+            ext_flags |= SVC_F_MAGLEV;
+            maglev_ring = ring;
+        }
+        if let Some(internal) = &scopes.internal {
+            ext_flags |= SVC_F_TWO_SCOPES;
+            let mut flags = common;
+            if scopes.internal_filtered {
+                flags |= SVC_F_DROP_EMPTY;
+            }
+            let m = ServiceValue {
+                count: internal.len() as u16,
+                flags,
+                ..base
+            };
+            self.write_scope(fe, SCOPE_INTERNAL, m, internal)?;
+        }
+        let m = ServiceValue {
+            count: scopes.external.len() as u16,
+            flags: ext_flags,
+            maglev_ring,
+            ..base
+        };
+        self.write_scope(fe, SCOPE_EXTERNAL, m, &scopes.external)?;
+        if scopes.internal.is_none() {
+            self.remove_scope(fe, SCOPE_INTERNAL)?;
+        }
+        Ok(())
+    }
+
+    /// Fills Maglev ring `ring` for `ids`, named by their addresses so every node computes the
+    /// same table.
+    fn write_maglev(&mut self, ring: u32, ids: &[u32]) -> Result<(), MapsError> {
+        let m = self.maglev_size()?;
+        if m == 0 {
+            return Ok(());
+        }
+        let mut named = Vec::with_capacity(ids.len());
+        for id in ids {
+            let addr = match self.names.get(id) {
+                Some(a) => *a,
+                // A backend this process has not written (none in practice: the reconciler
+                // writes every backend it references before any service).
+                None => match self.store.backend_get(*id)? {
+                    Some(b) => codec::backend_addr(&b),
+                    None => continue,
+                },
+            };
+            named.push((*id, addr.to_string()));
+        }
+        let table = maglev::table(&named, m);
+        self.rings.write(&mut self.store, ring, m, table)
+    }
+
+    /// Removes a frontend: the external master first (new flows stop matching), then the rest.
+    pub fn remove_service(&mut self, frontend: Frontend) -> Result<(), MapsError> {
+        let Some(m) = master(&self.store, frontend, SCOPE_EXTERNAL)? else {
+            return Ok(());
+        };
+        self.remove_scope(frontend, SCOPE_EXTERNAL)?;
+        self.remove_scope(frontend, SCOPE_INTERNAL)?;
+        if m.flags & SVC_F_MAGLEV != 0 {
+            self.rings.forget(m.maglev_ring);
+        }
+        self.store.rev_nat_del(m.rev_nat_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        maps::FakeMaps,
+        model::{Endpoint, Proto},
+    };
+
+    fn maglev_writes(maps: &ServiceMaps<FakeMaps>) -> usize {
+        let w = &maps.store().writes;
+        w.iter().filter(|l| l.starts_with("MAGLEV")).count()
+    }
+
+    #[test]
+    fn a_backend_change_rewrites_only_the_maglev_positions_that_moved() {
+        const SIZE: u32 = 251;
+        let mut maps = ServiceMaps::new(FakeMaps::new());
+        maps.set_maglev_size(SIZE).expect("size");
+        for id in 1..=10u32 {
+            let addr = SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, id as u8), 8080);
+            let b = BackendSpec {
+                id,
+                addr,
+                proto: Proto::Tcp,
+                terminating: false,
+                remote: false,
+            };
+            maps.upsert_backend(&b).expect("backend");
+        }
+        let fe = Frontend {
+            addr: Ipv4Addr::new(192, 168, 1, 10),
+            port: 30080,
+            proto: Proto::Tcp,
+        };
+        let entry = |n: u32| ServiceEntry {
+            external: true,
+            maglev_ring: Some(1),
+            ..ServiceEntry::new(fe, 1, (1..=n).map(Endpoint::ready).collect())
+        };
+        maps.upsert_service(&entry(10)).expect("first");
+        assert_eq!(
+            maglev_writes(&maps),
+            SIZE as usize,
+            "the first write is whole"
+        );
+        maps.upsert_service(&entry(9)).expect("second");
+        let moved = maglev_writes(&maps) - SIZE as usize;
+        // Backend 10 held about a tenth of the ring; Maglev moves little else.
+        assert!(
+            (SIZE as usize / 20..SIZE as usize / 5).contains(&moved),
+            "{moved} of {SIZE} positions rewritten"
+        );
+        let ring = maps.store().maglev.range(SIZE..2 * SIZE);
+        assert!(ring.clone().all(|(_, id)| (1..=9).contains(id)));
+        assert_eq!(ring.count(), SIZE as usize);
+        // The same backends again write no position.
+        maps.upsert_service(&entry(9)).expect("third");
+        assert_eq!(maglev_writes(&maps), SIZE as usize + moved);
+    }
+}
