@@ -5,7 +5,7 @@
 # The builder follows `cargo xtask setup` (xtask/src/setup.rs): Debian's rustc-web (Rust 1.96,
 # LLVM 22, from bookworm-security) with its prebuilt core for bpfel-unknown-none (no rust-src,
 # no -Z build-std), and bpf-linker built against the very libLLVM that rustc links. There is no
-# rustup in the image: aya-build (userspace/build.rs) then builds the eBPF crate with the
+# rustup in the image: aya-build (userspace/datapath/build.rs) then builds the eBPF crate with the
 # current toolchain, which is Debian's.
 
 FROM debian:bookworm AS build
@@ -22,7 +22,7 @@ RUN llvm="$(ldd /usr/bin/rustc | awk '/libLLVM/ {print $3}')" \
       "bpf-linker@${BPF_LINKER_VERSION}" --no-default-features --features "llvm-${major}"
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p petrel -p petrel-cni --bins \
+RUN cargo build --release --locked -p petrel-agent -p petrel-netctl -p petrel-cni --bins \
  && mkdir -p /out \
  && install -m 0755 target/release/petrel-agent target/release/netctl target/release/petrel-cni /out/
 

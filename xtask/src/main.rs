@@ -28,7 +28,7 @@ enum Cmd {
         #[arg(long)]
         no_kube: bool,
     },
-    /// Build everything in release mode (the eBPF object is built by userspace/build.rs).
+    /// Build everything in release mode (the eBPF object is built by userspace/datapath/build.rs).
     Build,
     /// rustfmt and clippy (-D warnings) for the host crates and the eBPF crate.
     Lint,
@@ -150,7 +150,7 @@ fn lint(env: &setup::Env) -> anyhow::Result<()> {
     )?;
     // The eBPF crate with Debian's clippy (same compiler as its build) for the BPF target.
     // RUSTC_BOOTSTRAP names only aya_ebpf, the one crate that needs a feature gate (see
-    // userspace/build.rs).
+    // userspace/datapath/build.rs).
     let manifest = "ebpf/programs/Cargo.toml";
     run_with(
         env,
@@ -208,7 +208,9 @@ fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
             "-p",
             "petrel-cni",
             "-p",
-            "petrel",
+            "petrel-agent",
+            "-p",
+            "petrel-netctl",
             "--bins",
         ],
     )?;
@@ -228,7 +230,9 @@ fn build_tools(env: &setup::Env) -> anyhow::Result<()> {
             "-p",
             "petrel-cni",
             "-p",
-            "petrel",
+            "petrel-agent",
+            "-p",
+            "petrel-netctl",
             "-p",
             "petrel-tests",
             "--bins",

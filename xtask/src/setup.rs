@@ -8,7 +8,7 @@
 //!   rustc links (its bitcode must be readable by the linker), with LLVM_PREFIX pointing at a
 //!   folder holding a single symlink (llvm-NN-dev is not needed);
 //! - Debian's rustc/cargo/clippy are linked as the rustup toolchain `debian-web`, which
-//!   userspace/build.rs hands to aya-build.
+//!   userspace/datapath/build.rs hands to aya-build.
 
 use std::{
     fs,

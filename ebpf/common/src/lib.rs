@@ -223,8 +223,8 @@ pub fn jhash_3words(a: u32, b: u32, c: u32, initval: u32) -> u32 {
 pub fn flow_hash(saddr_be: u32, sport_be: u16, dport_be: u16, proto: u8) -> u32 {
     jhash_3words(
         saddr_be,
-        ((sport_be as u32) << 16) | dport_be as u32,
-        proto as u32,
+        (u32::from(sport_be) << 16) | u32::from(dport_be),
+        u32::from(proto),
         0,
     )
 }

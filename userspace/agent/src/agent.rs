@@ -126,12 +126,9 @@ impl Agent {
         self.pods.attach_new(&mut self.dp);
     }
 
-    /// One sync: CNI files, routes, pod interfaces, then the service maps.
+    /// One sync: routes, CNI files, pod interfaces, then the service maps.
     pub async fn tick(&mut self, inputs: &Snapshot) {
         let iteration = Instant::now();
-        let pod_mtu = self.routes.pod_mtu(&self.route_settings);
-        self.cni_files
-            .write(&inputs.nodes, &self.node_name, pod_mtu);
         let node = NodeFacts::of(&inputs.nodes, &self.node_name, &self.node_ips);
         let desired = self
             .memo
@@ -143,6 +140,10 @@ impl Agent {
                 .sync(&self.route_settings, ip, plan, &mut self.dp, &self.metrics)
                 .await;
         }
+        // After the routes: setting them up finds the uplink, whose MTU the conflist carries.
+        let pod_mtu = self.routes.pod_mtu(&self.route_settings);
+        self.cni_files
+            .write(&inputs.nodes, &self.node_name, pod_mtu);
         self.attach_pods();
         if let Some(ip) = node_ip {
             let _ = self.syncer.maps_mut().set_node_ip(ip);

@@ -53,7 +53,7 @@ pub struct Cli {
     #[arg(long = "external-interface")]
     pub external_interfaces: Vec<String>,
     /// Prefix of pod host-side veths to attach the TC program to (petrel-cni names them pet*).
-    #[arg(long, default_value = "pet")]
+    #[arg(long, default_value = petrel_cni::contract::HOST_IF_PREFIX)]
     pub pod_interface_prefix: String,
     /// Backend selection for external traffic: Maglev (same choice on every node) or random.
     #[arg(long, value_enum, default_value_t = Selection::Maglev)]
@@ -83,7 +83,7 @@ pub struct Cli {
     #[arg(long, default_value = "/run/petrel")]
     pub state_dir: PathBuf,
     /// Where to write the node's pod CIDR for petrel-cni (from the Node's spec.podCIDR).
-    #[arg(long, default_value = "/var/lib/petrel/cni/pod-cidr")]
+    #[arg(long, default_value = petrel_cni::contract::DEFAULT_POD_CIDR_FILE)]
     pub pod_cidr_file: PathBuf,
     /// The CNI conflist to write once the pod CIDR is known ("" to leave CNI config alone).
     #[arg(long, default_value = "/etc/cni/net.d/05-petrel.conflist")]

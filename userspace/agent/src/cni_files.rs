@@ -9,6 +9,7 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::Node;
+use petrel_cni::contract;
 
 use crate::node;
 
@@ -43,7 +44,7 @@ impl CniFiles {
             return;
         }
         let file = &self.conf_file;
-        match write_if_changed(file, &conflist(&self.pod_cidr_file, mtu)) {
+        match write_if_changed(file, &contract::conflist_text(&self.pod_cidr_file, mtu)) {
             Ok(true) => tracing::info!(file = %file.display(), "CNI conflist written"),
             Ok(false) => {}
             Err(e) => {
@@ -51,20 +52,6 @@ impl CniFiles {
             }
         }
     }
-}
-
-/// The conflist: petrel-cni first (reading the pod CIDR from `pod_cidr_file`), then the
-/// reference portmap plugin for hostPort.
-pub fn conflist(pod_cidr_file: &Path, mtu: u32) -> String {
-    let v = serde_json::json!({
-        "cniVersion": "1.1.0",
-        "name": "petrel",
-        "plugins": [
-            {"type": "petrel-cni", "podCIDRFile": pod_cidr_file, "mtu": mtu},
-            {"type": "portmap", "capabilities": {"portMappings": true}}
-        ]
-    });
-    serde_json::to_string_pretty(&v).expect("serialisable") + "\n"
 }
 
 /// Writes `contents` to `path` through a temporary file and a rename, unless it is already there.
@@ -133,8 +120,43 @@ mod tests {
         assert!(write_if_changed(&p, "10.244.3.0/24\n").expect("write"));
         assert!(!write_if_changed(&p, "10.244.3.0/24\n").expect("same"));
         assert!(write_if_changed(&p, "10.244.4.0/24\n").expect("changed"));
-        let c: serde_json::Value = serde_json::from_str(&conflist(&p, 1450)).expect("json");
-        assert_eq!(c["plugins"][0]["type"], "petrel-cni");
-        assert_eq!(c["plugins"][0]["podCIDRFile"], p.display().to_string());
+    }
+
+    #[test]
+    fn the_pod_cidr_file_and_then_the_conflist_follow_the_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = CniFiles {
+            pod_cidr_file: dir.path().join("cni/pod-cidr"),
+            conf_file: dir.path().join("net.d/05-petrel.conflist"),
+        };
+        let mut node = Node {
+            spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+                pod_cidr: Some("10.244.3.0/24".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        node.metadata.name = Some("n1".into());
+        let nodes = [Arc::new(node)];
+        // The MTU is not known yet: the pod CIDR is written, the conflist waits.
+        files.write(&nodes, "n1", None);
+        let cidr = std::fs::read_to_string(&files.pod_cidr_file).expect("pod cidr");
+        assert_eq!(cidr, "10.244.3.0/24\n");
+        assert!(!files.conf_file.exists());
+        files.write(&nodes, "n1", Some(1450));
+        let text = std::fs::read_to_string(&files.conf_file).expect("conflist");
+        let c: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let plugin: contract::PluginConf =
+            serde_json::from_value(c["plugins"][0].clone()).expect("petrel-cni's entry");
+        assert_eq!(
+            plugin,
+            contract::PluginConf::for_agent(&files.pod_cidr_file, 1450)
+        );
+        // Another node's name: nothing is found, nothing changes.
+        files.write(&nodes, "n2", Some(9000));
+        assert_eq!(
+            std::fs::read_to_string(&files.conf_file).expect("same"),
+            text
+        );
     }
 }

@@ -162,147 +162,153 @@ pub fn compute<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
     node: &NodeFacts,
     opts: Options,
 ) -> Desired {
-    // Slices by owning service.
-    let mut by_service: BTreeMap<String, Vec<&EndpointSlice>> = BTreeMap::new();
+    // Slices by owning service (as Memo groups them).
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
         let s: &EndpointSlice = s.borrow();
         if s.address_type != "IPv4" {
             continue;
         }
-        let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_SERVICE_NAME))
-        else {
-            continue;
-        };
-        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-        by_service.entry(key(ns, svc)).or_default().push(s);
+        if let Some(o) = owner(s) {
+            by_service.entry(o).or_default().push(s);
+        }
     }
 
     let mut desired = Desired::default();
     for svc in services {
         let svc: &Service = svc.borrow();
-        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-        let name = svc.metadata.name.as_deref().unwrap_or_default();
-        let id = key(ns, name);
-        if let Some(why) = skip_reason(svc) {
-            desired.skipped.push((id, why));
-            continue;
-        }
-        let Some(spec) = svc.spec.as_ref() else {
-            continue;
-        };
-        let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
-        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-        let affinity_timeout_s =
-            (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-                spec.session_affinity_config
-                    .as_ref()
-                    .and_then(|c| c.client_ip.as_ref())
-                    .and_then(|c| c.timeout_seconds)
-                    .map_or(DEFAULT_AFFINITY_TIMEOUT, |t| t.clamp(1, 86400) as u32)
-            });
-        let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
-        let cluster_ips: Vec<Ipv4Addr> = match &spec.cluster_ips {
-            Some(ips) if !ips.is_empty() => ips.iter().filter_map(|s| ipv4(s)).collect(),
-            _ => spec
-                .cluster_ip
-                .as_deref()
-                .and_then(ipv4)
-                .into_iter()
-                .collect(),
-        };
-        let external_ips: Vec<Ipv4Addr> = spec
-            .external_ips
-            .iter()
-            .flatten()
-            .filter_map(|s| ipv4(s))
-            .collect();
-        let lb_ips: Vec<Ipv4Addr> = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.ip.as_deref().and_then(ipv4))
-            .collect();
+        add_service(svc, &by_service, node, opts, &mut desired);
+    }
+    desired
+}
 
-        for port in spec.ports.iter().flatten() {
-            let Some(proto) = proto(port.protocol.as_deref()) else {
-                continue;
-            };
-            let port_name = port.name.clone().unwrap_or_default();
-            let endpoints = endpoints_for(
-                by_service.get(&id).map(Vec::as_slice).unwrap_or(&[]),
-                &port_name,
-                proto,
-                node,
+/// The frontends of one service (or why it is skipped), added to `desired`.
+fn add_service(
+    svc: &Service,
+    by_service: &HashMap<(&str, &str), Vec<&EndpointSlice>>,
+    node: &NodeFacts,
+    opts: Options,
+    desired: &mut Desired,
+) {
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+    let name = svc.metadata.name.as_deref().unwrap_or_default();
+    let id = key(ns, name);
+    if let Some(why) = skip_reason(svc) {
+        desired.skipped.push((id, why));
+        return;
+    }
+    let Some(spec) = svc.spec.as_ref() else {
+        return;
+    };
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let affinity_timeout_s = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .map_or(DEFAULT_AFFINITY_TIMEOUT, |t| t.clamp(1, 86400) as u32)
+    });
+    let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
+    let cluster_ips: Vec<Ipv4Addr> = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().filter_map(|s| ipv4(s)).collect(),
+        _ => spec
+            .cluster_ip
+            .as_deref()
+            .and_then(ipv4)
+            .into_iter()
+            .collect(),
+    };
+    let external_ips: Vec<Ipv4Addr> = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .filter_map(|s| ipv4(s))
+        .collect();
+    let lb_ips: Vec<Ipv4Addr> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref().and_then(ipv4))
+        .collect();
+
+    for port in spec.ports.iter().flatten() {
+        let Some(proto) = proto(port.protocol.as_deref()) else {
+            continue;
+        };
+        let port_name = port.name.clone().unwrap_or_default();
+        let endpoints = endpoints_for(
+            by_service
+                .get(&(ns, name))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
+            &port_name,
+            proto,
+            node,
+        );
+        let plan = |kind| FrontendPlan {
+            service: id.clone(),
+            port_name: port_name.clone(),
+            kind,
+            external_local,
+            internal_local,
+            affinity_timeout_s,
+            maglev: opts.maglev && kind != FrontendKind::ClusterIp,
+            publish_not_ready,
+            endpoints: endpoints.clone(),
+        };
+        let svc_port = port.port as u16;
+        for ip in &cluster_ips {
+            desired.frontends.insert(
+                Frontend {
+                    addr: *ip,
+                    port: svc_port,
+                    proto,
+                },
+                plan(FrontendKind::ClusterIp),
             );
-            let plan = |kind| FrontendPlan {
-                service: id.clone(),
-                port_name: port_name.clone(),
-                kind,
-                external_local,
-                internal_local,
-                affinity_timeout_s,
-                maglev: opts.maglev && kind != FrontendKind::ClusterIp,
-                publish_not_ready,
-                endpoints: endpoints.clone(),
-            };
-            let svc_port = port.port as u16;
-            for ip in &cluster_ips {
-                desired.frontends.insert(
-                    Frontend {
-                        addr: *ip,
-                        port: svc_port,
-                        proto,
-                    },
-                    plan(FrontendKind::ClusterIp),
-                );
-            }
-            if matches!(kind, "NodePort" | "LoadBalancer") {
-                if let Some(np) = port.node_port.filter(|p| *p > 0) {
-                    for ip in &node.ips {
-                        desired.frontends.insert(
-                            Frontend {
-                                addr: *ip,
-                                port: np as u16,
-                                proto,
-                            },
-                            plan(FrontendKind::NodePort),
-                        );
-                    }
-                }
-            }
-            for ip in &external_ips {
-                desired.frontends.insert(
-                    Frontend {
-                        addr: *ip,
-                        port: svc_port,
-                        proto,
-                    },
-                    plan(FrontendKind::ExternalIp),
-                );
-            }
-            if kind == "LoadBalancer" {
-                for ip in &lb_ips {
+        }
+        if matches!(kind, "NodePort" | "LoadBalancer") {
+            if let Some(np) = port.node_port.filter(|p| *p > 0) {
+                for ip in &node.ips {
                     desired.frontends.insert(
                         Frontend {
                             addr: *ip,
-                            port: svc_port,
+                            port: np as u16,
                             proto,
                         },
-                        plan(FrontendKind::LoadBalancer),
+                        plan(FrontendKind::NodePort),
                     );
                 }
             }
         }
+        for ip in &external_ips {
+            desired.frontends.insert(
+                Frontend {
+                    addr: *ip,
+                    port: svc_port,
+                    proto,
+                },
+                plan(FrontendKind::ExternalIp),
+            );
+        }
+        if kind == "LoadBalancer" {
+            for ip in &lb_ips {
+                desired.frontends.insert(
+                    Frontend {
+                        addr: *ip,
+                        port: svc_port,
+                        proto,
+                    },
+                    plan(FrontendKind::LoadBalancer),
+                );
+            }
+        }
     }
-    desired
 }
 
 /// `compute`, remembered per service: a service whose object and slices are the very ones of

@@ -191,10 +191,22 @@ impl<S: MapStore> Syncer<S> {
 
     /// Makes the maps match `desired`. Errors of one frontend do not stop the others; they are
     /// reported and retried on the next sync.
+    ///
+    /// WARNING: the order of the steps is what keeps the datapath consistent: every backend a
+    /// slot names exists before the slot is written, and a backend goes only once no slot names
+    /// it.
     pub fn sync(&mut self, desired: &Desired) -> SyncReport {
         let mut report = SyncReport::default();
+        let wanted = self.sync_backends(desired);
+        self.sync_frontends(desired, &mut report);
+        self.remove_stale_frontends(desired, &mut report);
+        self.remove_unreferenced_backends(&wanted);
+        report
+    }
 
-        // 1. Backends first, so every slot written below names an existing backend.
+    /// Step 1: backends first, so every slot written below names an existing backend. Returns
+    /// every backend `desired` uses.
+    fn sync_backends(&mut self, desired: &Desired) -> BTreeMap<u32, BackendSpec> {
         let mut wanted_backends: BTreeMap<u32, BackendSpec> = BTreeMap::new();
         for plan in desired.frontends.values() {
             for e in &plan.endpoints {
@@ -221,8 +233,12 @@ impl<S: MapStore> Syncer<S> {
                 }
             }
         }
+        wanted_backends
+    }
 
-        // 2. Frontends: each written slots-first, master last (ServiceMaps::upsert_service).
+    /// Step 2, frontends: each written slots-first, master last (ServiceMaps::upsert_service), and
+    /// recorded as applied only once its writes succeeded.
+    fn sync_frontends(&mut self, desired: &Desired, report: &mut SyncReport) {
         let mut in_use: usize = self.applied.values().map(entries).sum();
         for (fe, plan) in &desired.frontends {
             let entry = self.entry(*fe, plan);
@@ -264,16 +280,16 @@ impl<S: MapStore> Syncer<S> {
                 }
             }
         }
+    }
 
-        // 3. Frontends no longer wanted (including ones adopted from the maps at start).
-        let stale: Vec<Frontend> = self
+    /// Step 3: frontends no longer wanted (including ones adopted from the maps at start).
+    fn remove_stale_frontends(&mut self, desired: &Desired, report: &mut SyncReport) {
+        let stale: BTreeSet<Frontend> = self
             .applied
             .keys()
             .chain(self.adopted.iter())
             .filter(|fe| !desired.frontends.contains_key(fe))
             .copied()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
             .collect();
         for fe in stale {
             match self.maps.remove_service(fe) {
@@ -291,8 +307,10 @@ impl<S: MapStore> Syncer<S> {
                 Err(e) => tracing::warn!(frontend = %fe, error = %e, "removing frontend failed"),
             }
         }
+    }
 
-        // 4. Backends nothing references any more: flows pinned to them re-balance.
+    /// Step 4: backends nothing references any more: flows pinned to them re-balance.
+    fn remove_unreferenced_backends(&mut self, wanted: &BTreeMap<u32, BackendSpec>) {
         let referenced: BTreeSet<u32> = self
             .applied
             .values()
@@ -301,7 +319,7 @@ impl<S: MapStore> Syncer<S> {
         let unreferenced: Vec<(BackendKey, u32)> = self
             .backend_ids
             .iter()
-            .filter(|(_, id)| !referenced.contains(id) && !wanted_backends.contains_key(id))
+            .filter(|(_, id)| !referenced.contains(id) && !wanted.contains_key(id))
             .map(|(k, id)| (*k, *id))
             .collect();
         for (key, id) in unreferenced {
@@ -316,7 +334,6 @@ impl<S: MapStore> Syncer<S> {
                 }
             }
         }
-        report
     }
 }
 

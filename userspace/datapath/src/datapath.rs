@@ -435,7 +435,7 @@ fn bpf_link_update(link: &OwnedFd, prog_fd: i32) -> io::Result<()> {
     const BPF_LINK_UPDATE: libc::c_long = 29;
     let mut attr = [0u64; 16];
     // struct { __u32 link_fd; __u32 new_prog_fd; __u32 flags; __u32 old_prog_fd; }
-    attr[0] = (link.as_raw_fd() as u32 as u64) | ((prog_fd as u32 as u64) << 32);
+    attr[0] = u64::from(link.as_raw_fd() as u32) | (u64::from(prog_fd as u32) << 32);
     sys_bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
 }
 
