@@ -9,7 +9,10 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Service, ServiceSpec},
+    discovery::v1::EndpointSlice,
+};
 
 use petrel_datapath::{Frontend, Proto, inspect::names::FrontendName};
 
@@ -182,6 +185,47 @@ pub fn compute<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
     desired
 }
 
+/// A service's IPv4 addresses, by kind of frontend.
+struct Addresses {
+    cluster: Vec<Ipv4Addr>,
+    external: Vec<Ipv4Addr>,
+    load_balancer: Vec<Ipv4Addr>,
+}
+
+impl Addresses {
+    fn of(svc: &Service, spec: &ServiceSpec) -> Addresses {
+        let cluster: Vec<Ipv4Addr> = match &spec.cluster_ips {
+            Some(ips) if !ips.is_empty() => ips.iter().filter_map(|s| ipv4(s)).collect(),
+            _ => spec
+                .cluster_ip
+                .as_deref()
+                .and_then(ipv4)
+                .into_iter()
+                .collect(),
+        };
+        let external: Vec<Ipv4Addr> = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .filter_map(|s| ipv4(s))
+            .collect();
+        let load_balancer: Vec<Ipv4Addr> = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref().and_then(ipv4))
+            .collect();
+        Addresses {
+            cluster,
+            external,
+            load_balancer,
+        }
+    }
+}
+
 /// The frontends of one service (or why it is skipped), added to `desired`.
 fn add_service(
     svc: &Service,
@@ -211,31 +255,7 @@ fn add_service(
             .map_or(DEFAULT_AFFINITY_TIMEOUT, |t| t.clamp(1, 86400) as u32)
     });
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
-    let cluster_ips: Vec<Ipv4Addr> = match &spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => ips.iter().filter_map(|s| ipv4(s)).collect(),
-        _ => spec
-            .cluster_ip
-            .as_deref()
-            .and_then(ipv4)
-            .into_iter()
-            .collect(),
-    };
-    let external_ips: Vec<Ipv4Addr> = spec
-        .external_ips
-        .iter()
-        .flatten()
-        .filter_map(|s| ipv4(s))
-        .collect();
-    let lb_ips: Vec<Ipv4Addr> = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref().and_then(ipv4))
-        .collect();
-
+    let addrs = Addresses::of(svc, spec);
     for port in spec.ports.iter().flatten() {
         let Some(proto) = proto(port.protocol.as_deref()) else {
             continue;
@@ -262,51 +282,25 @@ fn add_service(
             endpoints: endpoints.clone(),
         };
         let svc_port = port.port as u16;
-        for ip in &cluster_ips {
-            desired.frontends.insert(
-                Frontend {
+        let mut put = |ips: &[Ipv4Addr], port: u16, kind| {
+            for ip in ips {
+                let fe = Frontend {
                     addr: *ip,
-                    port: svc_port,
+                    port,
                     proto,
-                },
-                plan(FrontendKind::ClusterIp),
-            );
-        }
+                };
+                desired.frontends.insert(fe, plan(kind));
+            }
+        };
+        put(&addrs.cluster, svc_port, FrontendKind::ClusterIp);
         if matches!(kind, "NodePort" | "LoadBalancer") {
             if let Some(np) = port.node_port.filter(|p| *p > 0) {
-                for ip in &node.ips {
-                    desired.frontends.insert(
-                        Frontend {
-                            addr: *ip,
-                            port: np as u16,
-                            proto,
-                        },
-                        plan(FrontendKind::NodePort),
-                    );
-                }
+                put(&node.ips, np as u16, FrontendKind::NodePort);
             }
         }
-        for ip in &external_ips {
-            desired.frontends.insert(
-                Frontend {
-                    addr: *ip,
-                    port: svc_port,
-                    proto,
-                },
-                plan(FrontendKind::ExternalIp),
-            );
-        }
+        put(&addrs.external, svc_port, FrontendKind::ExternalIp);
         if kind == "LoadBalancer" {
-            for ip in &lb_ips {
-                desired.frontends.insert(
-                    Frontend {
-                        addr: *ip,
-                        port: svc_port,
-                        proto,
-                    },
-                    plan(FrontendKind::LoadBalancer),
-                );
-            }
+            put(&addrs.load_balancer, svc_port, FrontendKind::LoadBalancer);
         }
     }
 }

@@ -248,10 +248,7 @@ impl Datapath {
         let link = prog
             .take_link(id)
             .map_err(prog_err("taking link of", name))?;
-        pin_link(
-            FdLink::try_from(link).map_err(link_err("converting", &link_path))?,
-            &link_path,
-        )?;
+        pin_link(link, &link_path)?;
         Ok(outcome)
     }
 
@@ -288,10 +285,7 @@ impl Datapath {
         let link = prog
             .take_link(id)
             .map_err(prog_err("taking link of", name))?;
-        pin_link(
-            FdLink::try_from(link).map_err(link_err("converting", &link_path))?,
-            &link_path,
-        )?;
+        pin_link(link, &link_path)?;
         Ok(AttachOutcome::Attached)
     }
 
@@ -403,8 +397,14 @@ fn take_pinned_link(path: &Path) -> Result<Option<FdLink>, DatapathError> {
     }
 }
 
-fn pin_link(link: FdLink, path: &Path) -> Result<(), DatapathError> {
-    link.pin(path)
+/// Pins a program's new link at `path`, where the next agent finds (and adopts) it.
+fn pin_link<L>(link: L, path: &Path) -> Result<(), DatapathError>
+where
+    FdLink: TryFrom<L, Error = LinkError>,
+{
+    FdLink::try_from(link)
+        .map_err(link_err("converting", path))?
+        .pin(path)
         .map(drop)
         .map_err(|e| io_err("pinning link at", path)(io::Error::other(e.to_string())))
 }

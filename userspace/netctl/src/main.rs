@@ -1,7 +1,7 @@
 //! netctl: shows what petrel has programmed, read straight from the pinned maps (so it works
 //! while the agent is down).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -86,8 +86,7 @@ fn list(backends: &[ProgrammedBackend]) -> String {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let maps_dir = cli.bpffs_root.join("maps");
-    let maps = ServiceMaps::open(&maps_dir).with_context(|| {
+    let maps = ServiceMaps::open(&cli.bpffs_root.join("maps")).with_context(|| {
         format!(
             "is petrel running? no datapath pinned under {}",
             cli.bpffs_root.display()
@@ -95,162 +94,182 @@ fn main() -> anyhow::Result<()> {
     })?;
     let json = matches!(cli.output, Output::Json);
     match cli.command {
-        Command::DumpServices => {
-            let services = maps.dump()?;
-            let names = petrel_datapath::inspect::names::read(&cli.state_dir);
-            if json {
-                let out: Vec<serde_json::Value> = services
-                    .iter()
-                    .map(|s| {
-                        let mut v = serde_json::to_value(s).expect("serialisable");
-                        if let Some(n) = names.get(&s.frontend.to_string()) {
-                            v["name"] = serde_json::to_value(n).expect("serialisable");
-                        }
-                        v
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&out)?);
-                return Ok(());
-            }
-            println!(
-                "{:<24} {:<12} {:<24} {:>6}  {:<15} {:<26} BACKENDS",
-                "SERVICE", "TYPE", "FRONTEND", "REVNAT", "POLICY ext/int", "FLAGS"
-            );
-            for s in services {
-                let (service, kind, policy) = match names.get(&s.frontend.to_string()) {
-                    Some(n) if n.port_name.is_empty() => (
-                        n.service.clone(),
-                        n.kind.clone(),
-                        format!(
-                            "{}/{}",
-                            n.external_traffic_policy, n.internal_traffic_policy
-                        ),
-                    ),
-                    Some(n) => (
-                        format!("{}:{}", n.service, n.port_name),
-                        n.kind.clone(),
-                        format!(
-                            "{}/{}",
-                            n.external_traffic_policy, n.internal_traffic_policy
-                        ),
-                    ),
-                    None => ("-".to_string(), "-".to_string(), "-".to_string()),
-                };
-                let mut flags = s
-                    .flags
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",");
-                if let Some(t) = s.affinity_timeout_s {
-                    flags = format!("{flags}({t}s)");
-                }
-                let backends = match &s.internal_backends {
-                    None => list(&s.backends),
-                    Some(internal) => format!(
-                        "external: {}; internal: {}",
-                        list(&s.backends),
-                        list(internal)
-                    ),
-                };
-                println!(
-                    "{service:<24} {kind:<12} {:<24} {:>6}  {policy:<15} {:<26} {backends}",
-                    s.frontend.to_string(),
-                    s.rev_nat_id,
-                    flags,
-                );
-            }
-        }
-        Command::DumpBackends => {
-            let backends = maps.backends()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&backends)?);
-                return Ok(());
-            }
-            println!("{:>8}  {:<22} {:<12} REMOTE", "ID", "ADDRESS", "STATE");
-            for b in backends {
-                let addr = b.addr.map_or("-".to_string(), |a| a.to_string());
-                println!("{:>8}  {addr:<22} {:<12} {}", b.id, b.state, b.remote);
-            }
-        }
-        Command::DumpConntrack { limit } => {
-            let flows = maps.conntrack(limit)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&flows)?);
-                return Ok(());
-            }
-            println!(
-                "{:<5} {:<22} {:<22} {:>8}  SNAT",
-                "PROTO", "CLIENT", "FRONTEND", "BACKEND"
-            );
-            for f in flows {
-                let proto = f.proto.map_or("?".to_string(), |p| p.to_string());
-                let snat = f.snat.map_or("-".to_string(), |s| s.to_string());
-                let backend = if f.masquerade {
-                    "masq".to_string()
-                } else if f.inbound {
-                    "inbound".to_string()
-                } else {
-                    f.backend_id.to_string()
-                };
-                println!(
-                    "{proto:<5} {:<22} {:<22} {backend:>8}  {snat}",
-                    f.client.to_string(),
-                    f.frontend.to_string(),
-                );
-            }
-        }
+        Command::DumpServices => dump_services(&maps, &cli.state_dir, json),
+        Command::DumpBackends => dump_backends(&maps, json),
+        Command::DumpConntrack { limit } => dump_conntrack(&maps, limit, json),
         Command::Explain {
             src,
             dst,
             from_outside,
-        } => {
-            let client: SocketAddrV4 = match src.parse::<SocketAddrV4>() {
-                Ok(s) => s,
-                Err(_) => SocketAddrV4::new(
-                    src.parse::<Ipv4Addr>()
-                        .with_context(|| format!("SRC {src:?}: want IP or IP:PORT"))?,
-                    0,
+        } => explain(&maps, &src, &dst, from_outside, json),
+        Command::Stats => stats(&maps, json),
+    }
+}
+
+fn dump_services(maps: &ServiceMaps, state_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let services = maps.dump()?;
+    let names = petrel_datapath::inspect::names::read(state_dir);
+    if json {
+        let out: Vec<serde_json::Value> = services
+            .iter()
+            .map(|s| {
+                let mut v = serde_json::to_value(s).expect("serialisable");
+                if let Some(n) = names.get(&s.frontend.to_string()) {
+                    v["name"] = serde_json::to_value(n).expect("serialisable");
+                }
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<12} {:<24} {:>6}  {:<15} {:<26} BACKENDS",
+        "SERVICE", "TYPE", "FRONTEND", "REVNAT", "POLICY ext/int", "FLAGS"
+    );
+    for s in services {
+        let (service, kind, policy) = match names.get(&s.frontend.to_string()) {
+            Some(n) if n.port_name.is_empty() => (
+                n.service.clone(),
+                n.kind.clone(),
+                format!(
+                    "{}/{}",
+                    n.external_traffic_policy, n.internal_traffic_policy
                 ),
-            };
-            let (addr, proto) = dst.split_once('/').unwrap_or((dst.as_str(), "tcp"));
-            let addr: SocketAddrV4 = addr
-                .parse()
-                .with_context(|| format!("DST {dst:?}: want IP:PORT/PROTO"))?;
-            let proto: Proto = proto.parse().map_err(anyhow::Error::msg)?;
-            let fe = Frontend {
-                addr: *addr.ip(),
-                port: addr.port(),
-                proto,
-            };
-            let e = maps.explain(client, fe, from_outside)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&e)?);
-                return Ok(());
-            }
-            println!("{src} -> {fe} ({} traffic)", e.scope);
-            for (i, step) in e.steps.iter().enumerate() {
-                println!("  {}. {step}", i + 1);
-            }
-            match e.backend {
-                Some(b) => println!("  => backend {b}"),
-                None => println!("  => no single backend is determined"),
-            }
+            ),
+            Some(n) => (
+                format!("{}:{}", n.service, n.port_name),
+                n.kind.clone(),
+                format!(
+                    "{}/{}",
+                    n.external_traffic_policy, n.internal_traffic_policy
+                ),
+            ),
+            None => ("-".to_string(), "-".to_string(), "-".to_string()),
+        };
+        let mut flags = s
+            .flags
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        if let Some(t) = s.affinity_timeout_s {
+            flags = format!("{flags}({t}s)");
         }
-        Command::Stats => {
-            let stats = maps.stats()?;
-            if json {
-                let obj: serde_json::Map<String, serde_json::Value> = stats
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.into()))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&obj)?);
-                return Ok(());
-            }
-            for (name, value) in stats {
-                println!("{name:<22} {value}");
-            }
-        }
+        let backends = match &s.internal_backends {
+            None => list(&s.backends),
+            Some(internal) => format!(
+                "external: {}; internal: {}",
+                list(&s.backends),
+                list(internal)
+            ),
+        };
+        println!(
+            "{service:<24} {kind:<12} {:<24} {:>6}  {policy:<15} {:<26} {backends}",
+            s.frontend.to_string(),
+            s.rev_nat_id,
+            flags,
+        );
+    }
+    Ok(())
+}
+
+fn dump_backends(maps: &ServiceMaps, json: bool) -> anyhow::Result<()> {
+    let backends = maps.backends()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&backends)?);
+        return Ok(());
+    }
+    println!("{:>8}  {:<22} {:<12} REMOTE", "ID", "ADDRESS", "STATE");
+    for b in backends {
+        let addr = b.addr.map_or("-".to_string(), |a| a.to_string());
+        println!("{:>8}  {addr:<22} {:<12} {}", b.id, b.state, b.remote);
+    }
+    Ok(())
+}
+
+fn dump_conntrack(maps: &ServiceMaps, limit: usize, json: bool) -> anyhow::Result<()> {
+    let flows = maps.conntrack(limit)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&flows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<5} {:<22} {:<22} {:>8}  SNAT",
+        "PROTO", "CLIENT", "FRONTEND", "BACKEND"
+    );
+    for f in flows {
+        let proto = f.proto.map_or("?".to_string(), |p| p.to_string());
+        let snat = f.snat.map_or("-".to_string(), |s| s.to_string());
+        let backend = if f.masquerade {
+            "masq".to_string()
+        } else if f.inbound {
+            "inbound".to_string()
+        } else {
+            f.backend_id.to_string()
+        };
+        println!(
+            "{proto:<5} {:<22} {:<22} {backend:>8}  {snat}",
+            f.client.to_string(),
+            f.frontend.to_string(),
+        );
+    }
+    Ok(())
+}
+
+fn explain(
+    maps: &ServiceMaps,
+    src: &str,
+    dst: &str,
+    from_outside: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let client: SocketAddrV4 = match src.parse::<SocketAddrV4>() {
+        Ok(s) => s,
+        Err(_) => SocketAddrV4::new(
+            src.parse::<Ipv4Addr>()
+                .with_context(|| format!("SRC {src:?}: want IP or IP:PORT"))?,
+            0,
+        ),
+    };
+    let (addr, proto) = dst.split_once('/').unwrap_or((dst, "tcp"));
+    let addr: SocketAddrV4 = addr
+        .parse()
+        .with_context(|| format!("DST {dst:?}: want IP:PORT/PROTO"))?;
+    let proto: Proto = proto.parse().map_err(anyhow::Error::msg)?;
+    let fe = Frontend {
+        addr: *addr.ip(),
+        port: addr.port(),
+        proto,
+    };
+    let e = maps.explain(client, fe, from_outside)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+        return Ok(());
+    }
+    println!("{src} -> {fe} ({} traffic)", e.scope);
+    for (i, step) in e.steps.iter().enumerate() {
+        println!("  {}. {step}", i + 1);
+    }
+    match e.backend {
+        Some(b) => println!("  => backend {b}"),
+        None => println!("  => no single backend is determined"),
+    }
+    Ok(())
+}
+
+fn stats(maps: &ServiceMaps, json: bool) -> anyhow::Result<()> {
+    let stats = maps.stats()?;
+    if json {
+        let obj: serde_json::Map<String, serde_json::Value> = stats
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into()))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&obj)?);
+        return Ok(());
+    }
+    for (name, value) in stats {
+        println!("{name:<22} {value}");
     }
     Ok(())
 }

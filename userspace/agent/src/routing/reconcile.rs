@@ -89,53 +89,8 @@ impl RouteSync {
             }
             self.problems = plan.problems;
         }
-        if self.router.as_ref().is_none_or(|r| r.node_ip() != node_ip) {
-            if self
-                .failure
-                .as_ref()
-                .is_some_and(|(_, at)| at.elapsed() < RETRY)
-            {
-                return;
-            }
-            match Router::new(mode, node_ip, &s.proc_sys_net).await {
-                Ok(r) => {
-                    tracing::info!(mode = ?r.mode(), uplink = %r.uplink().name, pod_mtu = r.pod_mtu(), "routing to other nodes' pods");
-                    // Replies of flows this node translated come back on the uplink (native) or
-                    // out of the overlay device: both need the external-side program.
-                    let mut ifaces = vec![r.uplink().name.clone()];
-                    if matches!(mode, routes::Mode::Vxlan { .. }) {
-                        ifaces.push(routes::VXLAN_IFNAME.to_string());
-                    }
-                    for iface in ifaces {
-                        // Once per new router; attaching again would only swap the program.
-                        if s.external_interfaces.contains(&iface) {
-                            continue;
-                        }
-                        match dp.attach_external_ingress(&iface) {
-                            Ok(how) => {
-                                tracing::info!(%iface, ?how, "node interface attached");
-                            }
-                            Err(e) => {
-                                tracing::warn!(%iface, error = %e, "attaching to node interface failed")
-                            }
-                        }
-                    }
-                    self.router = Some(r);
-                    self.applied = None;
-                    if self.failure.take().is_some() {
-                        tracing::info!("routing to other nodes set up after earlier failures");
-                    }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    if self.failure.as_ref().map(|(m, _)| m) != Some(&msg) {
-                        tracing::error!(error = %msg, retry_in_s = RETRY.as_secs(), "cannot set up routing to other nodes");
-                    }
-                    self.failure = Some((msg, Instant::now()));
-                    metrics.sync_errors.inc();
-                    return;
-                }
-            }
+        if !self.ensure_router(s, mode, node_ip, dp, metrics).await {
+            return;
         }
         let due = self.last_check.is_none_or(|t| t.elapsed() >= s.sync_period);
         if !due && self.applied.as_ref() == Some(&plan.remotes) {
@@ -169,5 +124,68 @@ impl RouteSync {
                 metrics.sync_errors.inc();
             }
         }
+    }
+
+    /// Makes the `Router` when there is none or the node address changed, attaching the
+    /// external-side program to its interfaces. False while routing cannot be set up (the
+    /// failure is logged once and retried every RETRY).
+    async fn ensure_router(
+        &mut self,
+        s: &Settings,
+        mode: routes::Mode,
+        node_ip: Ipv4Addr,
+        dp: &mut Datapath,
+        metrics: &Metrics,
+    ) -> bool {
+        if self.router.as_ref().is_some_and(|r| r.node_ip() == node_ip) {
+            return true;
+        }
+        if self
+            .failure
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() < RETRY)
+        {
+            return false;
+        }
+        match Router::new(mode, node_ip, &s.proc_sys_net).await {
+            Ok(r) => {
+                tracing::info!(mode = ?r.mode(), uplink = %r.uplink().name, pod_mtu = r.pod_mtu(), "routing to other nodes' pods");
+                // Replies of flows this node translated come back on the uplink (native) or
+                // out of the overlay device: both need the external-side program.
+                let mut ifaces = vec![r.uplink().name.clone()];
+                if matches!(mode, routes::Mode::Vxlan { .. }) {
+                    ifaces.push(routes::VXLAN_IFNAME.to_string());
+                }
+                for iface in ifaces {
+                    // Once per new router; attaching again would only swap the program.
+                    if s.external_interfaces.contains(&iface) {
+                        continue;
+                    }
+                    match dp.attach_external_ingress(&iface) {
+                        Ok(how) => {
+                            tracing::info!(%iface, ?how, "node interface attached");
+                        }
+                        Err(e) => {
+                            tracing::warn!(%iface, error = %e, "attaching to node interface failed")
+                        }
+                    }
+                }
+                self.router = Some(r);
+                self.applied = None;
+                if self.failure.take().is_some() {
+                    tracing::info!("routing to other nodes set up after earlier failures");
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.failure.as_ref().map(|(m, _)| m) != Some(&msg) {
+                    tracing::error!(error = %msg, retry_in_s = RETRY.as_secs(), "cannot set up routing to other nodes");
+                }
+                self.failure = Some((msg, Instant::now()));
+                metrics.sync_errors.inc();
+                return false;
+            }
+        }
+        true
     }
 }

@@ -183,7 +183,8 @@ impl<S: MapStore> ServiceMaps<S> {
     }
 }
 
-/// The decision itself; each step taken is pushed to `steps`.
+/// The decision itself; each step taken is pushed to `steps`. One function on purpose: it reads
+/// top to bottom as lb.rs `select` does.
 fn decide<S: MapStore>(
     maps: &ServiceMaps<S>,
     client: SocketAddrV4,
