@@ -99,7 +99,7 @@ pub fn select(fe: &Frontend, internal: bool, client: &Client) -> Lookup {
     if svc.flags & SVC_F_AFFINITY != 0 {
         // SAFETY: copied out at once.
         if let Some(a) = unsafe { AFFINITY.get(affinity_key) }.copied() {
-            let timeout_ns = svc.affinity_timeout_s as u64 * 1_000_000_000;
+            let timeout_ns = u64::from(svc.affinity_timeout_s) * 1_000_000_000;
             if now.wrapping_sub(a.last_used_ns) <= timeout_ns {
                 if let Some(b) = backend(a.backend_id) {
                     let fresh = AffinityValue {
@@ -130,7 +130,7 @@ pub fn select(fe: &Frontend, internal: bool, client: &Client) -> Lookup {
     } else {
         // SAFETY: plain helper call.
         let rnd = unsafe { bpf_get_prandom_u32() };
-        let slot = (rnd % svc.count as u32) as u16 + 1;
+        let slot = (rnd % u32::from(svc.count)) as u16 + 1;
         get_svc(&key(fe, slot, scope)).map_or(0, |v| v.backend_id)
     };
     let Some(b) = backend(backend_id) else {

@@ -64,7 +64,7 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, i64> {
         IPPROTO_TCP => (l4_off + 16, 0u64, true, l4_off, l4_off + 2),
         IPPROTO_UDP => (
             l4_off + 6,
-            BPF_F_MARK_MANGLED_0 as u64,
+            u64::from(BPF_F_MARK_MANGLED_0),
             true,
             l4_off,
             l4_off + 2,
@@ -142,19 +142,19 @@ pub fn rewrite(
         if f.pseudo_hdr {
             ctx.l4_csum_replace(
                 f.csum_off,
-                old_addr as u64,
-                new_addr_be as u64,
-                BPF_F_PSEUDO_HDR as u64 | f.csum_flags | 4,
+                u64::from(old_addr),
+                u64::from(new_addr_be),
+                u64::from(BPF_F_PSEUDO_HDR) | f.csum_flags | 4,
             )?;
         }
-        ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, new_addr_be as u64, 4)?;
+        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_addr), u64::from(new_addr_be), 4)?;
         ctx.store(addr_off, &new_addr_be, 0)?;
     }
     if old_port != new_port_be && port_off != NO_PORT {
         ctx.l4_csum_replace(
             f.csum_off,
-            old_port as u64,
-            new_port_be as u64,
+            u64::from(old_port),
+            u64::from(new_port_be),
             f.csum_flags | 2,
         )?;
         ctx.store(port_off, &new_port_be, 0)?;
@@ -168,7 +168,7 @@ fn csum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     let mut i = 0;
     while i + 1 < bytes.len() {
-        sum += u16::from_ne_bytes([bytes[i], bytes[i + 1]]) as u32;
+        sum += u32::from(u16::from_ne_bytes([bytes[i], bytes[i + 1]]));
         i += 2;
     }
     // Two folds always suffice for fewer than 65536 words, and keep the verifier from

@@ -43,7 +43,7 @@ fn write_dst(ctx: &SockAddrContext, addr_be: u32, port_be: u16) {
     // SAFETY: valid context pointer; the fields are writable in these hooks.
     unsafe {
         core::ptr::write_volatile(&raw mut (*ctx.sock_addr).user_ip4, addr_be);
-        core::ptr::write_volatile(&raw mut (*ctx.sock_addr).user_port, port_be as u32);
+        core::ptr::write_volatile(&raw mut (*ctx.sock_addr).user_port, u32::from(port_be));
     }
 }
 
@@ -83,7 +83,7 @@ pub fn translate(ctx: &SockAddrContext, sticky: bool) -> i32 {
     let client = Client {
         kind: AFFINITY_NETNS,
         id: netns,
-        hash: jhash_3words(netns as u32, (netns >> 32) as u32, fe.proto as u32, 0),
+        hash: jhash_3words(netns as u32, (netns >> 32) as u32, u32::from(fe.proto), 0),
     };
     match lb::select(&fe, true, &client) {
         Lookup::NotService => ALLOW,

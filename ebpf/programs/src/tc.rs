@@ -101,7 +101,7 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
     };
     let client = Client {
         kind: AFFINITY_CLIENT_IP,
-        id: f.saddr_be as u64,
+        id: u64::from(f.saddr_be),
         hash: flow_hash(f.saddr_be, f.sport_be, f.dport_be, f.proto),
     };
     match lb::select(&fe, internal, &client) {

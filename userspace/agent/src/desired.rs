@@ -1,6 +1,9 @@
 //! The desired datapath state as a pure function of the Services, EndpointSlices and node facts
 //! (no I/O): which frontends exist, with which policies, and which endpoints in which
 //! condition. kube-proxy's rules, as its code and the sig-network e2e suite define them.
+//!
+//! About half of this file is its unit tests (kube-proxy's rules case by case, and the memo
+//! against a full compute): kept beside the code they pin down.
 
 use std::{
     borrow::Borrow,

@@ -1,6 +1,9 @@
 //! Applying the desired state to the maps: stable ids, a diff against what is applied, ordered
 //! writes (backends, then each frontend's slots and master entry, then removals), adoption of
 //! what the pinned maps already hold after a restart.
+//!
+//! Half of this file is its tests on the in-memory map store (dumps after each desired state,
+//! a fault at every write): kept beside the code whose order they pin down.
 
 use std::collections::{BTreeMap, BTreeSet};
 
