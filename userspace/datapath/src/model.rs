@@ -81,6 +81,61 @@ pub struct BackendSpec {
     pub remote: bool,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    Active,
+    Terminating,
+    /// A slot names a backend id that is not in the backend map.
+    Missing,
+}
+
+/// One bit of a service's master entry, named as netctl shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ServiceFlag {
+    #[serde(rename = "affinity")]
+    Affinity,
+    #[serde(rename = "two-scopes")]
+    TwoScopes,
+    #[serde(rename = "external")]
+    External,
+    #[serde(rename = "external-local")]
+    ExternalLocal,
+    #[serde(rename = "maglev")]
+    Maglev,
+    #[serde(rename = "drop-when-empty")]
+    DropWhenEmpty,
+}
+
+impl ServiceFlag {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceFlag::Affinity => "affinity",
+            ServiceFlag::TwoScopes => "two-scopes",
+            ServiceFlag::External => "external",
+            ServiceFlag::ExternalLocal => "external-local",
+            ServiceFlag::Maglev => "maglev",
+            ServiceFlag::DropWhenEmpty => "drop-when-empty",
+        }
+    }
+}
+
+impl fmt::Display for ServiceFlag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl fmt::Display for BackendState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendState::Active => "active",
+            BackendState::Terminating => "terminating",
+            BackendState::Missing => "missing",
+        })
+    }
+}
+
 /// One endpoint of a service port, with its EndpointSlice conditions resolved (v1 semantics:
 /// `ready` unset means ready, `serving` unset means `ready`, `terminating` unset means false).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,15 +1,15 @@
 //! The read side: what the maps hold, as typed values netctl prints and serialises (the JSON
 //! strings are part of netctl's interface: keep them).
 
-use std::{collections::BTreeMap, fmt, net::SocketAddrV4};
+use std::{collections::BTreeMap, net::SocketAddrV4};
 
 use petrel_common::{
-    BACKEND_F_REMOTE, BACKEND_F_TERMINATING, Backend, CT_F_INBOUND, CT_F_MASQ, CT_F_SNAT,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_EXTERNAL,
-    SVC_F_LOCAL_EXTERNAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, stat,
+    BACKEND_F_REMOTE, Backend, CT_F_INBOUND, CT_F_MASQ, CT_F_SNAT, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    SVC_F_AFFINITY, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, stat,
 };
 use serde::Serialize;
 
+pub use crate::model::{BackendState, ServiceFlag};
 use crate::{
     maps::{MapStore, MapsError, ServiceMaps, codec, writer::master},
     model::{Frontend, Proto},
@@ -39,100 +39,12 @@ pub struct ProgrammedBackend {
     pub remote: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendState {
-    Active,
-    Terminating,
-    /// A slot names a backend id that is not in the backend map.
-    Missing,
-}
-
-/// One bit of a service's master entry, named as netctl shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum ServiceFlag {
-    #[serde(rename = "affinity")]
-    Affinity,
-    #[serde(rename = "two-scopes")]
-    TwoScopes,
-    #[serde(rename = "external")]
-    External,
-    #[serde(rename = "external-local")]
-    ExternalLocal,
-    #[serde(rename = "maglev")]
-    Maglev,
-    #[serde(rename = "drop-when-empty")]
-    DropWhenEmpty,
-}
-
-const FLAGS: [(u16, ServiceFlag); 6] = [
-    (SVC_F_AFFINITY, ServiceFlag::Affinity),
-    (SVC_F_TWO_SCOPES, ServiceFlag::TwoScopes),
-    (SVC_F_EXTERNAL, ServiceFlag::External),
-    (SVC_F_LOCAL_EXTERNAL, ServiceFlag::ExternalLocal),
-    (SVC_F_MAGLEV, ServiceFlag::Maglev),
-    (SVC_F_DROP_EMPTY, ServiceFlag::DropWhenEmpty),
-];
-
-impl ServiceFlag {
-    pub fn name(self) -> &'static str {
-        match self {
-            ServiceFlag::Affinity => "affinity",
-            ServiceFlag::TwoScopes => "two-scopes",
-            ServiceFlag::External => "external",
-            ServiceFlag::ExternalLocal => "external-local",
-            ServiceFlag::Maglev => "maglev",
-            ServiceFlag::DropWhenEmpty => "drop-when-empty",
-        }
-    }
-
-    pub fn from_bits(flags: u16) -> Vec<ServiceFlag> {
-        FLAGS
-            .iter()
-            .filter(|(bit, _)| flags & bit != 0)
-            .map(|(_, f)| *f)
-            .collect()
-    }
-}
-
-impl fmt::Display for ServiceFlag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl fmt::Display for BackendState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BackendState::Active => "active",
-            BackendState::Terminating => "terminating",
-            BackendState::Missing => "missing",
-        })
-    }
-}
-
-/// The names of the flag bits set in `flags`.
-pub fn flag_names(flags: u16) -> Vec<&'static str> {
-    ServiceFlag::from_bits(flags)
-        .into_iter()
-        .map(ServiceFlag::name)
-        .collect()
-}
-
-pub(crate) fn state_name(b: &Backend) -> BackendState {
-    if b.flags & BACKEND_F_TERMINATING != 0 {
-        BackendState::Terminating
-    } else {
-        BackendState::Active
-    }
-}
-
 fn programmed_backend(id: u32, b: &Backend) -> ProgrammedBackend {
     ProgrammedBackend {
         id,
         proto: Proto::from_number(b.proto),
         addr: Some(codec::backend_addr(b)),
-        state: state_name(b),
+        state: codec::backend_state(b),
         remote: b.flags & BACKEND_F_REMOTE != 0,
     }
 }
@@ -201,7 +113,7 @@ impl<S: MapStore> ServiceMaps<S> {
             out.push(ProgrammedService {
                 frontend: fe,
                 rev_nat_id: m.rev_nat_id,
-                flags: ServiceFlag::from_bits(m.flags),
+                flags: codec::service_flags(m.flags),
                 affinity_timeout_s: (m.flags & SVC_F_AFFINITY != 0).then_some(m.affinity_timeout_s),
                 maglev_ring: (m.flags & SVC_F_MAGLEV != 0).then_some(m.maglev_ring),
                 backends: read_scope(store, fe, SCOPE_EXTERNAL, m.count)?,

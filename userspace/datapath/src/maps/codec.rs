@@ -5,10 +5,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use petrel_common::{
     AFFINITY_CLIENT_IP, AffinityKey, BACKEND_F_REMOTE, BACKEND_F_TERMINATING, Backend, CtKey,
-    RevNat, ServiceKey,
+    RevNat, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_EXTERNAL, SVC_F_LOCAL_EXTERNAL, SVC_F_MAGLEV,
+    SVC_F_TWO_SCOPES, ServiceKey,
 };
 
-use crate::model::{BackendSpec, Frontend, Proto};
+use crate::model::{BackendSpec, BackendState, Frontend, Proto, ServiceFlag};
 
 /// An address as the kernel stores it (network order in a u32).
 pub fn addr_be(a: Ipv4Addr) -> u32 {
@@ -90,6 +91,33 @@ pub fn affinity_key(client: Ipv4Addr, rev_nat_id: u32) -> AffinityKey {
         rev_nat_id,
         kind: AFFINITY_CLIENT_IP,
         _pad: [0; 3],
+    }
+}
+
+const FLAGS: [(u16, ServiceFlag); 6] = [
+    (SVC_F_AFFINITY, ServiceFlag::Affinity),
+    (SVC_F_TWO_SCOPES, ServiceFlag::TwoScopes),
+    (SVC_F_EXTERNAL, ServiceFlag::External),
+    (SVC_F_LOCAL_EXTERNAL, ServiceFlag::ExternalLocal),
+    (SVC_F_MAGLEV, ServiceFlag::Maglev),
+    (SVC_F_DROP_EMPTY, ServiceFlag::DropWhenEmpty),
+];
+
+/// The flags set in a master entry's `flags`.
+pub fn service_flags(flags: u16) -> Vec<ServiceFlag> {
+    FLAGS
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, f)| *f)
+        .collect()
+}
+
+/// Active or terminating, from a backend's flags.
+pub fn backend_state(b: &Backend) -> BackendState {
+    if b.flags & BACKEND_F_TERMINATING != 0 {
+        BackendState::Terminating
+    } else {
+        BackendState::Active
     }
 }
 

@@ -15,7 +15,6 @@ use petrel_common::{
 };
 
 use super::{BACKENDS, CONFIG, MAGLEV, MapStore, MapsError, REV_NAT, SERVICES, codec};
-use crate::inspect::dump::{flag_names, state_name};
 
 /// The maps as plain collections.
 #[derive(Debug, Default)]
@@ -58,7 +57,11 @@ impl FakeMaps {
                     "SVC {what} count={} revnat={} flags={}{}{}",
                     v.count,
                     v.rev_nat_id,
-                    flag_names(v.flags).join(","),
+                    codec::service_flags(v.flags)
+                        .iter()
+                        .map(|f| f.name())
+                        .collect::<Vec<_>>()
+                        .join(","),
                     if v.affinity_timeout_s > 0 {
                         format!(" affinity={}s", v.affinity_timeout_s)
                     } else {
@@ -83,7 +86,7 @@ impl FakeMaps {
             out.push(format!(
                 "BE {id} {} {}{remote}",
                 codec::backend_addr(b),
-                state_name(b)
+                codec::backend_state(b)
             ));
         }
         for (id, r) in &self.rev_nat {
