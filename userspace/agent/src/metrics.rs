@@ -74,6 +74,8 @@ impl Metrics {
             node_routes: Gauge::default(),
             registry: Registry::default(),
         };
+        // One call per metric, name and help side by side: the metrics are of different types,
+        // so a table would need boxing for no gain.
         registry.register(
             "kubeproxy_sync_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds (petrel: one sync of the maps)",

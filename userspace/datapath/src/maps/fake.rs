@@ -260,6 +260,8 @@ impl<S> FaultyMaps<S> {
     }
 }
 
+// Each method delegates, writes after counting: a repetition of the trait's shape that a macro
+// would only hide.
 impl<S: MapStore> MapStore for FaultyMaps<S> {
     fn service_get(&self, key: &ServiceKey) -> Result<Option<ServiceValue>, MapsError> {
         self.inner.service_get(key)
