@@ -6,30 +6,26 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use crate::error::{CniError, Result, code};
+use crate::{
+    contract::{PLUGIN_TYPE, PluginConf},
+    error::{CniError, Result, code},
+};
 
 /// Versions whose configs are accepted and whose result shape is printed.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/petrel/ipam";
-/// Where the agent writes the node's pod CIDR when the config leaves `podCIDR` out.
-pub const DEFAULT_POD_CIDR_FILE: &str = "/var/lib/petrel/cni/pod-cidr";
+pub use crate::contract::{DEFAULT_DATA_DIR, DEFAULT_POD_CIDR_FILE};
 pub const DEFAULT_MTU: u32 = 1500;
 
+/// The plugin's own fields come from the contract with the agent; the rest is what the runtime
+/// adds to the entry when it calls the plugin.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Raw {
     cni_version: Option<String>,
     name: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    #[serde(rename = "podCIDR")]
-    pod_cidr: Option<String>,
-    #[serde(rename = "podCIDRFile")]
-    pod_cidr_file: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    mtu: Option<i64>,
-    log_file: Option<PathBuf>,
+    #[serde(flatten)]
+    plugin: PluginConf,
     prev_result: Option<serde_json::Value>,
     #[serde(rename = "cni.dev/valid-attachments")]
     valid_attachments: Option<Vec<ValidAttachment>>,
@@ -112,14 +108,15 @@ impl NetConf {
                 "network name {name:?} must be [A-Za-z0-9][A-Za-z0-9_.-]*"
             ))
         })?;
-        if let Some(kind) = &raw.kind {
-            if kind != "petrel-cni" {
+        let plugin = raw.plugin;
+        if let Some(kind) = &plugin.kind {
+            if kind != PLUGIN_TYPE {
                 return Err(CniError::config(format!(
-                    "type is {kind:?}, this plugin is \"petrel-cni\""
+                    "type is {kind:?}, this plugin is {PLUGIN_TYPE:?}"
                 )));
             }
         }
-        let mtu = match raw.mtu {
+        let mtu = match plugin.mtu {
             None => DEFAULT_MTU,
             Some(m) if (576..=65535).contains(&m) => m as u32,
             Some(m) => {
@@ -128,10 +125,10 @@ impl NetConf {
                 )));
             }
         };
-        let pod_cidr_file = raw
+        let pod_cidr_file = plugin
             .pod_cidr_file
             .unwrap_or_else(|| PathBuf::from(DEFAULT_POD_CIDR_FILE));
-        let pod_cidr = match raw.pod_cidr {
+        let pod_cidr = match plugin.pod_cidr {
             Some(s) => Some(parse_pod_cidr(&s)?),
             None => read_pod_cidr_file(&pod_cidr_file)?,
         };
@@ -140,11 +137,11 @@ impl NetConf {
             name,
             pod_cidr,
             pod_cidr_file,
-            data_dir: raw
+            data_dir: plugin
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             mtu,
-            log_file: raw.log_file,
+            log_file: plugin.log_file,
             prev_result: raw.prev_result,
             valid_attachments: raw.valid_attachments,
         })

@@ -21,8 +21,7 @@ use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::error::{CniError, Result, code};
 
-/// Prefix of every host-side interface petrel creates; GC removes the unowned ones.
-pub const HOST_PREFIX: &str = "pet";
+pub use crate::contract::HOST_IF_PREFIX as HOST_PREFIX;
 
 /// The host-side interface name of (container, ifname): "pet" + 12 hex digits of a hash, so it is
 /// unique per attachment, stable across retries, and 15 bytes long.

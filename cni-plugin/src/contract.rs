@@ -1,0 +1,137 @@
+//! What petrel-agent and petrel-cni agree on: the interface prefix, the files the agent writes for
+//! the plugin, and the plugin's entry in the conflist. Both sides use these items so the agreement
+//! is written down once; the agent depends on this crate's library for them.
+//!
+//! WARNING: changing a value here changes what is on disk on every node (file paths, interface
+//! names, conflist fields); a node upgraded on one side only must still work.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every host-side interface petrel creates for a pod ("pet" + 12 hex digits). The
+/// agent attaches its programs to these, and GC removes the ones no reservation owns.
+pub const HOST_IF_PREFIX: &str = "pet";
+
+/// Where the agent writes the node's pod CIDR, and where the plugin reads it when its config has
+/// no `podCIDR`.
+pub const DEFAULT_POD_CIDR_FILE: &str = "/var/lib/petrel/cni/pod-cidr";
+
+/// Where the IPAM store keeps one file per reserved address, unless the config sets `dataDir`.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/petrel/ipam";
+
+/// The plugin's `type` in the conflist: the runtime runs the binary of that name.
+pub const PLUGIN_TYPE: &str = "petrel-cni";
+
+/// The network name of the conflist the agent writes.
+pub const NETWORK_NAME: &str = "petrel";
+
+/// The `cniVersion` of the conflist the agent writes.
+pub const CONFLIST_CNI_VERSION: &str = "1.1.0";
+
+/// petrel-cni's entry of a conflist: the fields that are ours. The runtime adds `cniVersion`,
+/// `name`, `prevResult` and the GC attachments when it calls the plugin (see `config::NetConf`).
+///
+/// Values are kept as written (`mtu` signed, `podCIDR` as text) so the plugin, not serde, reports
+/// a bad value with its own error code.
+///
+/// WARNING: the field order is the order the agent has always written them in (`type`,
+/// `podCIDRFile`, `mtu`): with serde_json's `preserve_order` it is also the byte order on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginConf {
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(
+        rename = "podCIDRFile",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pod_cidr_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<i64>,
+    #[serde(rename = "podCIDR", default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<String>,
+    #[serde(rename = "dataDir", default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(rename = "logFile", default, skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<PathBuf>,
+}
+
+impl PluginConf {
+    /// The entry the agent writes: the plugin reads the pod CIDR from `pod_cidr_file`.
+    pub fn for_agent(pod_cidr_file: &Path, mtu: u32) -> PluginConf {
+        PluginConf {
+            kind: Some(PLUGIN_TYPE.to_string()),
+            pod_cidr_file: Some(pod_cidr_file.to_path_buf()),
+            mtu: Some(i64::from(mtu)),
+            ..PluginConf::default()
+        }
+    }
+}
+
+/// The conflist the agent writes: petrel-cni first, then the reference portmap plugin for
+/// hostPort.
+///
+/// Panics if `pod_cidr_file` is not UTF-8 (JSON cannot carry it), as the agent always has.
+pub fn conflist(pod_cidr_file: &Path, mtu: u32) -> serde_json::Value {
+    let plugin = serde_json::to_value(PluginConf::for_agent(pod_cidr_file, mtu))
+        .expect("the pod CIDR file path is UTF-8");
+    serde_json::json!({
+        "cniVersion": CONFLIST_CNI_VERSION,
+        "name": NETWORK_NAME,
+        "plugins": [
+            plugin,
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    })
+}
+
+/// The conflist file's contents, byte for byte what the agent writes (pretty JSON, final newline).
+pub fn conflist_text(pod_cidr_file: &Path, mtu: u32) -> String {
+    serde_json::to_string_pretty(&conflist(pod_cidr_file, mtu)).expect("serialisable") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What agent/cni_config.rs wrote before the contract had a type: the file must not change.
+    fn untyped(pod_cidr_file: &Path, mtu: u32) -> String {
+        let v = serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": "petrel",
+            "plugins": [
+                {"type": "petrel-cni", "podCIDRFile": pod_cidr_file, "mtu": mtu},
+                {"type": "portmap", "capabilities": {"portMappings": true}}
+            ]
+        });
+        serde_json::to_string_pretty(&v).expect("serialisable") + "\n"
+    }
+
+    #[test]
+    fn conflist_is_byte_for_byte_what_the_agent_wrote() {
+        let f = Path::new("/var/lib/petrel/cni/pod-cidr");
+        assert_eq!(conflist_text(f, 1450), untyped(f, 1450));
+        assert_eq!(conflist_text(f, 65535), untyped(f, 65535));
+    }
+
+    #[test]
+    fn the_plugin_entry_round_trips() {
+        let c = conflist(Path::new(DEFAULT_POD_CIDR_FILE), 1500);
+        let p: PluginConf = serde_json::from_value(c["plugins"][0].clone()).expect("parse");
+        assert_eq!(
+            p,
+            PluginConf::for_agent(Path::new(DEFAULT_POD_CIDR_FILE), 1500)
+        );
+        let all = r#"{"type":"petrel-cni","podCIDR":"10.0.0.0/24","podCIDRFile":"/f","dataDir":"/d","mtu":1400,"logFile":"/l"}"#;
+        let p: PluginConf = serde_json::from_str(all).expect("parse");
+        assert_eq!(p.pod_cidr.as_deref(), Some("10.0.0.0/24"));
+        assert_eq!(p.data_dir.as_deref(), Some(Path::new("/d")));
+        assert_eq!(p.log_file.as_deref(), Some(Path::new("/l")));
+        let back: serde_json::Value = serde_json::to_value(&p).expect("value");
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(all).expect("value")
+        );
+    }
+}
