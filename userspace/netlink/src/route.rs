@@ -132,6 +132,14 @@ impl Socket {
     }
 }
 
+/// The IPv4 gateway of a route message, whatever its table.
+pub fn gateway_of(m: &RouteMessage) -> Option<Ipv4Addr> {
+    m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
