@@ -292,3 +292,41 @@ fn gc(conf: &NetConf) -> Result<()> {
     log(conf, &format!("GC: freed {} reservation(s)", freed.len()));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The guard releases the reservation unless committed. Its link deletion targets a name
+    /// no one has (absent is fine; without CAP_NET_ADMIN it fails, is logged, and the release
+    /// still happens).
+    #[test]
+    fn add_txn_rolls_back_unless_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = NetConf::parse(
+            format!(
+                r#"{{"cniVersion":"1.1.0","name":"t","podCIDR":"10.9.0.0/29","dataDir":"{}"}}"#,
+                dir.path().display()
+            )
+            .as_bytes(),
+        )
+        .expect("conf");
+        let range = conf.require_pod_cidr().expect("range");
+        let store = Store::open(&conf.data_dir, &conf.name).expect("store");
+        let txn = |id: &str| {
+            let ip = store.reserve(range, id, "eth0").expect("reserve");
+            AddTxn {
+                conf: &conf,
+                store: &store,
+                host: link::host_socket().expect("netlink socket"),
+                ip,
+                host_if: link::host_ifname(&format!("petrel-unit-test-{id}"), "eth0"),
+                committed: false,
+            }
+        };
+        drop(txn("dropped"));
+        assert_eq!(store.find("dropped", "eth0").expect("find"), None);
+        txn("committed").commit();
+        assert!(store.find("committed", "eth0").expect("find").is_some());
+    }
+}
