@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::{
     contract::{PLUGIN_TYPE, PluginConf},
-    error::{CniError, Result, code},
+    error::{CniError, Result},
 };
 
 /// Versions whose configs are accepted and whose result shape is printed.
@@ -82,22 +82,15 @@ pub fn parse_pod_cidr(s: &str) -> Result<Ipv4Net> {
 
 impl NetConf {
     pub fn parse(stdin: &[u8]) -> Result<NetConf> {
-        let raw: Raw = serde_json::from_slice(stdin).map_err(|e| {
-            CniError::new(
-                code::DECODE,
-                "invalid network configuration JSON",
-                e.to_string(),
-            )
-        })?;
+        let raw: Raw = serde_json::from_slice(stdin).map_err(CniError::Decode)?;
         let cni_version = raw
             .cni_version
             .ok_or_else(|| CniError::config("cniVersion is required"))?;
         if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
-            return Err(CniError::new(
-                code::INCOMPATIBLE_VERSION,
-                format!("unsupported cniVersion {cni_version:?}"),
-                format!("supported: {}", SUPPORTED_VERSIONS.join(", ")),
-            ));
+            return Err(CniError::IncompatibleVersion {
+                version: cni_version,
+                supported: SUPPORTED_VERSIONS.join(", "),
+            });
         }
         let name = raw
             .name
@@ -160,12 +153,14 @@ impl NetConf {
 
 fn read_pod_cidr_file(path: &Path) -> Result<Option<Ipv4Net>> {
     match std::fs::read_to_string(path) {
-        Ok(s) => parse_pod_cidr(&s).map(Some).map_err(|e| CniError {
-            msg: format!("{}: {}", path.display(), e.msg),
-            ..e
+        Ok(s) => parse_pod_cidr(&s).map(Some).map_err(|e| match e {
+            CniError::InvalidConfig(msg) => {
+                CniError::InvalidConfig(format!("{}: {msg}", path.display()))
+            }
+            e => e,
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(CniError::io(format!("reading {}", path.display()), &e)),
+        Err(e) => Err(CniError::io(format!("reading {}", path.display()), e)),
     }
 }
 
@@ -194,41 +189,41 @@ mod tests {
 
     #[test]
     fn bad_inputs_have_their_codes() {
-        assert_eq!(conf("{").unwrap_err().code, 6);
+        assert_eq!(conf("{").unwrap_err().code(), 6);
         assert_eq!(
             conf(r#"{"cniVersion":"0.2.0","name":"n"}"#)
                 .unwrap_err()
-                .code,
+                .code(),
             1
         );
         assert_eq!(
             conf(r#"{"cniVersion":"1.0.0","name":"n","podCIDR":"10.1.0.0/33"}"#)
                 .unwrap_err()
-                .code,
+                .code(),
             7
         );
         assert_eq!(
             conf(r#"{"cniVersion":"1.0.0","name":"n","podCIDR":"10.1.0.5/24"}"#)
                 .unwrap_err()
-                .code,
+                .code(),
             7
         );
         assert_eq!(
             conf(r#"{"cniVersion":"1.0.0","name":"n","podCIDR":"fd00::/64"}"#)
                 .unwrap_err()
-                .code,
+                .code(),
             7
         );
         assert_eq!(
             conf(r#"{"cniVersion":"1.0.0","name":"n","podCIDR":"10.1.0.0/24","mtu":70000}"#)
                 .unwrap_err()
-                .code,
+                .code(),
             7
         );
         assert_eq!(
             conf(r#"{"cniVersion":"1.0.0","name":"../x","podCIDR":"10.1.0.0/24"}"#)
                 .unwrap_err()
-                .code,
+                .code(),
             7
         );
     }
@@ -247,6 +242,6 @@ mod tests {
         let none =
             conf(r#"{"cniVersion":"1.0.0","name":"n","podCIDRFile":"/nonexistent/x"}"#).unwrap();
         assert!(none.pod_cidr.is_none());
-        assert_eq!(none.require_pod_cidr().unwrap_err().code, 7);
+        assert_eq!(none.require_pod_cidr().unwrap_err().code(), 7);
     }
 }

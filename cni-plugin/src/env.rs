@@ -116,7 +116,7 @@ mod tests {
     fn add_needs_container_netns_and_ifname() {
         let e = Command::from_env(&env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "abc")]))
             .unwrap_err();
-        assert_eq!(e.code, 4);
+        assert_eq!(e.code(), 4);
         let c = Command::from_env(&env(&[
             ("CNI_COMMAND", "ADD"),
             ("CNI_CONTAINERID", "abc"),
@@ -154,9 +154,9 @@ mod tests {
         assert_eq!(
             Command::from_env(&env(&[("CNI_COMMAND", "FOO")]))
                 .unwrap_err()
-                .code,
+                .code(),
             4
         );
-        assert_eq!(Command::from_env(&env(&[])).unwrap_err().code, 4);
+        assert_eq!(Command::from_env(&env(&[])).unwrap_err().code(), 4);
     }
 }

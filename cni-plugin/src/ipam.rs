@@ -20,7 +20,7 @@ use std::{
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{CniError, Result, code};
+use crate::error::{CniError, Result};
 
 const LOCK: &str = "lock";
 const LAST: &str = "last_reserved_ip";
@@ -55,7 +55,7 @@ fn allocatable(range: Ipv4Net) -> (u32, u32) {
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> CniError {
-    move |e| CniError::io(what, &e)
+    move |e| CniError::io(what, e)
 }
 
 impl Store {
@@ -74,7 +74,7 @@ impl Store {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(CniError::io(
                 format!("locking {}", lock_path.display()),
-                &std::io::Error::last_os_error(),
+                std::io::Error::last_os_error(),
             ));
         }
         let store = Store { dir, _lock: lock };
@@ -179,11 +179,10 @@ impl Store {
                 return Ok(ip);
             }
         }
-        Err(CniError::new(
-            code::POOL_EXHAUSTED,
-            format!("no free address in {range}"),
-            format!("{size} addresses, all reserved"),
-        ))
+        Err(CniError::PoolExhausted {
+            range,
+            size: u64::from(size),
+        })
     }
 
     /// Releases what (container, ifname) holds; succeeds when it holds nothing.
@@ -198,7 +197,7 @@ impl Store {
     pub fn release_ip(&self, ip: Ipv4Addr) -> Result<()> {
         match fs::remove_file(self.dir.join(ip.to_string())) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(CniError::io(format!("releasing {ip}"), &e))
+                Err(CniError::io(format!("releasing {ip}"), e))
             }
             _ => Ok(()),
         }
@@ -232,6 +231,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::code;
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
@@ -255,8 +255,8 @@ mod tests {
             ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
         );
         let e = s.reserve(range, "c9", "eth0").unwrap_err();
-        assert_eq!(e.code, code::POOL_EXHAUSTED);
-        assert!(e.msg.contains("10.0.0.0/29"));
+        assert_eq!(e.code(), code::POOL_EXHAUSTED);
+        assert!(e.msg().contains("10.0.0.0/29"));
         assert!(!s.has_free(range).unwrap());
     }
 

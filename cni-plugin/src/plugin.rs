@@ -1,19 +1,20 @@
 //! The verbs. Each validates everything first, then acts; ADD rolls back every step it took
-//! when a later one fails.
+//! when a later one fails (`AddTxn`).
 
 use std::{collections::HashMap, io::Write, net::Ipv4Addr, path::Path};
 
 use crate::{
     config::{self, NetConf},
     env::{Attachment, Command, Verb},
-    error::{CniError, Result, code},
+    error::{CniError, Result},
     ipam::{self, Store},
-    link,
+    link::{self, PodNs},
     result::{CniResult, Interface, IpConfig, Route},
 };
 
-/// Test-only: `PETREL_CNI_TEST_PAUSE_AT=<step>` makes ADD sleep at that step so a test can
-/// SIGKILL it there. Steps: `locked`, `reserved`, `wired`.
+/// Test-only (cargo feature `test-hooks`): `PETREL_CNI_TEST_PAUSE_AT=<step>` makes ADD sleep at
+/// that step so a test can SIGKILL it there. Steps: `locked`, `reserved`, `wired`.
+#[cfg(feature = "test-hooks")]
 const PAUSE_ENV: &str = "PETREL_CNI_TEST_PAUSE_AT";
 
 /// Runs one plugin invocation and returns the process exit code.
@@ -25,7 +26,7 @@ pub fn run(env: &HashMap<String, String>, stdin: &[u8], stdout: &mut dyn Write) 
         }
         Ok(None) => 0,
         Err(e) => {
-            eprintln!("petrel-cni: error {}: {e}", e.code);
+            eprintln!("petrel-cni: error {}: {}", e.code(), e.full());
             let _ = writeln!(stdout, "{}", e.to_json(&config::version_hint(stdin)));
             1
         }
@@ -45,9 +46,52 @@ fn log(conf: &NetConf, msg: &str) {
     }
 }
 
+#[cfg(feature = "test-hooks")]
 fn pause_at(env: &HashMap<String, String>, step: &str) {
     if env.get(PAUSE_ENV).is_some_and(|s| s == step) {
         std::thread::sleep(std::time::Duration::from_secs(30));
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn pause_at(_env: &HashMap<String, String>, _step: &str) {}
+
+/// What ADD has done so far: dropped without `commit()`, it undoes it (the host veth, which
+/// takes its peer with it, then the reservation), logging what it could not undo. The shape of
+/// the reference ptp plugin's deferred `ipam.ExecDel` on error.
+struct AddTxn<'a> {
+    conf: &'a NetConf,
+    store: &'a Store,
+    host: petrel_netlink::Socket,
+    ip: Ipv4Addr,
+    host_if: String,
+    committed: bool,
+}
+
+impl AddTxn<'_> {
+    fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for AddTxn<'_> {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let host_if = std::slice::from_ref(&self.host_if);
+        if let Err(e) = link::delete_host_links(&mut self.host, host_if) {
+            log(
+                self.conf,
+                &format!("rollback: deleting {}: {}", self.host_if, e.full()),
+            );
+        }
+        if let Err(e) = self.store.release_ip(self.ip) {
+            log(
+                self.conf,
+                &format!("rollback: releasing {}: {}", self.ip, e.full()),
+            );
+        }
     }
 }
 
@@ -95,35 +139,32 @@ fn add(env: &HashMap<String, String>, conf: &NetConf, a: &Attachment) -> Result<
     // Validate everything before touching anything.
     let netns = existing_netns(a)?;
     let range = conf.require_pod_cidr()?;
-    link::ensure_absent(netns, &a.ifname)?;
+    let mut pod = PodNs::open(netns)?;
+    link::ensure_absent(&mut pod, &a.ifname)?;
+    let host = link::host_socket()?;
 
     let store = Store::open(&conf.data_dir, &conf.name)?;
     pause_at(env, "locked");
     let ip = store.reserve(range, &a.container_id, &a.ifname)?;
+    let host_if = link::host_ifname(&a.container_id, &a.ifname);
+    let mut txn = AddTxn {
+        conf,
+        store: &store,
+        host,
+        ip,
+        host_if: host_if.clone(),
+        committed: false,
+    };
     pause_at(env, "reserved");
     let gateway = ipam::gateway(range);
-    let host_if = link::host_ifname(&a.container_id, &a.ifname);
     let plan = link::Plan {
-        netns,
         ifname: &a.ifname,
         host_if: &host_if,
         addr: ip,
         gateway,
         mtu: conf.mtu,
     };
-    let wired = match link::setup(&plan) {
-        Ok(w) => w,
-        Err(e) => {
-            // Roll back: the host end takes its peer with it; then the reservation.
-            if let Err(re) = link::delete_host_links(vec![host_if.clone()]) {
-                log(conf, &format!("rollback: deleting {host_if}: {re}"));
-            }
-            if let Err(re) = store.release_ip(ip) {
-                log(conf, &format!("rollback: releasing {ip}: {re}"));
-            }
-            return Err(e);
-        }
-    };
+    let wired = link::setup(&mut txn.host, &mut pod, &plan)?;
     pause_at(env, "wired");
     log(
         conf,
@@ -159,14 +200,16 @@ fn add(env: &HashMap<String, String>, conf: &NetConf, a: &Attachment) -> Result<
         gw: Some(gateway.to_string()),
     });
     let result = result.in_version(&conf.cni_version);
-    Ok(serde_json::to_string(&result).expect("serialisable"))
+    let out = serde_json::to_string(&result).expect("serialisable");
+    txn.commit();
+    Ok(out)
 }
 
 fn del(conf: &NetConf, a: &Attachment) -> Result<()> {
     let store = Store::open(&conf.data_dir, &conf.name)?;
     let host_if = link::host_ifname(&a.container_id, &a.ifname);
     // Deleting the host end removes the pod end too, wherever it is; gone already is fine.
-    link::delete_host_links(vec![host_if])?;
+    link::delete_host_links(&mut link::host_socket()?, &[host_if])?;
     let released = store.release(&a.container_id, &a.ifname)?;
     log(
         conf,
@@ -195,28 +238,25 @@ fn check(conf: &NetConf, a: &Attachment) -> Result<()> {
     match store.find(&a.container_id, &a.ifname)? {
         Some(r) if r == ip => {}
         Some(r) => {
-            return Err(CniError::new(
-                code::CHECK_FAILED,
-                format!("reservation is {r}, prevResult says {ip}"),
-                "",
-            ));
+            return Err(CniError::CheckFailed(vec![format!(
+                "reservation is {r}, prevResult says {ip}"
+            )]));
         }
         None => {
-            return Err(CniError::new(
-                code::CHECK_FAILED,
-                format!("no reservation for {ip}"),
-                "",
-            ));
+            return Err(CniError::CheckFailed(vec![format!(
+                "no reservation for {ip}"
+            )]));
         }
     }
-    link::check(netns, &a.ifname, ip, ipam::gateway(range))
+    let mut pod = PodNs::open(netns)?;
+    link::check(&mut pod, &a.ifname, ip, ipam::gateway(range))
 }
 
 fn status(conf: &NetConf) -> Result<()> {
-    let unavailable = |msg: String| CniError::new(code::NOT_AVAILABLE, msg, "");
-    let range = conf.require_pod_cidr().map_err(|e| unavailable(e.msg))?;
-    let store = Store::open(&conf.data_dir, &conf.name).map_err(|e| unavailable(format!("{e}")))?;
-    store.writable().map_err(|e| unavailable(format!("{e}")))?;
+    let unavailable = CniError::NotAvailable;
+    let range = conf.require_pod_cidr().map_err(|e| unavailable(e.msg()))?;
+    let store = Store::open(&conf.data_dir, &conf.name).map_err(|e| unavailable(e.full()))?;
+    store.writable().map_err(|e| unavailable(e.full()))?;
     if !store.has_free(range)? {
         return Err(unavailable(format!("address pool {range} is exhausted")));
     }
@@ -245,10 +285,48 @@ fn gc(conf: &NetConf) -> Result<()> {
         }
         freed.push((ip, r));
     }
-    link::delete_host_links(stale_links)?;
+    link::delete_host_links(&mut link::host_socket()?, &stale_links)?;
     for (ip, _) in &freed {
         store.release_ip(*ip)?;
     }
     log(conf, &format!("GC: freed {} reservation(s)", freed.len()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The guard releases the reservation unless committed. Its link deletion targets a name
+    /// no one has (absent is fine; without CAP_NET_ADMIN it fails, is logged, and the release
+    /// still happens).
+    #[test]
+    fn add_txn_rolls_back_unless_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = NetConf::parse(
+            format!(
+                r#"{{"cniVersion":"1.1.0","name":"t","podCIDR":"10.9.0.0/29","dataDir":"{}"}}"#,
+                dir.path().display()
+            )
+            .as_bytes(),
+        )
+        .expect("conf");
+        let range = conf.require_pod_cidr().expect("range");
+        let store = Store::open(&conf.data_dir, &conf.name).expect("store");
+        let txn = |id: &str| {
+            let ip = store.reserve(range, id, "eth0").expect("reserve");
+            AddTxn {
+                conf: &conf,
+                store: &store,
+                host: link::host_socket().expect("netlink socket"),
+                ip,
+                host_if: link::host_ifname(&format!("petrel-unit-test-{id}"), "eth0"),
+                committed: false,
+            }
+        };
+        drop(txn("dropped"));
+        assert_eq!(store.find("dropped", "eth0").expect("find"), None);
+        txn("committed").commit();
+        assert!(store.find("committed", "eth0").expect("find").is_some());
+    }
 }

@@ -48,16 +48,16 @@ proptest! {
     #[test]
     fn env_parsing_never_panics(env in any_env()) {
         if let Err(e) = Command::from_env(&env) {
-            prop_assert_eq!(e.code, 4);
+            prop_assert_eq!(e.code(), 4);
         }
     }
 
     #[test]
     fn config_parsing_never_panics(stdin in prop_oneof![jsonish(), ".{0,80}"]) {
         if let Err(e) = NetConf::parse(stdin.as_bytes()) {
-            prop_assert!([1, 5, 6, 7].contains(&e.code), "code {}", e.code);
+            prop_assert!([1, 5, 6, 7].contains(&e.code()), "code {}", e.code());
             let obj: serde_json::Value = serde_json::from_str(&e.to_json("1.1.0")).unwrap();
-            prop_assert_eq!(obj["code"].as_u64(), Some(u64::from(e.code)));
+            prop_assert_eq!(obj["code"].as_u64(), Some(u64::from(e.code())));
         }
     }
 

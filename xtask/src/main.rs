@@ -198,7 +198,9 @@ fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
         ],
     )?;
     // The privileged tests drive the real petrel-cni and netctl binaries (other packages'
-    // binaries, which `cargo test -p petrel-tests` would not build).
+    // binaries, which `cargo test -p petrel-tests` would not build). petrel-cni with its test
+    // hook (a pause inside ADD, for the SIGKILL test); the demo and the benchmark build it
+    // without, so they run the shipped binary.
     run(
         env,
         "cargo",
@@ -212,6 +214,8 @@ fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
             "-p",
             "petrel-netctl",
             "--bins",
+            "--features",
+            "petrel-cni/test-hooks",
         ],
     )?;
     let mut args = vec!["test", "--release", "-p", "petrel-tests", "--"];

@@ -218,6 +218,28 @@ pub fn jhash_3words(a: u32, b: u32, c: u32, initval: u32) -> u32 {
     c.wrapping_sub(b.rotate_left(24))
 }
 
+// FNV-1a 64: a hash that is stable across releases and machines (the standard library's hasher
+// is not). petrel derives persistent names from it (host interface names of pods, Maglev
+// permutations), so its output must never change.
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a 64 of `bytes`.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    fnv1a64_seeded(bytes, 0)
+}
+
+/// FNV-1a 64 with the offset basis perturbed by `seed` (seed 0 is plain FNV-1a), for the
+/// independent hash functions Maglev needs.
+pub fn fnv1a64_seeded(bytes: &[u8], seed: u64) -> u64 {
+    let mut h = FNV_OFFSET_BASIS ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
+}
+
 /// The Maglev flow hash of a client tuple (network-order values as raw integers).
 #[inline(always)]
 pub fn flow_hash(saddr_be: u32, sport_be: u16, dport_be: u16, proto: u8) -> u32 {
@@ -380,5 +402,21 @@ mod tests {
             stat::NAMES[stat::DROP_MASQ_NO_PORT as usize],
             "drop_masq_no_port"
         );
+    }
+}
+
+#[cfg(test)]
+mod fnv_tests {
+    use super::*;
+
+    #[test]
+    fn golden_values() {
+        // The published FNV-1a 64 test vectors.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+        // petrel-cni's host interface name of ("abc", "eth0") has always been "pet561a69de51a6":
+        // "pet" + the top 48 bits of the hash of "abc/eth0".
+        assert_eq!(fnv1a64(b"abc/eth0") >> 16, 0x561a_69de_51a6);
     }
 }

@@ -2,19 +2,10 @@
 //! node computes the same table from the same backends, so external traffic for one flow picks
 //! the same backend whichever node it lands on, and a backend change moves few flows.
 
+use petrel_common::fnv1a64_seeded;
+
 /// Default table size: a prime, so every skip value generates a full permutation.
 pub const DEFAULT_SIZE: u32 = 16381;
-
-/// FNV-1a 64 of `bytes` seeded with `seed`: stable across releases and machines (the standard
-/// library's hasher is not).
-fn fnv(bytes: &[u8], seed: u64) -> u64 {
-    let mut h = 0xcbf29ce484222325u64 ^ seed.wrapping_mul(0x9e3779b97f4a7c15);
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
 
 /// Whether `n` is prime (table sizes are small: trial division is enough).
 pub fn is_prime(n: u32) -> bool {
@@ -39,8 +30,8 @@ pub fn table(backends: &[(u32, String)], m: u32) -> Vec<u32> {
         .iter()
         .map(|(_, name)| {
             (
-                fnv(name.as_bytes(), 0) % m64,
-                fnv(name.as_bytes(), 1) % (m64 - 1) + 1,
+                fnv1a64_seeded(name.as_bytes(), 0) % m64,
+                fnv1a64_seeded(name.as_bytes(), 1) % (m64 - 1) + 1,
             )
         })
         .collect();
