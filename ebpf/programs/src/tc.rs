@@ -21,6 +21,10 @@ use crate::{
 
 /// Handles one packet. `internal`: it comes from a pod on this node (pod veth) rather than from
 /// outside the node (external interface).
+///
+/// One function on purpose: the packet's path (reply, pod-to-pod, conntrack hit, service,
+/// masquerade) reads top to bottom in the order the verifier sees it, and the parsed headers
+/// stay in registers rather than crossing calls the verifier would have to re-check.
 #[inline(always)]
 pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
     count(stat::TC_SEEN);
