@@ -185,6 +185,8 @@ fn require_root(why: &str) -> anyhow::Result<()> {
 fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
     require_root("cargo xtask test")?;
     lint(env)?;
+    // Unit tests (no privilege needed; petrel-testbed's included). petrel-tests runs below, in
+    // release; petrel-bench is a root-only tool with no tests of its own.
     run(
         env,
         "cargo",
@@ -195,10 +197,12 @@ fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
             "petrel-ebpf",
             "--exclude",
             "petrel-tests",
+            "--exclude",
+            "petrel-bench",
         ],
     )?;
-    // The privileged tests drive the real petrel-cni and netctl binaries (other packages'
-    // binaries, which `cargo test -p petrel-tests` would not build).
+    // The privileged tests drive the real petrel-cni, netctl, petrel-agent and petrel-pod
+    // binaries (other packages' binaries, which `cargo test -p petrel-tests` would not build).
     run(
         env,
         "cargo",
@@ -209,6 +213,8 @@ fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
             "petrel-cni",
             "-p",
             "petrel",
+            "-p",
+            "petrel-testbed",
             "--bins",
         ],
     )?;
@@ -230,7 +236,9 @@ fn build_tools(env: &setup::Env) -> anyhow::Result<()> {
             "-p",
             "petrel",
             "-p",
-            "petrel-tests",
+            "petrel-testbed",
+            "-p",
+            "petrel-bench",
             "--bins",
         ],
     )

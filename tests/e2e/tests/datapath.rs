@@ -15,7 +15,7 @@ use petrel::{
     BackendSpec, Datapath, DatapathConfig, Endpoint, Frontend, Proto, ServiceEntry, ServiceMaps,
     datapath::AttachOutcome, maglev,
 };
-use petrel_tests::{BpffsRoot, cgroup::Cgroup, netns::Node, pod, require_root, unique};
+use petrel_testbed::{BpffsRoot, cgroup::Cgroup, netns::Node, pod, require_root, unique};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
 /// b0 and b1 are on this node; b2 is treated as another node's pod (BACKEND_F_REMOTE).
@@ -171,7 +171,7 @@ impl Fixture {
 /// Runs `f` on a thread inside the namespace at `ns`.
 fn from<T: Send + 'static>(ns: PathBuf, f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
-        petrel_tests::netns::enter(&ns);
+        petrel_testbed::netns::enter(&ns);
         f()
     })
     .join()
@@ -195,7 +195,7 @@ fn requests(ns: PathBuf, n: usize, proto: Proto, to: SocketAddrV4) -> Vec<pod::R
 
 /// `netctl --bpffs-root PINS ARGS -o json`.
 fn netctl_json(pins: &std::path::Path, args: &[&str]) -> serde_json::Value {
-    let bin = petrel_tests::workspace_bin("netctl", "PETREL_NETCTL_BIN");
+    let bin = petrel_testbed::workspace_bin("netctl", "PETREL_NETCTL_BIN");
     let out = std::process::Command::new(bin)
         .arg("--bpffs-root")
         .arg(pins)
@@ -702,7 +702,7 @@ fn socket_lb_translates_at_the_socket_and_shows_the_vip() {
     assert_eq!(outcome, AttachOutcome::Attached);
 
     let dnat_before = f.stat("tc_dnat");
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_petrel-pod"));
+    let bin = petrel_testbed::workspace_bin("petrel-pod", "PETREL_POD_BIN");
     let get = |addr, proto| pod::get_in_cgroup(&bin, &f.client_ns(), cg.path(), addr, proto);
     let mut seen = BTreeSet::new();
     for _ in 0..16 {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use petrel_tests::{
+use petrel_testbed::{
     agent::Agent,
     cni::{Call, Outcome},
     netns::{NetNs, veth},
@@ -139,7 +139,7 @@ fn spread(
 ) -> anyhow::Result<(BTreeMap<String, usize>, Vec<String>)> {
     let ns = ns.to_path_buf();
     let replies = std::thread::spawn(move || -> anyhow::Result<Vec<pod::Reply>> {
-        petrel_tests::netns::enter(&ns);
+        petrel_testbed::netns::enter(&ns);
         (0..n)
             .map(|_| pod::tcp_get(to).with_context(|| format!("request to {to}")))
             .collect()
@@ -406,7 +406,7 @@ fn demo() -> anyhow::Result<()> {
     for (name, ns, _) in &pods {
         cni("DEL", name, ns)?;
     }
-    let left = petrel_tests::cni::reservations(&ipam, "petrel-demo");
+    let left = petrel_testbed::cni::reservations(&ipam, "petrel-demo");
     if !left.is_empty() {
         bail!("IPAM reservations left after DEL: {left:?}");
     }

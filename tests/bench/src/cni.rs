@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use petrel_tests::{
+use petrel_testbed::{
     cni::{Call, REFERENCE_PLUGINS, plugin_bin},
     netns::NetNs,
     unique,

@@ -12,7 +12,7 @@ use kube::{
     Api,
     api::{ListParams, PostParams},
 };
-use petrel_tests::apiserver::KubeApiServer;
+use petrel_testbed::apiserver::KubeApiServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_and_lists_services_and_endpointslices() {

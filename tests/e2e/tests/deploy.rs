@@ -23,7 +23,7 @@ use kube::{
     discovery::{Scope, pinned_kind},
 };
 use petrel::{Frontend, Proto, ServiceMaps};
-use petrel_tests::{
+use petrel_testbed::{
     BpffsRoot,
     agent::{Agent, eventually},
     apiserver::KubeApiServer,
@@ -35,7 +35,7 @@ use petrel_tests::{
 use serde_json::Value;
 
 fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
 }
 
 /// Every document of a YAML file, as JSON.

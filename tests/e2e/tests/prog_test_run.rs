@@ -8,7 +8,7 @@ use petrel::{
     BackendSpec, Datapath, DatapathConfig, Endpoint, Frontend, Proto, ServiceEntry, ServiceMaps,
     maglev,
 };
-use petrel_tests::{
+use petrel_testbed::{
     BpffsRoot,
     packet::{self, ACK, ICMP, Parsed, SYN, TCP, UDP},
     require_root, unique,
@@ -191,7 +191,7 @@ impl Fixture {
 /// every machine.
 fn isolated(f: impl FnOnce() + Send + 'static) {
     require_root();
-    let ns = petrel_tests::netns::NetNs::new(&unique("ptr"));
+    let ns = petrel_testbed::netns::NetNs::new(&unique("ptr"));
     ns.run(f);
 }
 

@@ -291,7 +291,7 @@ async fn probe(
         }
         match outcome {
             Ok(name) => {
-                let seen_at = petrel_tests::monotonic_ns();
+                let seen_at = petrel_testbed::monotonic_ns();
                 if !ready {
                     println!("ready");
                     ready = true;

@@ -3,7 +3,7 @@
 //! drop.
 //!
 //! v1.20 has no built-in discovery.k8s.io/v1, so the server starts with the v1beta1 group off and
-//! EndpointSlice v1 is served by a CRD (tests/fixtures/endpointslice-v1-crd.yaml). No
+//! EndpointSlice v1 is served by a CRD (tests/testbed/fixtures/endpointslice-v1-crd.yaml). No
 //! controller-manager runs: tests create Services, EndpointSlices and Nodes themselves.
 
 use std::{

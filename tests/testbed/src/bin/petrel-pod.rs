@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddrV4, process::ExitCode};
 
-use petrel_tests::pod;
+use petrel_testbed::pod;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use petrel_tests::{
+use petrel_testbed::{
     agent::eventually,
     cluster::{Cluster, Fabric},
     netns::{NetNs, enter},

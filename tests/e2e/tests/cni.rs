@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use petrel_tests::{
+use petrel_testbed::{
     cni::{Call, Outcome, petrel_links, plugin_bin, reservations},
     netns::NetNs,
     pod, require_root, unique,
@@ -111,7 +111,7 @@ fn ip_of(result: &Value) -> Ipv4Addr {
 fn request(from: &Path, to: SocketAddrV4) -> pod::Reply {
     let from = from.to_path_buf();
     std::thread::spawn(move || {
-        petrel_tests::netns::enter(&from);
+        petrel_testbed::netns::enter(&from);
         pod::tcp_get(to)
     })
     .join()
@@ -481,7 +481,7 @@ fn chained_with_debian_reference_plugins() {
     let bin = |i: usize| -> PathBuf {
         match plugins[i]["type"].as_str().expect("type") {
             "petrel-cni" => plugin_bin(),
-            other => Path::new(petrel_tests::cni::REFERENCE_PLUGINS).join(other),
+            other => Path::new(petrel_testbed::cni::REFERENCE_PLUGINS).join(other),
         }
     };
     let mut prev: Option<Value> = None;

@@ -119,7 +119,7 @@ fn cpu_model() -> String {
 
 pub fn machine(quick: bool) -> Value {
     let first_line = |s: String| s.lines().next().unwrap_or_default().to_string();
-    let kube_proxy = petrel_tests::apiserver::bin_dir().join("kube-proxy");
+    let kube_proxy = petrel_testbed::apiserver::bin_dir().join("kube-proxy");
     json!({
         "kernel": sh_out("uname", &["-r"]),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),

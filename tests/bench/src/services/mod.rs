@@ -35,7 +35,7 @@ use kube::{
     Api,
     api::{Patch, PatchParams, PostParams},
 };
-use petrel_tests::{
+use petrel_testbed::{
     BpffsRoot,
     agent::Agent,
     apiserver::{KubeApiServer, bin_dir},

@@ -24,7 +24,7 @@ use kube::{
     Api,
     api::{DeleteParams, PostParams},
 };
-use petrel_tests::{
+use petrel_testbed::{
     BpffsRoot,
     agent::{Agent, eventually},
     apiserver::KubeApiServer,
@@ -137,15 +137,17 @@ impl Fixture {
     }
 
     fn netctl(&self) -> serde_json::Value {
-        let out =
-            std::process::Command::new(petrel_tests::workspace_bin("netctl", "PETREL_NETCTL_BIN"))
-                .arg("--bpffs-root")
-                .arg(self.pins.path())
-                .arg("--state-dir")
-                .arg(self.state.path())
-                .args(["dump-services", "-o", "json"])
-                .output()
-                .expect("netctl");
+        let out = std::process::Command::new(petrel_testbed::workspace_bin(
+            "netctl",
+            "PETREL_NETCTL_BIN",
+        ))
+        .arg("--bpffs-root")
+        .arg(self.pins.path())
+        .arg("--state-dir")
+        .arg(self.state.path())
+        .args(["dump-services", "-o", "json"])
+        .output()
+        .expect("netctl");
         assert!(
             out.status.success(),
             "netctl: {}",
@@ -678,7 +680,7 @@ fn a_service_that_would_overflow_is_refused_whole_and_cleanup_removes_everything
 
     agent.stop(libc::SIGTERM);
     assert!(f.get(web).is_ok(), "the datapath stays after SIGTERM");
-    let out = std::process::Command::new(petrel_tests::workspace_bin(
+    let out = std::process::Command::new(petrel_testbed::workspace_bin(
         "petrel-agent",
         "PETREL_AGENT_BIN",
     ))

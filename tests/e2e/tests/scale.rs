@@ -11,13 +11,13 @@ use std::{
 use petrel::{
     BackendSpec, Datapath, DatapathConfig, Endpoint, Frontend, Proto, ServiceEntry, ServiceMaps,
 };
-use petrel_tests::{BpffsRoot, netns::Node, pod, require_root, unique};
+use petrel_testbed::{BpffsRoot, netns::Node, pod, require_root, unique};
 
 const CONNECTIONS: usize = 2000;
 
 fn rate(client: std::path::PathBuf, to: SocketAddrV4) -> f64 {
     std::thread::spawn(move || {
-        petrel_tests::netns::enter(&client);
+        petrel_testbed::netns::enter(&client);
         // Warm up (ARP, caches), then measure.
         for _ in 0..20 {
             pod::tcp_get(to).expect("warm-up request");
