@@ -15,7 +15,9 @@ use petrel_testbed::{
 };
 use serde_json::json;
 
-use crate::report::{Section, percentile_ms};
+use petrel_testbed::stats::percentile_ms;
+
+use crate::report::Section;
 
 struct Plugin {
     name: &'static str,

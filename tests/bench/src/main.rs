@@ -15,19 +15,8 @@ mod cni;
 mod report;
 mod services;
 
+use petrel_testbed::signal;
 use std::{path::PathBuf, process::ExitCode, time::Duration, time::Instant};
-
-/// Ctrl-C or SIGTERM: every process of the run (API server, etcd, agents, kube-proxy, servers,
-/// load generators) is in this process group; end them all. Namespaces, pins and cgroups left
-/// by an interrupted run are removed by the next one (`sweep`).
-extern "C" fn on_signal(_: libc::c_int) {
-    // SAFETY: async-signal-safe calls only.
-    unsafe {
-        libc::signal(libc::SIGTERM, libc::SIG_IGN);
-        libc::kill(0, libc::SIGTERM);
-        libc::_exit(130);
-    }
-}
 
 /// Removes what an interrupted earlier run left: its namespaces (`pb*`), bpffs folders and
 /// cgroups (`petrel-bench-*`). These names are used by the benchmark only.
@@ -142,11 +131,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    // SAFETY: the handler makes async-signal-safe calls only.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    // Ctrl-C or SIGTERM: every process of the run (API server, etcd, agents, kube-proxy,
+    // servers, load generators) is in this process group; end them all. Namespaces, pins and
+    // cgroups left by an interrupted run are removed by the next one (`sweep`).
+    signal::on_signal(signal::OnSignal::EndProcessGroup);
     sweep();
     let started = Instant::now();
     let machine = report::machine(quick);

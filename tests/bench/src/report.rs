@@ -1,7 +1,7 @@
 //! What the benchmark writes: one Markdown report, one JSON file and the scaling plot, with the
 //! machine, kernel and versions they were measured on, and every target met or missed.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, process::Command};
 
 use serde_json::{Value, json};
 
@@ -77,27 +77,6 @@ pub fn num(v: f64) -> String {
     } else {
         format!("{v:.2}")
     }
-}
-
-/// The `p`th percentile of `v`, in milliseconds (nearest rank); NaN when empty.
-pub fn percentile_ms(v: &[Duration], p: f64) -> f64 {
-    let mut s: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
-    s[i.min(s.len() - 1)]
-}
-
-/// The median of `v` (NaN when empty).
-pub fn median(v: &[f64]) -> f64 {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    s[s.len() / 2]
 }
 
 fn sh_out(program: &str, args: &[&str]) -> String {

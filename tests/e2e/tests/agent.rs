@@ -29,6 +29,7 @@ use petrel_testbed::{
     agent::{Agent, eventually},
     apiserver::KubeApiServer,
     netns::{Node as SimNode, enter},
+    objects::meta,
     pod, require_root, unique,
 };
 
@@ -333,14 +334,6 @@ fn restarts_under_load_lose_no_connection() {
     // The load ran throughout (~200/s here; a loose bound, the machine may be loaded).
     assert!(ok > 300, "only {ok} connections were made");
     drop(agent);
-}
-
-fn meta(name: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.into()),
-        namespace: Some("default".into()),
-        ..Default::default()
-    }
 }
 
 fn slice(backends: &[Ipv4Addr]) -> EndpointSlice {

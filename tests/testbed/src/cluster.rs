@@ -13,12 +13,9 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use k8s_openapi::{
-    api::{
-        core::v1::{Node, NodeAddress, NodeSpec, NodeStatus, Service, ServicePort, ServiceSpec},
-        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
-    },
-    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
 };
 use kube::{Api, api::PostParams};
 
@@ -29,14 +26,14 @@ use crate::{
     cgroup::Cgroup,
     cni,
     netns::{NetNs, veth},
-    pod, unique,
+    objects, pod, unique,
 };
+
+pub use crate::objects::POD_PORT;
 
 /// Where the API server listens, in the switch namespace.
 pub const API_ADDR: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 1);
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
-/// The port every test pod serves on.
-pub const POD_PORT: u16 = 8080;
 
 /// How the nodes are connected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -354,131 +351,21 @@ pub async fn create_service(
     let svc = Api::<Service>::namespaced(client.clone(), "default")
         .create(
             &PostParams::default(),
-            &service_object(name, Some(node_port)),
+            &objects::service(name, Some(node_port)),
         )
         .await
         .expect("create service");
     Api::<EndpointSlice>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &slice_object(name, backends))
+        .create(&PostParams::default(), &objects::slice(name, backends))
         .await
         .expect("create endpointslice");
-    cluster_ip(&svc)
-}
-
-/// The ClusterIP the API server gave `svc`.
-pub fn cluster_ip(svc: &Service) -> Ipv4Addr {
-    svc.spec
-        .as_ref()
-        .and_then(|s| s.cluster_ip.as_ref())
-        .and_then(|ip| ip.parse().ok())
-        .expect("the API server assigned a ClusterIP")
-}
-
-fn meta(name: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.into()),
-        namespace: Some("default".into()),
-        ..Default::default()
-    }
-}
-
-/// Service `name` in `default`, port 80 (`http`) -> POD_PORT: a NodePort service on `node_port`
-/// when given, else a ClusterIP service.
-pub fn service_object(name: &str, node_port: Option<i32>) -> Service {
-    Service {
-        metadata: meta(name),
-        spec: Some(ServiceSpec {
-            type_: Some(
-                if node_port.is_some() {
-                    "NodePort"
-                } else {
-                    "ClusterIP"
-                }
-                .into(),
-            ),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: 80,
-                target_port: Some(IntOrString::Int(POD_PORT.into())),
-                node_port,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// The endpoint list of an EndpointSlice: `backends` (address, node name), all ready.
-pub fn slice_endpoints(backends: &[(Ipv4Addr, String)]) -> Vec<Endpoint> {
-    backends
-        .iter()
-        .map(|(ip, node)| Endpoint {
-            addresses: vec![ip.to_string()],
-            conditions: Some(EndpointConditions {
-                ready: Some(true),
-                serving: Some(true),
-                terminating: Some(false),
-            }),
-            node_name: Some(node.clone()),
-            ..Default::default()
-        })
-        .collect()
-}
-
-/// EndpointSlice `<service>-1` of Service `service`, port `http` = POD_PORT.
-pub fn slice_object(service: &str, backends: &[(Ipv4Addr, String)]) -> EndpointSlice {
-    let mut slice_meta = meta(&format!("{service}-1"));
-    slice_meta.labels = Some(
-        [(
-            "kubernetes.io/service-name".to_string(),
-            service.to_string(),
-        )]
-        .into_iter()
-        .collect(),
-    );
-    EndpointSlice {
-        metadata: slice_meta,
-        address_type: "IPv4".into(),
-        endpoints: slice_endpoints(backends),
-        ports: Some(vec![EndpointPort {
-            name: Some("http".into()),
-            port: Some(POD_PORT.into()),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
-    }
+    objects::cluster_ip(&svc)
 }
 
 /// Creates Node `name` with `pod_cidr` and the InternalIP `ip`.
 pub async fn create_node(client: &kube::Client, name: &str, ip: Ipv4Addr, pod_cidr: Ipv4Net) {
-    let node = Node {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        spec: Some(NodeSpec {
-            pod_cidr: Some(pod_cidr.to_string()),
-            pod_cidrs: Some(vec![pod_cidr.to_string()]),
-            ..Default::default()
-        }),
-        status: Some(NodeStatus {
-            addresses: Some(vec![
-                NodeAddress {
-                    type_: "InternalIP".into(),
-                    address: ip.to_string(),
-                },
-                NodeAddress {
-                    type_: "Hostname".into(),
-                    address: name.into(),
-                },
-            ]),
-            ..Default::default()
-        }),
-    };
     Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &node)
+        .create(&PostParams::default(), &objects::node(name, ip, pod_cidr))
         .await
         .expect("create node");
 }

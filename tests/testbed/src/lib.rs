@@ -11,8 +11,11 @@ pub mod cgroup;
 pub mod cluster;
 pub mod cni;
 pub mod netns;
+pub mod objects;
 pub mod packet;
 pub mod pod;
+pub mod signal;
+pub mod stats;
 
 /// Fails the calling test with a clear message unless it runs as root. Tests never return early
 /// as a pass when they cannot run.

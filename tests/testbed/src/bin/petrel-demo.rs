@@ -8,7 +8,6 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -17,17 +16,11 @@ use petrel_testbed::{
     agent::Agent,
     cni::{Call, Outcome},
     netns::{NetNs, veth},
-    pod,
+    pod, signal,
 };
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
 fn step(msg: &str) -> anyhow::Result<()> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
+    if signal::interrupted() {
         bail!("interrupted: cleaning up");
     }
     println!("==> {msg}");
@@ -41,11 +34,8 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const NODE_PORT: u16 = 30080;
 
 fn main() {
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    // Ctrl-C stops at the next step; the guards then remove everything.
+    signal::on_signal(signal::OnSignal::SetFlag);
     let started = Instant::now();
     let result = demo();
     // Every guard has been dropped by now: agent, servers, namespaces, veths; pins removed by
@@ -289,7 +279,7 @@ fn demo() -> anyhow::Result<()> {
     while spread(&client_ns, cluster_ip, 1).is_err()
         || spread(&outside.path(), node_port, 1).is_err()
     {
-        if Instant::now() > deadline || agent.exited() || INTERRUPTED.load(Ordering::Relaxed) {
+        if Instant::now() > deadline || agent.exited() || signal::interrupted() {
             bail!("the service did not come up; agent log:\n{}", agent.log());
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -231,12 +231,9 @@ async fn worker(
     t
 }
 
-fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p / 100.0) * (sorted_us.len() - 1) as f64).round() as usize;
-    f64::from(sorted_us[i.min(sorted_us.len() - 1)]) / 1000.0
+/// Nearest-rank percentile of sorted microseconds, in milliseconds (NaN when empty).
+fn sorted_us_percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    petrel_testbed::stats::nearest_rank(sorted_us, p).map_or(f64::NAN, |us| f64::from(us) / 1000.0)
 }
 
 async fn load(l: Load, kept: bool) -> ExitCode {
@@ -263,8 +260,8 @@ async fn load(l: Load, kept: bool) -> ExitCode {
     let out = serde_json::json!({
         "ops": n,
         "per_sec": n as f64 / secs,
-        "p50_ms": percentile_ms(&all.latencies_us, 50.0),
-        "p99_ms": percentile_ms(&all.latencies_us, 99.0),
+        "p50_ms": sorted_us_percentile_ms(&all.latencies_us, 50.0),
+        "p99_ms": sorted_us_percentile_ms(&all.latencies_us, 99.0),
         "errors": all.errors,
         "first_error": all.first_error,
         "backends": all.backends,
