@@ -61,8 +61,18 @@ fn sweep() {
     }
 }
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+/// The command line, checked.
+struct Args {
+    quick: bool,
+    only: Option<String>,
+    out_dir: PathBuf,
+    secs: Option<f64>,
+    xtables: services::Xtables,
+    scales: Option<Vec<usize>>,
+}
+
+/// Parses `args` (without the program name); the error says what is wrong with which flag.
+fn parse_args(args: &[String]) -> Result<Args, String> {
     let quick = args.iter().any(|a| a == "--quick");
     let only = args.iter().find_map(|a| a.strip_prefix("--only="));
     let out_dir = args
@@ -74,8 +84,9 @@ fn main() -> ExitCode {
         Some(s) => match s.parse() {
             Ok(v) if v > 0.0 => Some(v),
             _ => {
-                eprintln!("petrel-bench: --secs takes a positive number of seconds, not {s:?}");
-                return ExitCode::FAILURE;
+                return Err(format!(
+                    "--secs takes a positive number of seconds, not {s:?}"
+                ));
             }
         },
     };
@@ -83,8 +94,7 @@ fn main() -> ExitCode {
         None | Some("legacy") => services::Xtables::Legacy,
         Some("nft") => services::Xtables::Nft,
         Some(other) => {
-            eprintln!("petrel-bench: --iptables takes legacy or nft, not {other:?}");
-            return ExitCode::FAILURE;
+            return Err(format!("--iptables takes legacy or nft, not {other:?}"));
         }
     };
     let scales: Option<Vec<usize>> = match args.iter().find_map(|a| a.strip_prefix("--scales=")) {
@@ -96,10 +106,9 @@ fn main() -> ExitCode {
         {
             Ok(v) if !v.is_empty() && v.iter().all(|n| *n > 0) && v.is_sorted() => Some(v),
             _ => {
-                eprintln!(
-                    "petrel-bench: --scales takes increasing service counts, e.g. 1,1000,10000, not {list:?}"
-                );
-                return ExitCode::FAILURE;
+                return Err(format!(
+                    "--scales takes increasing service counts, e.g. 1,1000,10000, not {list:?}"
+                ));
             }
         },
     };
@@ -115,15 +124,40 @@ fn main() -> ExitCode {
         .iter()
         .find(|a| !known.iter().any(|k| a.starts_with(k)))
     {
-        eprintln!(
-            "petrel-bench: unknown argument {bad:?} (known: --quick, --only=cni|services, --out=DIR, --secs=S, --iptables=legacy|nft, --scales=N,N,..)"
-        );
-        return ExitCode::FAILURE;
+        return Err(format!(
+            "unknown argument {bad:?} (known: --quick, --only=cni|services, --out=DIR, --secs=S, --iptables=legacy|nft, --scales=N,N,..)"
+        ));
     }
     if only.is_some_and(|o| o != "cni" && o != "services") {
-        eprintln!("petrel-bench: --only takes cni or services");
-        return ExitCode::FAILURE;
+        return Err("--only takes cni or services".into());
     }
+    Ok(Args {
+        quick,
+        only: only.map(str::to_string),
+        out_dir,
+        secs,
+        xtables,
+        scales,
+    })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Args {
+        quick,
+        only,
+        out_dir,
+        secs,
+        xtables,
+        scales,
+    } = match parse_args(&args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("petrel-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let only = only.as_deref();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!(

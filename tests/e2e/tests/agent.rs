@@ -1,5 +1,8 @@
 //! petrel-agent end to end: standalone manifests, the real kube-apiserver, restarts under load.
 //! The agent runs inside a simulated node's namespace; clients in a pod namespace.
+//!
+//! Near 700 lines on purpose: the five tests share one node fixture and its manifests and
+//! object helpers, defined here for this file alone; one feature per file would copy them.
 
 use std::{
     collections::BTreeSet,

@@ -2,6 +2,11 @@
 //! simulated node routes between a client pod, three backend pods and an external host on its
 //! own link (`ext0`); the datapath is loaded into the node with TC on every pod veth and on
 //! `ext0`. Each test asserts which backend answered and which source address it saw.
+//!
+//! Longer than 600 lines on purpose: the 15 tests are one table over one fixture (the node, its
+//! pods, the service/backend helpers above). Split by feature, every file would need that
+//! fixture, which only this file uses, and the test binary names `cargo test --test datapath`
+//! relies on would change.
 
 use std::{
     collections::BTreeSet,

@@ -59,17 +59,7 @@ impl Agent {
             return;
         };
         // nsenter execs the agent, so the child's PID is the agent's.
-        // SAFETY: kill(2) on the PID of a child we started and have not reaped.
-        unsafe { libc::kill(child.id() as i32, signal) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        crate::stop_child(&mut child, signal, Duration::from_secs(10));
     }
 
     pub fn exited(&mut self) -> bool {

@@ -316,17 +316,7 @@ impl KubeApiServer {
 }
 
 fn stop(child: &mut Child) {
-    // SAFETY: kill(2) on the PID of a child we started and have not reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    crate::stop_child(child, libc::SIGTERM, Duration::from_secs(5));
 }
 
 impl Drop for KubeApiServer {

@@ -208,14 +208,7 @@ impl Cluster {
             Fabric::L2 => API_ADDR,
             Fabric::Routed => Ipv4Addr::new(10, 98, 200, 1),
         };
-        outside.exec(
-            "ip",
-            &["addr", "add", &format!("{outside_ip}/24"), "dev", "eth0"],
-        );
-        outside.exec(
-            "ip",
-            &["route", "add", "default", "via", &outside_gw.to_string()],
-        );
+        outside.host_on("eth0", outside_ip, outside_gw);
 
         let mut nodes = Vec::new();
         for i in 1..=n {

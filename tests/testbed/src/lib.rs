@@ -91,3 +91,27 @@ pub fn monotonic_ns() -> u128 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
 }
+
+/// Sends `signal` to `child` (a process we started and have not reaped) and waits up to `grace`
+/// for it to end; kills it after that. Returns at once if it has already ended.
+pub fn stop_child(
+    child: &mut std::process::Child,
+    signal: libc::c_int,
+    grace: std::time::Duration,
+) {
+    use std::time::{Duration, Instant};
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    // SAFETY: kill(2) on the PID of a child we started and have not reaped.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -67,6 +67,12 @@ impl NetNs {
         sh("nsenter", &all)
     }
 
+    /// Makes this namespace a host on `dev`: address `ip`/24 and a default route via `gw`.
+    pub fn host_on(&self, dev: &str, ip: std::net::Ipv4Addr, gw: std::net::Ipv4Addr) {
+        self.exec("ip", &["addr", "add", &format!("{ip}/24"), "dev", dev]);
+        self.exec("ip", &["route", "add", "default", "via", &gw.to_string()]);
+    }
+
     pub fn sysctl(&self, key: &str, value: &str) {
         self.exec("sysctl", &["-qw", &format!("{key}={value}")]);
     }
@@ -169,14 +175,7 @@ impl Node {
             "ip",
             &["addr", "add", &format!("{node_ip}/24"), "dev", node_if],
         );
-        host.exec(
-            "ip",
-            &["addr", "add", &format!("{host_ip}/24"), "dev", "eth0"],
-        );
-        host.exec(
-            "ip",
-            &["route", "add", "default", "via", &node_ip.to_string()],
-        );
+        host.host_on("eth0", host_ip, node_ip);
         self.ns
             .sysctl(&format!("net.ipv4.conf.{node_if}.rp_filter"), "0");
         self.externals.push(host);

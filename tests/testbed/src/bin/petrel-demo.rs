@@ -151,6 +151,61 @@ fn print_spread(counts: &BTreeMap<String, usize>) {
     }
 }
 
+/// petrel-agent's arguments: standalone mode on `manifests`, its files under `state`.
+fn agent_args(manifests: &Path, state: &Path) -> Vec<String> {
+    [
+        "--manifests",
+        &manifests.display().to_string(),
+        "--node-name",
+        "demo-node",
+        "--node-ip",
+        &NODE_IP.to_string(),
+        "--external-interface",
+        "ext0",
+        "--bpffs-root",
+        PINS,
+        // Clients here are threads of this process, outside any socket-LB cgroup: the TC path
+        // serves them. (On a node, socket-LB is attached at the cgroup2 root.)
+        "--socket-lb",
+        "false",
+        "--min-sync-period",
+        "20ms",
+        "--state-dir",
+        &state.display().to_string(),
+        // Never the host's real CNI paths (no Node object here, so nothing is written anyway).
+        "--pod-cidr-file",
+        &state.join("pod-cidr").display().to_string(),
+        "--cni-conf-file",
+        &state.join("05-petrel.conflist").display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Waits (up to 10 s) until every service `netctl dump-services` shows has `n` backends.
+fn wait_for_backends(netctl: &Path, agent: &Agent, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = std::process::Command::new(netctl)
+            .args(["--bpffs-root", PINS, "dump-services", "-o", "json"])
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v.as_array().is_some_and(|a| {
+            a.iter()
+                .all(|s| s["backends"].as_array().is_some_and(|b| b.len() == n))
+        }) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the agent did not apply the change; log:\n{}", agent.log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+// One function on purpose: the demo is a script whose steps share the node, the pods and the
+// agent, and it reads top to bottom in the order of what it prints.
 fn demo() -> anyhow::Result<()> {
     let cni_bin = sibling("petrel-cni")?;
     let netctl = sibling("netctl")?;
@@ -173,14 +228,7 @@ fn demo() -> anyhow::Result<()> {
         "ip",
         &["addr", "add", &format!("{NODE_IP}/24"), "dev", "ext0"],
     );
-    outside.exec(
-        "ip",
-        &["addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "eth0"],
-    );
-    outside.exec(
-        "ip",
-        &["route", "add", "default", "via", &NODE_IP.to_string()],
-    );
+    outside.host_on("eth0", OUTSIDE_IP, NODE_IP);
     println!("    node address {NODE_IP} on ext0; outside host {OUTSIDE_IP}");
 
     let conf = serde_json::json!({
@@ -243,33 +291,7 @@ fn demo() -> anyhow::Result<()> {
     std::fs::write(manifests.join("web.yaml"), service_manifest(&backends))?;
 
     step("starting petrel-agent in standalone mode (--manifests) inside the node")?;
-    let args: Vec<String> = [
-        "--manifests",
-        &manifests.display().to_string(),
-        "--node-name",
-        "demo-node",
-        "--node-ip",
-        &NODE_IP.to_string(),
-        "--external-interface",
-        "ext0",
-        "--bpffs-root",
-        PINS,
-        // Clients here are threads of this process, outside any socket-LB cgroup: the TC path
-        // serves them. (On a node, socket-LB is attached at the cgroup2 root.)
-        "--socket-lb",
-        "false",
-        "--min-sync-period",
-        "20ms",
-        "--state-dir",
-        &state.display().to_string(),
-        // Never the host's real CNI paths (no Node object here, so nothing is written anyway).
-        "--pod-cidr-file",
-        &state.join("pod-cidr").display().to_string(),
-        "--cni-conf-file",
-        &state.join("05-petrel.conflist").display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let args = agent_args(&manifests, &state);
     let mut agent = Agent::start(&node.path(), &args);
     let client_ns = pods[0].1.path();
     let cluster_ip = SocketAddrV4::new(VIP, 80);
@@ -342,23 +364,7 @@ fn demo() -> anyhow::Result<()> {
 
     step("pod-c leaves the EndpointSlice: the agent reprograms the maps")?;
     std::fs::write(manifests.join("web.yaml"), service_manifest(&backends[..2]))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = std::process::Command::new(&netctl)
-            .args(["--bpffs-root", PINS, "dump-services", "-o", "json"])
-            .output()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if v.as_array().is_some_and(|a| {
-            a.iter()
-                .all(|s| s["backends"].as_array().is_some_and(|b| b.len() == 2))
-        }) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the agent did not apply the change; log:\n{}", agent.log());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_backends(&netctl, &agent, 2)?;
     let (counts, _) = spread(&client_ns, cluster_ip, 20)?;
     print_spread(&counts);
     if counts.contains_key("pod-c") {
