@@ -1,6 +1,8 @@
-//! Fixtures for petrel's privileged integration tests and the demo: network namespaces and veths
-//! that remove themselves, test pods (a TCP/UDP server answering with its name), cgroups, and a
-//! real kube-apiserver on etcd.
+//! What petrel's privileged integration tests (tests/e2e), the demo and the benchmark
+//! (tests/bench) run on: network namespaces and veths that remove themselves, test pods (a
+//! TCP/UDP server answering with its name), cgroups, bpffs roots, a real kube-apiserver on etcd,
+//! simulated nodes and clusters, and the Kubernetes objects, statistics and signal handling the
+//! tools share.
 //!
 //! Every fixture is an RAII guard: it removes what it created when dropped, also when a test
 //! panics half-way.
