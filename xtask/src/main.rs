@@ -185,6 +185,8 @@ fn require_root(why: &str) -> anyhow::Result<()> {
 fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
     require_root("cargo xtask test")?;
     lint(env)?;
+    // Unit tests (no privilege needed; petrel-testbed's included). petrel-tests runs below, in
+    // release; petrel-bench is a root-only tool with no tests of its own.
     run(
         env,
         "cargo",
@@ -195,53 +197,40 @@ fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
             "petrel-ebpf",
             "--exclude",
             "petrel-tests",
+            "--exclude",
+            "petrel-bench",
         ],
     )?;
-    // The privileged tests drive the real petrel-cni and netctl binaries (other packages'
-    // binaries, which `cargo test -p petrel-tests` would not build). petrel-cni with its test
-    // hook (a pause inside ADD, for the SIGKILL test); the demo and the benchmark build it
-    // without, so they run the shipped binary.
-    run(
-        env,
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "-p",
-            "petrel-cni",
-            "-p",
-            "petrel-agent",
-            "-p",
-            "petrel-netctl",
-            "--bins",
-            "--features",
-            "petrel-cni/test-hooks",
-        ],
-    )?;
+    // The privileged tests drive the real petrel-cni, petrel-agent, netctl and petrel-pod
+    // binaries (other packages' binaries, which `cargo test -p petrel-tests` would not build).
+    // petrel-cni with its test hook (a pause inside ADD, for the SIGKILL test); the demo and the
+    // benchmark build it without, so they run the shipped binary.
+    build_bins(env, &["petrel-testbed"], &["petrel-cni/test-hooks"])?;
     let mut args = vec!["test", "--release", "-p", "petrel-tests", "--"];
     args.extend(extra.iter().map(String::as_str));
     run(env, "cargo", &args)
 }
 
+/// The product's binaries (petrel-cni, petrel-agent, netctl) and those of `extra` packages, in
+/// release mode, with `features` on.
+fn build_bins(env: &setup::Env, extra: &[&str], features: &[&str]) -> anyhow::Result<()> {
+    let mut args = vec!["build", "--release", "--bins"];
+    for p in ["petrel-cni", "petrel-agent", "petrel-netctl"]
+        .iter()
+        .chain(extra)
+    {
+        args.extend(["-p", p]);
+    }
+    let features = features.join(",");
+    if !features.is_empty() {
+        args.extend(["--features", &features]);
+    }
+    run(env, "cargo", &args)
+}
+
 /// Builds every binary the demo and the benchmarks run (release).
 fn build_tools(env: &setup::Env) -> anyhow::Result<()> {
-    run(
-        env,
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "-p",
-            "petrel-cni",
-            "-p",
-            "petrel-agent",
-            "-p",
-            "petrel-netctl",
-            "-p",
-            "petrel-tests",
-            "--bins",
-        ],
-    )
+    build_bins(env, &["petrel-testbed", "petrel-bench"], &[])
 }
 
 fn demo(env: &setup::Env) -> anyhow::Result<()> {

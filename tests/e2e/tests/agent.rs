@@ -1,0 +1,697 @@
+//! petrel-agent end to end: standalone manifests, the real kube-apiserver, restarts under load.
+//! The agent runs inside a simulated node's namespace; clients in a pod namespace.
+//!
+//! Near 700 lines on purpose: the five tests share one node fixture and its manifests and
+//! object helpers, defined here for this file alone; one feature per file would copy them.
+
+use std::{
+    collections::BTreeSet,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, NodeAddress, NodeStatus, Service, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+};
+use petrel_testbed::{
+    BpffsRoot,
+    agent::{Agent, eventually},
+    apiserver::KubeApiServer,
+    netns::{Node as SimNode, enter},
+    objects::meta,
+    pod, require_root, unique,
+};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
+const B0: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 3);
+const B1: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 4);
+
+struct Fixture {
+    _servers: Vec<pod::Server>,
+    node: SimNode,
+    pins: BpffsRoot,
+    /// The agent's --state-dir (service names for netctl).
+    state: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        require_root();
+        let pins = BpffsRoot::new(&unique("petrel-agent-"));
+        let mut node = SimNode::new(&unique("an"));
+        node.add_pod(&unique("ac"), CLIENT);
+        let mut servers = Vec::new();
+        for (name, ip) in [("b0", B0), ("b1", B1)] {
+            let p = node.add_pod(&unique("ab"), ip);
+            servers.push(pod::Server::start(
+                Some(p.ns.path()),
+                name,
+                SocketAddrV4::new(ip, 8080),
+            ));
+        }
+        Fixture {
+            _servers: servers,
+            node,
+            pins,
+            state: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn agent(&self, source: &[String]) -> Agent {
+        let mut args: Vec<String> = source.to_vec();
+        args.extend(
+            [
+                "--node-name",
+                "n1",
+                "--bpffs-root",
+                &self.pins.path().display().to_string(),
+                "--socket-lb",
+                "false",
+                "--pod-interface-prefix",
+                "h-",
+                "--min-sync-period",
+                "20ms",
+            ]
+            .map(String::from),
+        );
+        args.extend([
+            "--state-dir".to_string(),
+            self.state.path().display().to_string(),
+        ]);
+        // Never the host's real CNI paths.
+        let cni = self.state.path().join("cni");
+        args.extend([
+            "--pod-cidr-file".to_string(),
+            cni.join("pod-cidr").display().to_string(),
+            "--cni-conf-file".to_string(),
+            cni.join("05-petrel.conflist").display().to_string(),
+        ]);
+        Agent::start(&self.node.ns.path(), &args)
+    }
+
+    fn get(&self, to: SocketAddrV4) -> std::io::Result<pod::Reply> {
+        let ns = self.node.pods[0].ns.path();
+        std::thread::spawn(move || {
+            enter(&ns);
+            pod::tcp_get(to)
+        })
+        .join()
+        .expect("client thread")
+    }
+
+    fn servers(&self, to: SocketAddrV4, n: usize) -> BTreeSet<String> {
+        (0..n)
+            .filter_map(|_| self.get(to).ok())
+            .map(|r| r.server)
+            .collect()
+    }
+
+    /// Waits until `vip` has b1 as its only backend, then checks that only b1 answers.
+    fn wait_only_b1(&self, vip: SocketAddrV4, what: &str, secs: u64) {
+        eventually(what, secs, || {
+            self.frontend(vip)
+                .is_some_and(|s| s["backends"].as_array().map(Vec::len) == Some(1))
+        });
+        assert_eq!(self.servers(vip, 10), BTreeSet::from(["b1".to_string()]));
+    }
+
+    /// The netctl entry of frontend `vip`, if programmed.
+    fn frontend(&self, vip: SocketAddrV4) -> Option<serde_json::Value> {
+        let all = self.netctl();
+        all.as_array()?
+            .iter()
+            .find(|s| {
+                s["frontend"]["addr"] == vip.ip().to_string() && s["frontend"]["port"] == vip.port()
+            })
+            .cloned()
+    }
+
+    fn netctl(&self) -> serde_json::Value {
+        let out = std::process::Command::new(petrel_testbed::workspace_bin(
+            "netctl",
+            "PETREL_NETCTL_BIN",
+        ))
+        .arg("--bpffs-root")
+        .arg(self.pins.path())
+        .arg("--state-dir")
+        .arg(self.state.path())
+        .args(["dump-services", "-o", "json"])
+        .output()
+        .expect("netctl");
+        assert!(
+            out.status.success(),
+            "netctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
+    /// GET `path` on the agent's metrics port, from inside the node.
+    fn http(&self, port: u16, path: &str) -> String {
+        let ns = self.node.ns.path();
+        let path = path.to_string();
+        std::thread::spawn(move || {
+            enter(&ns);
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .expect("write");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        })
+        .join()
+        .expect("http thread")
+    }
+}
+
+fn manifest(vip: &str, backends: &[Ipv4Addr]) -> String {
+    let eps: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{addresses: [{b}], nodeName: n1, conditions: {{ready: true}}}}"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  clusterIP: {vip}\n  ports: [{{name: http, port: 80, protocol: TCP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nendpoints: [{}]\nports: [{{name: http, port: 8080, protocol: TCP}}]\n",
+        eps.join(", ")
+    )
+}
+
+fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+#[test]
+fn standalone_manifests_add_edit_delete_and_a_malformed_file() {
+    let f = Fixture::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let web = dir.path().join("web.yaml");
+    write_atomic(&web, &manifest("10.96.0.50", &[B0, B1]));
+    let _agent = f.agent(&["--manifests".into(), dir.path().display().to_string()]);
+    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 50), 80);
+    eventually("the VIP answers", 20, || f.get(vip).is_ok());
+    assert_eq!(
+        f.servers(vip, 16),
+        BTreeSet::from(["b0".to_string(), "b1".to_string()])
+    );
+    let dump = f.netctl();
+    assert_eq!(dump[0]["frontend"]["addr"], "10.96.0.50");
+    assert_eq!(dump[0]["backends"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        dump[0]["name"]["service"], "default/web",
+        "netctl adds the agent's names"
+    );
+    assert_eq!(dump[0]["name"]["kind"], "ClusterIP");
+    assert_eq!(dump[0]["name"]["port_name"], "http");
+
+    // Edit: b0 leaves.
+    write_atomic(&web, &manifest("10.96.0.50", &[B1]));
+    eventually("only b1 is left", 10, || {
+        f.netctl()[0]["backends"].as_array().map(Vec::len) == Some(1)
+    });
+    assert_eq!(f.servers(vip, 10), BTreeSet::from(["b1".to_string()]));
+
+    // A malformed file is reported and skipped; the rest keeps working.
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "apiVersion: v1\nkind: Service\nspec: {ports: [{port: eighty}]}\n",
+    )
+    .expect("write");
+    eventually("the bad file is counted", 10, || {
+        f.http(10249, "/metrics")
+            .contains("petrel_manifest_errors 1")
+    });
+    assert!(f.get(vip).is_ok());
+    let health = f.http(10256, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let metrics = f.http(10249, "/metrics");
+    for name in [
+        "kubeproxy_sync_proxy_rules_duration_seconds_count",
+        "petrel_services 1",
+        "petrel_backends 1",
+        "petrel_map_fill_ratio",
+        "petrel_datapath_packets",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+
+    // A pod interface that appears is attached; when it goes, its link pin is removed.
+    let pin = f.pins.path().join("links/tc_pod_ingress@h-extra");
+    f.node.ns.exec(
+        "ip",
+        &[
+            "link",
+            "add",
+            "h-extra",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "h-extra-p",
+        ],
+    );
+    eventually("the new interface is attached", 10, || pin.exists());
+    f.node.ns.exec("ip", &["link", "del", "h-extra"]);
+    eventually("its pin is pruned", 10, || !pin.exists());
+
+    // Delete: the VIP stops being translated.
+    std::fs::remove_file(&web).expect("rm");
+    eventually("the service is gone", 10, || {
+        f.netctl().as_array().is_some_and(Vec::is_empty)
+    });
+    assert!(f.get(vip).is_err());
+}
+
+#[test]
+fn restarts_under_load_lose_no_connection() {
+    let f = Fixture::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_atomic(
+        &dir.path().join("web.yaml"),
+        &manifest("10.96.0.51", &[B0, B1]),
+    );
+    let source = ["--manifests".to_string(), dir.path().display().to_string()];
+    let mut agent = f.agent(&source);
+    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 51), 80);
+    eventually("the VIP answers", 20, || f.get(vip).is_ok());
+
+    // At least 200 connections per second through the ClusterIP while the agent is killed and
+    // restarted, then stopped gracefully and restarted.
+    let (ok, failed, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let client_ns = f.node.pods[0].ns.path();
+    let load = {
+        let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
+        std::thread::spawn(move || {
+            enter(&client_ns);
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match pod::tcp_get(vip) {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                std::thread::sleep(Duration::from_millis(4));
+            }
+            errors
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    agent.stop(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(500));
+    agent = f.agent(&source);
+    std::thread::sleep(Duration::from_secs(2));
+    agent.stop(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    let _agent = f.agent(&source);
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let errors = load.join().expect("load thread");
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("restarts under load: {ok} connections succeeded, {failed} failed");
+    assert_eq!(failed, 0, "connections failed during restarts: {errors:?}");
+    // The load ran throughout (~200/s here; a loose bound, the machine may be loaded).
+    assert!(ok > 300, "only {ok} connections were made");
+    drop(agent);
+}
+
+fn slice(backends: &[Ipv4Addr]) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            labels: Some([("kubernetes.io/service-name".to_string(), "web".to_string())].into()),
+            ..meta("web-1")
+        },
+        address_type: "IPv4".into(),
+        endpoints: backends
+            .iter()
+            .map(|b| Endpoint {
+                addresses: vec![b.to_string()],
+                node_name: Some("n1".into()),
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(8080),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+    }
+}
+
+#[test]
+fn follows_services_and_endpointslices_from_the_api_server() {
+    let f = Arc::new(Fixture::new());
+    in_node(&f, |f| async move {
+        let server = KubeApiServer::start().await;
+        let client = server.client().await;
+        let vip = create_web(&client, &[B0, B1]).await;
+        let services: Api<Service> = Api::namespaced(client.clone(), "default");
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+        let kubeconfig = server.kubeconfig().display().to_string();
+        let agent = f.agent(&["--kubeconfig".into(), kubeconfig]);
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("the VIP answers", 30, || fb.get(vip).is_ok());
+            assert_eq!(
+                fb.servers(vip, 16),
+                BTreeSet::from(["b0".to_string(), "b1".to_string()])
+            );
+        })
+        .await
+        .expect("traffic");
+
+        // The agent hands the Node's podCIDR to petrel-cni and writes the conflist.
+        let cni = f.state.path().join("cni");
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("pod CIDR file written", 10, || {
+                std::fs::read_to_string(cni.join("pod-cidr"))
+                    .is_ok_and(|c| c.trim() == "10.244.7.0/24")
+            });
+            // The conflist follows once the uplink (and so the pods' MTU) is known.
+            eventually("conflist written", 10, || {
+                cni.join("05-petrel.conflist").exists()
+            });
+            let conf: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(cni.join("05-petrel.conflist")).expect("conflist"),
+            )
+            .expect("json");
+            assert_eq!(conf["plugins"][0]["type"], "petrel-cni");
+            assert_eq!(
+                conf["plugins"][0]["podCIDRFile"],
+                cni.join("pod-cidr").display().to_string()
+            );
+            drop(fb);
+        })
+        .await
+        .expect("cni config");
+
+        // Endpoints change through the API.
+        let mut current = slices.get("web-1").await.expect("get slice");
+        current.endpoints = slice(&[B1]).endpoints;
+        // As the EndpointSlice controller does: the trigger time network programming latency is measured from.
+        current.metadata.annotations = Some(
+            [(
+                "endpoints.kubernetes.io/last-change-trigger-time".to_string(),
+                k8s_openapi::jiff::Timestamp::now().to_string(),
+            )]
+            .into(),
+        );
+        slices
+            .replace("web-1", &PostParams::default(), &current)
+            .await
+            .expect("replace slice");
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || fb.wait_only_b1(vip, "only b1 is left", 15))
+            .await
+            .expect("update");
+
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("network programming latency observed", 10, || {
+                fb.http(10249, "/metrics").lines().any(|l| {
+                    l.starts_with("kubeproxy_network_programming_duration_seconds_count")
+                        && !l.ends_with(" 0")
+                })
+            });
+        })
+        .await
+        .expect("programming latency");
+
+        // The service port changes through the API: 80 -> 81.
+        let mut current = services.get("web").await.expect("get service");
+        if let Some(p) = current.spec.as_mut().and_then(|s| s.ports.as_mut()) {
+            p[0].port = 81;
+        }
+        services
+            .replace("web", &PostParams::default(), &current)
+            .await
+            .expect("replace service");
+        let vip81 = SocketAddrV4::new(*vip.ip(), 81);
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("port 81 answers", 15, || fb.get(vip81).is_ok());
+            eventually("port 80 is gone", 15, || fb.frontend(vip).is_none());
+        })
+        .await
+        .expect("port change");
+        let vip = vip81;
+
+        // Session affinity is switched on through the API.
+        let mut current = services.get("web").await.expect("get service");
+        if let Some(spec) = current.spec.as_mut() {
+            spec.session_affinity = Some("ClientIP".into());
+        }
+        services
+            .replace("web", &PostParams::default(), &current)
+            .await
+            .expect("replace service");
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("affinity programmed", 15, || {
+                fb.frontend(vip)
+                    .is_some_and(|s| s["affinity_timeout_s"] == 10800)
+            });
+        })
+        .await
+        .expect("affinity");
+
+        // Deleting the service removes it from the datapath.
+        services
+            .delete("web", &DeleteParams::default())
+            .await
+            .expect("delete");
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("the service is gone", 15, || fb.frontend(vip).is_none());
+            assert!(fb.get(vip).is_err());
+        })
+        .await
+        .expect("delete");
+        drop(agent);
+        drop(server);
+    });
+}
+
+/// Runs `body` on a tokio runtime whose threads live in the node's namespace (where the API
+/// server fixture must run: another namespace cannot reach its loopback).
+fn in_node<F, Fut>(f: &Arc<Fixture>, body: F)
+where
+    F: FnOnce(Arc<Fixture>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let node_ns = f.node.ns.path();
+    let f = f.clone();
+    std::thread::spawn(move || {
+        enter(&node_ns);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(body(f));
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e));
+}
+
+/// Node n1, a service `web` (port 80 -> 8080) and its slice with `backends`; returns the VIP.
+async fn create_web(client: &kube::Client, backends: &[Ipv4Addr]) -> SocketAddrV4 {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some("n1".into()),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+            pod_cidr: Some("10.244.7.0/24".into()),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            addresses: Some(vec![NodeAddress {
+                type_: "InternalIP".into(),
+                address: "10.99.0.1".into(),
+            }]),
+            ..Default::default()
+        }),
+    };
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("node");
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc = Service {
+        metadata: meta("web"),
+        spec: Some(ServiceSpec {
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = services
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("service");
+    let ip: Ipv4Addr = created
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("clusterIP")
+        .parse()
+        .expect("v4");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    slices
+        .create(&PostParams::default(), &slice(backends))
+        .await
+        .expect("slice");
+    SocketAddrV4::new(ip, 80)
+}
+
+#[test]
+fn api_server_outage_keeps_traffic_and_changes_after_it_are_applied() {
+    let f = Arc::new(Fixture::new());
+    in_node(&f, |f| async move {
+        let mut server = KubeApiServer::start().await;
+        let client = server.client().await;
+        let vip = create_web(&client, &[B0, B1]).await;
+        let agent = f.agent(&[
+            "--kubeconfig".into(),
+            server.kubeconfig().display().to_string(),
+        ]);
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("the VIP answers", 30, || fb.get(vip).is_ok())
+        })
+        .await
+        .expect("up");
+
+        // 60 s without an API server: the datapath keeps serving the last state.
+        server.stop_apiserver();
+        let fb = f.clone();
+        let (ok, failed) = tokio::task::spawn_blocking(move || {
+            let (mut ok, mut failed) = (0, 0);
+            let end = std::time::Instant::now() + Duration::from_secs(60);
+            while std::time::Instant::now() < end {
+                match fb.get(vip) {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (ok, failed)
+        })
+        .await
+        .expect("outage traffic");
+        println!("during the 60 s outage: {ok} connections succeeded, {failed} failed");
+        assert_eq!(failed, 0);
+        assert!(ok > 100);
+
+        // The server returns; a change made now reaches the datapath (watch resumed, relisted).
+        server.restart_apiserver().await;
+        let client = server.client().await;
+        let slices: Api<EndpointSlice> = Api::namespaced(client, "default");
+        let mut current = slices.get("web-1").await.expect("get slice");
+        current.endpoints = slice(&[B1]).endpoints;
+        slices
+            .replace("web-1", &PostParams::default(), &current)
+            .await
+            .expect("replace slice");
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            fb.wait_only_b1(vip, "the change after the outage is applied", 60)
+        })
+        .await
+        .expect("after outage");
+        drop(agent);
+        drop(server);
+    });
+}
+
+#[test]
+fn a_service_that_would_overflow_is_refused_whole_and_cleanup_removes_everything() {
+    let f = Fixture::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_atomic(
+        &dir.path().join("web.yaml"),
+        &manifest("10.96.0.52", &[B0, B1]),
+    );
+    // 12 backends: 13 entries, more than the 8-entry map has left after web's 3.
+    let many: Vec<Ipv4Addr> = (10..22).map(|i| Ipv4Addr::new(10, 244, 9, i)).collect();
+    write_atomic(
+        &dir.path().join("big.yaml"),
+        &manifest("10.96.0.53", &many)
+            .replace("name: web", "name: big")
+            .replace("service-name: web", "service-name: big"),
+    );
+    let mut args = vec!["--manifests".to_string(), dir.path().display().to_string()];
+    args.extend(["--services-map-size", "8"].map(String::from));
+    let mut agent = f.agent(&args);
+    let web = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 52), 80);
+    eventually("web answers", 20, || f.get(web).is_ok());
+    eventually("the refusal is counted", 10, || {
+        f.http(10249, "/metrics")
+            .contains("petrel_frontends_refused 1")
+    });
+    assert!(
+        f.frontend(SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 53), 80))
+            .is_none(),
+        "never half programmed"
+    );
+    assert!(
+        agent.log().contains("SERVICES map full"),
+        "a log line says why"
+    );
+
+    agent.stop(libc::SIGTERM);
+    assert!(f.get(web).is_ok(), "the datapath stays after SIGTERM");
+    let out = std::process::Command::new(petrel_testbed::workspace_bin(
+        "petrel-agent",
+        "PETREL_AGENT_BIN",
+    ))
+    .args(["--cleanup", "--bpffs-root"])
+    .arg(f.pins.path())
+    .output()
+    .expect("cleanup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!f.pins.path().exists(), "every pin removed");
+    // Links are released asynchronously once their last pin is gone.
+    eventually("nothing translates the VIP any more", 5, || {
+        f.get(web).is_err()
+    });
+}

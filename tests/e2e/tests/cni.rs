@@ -1,0 +1,539 @@
+//! petrel-cni through the real binary, with real namespaces and veths. Each test runs the plugin
+//! inside its own "node" namespace (the plugin's host), so everything it creates goes away with
+//! that namespace even if the test fails.
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use petrel_testbed::{
+    cni::{Call, Outcome, petrel_links, plugin_bin, reservations},
+    netns::NetNs,
+    pod, require_root, unique,
+};
+use serde_json::{Value, json};
+
+const VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+struct Env {
+    node: NetNs,
+    data: tempfile::TempDir,
+    name: String,
+    cidr: String,
+}
+
+impl Env {
+    fn new(cidr: &str) -> Env {
+        require_root();
+        let node = NetNs::new(&unique("cn"));
+        Env {
+            node,
+            data: tempfile::tempdir().expect("tempdir"),
+            name: "petrel".into(),
+            cidr: cidr.into(),
+        }
+    }
+
+    fn conf(&self, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": self.name,
+            "type": "petrel-cni",
+            "podCIDR": self.cidr,
+            "dataDir": self.data.path(),
+            "mtu": 1400,
+        })
+    }
+
+    #[expect(
+        clippy::unused_self,
+        reason = "a method of the fixture, so calls read like the others (f.call, f.add, f.del)"
+    )]
+    fn call<'a>(
+        &self,
+        command: &'a str,
+        cid: &'a str,
+        ifname: &'a str,
+        netns: Option<PathBuf>,
+    ) -> Call<'a> {
+        Call {
+            plugin: plugin_bin(),
+            command,
+            container_id: cid,
+            ifname,
+            netns,
+            extra_env: Vec::new(),
+        }
+    }
+
+    fn add(&self, version: &str, cid: &str, pod: &NetNs) -> Outcome {
+        self.call("ADD", cid, "eth0", Some(pod.path()))
+            .run(&self.node, &self.conf(version).to_string())
+    }
+
+    fn del(&self, cid: &str, netns: Option<PathBuf>) -> Outcome {
+        self.call("DEL", cid, "eth0", netns)
+            .run(&self.node, &self.conf("1.1.0").to_string())
+    }
+
+    fn gc(&self, valid: &[&str]) -> Outcome {
+        let mut conf = self.conf("1.1.0");
+        conf["cni.dev/valid-attachments"] = valid
+            .iter()
+            .map(|c| json!({"containerID": c, "ifname": "eth0"}))
+            .collect();
+        self.call("GC", "", "", None)
+            .run(&self.node, &conf.to_string())
+    }
+
+    fn reservations(&self) -> Vec<String> {
+        reservations(self.data.path(), &self.name)
+    }
+
+    /// Nothing left: no reservation, no host-side link.
+    fn assert_clean(&self) {
+        assert_eq!(
+            self.reservations(),
+            Vec::<String>::new(),
+            "reservations left"
+        );
+        assert_eq!(petrel_links(&self.node), Vec::<String>::new(), "links left");
+    }
+}
+
+fn ip_of(result: &Value) -> Ipv4Addr {
+    result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect("ip in result")
+}
+
+fn request(from: &Path, to: SocketAddrV4) -> pod::Reply {
+    let from = from.to_path_buf();
+    std::thread::spawn(move || {
+        petrel_testbed::netns::enter(&from);
+        pod::tcp_get(to)
+    })
+    .join()
+    .expect("client thread")
+    .unwrap_or_else(|e| panic!("request to {to}: {e}"))
+}
+
+#[test]
+fn add_check_del_in_every_version_with_traffic() {
+    for version in VERSIONS {
+        let env = Env::new("10.250.0.0/24");
+        let pods = [NetNs::new(&unique("cp")), NetNs::new(&unique("cp"))];
+        let results: Vec<Value> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| env.add(version, &format!("c{i}-{version}"), p).ok().json())
+            .collect();
+
+        let r = &results[0];
+        assert_eq!(r["cniVersion"], version);
+        assert_eq!(r["interfaces"].as_array().map(Vec::len), Some(2));
+        assert!(
+            r["interfaces"][0]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("pet"))
+        );
+        assert_eq!(r["interfaces"][1]["name"], "eth0");
+        assert_eq!(
+            r["interfaces"][1]["sandbox"],
+            pods[0].path().display().to_string()
+        );
+        assert_eq!(r["ips"][0]["gateway"], "10.250.0.1");
+        assert_eq!(r["ips"][0]["interface"], 1);
+        assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
+        assert_eq!(
+            r["ips"][0].get("version").is_some(),
+            version.starts_with("0."),
+            "ips[].version only before 1.0"
+        );
+        let ips: Vec<Ipv4Addr> = results.iter().map(ip_of).collect();
+        assert_ne!(ips[0], ips[1]);
+        assert_eq!(env.reservations().len(), 2);
+
+        // Pod to pod on the node, host to pod, pod to host (the gateway on the host side).
+        let _s1 = pod::Server::start(
+            Some(pods[1].path()),
+            "pod1",
+            SocketAddrV4::new(ips[1], 8080),
+        );
+        let got = request(&pods[0].path(), SocketAddrV4::new(ips[1], 8080));
+        assert_eq!(
+            (got.server.as_str(), got.client_seen),
+            ("pod1", ips[0].to_string())
+        );
+        let got = request(&env.node.path(), SocketAddrV4::new(ips[1], 8080));
+        assert_eq!(got.server, "pod1");
+        let _host = pod::Server::start(
+            Some(env.node.path()),
+            "host",
+            SocketAddrV4::new(Ipv4Addr::new(10, 250, 0, 1), 9090),
+        );
+        let got = request(
+            &pods[0].path(),
+            SocketAddrV4::new(Ipv4Addr::new(10, 250, 0, 1), 9090),
+        );
+        assert_eq!(
+            (got.server.as_str(), got.client_seen),
+            ("host", ips[0].to_string())
+        );
+        assert!(
+            pods[0]
+                .exec("ip", &["link", "show", "eth0"])
+                .stdout
+                .windows(8)
+                .any(|w| w == b"mtu 1400")
+        );
+
+        // CHECK against the prevResult, then break the pod and CHECK again.
+        if version != "0.3.1" {
+            let cid = format!("c0-{version}");
+            let mut conf = env.conf(version);
+            conf["prevResult"] = results[0].clone();
+            env.call("CHECK", &cid, "eth0", Some(pods[0].path()))
+                .run(&env.node, &conf.to_string())
+                .ok();
+            pods[0].exec("ip", &["route", "del", "default"]);
+            let msg = env
+                .call("CHECK", &cid, "eth0", Some(pods[0].path()))
+                .run(&env.node, &conf.to_string())
+                .error_code(103);
+            assert!(msg.contains("default route"), "{msg}");
+        }
+
+        // DEL twice: idempotent; nothing left.
+        for (i, p) in pods.iter().enumerate() {
+            env.del(&format!("c{i}-{version}"), Some(p.path())).ok();
+            env.del(&format!("c{i}-{version}"), Some(p.path())).ok();
+        }
+        env.assert_clean();
+    }
+}
+
+#[test]
+fn version_and_status() {
+    let env = Env::new("10.250.1.0/29");
+    let v = env
+        .call("VERSION", "", "", None)
+        .run(&env.node, r#"{"cniVersion":"1.0.0"}"#)
+        .ok()
+        .json();
+    assert_eq!(v["supportedVersions"], json!(VERSIONS));
+    assert_eq!(v["cniVersion"], "1.0.0");
+
+    let status = |conf: &Value| {
+        env.call("STATUS", "", "", None)
+            .run(&env.node, &conf.to_string())
+    };
+    for version in VERSIONS {
+        let v = env
+            .call("VERSION", "", "", None)
+            .run(&env.node, &env.conf(version).to_string())
+            .ok()
+            .json();
+        assert_eq!(v["cniVersion"], version);
+        assert_eq!(status(&env.conf(version)).ok().stdout, "");
+        let mut gc = env.conf(version);
+        gc["cni.dev/valid-attachments"] = json!([]);
+        env.call("GC", "", "", None)
+            .run(&env.node, &gc.to_string())
+            .ok();
+    }
+    let mut no_cidr = env.conf("1.1.0");
+    no_cidr.as_object_mut().expect("object").remove("podCIDR");
+    no_cidr["podCIDRFile"] = json!("/nonexistent/pod-cidr");
+    assert!(status(&no_cidr).error_code(50).contains("pod CIDR"));
+
+    // A /29 has 5 allocatable addresses: fill it, STATUS says 50, ADD says 100 with the range.
+    let pods: Vec<NetNs> = (0..6).map(|_| NetNs::new(&unique("cp"))).collect();
+    for (i, p) in pods.iter().take(5).enumerate() {
+        env.add("1.1.0", &format!("s{i}"), p).ok();
+    }
+    assert!(
+        status(&env.conf("1.1.0"))
+            .error_code(50)
+            .contains("exhausted")
+    );
+    let msg = env.add("1.1.0", "s5", &pods[5]).error_code(100);
+    assert!(msg.contains("10.250.1.0/29"), "{msg}");
+    assert_eq!(
+        env.reservations().len(),
+        5,
+        "the failed ADD reserved nothing"
+    );
+    assert_eq!(
+        petrel_links(&env.node).len(),
+        5,
+        "the failed ADD created no link"
+    );
+    for i in 0..5 {
+        env.del(&format!("s{i}"), None).ok();
+    }
+    env.assert_clean();
+}
+
+#[test]
+fn del_releases_when_the_namespace_is_gone_and_gc_frees_the_unlisted() {
+    let env = Env::new("10.250.2.0/24");
+    let mut pods: Vec<NetNs> = (0..3).map(|_| NetNs::new(&unique("cp"))).collect();
+    for (i, p) in pods.iter().enumerate() {
+        env.add("1.0.0", &format!("g{i}"), p).ok();
+    }
+    // The runtime removed the namespace before DEL.
+    let gone = pods[0].path();
+    drop(pods.remove(0));
+    env.del("g0", Some(gone)).ok();
+    assert_eq!(env.reservations().len(), 2);
+
+    // GC keeps only g1.
+    env.gc(&["g1"]).ok();
+    assert_eq!(env.reservations().len(), 1);
+    assert_eq!(petrel_links(&env.node).len(), 1);
+    // GC without the list refuses instead of freeing everything.
+    let mut conf = env.conf("1.1.0");
+    conf.as_object_mut()
+        .expect("object")
+        .remove("cni.dev/valid-attachments");
+    env.call("GC", "", "", None)
+        .run(&env.node, &conf.to_string())
+        .error_code(7);
+    assert_eq!(env.reservations().len(), 1);
+    env.gc(&[]).ok();
+    env.assert_clean();
+}
+
+#[test]
+fn hundred_concurrent_adds_get_distinct_addresses() {
+    let env = Env::new("10.250.3.0/24");
+    let pods: Vec<NetNs> = (0..100).map(|_| NetNs::new(&unique("cp"))).collect();
+    let conf = env.conf("1.1.0").to_string();
+    let cids: Vec<String> = (0..100).map(|i| format!("con{i}")).collect();
+    let children: Vec<_> = cids
+        .iter()
+        .zip(&pods)
+        .map(|(c, p)| {
+            env.call("ADD", c, "eth0", Some(p.path()))
+                .spawn(&env.node, &conf)
+        })
+        .collect();
+    let mut ips = BTreeSet::new();
+    for child in children {
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "ADD failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        ips.insert(ip_of(&v));
+    }
+    assert_eq!(ips.len(), 100, "100 distinct addresses");
+    assert_eq!(env.reservations().len(), 100);
+    for (c, p) in cids.iter().zip(&pods) {
+        env.del(c, Some(p.path())).ok();
+    }
+    env.assert_clean();
+}
+
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigkill_during_add_leaks_nothing_after_gc() {
+    let env = Env::new("10.250.4.0/24");
+    let conf = env.conf("1.1.0").to_string();
+    // At each named step of ADD.
+    for step in ["locked", "reserved", "wired"] {
+        let p = NetNs::new(&unique("cp"));
+        let cid = format!("k-{step}");
+        let mut call = env.call("ADD", &cid, "eth0", Some(p.path()));
+        call.extra_env
+            .push(("PETREL_CNI_TEST_PAUSE_AT".into(), step.into()));
+        let mut child = call.spawn(&env.node, &conf);
+        match step {
+            "locked" => std::thread::sleep(Duration::from_millis(500)),
+            "reserved" => wait_for("reservation", || !env.reservations().is_empty()),
+            _ => wait_for("link", || !petrel_links(&env.node).is_empty()),
+        }
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        env.gc(&[]).ok();
+        env.assert_clean();
+        // The same container can be added afterwards.
+        env.add("1.1.0", &cid, &p).ok();
+        env.del(&cid, Some(p.path())).ok();
+    }
+    // At arbitrary moments.
+    let p = NetNs::new(&unique("cp"));
+    for i in 0..15u64 {
+        let cid = format!("r{i}");
+        let mut child = env
+            .call("ADD", &cid, "eth0", Some(p.path()))
+            .spawn(&env.node, &conf);
+        std::thread::sleep(Duration::from_millis(i * 4));
+        let _ = child.kill();
+        let _ = child.wait();
+        // A kill after the pod end was renamed leaves eth0 behind in the pod: GC's link removal
+        // takes the pair away.
+        env.gc(&[]).ok();
+        env.assert_clean();
+        assert!(
+            p.exec("ip", &["-o", "link"])
+                .stdout
+                .windows(4)
+                .all(|w| w != b"eth0"),
+            "pod end removed with the pair"
+        );
+    }
+}
+
+#[test]
+fn bad_input_gets_its_error_code_and_leaves_nothing() {
+    let env = Env::new("10.250.5.0/24");
+    let p = NetNs::new(&unique("cp"));
+    let good = env.conf("1.1.0");
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c.to_string()
+    };
+    let add = |cid: &str, ifname: &str, netns: Option<PathBuf>, stdin: &str| {
+        env.call("ADD", cid, ifname, netns).run(&env.node, stdin)
+    };
+    let pp = || Some(p.path());
+    add("b", "eth0", pp(), "{not json").error_code(6);
+    add("b", "eth0", pp(), &with("cniVersion", json!("0.2.0"))).error_code(1);
+    add("b", "eth0", pp(), &with("podCIDR", json!("10.1.2.0/33"))).error_code(7);
+    add("b", "eth0", pp(), &with("podCIDR", json!("banana"))).error_code(7);
+    add("b", "eth0", pp(), &with("mtu", json!(10))).error_code(7);
+    add("b", "eth0", pp(), &with("mtu", json!(100000))).error_code(7);
+    add("b", "an-ifname-too-long", pp(), &good.to_string()).error_code(4);
+    add("../../etc/passwd", "eth0", pp(), &good.to_string()).error_code(4);
+    add(
+        "b",
+        "eth0",
+        Some(PathBuf::from("/run/netns/does-not-exist")),
+        &good.to_string(),
+    )
+    .error_code(4);
+    add("b", "eth0", None, &good.to_string()).error_code(4);
+    env.call("", "b", "eth0", pp())
+        .run(&env.node, &good.to_string())
+        .error_code(4);
+    // An interface that already exists in the pod.
+    p.exec(
+        "ip",
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+        ],
+    );
+    assert!(
+        add("b", "eth0", pp(), &good.to_string())
+            .error_code(101)
+            .contains("eth0")
+    );
+    env.assert_clean();
+    assert!(
+        !env.data
+            .path()
+            .join("petrel")
+            .join("..")
+            .join("..")
+            .join("etc")
+            .exists()
+    );
+}
+
+#[test]
+fn chained_with_debian_reference_plugins() {
+    let env = Env::new("10.250.6.0/24");
+    let p = NetNs::new(&unique("cp"));
+    // A conflist as a runtime would hold it; libcni's ADD runs the plugins in order, each given
+    // the previous result, and DEL in reverse order.
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": "petrel",
+        "plugins": [
+            {"type": "petrel-cni", "podCIDR": "10.250.6.0/24", "dataDir": env.data.path()},
+            {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.accept_redirects": "1"}},
+            {"type": "portmap", "capabilities": {"portMappings": true}, "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}]}}
+        ]
+    });
+    let plugins = conflist["plugins"].as_array().expect("plugins");
+    let conf_for = |i: usize, prev: Option<&Value>| {
+        let mut c = plugins[i].clone();
+        c["cniVersion"] = conflist["cniVersion"].clone();
+        c["name"] = conflist["name"].clone();
+        if let Some(prev) = prev {
+            c["prevResult"] = prev.clone();
+        }
+        c.to_string()
+    };
+    let bin = |i: usize| -> PathBuf {
+        match plugins[i]["type"].as_str().expect("type") {
+            "petrel-cni" => plugin_bin(),
+            other => Path::new(petrel_testbed::cni::REFERENCE_PLUGINS).join(other),
+        }
+    };
+    let mut prev: Option<Value> = None;
+    for i in 0..plugins.len() {
+        let call = Call {
+            plugin: bin(i),
+            command: "ADD",
+            container_id: "chain",
+            ifname: "eth0",
+            netns: Some(p.path()),
+            extra_env: Vec::new(),
+        };
+        let out = call.run(&env.node, &conf_for(i, prev.as_ref())).ok();
+        prev = Some(out.json());
+    }
+    let result = prev.expect("final result");
+    assert_eq!(ip_of(&result).octets()[..3], [10, 250, 6]);
+    let sysctl = p.exec("sysctl", &["-n", "net.ipv4.conf.eth0.accept_redirects"]);
+    assert_eq!(
+        String::from_utf8_lossy(&sysctl.stdout).trim(),
+        "1",
+        "tuning applied to petrel's interface"
+    );
+    let nat = env.node.exec("iptables", &["-t", "nat", "-S"]);
+    assert!(
+        String::from_utf8_lossy(&nat.stdout).contains("18080"),
+        "portmap programmed its DNAT"
+    );
+    // CHECK down the chain, then DEL in reverse.
+    let call = Call {
+        plugin: bin(0),
+        command: "CHECK",
+        container_id: "chain",
+        ifname: "eth0",
+        netns: Some(p.path()),
+        extra_env: Vec::new(),
+    };
+    call.run(&env.node, &conf_for(0, Some(&result))).ok();
+    for i in (0..plugins.len()).rev() {
+        let call = Call {
+            plugin: bin(i),
+            command: "DEL",
+            container_id: "chain",
+            ifname: "eth0",
+            netns: Some(p.path()),
+            extra_env: Vec::new(),
+        };
+        call.run(&env.node, &conf_for(i, Some(&result))).ok();
+    }
+    env.assert_clean();
+}

@@ -1,0 +1,914 @@
+//! The service datapath end to end: real TCP and UDP traffic between network namespaces. A
+//! simulated node routes between a client pod, three backend pods and an external host on its
+//! own link (`ext0`); the datapath is loaded into the node with TC on every pod veth and on
+//! `ext0`. Each test asserts which backend answered and which source address it saw.
+//!
+//! Longer than 600 lines on purpose: the 15 tests are one table over one fixture (the node, its
+//! pods, the service/backend helpers above). Split by feature, every file would need that
+//! fixture, which only this file uses, and the test binary names `cargo test --test datapath`
+//! relies on would change.
+
+use std::{
+    collections::BTreeSet,
+    io::{ErrorKind, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
+    path::PathBuf,
+    time::Duration,
+};
+
+use petrel_datapath::{
+    BackendSpec, Datapath, DatapathConfig, Endpoint, Frontend, Proto, ServiceEntry, ServiceMaps,
+    datapath::AttachOutcome, maglev,
+};
+use petrel_testbed::{BpffsRoot, cgroup::Cgroup, netns::Node, pod, require_root, unique};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
+/// b0 and b1 are on this node; b2 is treated as another node's pod (BACKEND_F_REMOTE).
+const BACKENDS: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(10, 244, 0, 3),
+    Ipv4Addr::new(10, 244, 0, 4),
+    Ipv4Addr::new(10, 244, 0, 5),
+];
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+const EXT_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+const MAGLEV_SIZE: u32 = 1021;
+
+struct Fixture {
+    _servers: Vec<pod::Server>,
+    node: Node,
+    pins: BpffsRoot,
+}
+
+/// Backend ids: TCP b0..b2 on 8080 are 1..3, on 8081 are 11..13; UDP on 8080 are 21..23.
+fn id(backend: usize, port: u16, proto: Proto) -> u32 {
+    backend as u32
+        + 1
+        + if proto == Proto::Udp {
+            20
+        } else if port == 8081 {
+            10
+        } else {
+            0
+        }
+}
+
+fn ep(backend: usize, proto: Proto) -> Endpoint {
+    Endpoint {
+        local: backend != 2,
+        ..Endpoint::ready(id(backend, 8080, proto))
+    }
+}
+
+fn fe(addr: Ipv4Addr, port: u16, proto: Proto) -> Frontend {
+    Frontend { addr, port, proto }
+}
+
+fn vip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 96, 0, last)
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        require_root();
+        let pins = BpffsRoot::new(&unique("petrel-test-"));
+        let mut node = Node::new(&unique("pn"));
+        node.add_pod(&unique("pc"), CLIENT);
+        let mut servers = Vec::new();
+        for (i, ip) in BACKENDS.iter().enumerate() {
+            let p = node.add_pod(&unique("pb"), *ip);
+            for port in [8080, 8081] {
+                let name = if port == 8080 {
+                    format!("b{i}")
+                } else {
+                    format!("b{i}-8081")
+                };
+                servers.push(pod::Server::start(
+                    Some(p.ns.path()),
+                    &name,
+                    SocketAddrV4::new(*ip, port),
+                ));
+            }
+        }
+        node.add_external(&unique("pe"), "ext0", NODE_IP, EXT_CLIENT);
+        let fixture = Fixture {
+            _servers: servers,
+            node,
+            pins,
+        };
+        assert_eq!(fixture.load_and_attach(), AttachOutcome::Attached);
+        let mut maps = fixture.maps();
+        maps.set_node_ip(NODE_IP).expect("node ip");
+        for (i, ip) in BACKENDS.iter().enumerate() {
+            for (port, proto) in [(8080, Proto::Tcp), (8081, Proto::Tcp), (8080, Proto::Udp)] {
+                let spec = BackendSpec {
+                    id: id(i, port, proto),
+                    addr: SocketAddrV4::new(*ip, port),
+                    proto,
+                    terminating: false,
+                    remote: i == 2,
+                };
+                maps.upsert_backend(&spec).expect("backend");
+            }
+        }
+        fixture
+    }
+
+    /// Loads the datapath in the node's namespace and attaches TC to every pod veth and to ext0;
+    /// the loader (a thread here) lets go at once: pinned links keep everything attached.
+    fn load_and_attach(&self) -> AttachOutcome {
+        let config = DatapathConfig {
+            bpffs_root: self.pins.path().to_path_buf(),
+            maglev_size: MAGLEV_SIZE,
+            maglev_rings: 2,
+            ..Default::default()
+        };
+        let ifaces: Vec<String> = self.node.pods.iter().map(|p| p.host_if.clone()).collect();
+        self.node.ns.run(move || {
+            let mut dp = Datapath::load(&config).expect("load datapath");
+            let mut outcomes: BTreeSet<_> = ifaces
+                .iter()
+                .map(|i| format!("{:?}", dp.attach_tc_ingress(i).expect("attach tc")))
+                .collect();
+            outcomes.insert(format!(
+                "{:?}",
+                dp.attach_external_ingress("ext0").expect("attach external")
+            ));
+            assert_eq!(outcomes.len(), 1, "mixed outcomes {outcomes:?}");
+            if outcomes.contains("Attached") {
+                AttachOutcome::Attached
+            } else {
+                AttachOutcome::Replaced
+            }
+        })
+    }
+
+    fn maps(&self) -> ServiceMaps {
+        ServiceMaps::open(&self.pins.path().join("maps")).expect("open pinned maps")
+    }
+
+    fn program(&self, entry: &ServiceEntry) {
+        self.maps().upsert_service(entry).expect("program service");
+    }
+
+    fn stat(&self, name: &str) -> u64 {
+        self.maps()
+            .stats()
+            .expect("stats")
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .expect("counter")
+            .1
+    }
+
+    fn client_ns(&self) -> PathBuf {
+        self.node.pods[0].ns.path()
+    }
+
+    fn ext_ns(&self) -> PathBuf {
+        self.node.externals[0].path()
+    }
+
+    fn backend_ns(&self, i: usize) -> PathBuf {
+        self.node.pods[i + 1].ns.path()
+    }
+}
+
+/// Runs `f` on a thread inside the namespace at `ns`.
+fn from<T: Send + 'static>(ns: PathBuf, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        petrel_testbed::netns::enter(&ns);
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// `n` requests from the namespace at `ns` (outside any socket-LB cgroup: the TC path).
+fn requests(ns: PathBuf, n: usize, proto: Proto, to: SocketAddrV4) -> Vec<pod::Reply> {
+    from(ns, move || {
+        (0..n)
+            .map(|i| {
+                let r = match proto {
+                    Proto::Tcp => pod::tcp_get(to),
+                    Proto::Udp => pod::udp_get(to),
+                };
+                r.unwrap_or_else(|e| panic!("request {i} to {to}/{proto}: {e}"))
+            })
+            .collect()
+    })
+}
+
+/// `netctl --bpffs-root PINS ARGS -o json`.
+fn netctl_json(pins: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let bin = petrel_testbed::workspace_bin("netctl", "PETREL_NETCTL_BIN");
+    let out = std::process::Command::new(bin)
+        .arg("--bpffs-root")
+        .arg(pins)
+        .args(args)
+        .args(["-o", "json"])
+        .output()
+        .expect("run netctl");
+    assert!(
+        out.status.success(),
+        "netctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("netctl JSON")
+}
+
+fn servers(replies: &[pod::Reply]) -> BTreeSet<String> {
+    replies.iter().map(|r| r.server.clone()).collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn clusterip_balances_tcp_and_udp_and_preserves_client_address() {
+    let f = Fixture::new();
+    f.program(&ServiceEntry::new(
+        fe(vip(10), 80, Proto::Tcp),
+        1,
+        vec![ep(0, Proto::Tcp), ep(1, Proto::Tcp)],
+    ));
+    f.program(&ServiceEntry::new(
+        fe(vip(10), 53, Proto::Udp),
+        2,
+        vec![ep(0, Proto::Udp), ep(1, Proto::Udp)],
+    ));
+    let replies = requests(
+        f.client_ns(),
+        24,
+        Proto::Tcp,
+        SocketAddrV4::new(vip(10), 80),
+    );
+    assert_eq!(
+        servers(&replies),
+        set(&["b0", "b1"]),
+        "both backends answer"
+    );
+    assert!(
+        replies.iter().all(|r| r.client_seen == CLIENT.to_string()),
+        "no SNAT in-cluster: {replies:?}"
+    );
+    assert!(
+        replies.iter().all(|r| r.peer == "10.96.0.10:80"),
+        "the client sees the VIP as its peer"
+    );
+    // Unconnected UDP: the answer must come back from the VIP (udp_get checks the source).
+    let replies = requests(
+        f.client_ns(),
+        12,
+        Proto::Udp,
+        SocketAddrV4::new(vip(10), 53),
+    );
+    assert_eq!(servers(&replies), set(&["b0", "b1"]));
+    // Traffic to a pod address is not touched.
+    let direct = requests(
+        f.client_ns(),
+        1,
+        Proto::Tcp,
+        SocketAddrV4::new(BACKENDS[1], 8080),
+    );
+    assert_eq!(direct[0].server, "b1");
+    assert!(f.stat("tc_dnat") >= 24 && f.stat("tc_revnat") >= 24);
+}
+
+#[test]
+fn several_ports_and_tcp_and_udp_on_one_port() {
+    let f = Fixture::new();
+    let v = vip(11);
+    f.program(&ServiceEntry::new(
+        fe(v, 80, Proto::Tcp),
+        1,
+        vec![ep(0, Proto::Tcp)],
+    ));
+    let b0_8081 = Endpoint::ready(id(0, 8081, Proto::Tcp));
+    f.program(&ServiceEntry::new(fe(v, 81, Proto::Tcp), 2, vec![b0_8081]));
+    f.program(&ServiceEntry::new(
+        fe(v, 53, Proto::Tcp),
+        3,
+        vec![ep(1, Proto::Tcp)],
+    ));
+    f.program(&ServiceEntry::new(
+        fe(v, 53, Proto::Udp),
+        4,
+        vec![ep(0, Proto::Udp)],
+    ));
+    let one = |port, proto| {
+        requests(f.client_ns(), 1, proto, SocketAddrV4::new(v, port))
+            .remove(0)
+            .server
+    };
+    assert_eq!(one(80, Proto::Tcp), "b0");
+    assert_eq!(one(81, Proto::Tcp), "b0-8081");
+    assert_eq!(one(53, Proto::Tcp), "b1");
+    assert_eq!(one(53, Proto::Udp), "b0");
+}
+
+#[test]
+fn nodeport_from_outside_keeps_the_client_address_or_snats_to_a_remote_backend() {
+    let f = Fixture::new();
+    let np = |port| SocketAddrV4::new(NODE_IP, port);
+    let external = |port, rev, eps: Vec<Endpoint>, local| ServiceEntry {
+        external: true,
+        external_local: local,
+        ..ServiceEntry::new(fe(NODE_IP, port, Proto::Tcp), rev, eps)
+    };
+    // A local backend: the client's own address reaches it.
+    f.program(&external(30080, 1, vec![ep(0, Proto::Tcp)], false));
+    let r = requests(f.ext_ns(), 4, Proto::Tcp, np(30080));
+    assert!(
+        r.iter()
+            .all(|r| r.server == "b0" && r.client_seen == EXT_CLIENT.to_string()),
+        "{r:?}"
+    );
+    // Policy Cluster, remote backend: SNAT to the node so the reply comes back through it.
+    f.program(&external(30081, 2, vec![ep(2, Proto::Tcp)], false));
+    let r = requests(f.ext_ns(), 4, Proto::Tcp, np(30081));
+    assert!(
+        r.iter()
+            .all(|r| r.server == "b2" && r.client_seen == NODE_IP.to_string()),
+        "{r:?}"
+    );
+    assert!(
+        r.iter().all(|r| r.peer == "10.99.0.1:30081"),
+        "replies come from the NodePort"
+    );
+    // Policy Local: only the local endpoint, client address preserved; in-cluster clients still
+    // reach every endpoint.
+    f.program(&external(
+        30082,
+        3,
+        vec![ep(0, Proto::Tcp), ep(2, Proto::Tcp)],
+        true,
+    ));
+    let r = requests(f.ext_ns(), 12, Proto::Tcp, np(30082));
+    assert!(
+        r.iter()
+            .all(|r| r.server == "b0" && r.client_seen == EXT_CLIENT.to_string()),
+        "{r:?}"
+    );
+    let r = requests(f.client_ns(), 16, Proto::Tcp, np(30082));
+    assert_eq!(servers(&r), set(&["b0", "b2"]));
+    // Policy Local without a local endpoint: external traffic is dropped (not refused).
+    f.program(&external(30083, 4, vec![ep(2, Proto::Tcp)], true));
+    let err = from(f.ext_ns(), move || pod::tcp_get(np(30083))).expect_err("must not connect");
+    assert!(
+        matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock),
+        "dropped, got {err:?}"
+    );
+    assert!(f.stat("drop_policy_empty") >= 1);
+    assert_eq!(
+        requests(f.client_ns(), 1, Proto::Tcp, np(30083))[0].server,
+        "b2"
+    );
+}
+
+#[test]
+fn internal_traffic_policy_local_stays_on_the_node() {
+    let f = Fixture::new();
+    let entry = ServiceEntry {
+        internal_local: true,
+        ..ServiceEntry::new(
+            fe(vip(12), 80, Proto::Tcp),
+            1,
+            vec![ep(0, Proto::Tcp), ep(2, Proto::Tcp)],
+        )
+    };
+    f.program(&entry);
+    let r = requests(
+        f.client_ns(),
+        12,
+        Proto::Tcp,
+        SocketAddrV4::new(vip(12), 80),
+    );
+    assert_eq!(servers(&r), set(&["b0"]));
+}
+
+#[test]
+fn endpoint_conditions_ready_then_terminating_fallback_then_publish_not_ready() {
+    let f = Fixture::new();
+    let to = SocketAddrV4::new(vip(13), 80);
+    let with = |eps: Vec<Endpoint>, publish| ServiceEntry {
+        publish_not_ready: publish,
+        ..ServiceEntry::new(fe(vip(13), 80, Proto::Tcp), 1, eps)
+    };
+    let not_ready = |b| Endpoint {
+        ready: false,
+        serving: false,
+        ..ep(b, Proto::Tcp)
+    };
+    let terminating = |b| Endpoint {
+        ready: false,
+        serving: true,
+        terminating: true,
+        ..ep(b, Proto::Tcp)
+    };
+    f.program(&with(vec![ep(0, Proto::Tcp), not_ready(1)], false));
+    assert_eq!(
+        servers(&requests(f.client_ns(), 10, Proto::Tcp, to)),
+        set(&["b0"])
+    );
+    f.program(&with(vec![not_ready(0), terminating(1)], false));
+    assert_eq!(
+        servers(&requests(f.client_ns(), 10, Proto::Tcp, to)),
+        set(&["b1"])
+    );
+    f.program(&with(vec![not_ready(0), not_ready(1)], true));
+    assert_eq!(
+        servers(&requests(f.client_ns(), 16, Proto::Tcp, to)),
+        set(&["b0", "b1"])
+    );
+}
+
+#[test]
+fn no_endpoint_is_refused_at_once_for_tcp_and_udp() {
+    let f = Fixture::new();
+    f.program(&ServiceEntry::new(fe(vip(14), 80, Proto::Tcp), 1, vec![]));
+    f.program(&ServiceEntry::new(fe(vip(14), 53, Proto::Udp), 2, vec![]));
+    let (tcp, udp) = from(f.client_ns(), || {
+        let started = std::time::Instant::now();
+        let tcp = pod::tcp_get(SocketAddrV4::new(vip(14), 80)).expect_err("refused");
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.connect(SocketAddrV4::new(vip(14), 53)).expect("connect");
+        let udp = pod::udp_connected_exchange(&s).expect_err("refused");
+        (tcp.kind(), udp.kind(), started.elapsed())
+    })
+    .pipe(|(t, u, elapsed)| {
+        assert!(
+            elapsed < pod::TIMEOUT,
+            "answered at once, not after a timeout ({elapsed:?})"
+        );
+        (t, u)
+    });
+    assert_eq!(tcp, ErrorKind::ConnectionRefused);
+    assert_eq!(udp, ErrorKind::ConnectionRefused);
+    let e = netctl_json(
+        f.pins.path(),
+        &["explain", "10.244.0.2", "10.96.0.14:80/tcp"],
+    );
+    assert!(e["backend"].is_null());
+    assert!(
+        e["steps"][0]
+            .as_str()
+            .is_some_and(|s| s.contains("refused")),
+        "{e}"
+    );
+    assert!(f.stat("rejected") >= 2);
+}
+
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<T> Pipe for T {}
+
+#[test]
+fn hairpin_a_pod_reaching_itself_through_its_service() {
+    let f = Fixture::new();
+    f.program(&ServiceEntry::new(
+        fe(vip(15), 80, Proto::Tcp),
+        1,
+        vec![ep(0, Proto::Tcp)],
+    ));
+    let r = requests(
+        f.backend_ns(0),
+        3,
+        Proto::Tcp,
+        SocketAddrV4::new(vip(15), 80),
+    );
+    assert!(
+        r.iter()
+            .all(|r| r.server == "b0" && r.client_seen == "169.254.42.1"),
+        "{r:?}"
+    );
+    assert!(f.stat("hairpin") >= 3);
+}
+
+#[test]
+fn flows_pinned_to_a_removed_backend_are_rebalanced_or_reset() {
+    let f = Fixture::new();
+    let udp_vip = SocketAddrV4::new(vip(16), 53);
+    f.program(&ServiceEntry::new(
+        fe(vip(16), 53, Proto::Udp),
+        1,
+        vec![ep(0, Proto::Udp)],
+    ));
+    let tcp_vip = SocketAddrV4::new(vip(17), 80);
+    f.program(&ServiceEntry::new(
+        fe(vip(17), 80, Proto::Tcp),
+        2,
+        vec![ep(0, Proto::Tcp)],
+    ));
+    let (udp_sock, tcp_sock) = from(f.client_ns(), move || {
+        let u = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        u.connect(udp_vip).expect("connect");
+        let t = TcpStream::connect_timeout(&tcp_vip.into(), pod::TIMEOUT).expect("tcp connect");
+        (u, t)
+    });
+    assert_eq!(
+        pod::udp_connected_exchange(&udp_sock)
+            .expect("first datagram")
+            .server,
+        "b0"
+    );
+
+    // b0 goes away: the services now point at b1, and b0's backend entries are removed.
+    f.program(&ServiceEntry::new(
+        fe(vip(16), 53, Proto::Udp),
+        1,
+        vec![ep(1, Proto::Udp)],
+    ));
+    f.program(&ServiceEntry::new(
+        fe(vip(17), 80, Proto::Tcp),
+        2,
+        vec![ep(1, Proto::Tcp)],
+    ));
+    f.maps()
+        .remove_backend(id(0, 8080, Proto::Udp))
+        .expect("remove");
+    f.maps()
+        .remove_backend(id(0, 8080, Proto::Tcp))
+        .expect("remove");
+
+    // The same UDP flow (same socket, same ports) is re-balanced to b1.
+    let r = pod::udp_connected_exchange(&udp_sock).expect("datagram after the backend left");
+    assert_eq!(r.server, "b1");
+    // The TCP connection lands on b1, which does not know it: reset at once, not a hang.
+    let mut t = tcp_sock;
+    t.set_read_timeout(Some(pod::TIMEOUT)).expect("timeout");
+    let _ = t.write_all(b"hi\n");
+    let mut buf = [0u8; 16];
+    let err = t
+        .read(&mut buf)
+        .map(|n| format!("read {n} bytes"))
+        .expect_err("reset");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+    assert!(f.stat("rebalanced") >= 2);
+}
+
+#[test]
+fn session_affinity_sticks_until_its_timeout() {
+    let f = Fixture::new();
+    let entry = ServiceEntry {
+        affinity_timeout_s: Some(1),
+        ..ServiceEntry::new(
+            fe(vip(18), 80, Proto::Tcp),
+            1,
+            vec![ep(0, Proto::Tcp), ep(1, Proto::Tcp)],
+        )
+    };
+    f.program(&entry);
+    let to = SocketAddrV4::new(vip(18), 80);
+    let first = servers(&requests(f.client_ns(), 12, Proto::Tcp, to));
+    assert_eq!(first.len(), 1, "one client, one backend: {first:?}");
+    // After the timeout the choice is made again: within a few rounds the other backend shows up.
+    let mut seen = first.clone();
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(1200));
+        seen.extend(servers(&requests(f.client_ns(), 1, Proto::Tcp, to)));
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen, set(&["b0", "b1"]), "affinity expired");
+}
+
+#[test]
+fn maglev_gives_every_flow_the_backend_any_node_would_compute() {
+    let f = Fixture::new();
+    let entry = ServiceEntry {
+        external: true,
+        maglev_ring: Some(1),
+        ..ServiceEntry::new(
+            fe(NODE_IP, 30090, Proto::Udp),
+            1,
+            vec![ep(0, Proto::Udp), ep(1, Proto::Udp)],
+        )
+    };
+    f.program(&entry);
+    let names = vec![
+        (id(0, 8080, Proto::Udp), format!("{}:8080", BACKENDS[0])),
+        (id(1, 8080, Proto::Udp), format!("{}:8080", BACKENDS[1])),
+    ];
+    let table = maglev::table(&names, MAGLEV_SIZE);
+    let results = from(f.ext_ns(), move || {
+        (45000..45012u16)
+            .map(|port| {
+                let s =
+                    UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).expect("bind");
+                (
+                    port,
+                    pod::udp_exchange(&s, SocketAddrV4::new(NODE_IP, 30090))
+                        .expect("udp")
+                        .server,
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut seen = BTreeSet::new();
+    for (port, server) in results {
+        let h = maglev::flow_hash(
+            u32::from(EXT_CLIENT).to_be(),
+            port.to_be(),
+            30090u16.to_be(),
+            17,
+        );
+        let want = table[(h % MAGLEV_SIZE) as usize];
+        let expected = if want == id(0, 8080, Proto::Udp) {
+            "b0"
+        } else {
+            "b1"
+        };
+        assert_eq!(server, expected, "flow from port {port}");
+        seen.insert(server);
+    }
+    // netctl explain tells the same story, from the maps alone: a flow seen before is in
+    // conntrack; a new one is placed by its Maglev position.
+    let e = netctl_json(
+        f.pins.path(),
+        &[
+            "explain",
+            "10.99.0.2:45003",
+            "10.99.0.1:30090/udp",
+            "--from-outside",
+        ],
+    );
+    assert!(
+        e["steps"][0]
+            .as_str()
+            .is_some_and(|s| s.contains("conntrack")),
+        "{e}"
+    );
+    let e = netctl_json(
+        f.pins.path(),
+        &[
+            "explain",
+            "10.99.0.2:46000",
+            "10.99.0.1:30090/udp",
+            "--from-outside",
+        ],
+    );
+    let h = maglev::flow_hash(
+        u32::from(EXT_CLIENT).to_be(),
+        46000u16.to_be(),
+        30090u16.to_be(),
+        17,
+    );
+    let want = table[(h % MAGLEV_SIZE) as usize];
+    let idx = if want == id(0, 8080, Proto::Udp) {
+        0
+    } else {
+        1
+    };
+    assert_eq!(e["backend"], format!("{}:8080", BACKENDS[idx]));
+    assert!(
+        e["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .any(|s| s.as_str().is_some_and(|s| s.contains("Maglev ring 1"))),
+        "{e}"
+    );
+    assert_eq!(seen.len(), 2);
+}
+
+#[test]
+fn socket_lb_translates_at_the_socket_and_shows_the_vip() {
+    let f = Fixture::new();
+    f.program(&ServiceEntry::new(
+        fe(vip(19), 80, Proto::Tcp),
+        1,
+        vec![ep(0, Proto::Tcp), ep(1, Proto::Tcp)],
+    ));
+    f.program(&ServiceEntry::new(
+        fe(vip(19), 53, Proto::Udp),
+        2,
+        vec![ep(0, Proto::Udp), ep(1, Proto::Udp)],
+    ));
+    f.program(&ServiceEntry::new(fe(vip(20), 80, Proto::Tcp), 3, vec![]));
+    let cg = Cgroup::new(&unique("petrel-test-"));
+    let config = DatapathConfig {
+        bpffs_root: f.pins.path().to_path_buf(),
+        maglev_size: MAGLEV_SIZE,
+        maglev_rings: 2,
+        ..Default::default()
+    };
+    let cg_path = cg.path().to_path_buf();
+    let outcome = f.node.ns.run(move || {
+        Datapath::load(&config)
+            .expect("load")
+            .attach_cgroup(&cg_path)
+            .expect("attach cgroup")
+    });
+    assert_eq!(outcome, AttachOutcome::Attached);
+
+    let dnat_before = f.stat("tc_dnat");
+    let bin = petrel_testbed::workspace_bin("petrel-pod", "PETREL_POD_BIN");
+    let get = |addr, proto| pod::get_in_cgroup(&bin, &f.client_ns(), cg.path(), addr, proto);
+    let mut seen = BTreeSet::new();
+    for _ in 0..16 {
+        let r = get(SocketAddrV4::new(vip(19), 80), "tcp").expect("tcp through socket-LB");
+        assert_eq!(r.client_seen, CLIENT.to_string());
+        assert_eq!(r.peer, "10.96.0.19:80", "getpeername shows the VIP");
+        seen.insert(r.server);
+    }
+    assert_eq!(seen, set(&["b0", "b1"]));
+    // Unconnected UDP: sendmsg4 translates, recvmsg4 shows the VIP (udp_get checks it).
+    let r = get(SocketAddrV4::new(vip(19), 53), "udp").expect("udp through socket-LB");
+    assert!(r.server.starts_with('b'));
+    assert_eq!(
+        f.stat("tc_dnat"),
+        dnat_before,
+        "translated at the socket: TC had nothing to DNAT"
+    );
+    assert!(f.stat("sock_translated") >= 17);
+    // No endpoint: connect() fails with ECONNREFUSED at once.
+    let err = get(SocketAddrV4::new(vip(20), 80), "tcp").expect_err("refused");
+    assert!(err.contains("refused"), "{err}");
+}
+
+/// One TCP request from CLIENT's own port `port` (bound first, as a reused ephemeral port
+/// would be): the server's name and the peer address the socket reports.
+fn tcp_get_from_port(port: u16, to: SocketAddrV4) -> std::io::Result<(String, String)> {
+    use nix::sys::{
+        socket::{
+            AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket,
+            sockopt,
+        },
+        time::{TimeVal, TimeValLike as _},
+    };
+    use std::os::fd::AsRawFd as _;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    // A blocking connect gives up after the send timeout.
+    setsockopt(&fd, sockopt::SendTimeout, &TimeVal::seconds(3))?;
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(CLIENT, port)),
+    )?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
+    let mut s = TcpStream::from(fd);
+    s.set_read_timeout(Some(pod::TIMEOUT))?;
+    s.write_all(b"hi\n")?;
+    let peer = s.peer_addr()?.to_string();
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let server = out
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Ok((server, peer))
+}
+
+#[test]
+fn a_new_connection_on_the_tuple_of_a_translated_one_is_not_hijacked() {
+    // The same client port to the same backend, first through the VIP (TC path), then straight
+    // to the pod (as after socket-LB, or a headless service), then through the VIP again. Each
+    // must be answered with its own peer address.
+    let f = Fixture::new();
+    f.maps()
+        .set_cluster_cidr(Some("10.244.0.0/16".parse().expect("cidr")))
+        .expect("cluster cidr");
+    // No TIME_WAIT on the backend, so the reused tuple meets only what the datapath keeps.
+    f.node.pods[1].ns.sysctl("net.ipv4.tcp_max_tw_buckets", "0");
+    f.program(&ServiceEntry::new(
+        fe(vip(23), 80, Proto::Tcp),
+        1,
+        vec![ep(0, Proto::Tcp)],
+    ));
+    let via_vip = SocketAddrV4::new(vip(23), 80);
+    let direct = SocketAddrV4::new(BACKENDS[0], 8080);
+    let steps = from(f.client_ns(), move || {
+        [via_vip, direct, via_vip].map(|to| tcp_get_from_port(40123, to))
+    });
+    let got: Vec<String> = steps
+        .iter()
+        .map(|r| match r {
+            Ok((server, peer)) => format!("{server} {peer}"),
+            Err(e) => format!("error: {e}"),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        ["b0 10.96.0.23:80", "b0 10.244.0.3:8080", "b0 10.96.0.23:80"],
+        "a stale reply entry rewrote a new connection's replies"
+    );
+}
+
+#[test]
+fn reload_swaps_programs_in_place_and_traffic_keeps_flowing() {
+    let f = Fixture::new();
+    f.program(&ServiceEntry::new(
+        fe(vip(21), 80, Proto::Tcp),
+        1,
+        vec![ep(0, Proto::Tcp), ep(1, Proto::Tcp)],
+    ));
+    requests(f.client_ns(), 4, Proto::Tcp, SocketAddrV4::new(vip(21), 80));
+    assert_eq!(f.load_and_attach(), AttachOutcome::Replaced);
+    assert_eq!(
+        requests(f.client_ns(), 8, Proto::Tcp, SocketAddrV4::new(vip(21), 80)).len(),
+        8
+    );
+    assert_eq!(
+        f.maps().dump().expect("dump").len(),
+        1,
+        "services survived the reload"
+    );
+}
+
+#[test]
+fn netctl_shows_services_backends_conntrack_and_counters() {
+    let f = Fixture::new();
+    let entry = ServiceEntry {
+        affinity_timeout_s: Some(30),
+        ..ServiceEntry::new(
+            fe(vip(22), 80, Proto::Tcp),
+            5,
+            vec![ep(0, Proto::Tcp), ep(1, Proto::Tcp)],
+        )
+    };
+    f.program(&entry);
+    requests(f.client_ns(), 3, Proto::Tcp, SocketAddrV4::new(vip(22), 80));
+    let netctl = |args: &[&str]| netctl_json(f.pins.path(), args);
+    let services = netctl(&["dump-services"]);
+    let svc = &services.as_array().expect("array")[0];
+    assert_eq!(svc["frontend"]["addr"], "10.96.0.22");
+    assert_eq!(svc["frontend"]["proto"], "TCP");
+    assert_eq!(svc["affinity_timeout_s"], 30);
+    assert_eq!(svc["backends"].as_array().map(Vec::len), Some(2));
+    assert_eq!(svc["backends"][0]["addr"], "10.244.0.3:8080");
+    let backends = netctl(&["dump-backends"]);
+    assert_eq!(
+        backends.as_array().map(Vec::len),
+        Some(9),
+        "3 pods x (TCP 8080, TCP 8081, UDP 8080)"
+    );
+    let flows = netctl(&["dump-conntrack"]);
+    assert!(flows.as_array().expect("array").iter().any(|f| {
+        f["frontend"] == "10.96.0.22:80"
+            && f["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("10.244.0.2:"))
+    }));
+    let stats = netctl(&["stats"]);
+    assert!(stats["tc_dnat"].as_u64().is_some_and(|n| n >= 3));
+    assert!(stats.get("drop_policy_empty").is_some() && stats.get("rejected").is_some());
+}
+
+#[test]
+fn dump_reads_back_scopes_flags_and_backends() {
+    let f = Fixture::new();
+    let entry = ServiceEntry {
+        external: true,
+        external_local: true,
+        affinity_timeout_s: Some(30),
+        ..ServiceEntry::new(
+            fe(NODE_IP, 30100, Proto::Tcp),
+            7,
+            vec![ep(0, Proto::Tcp), ep(2, Proto::Tcp)],
+        )
+    };
+    f.program(&entry);
+    let dump = f.maps().dump().expect("dump");
+    assert_eq!(dump.len(), 1);
+    let s = &dump[0];
+    assert_eq!(s.rev_nat_id, 7);
+    assert_eq!(s.affinity_timeout_s, Some(30));
+    assert!(
+        s.flags
+            .contains(&petrel_datapath::inspect::ServiceFlag::ExternalLocal)
+            && s.flags
+                .contains(&petrel_datapath::inspect::ServiceFlag::TwoScopes)
+    );
+    let addrs = |v: &[petrel_datapath::inspect::ProgrammedBackend]| {
+        v.iter()
+            .map(|b| b.addr.expect("present").to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(addrs(&s.backends), ["10.244.0.3:8080"]);
+    assert_eq!(
+        addrs(s.internal_backends.as_ref().expect("internal scope")),
+        ["10.244.0.3:8080", "10.244.0.5:8080"]
+    );
+    assert!(s.internal_backends.as_ref().expect("internal")[1].remote);
+    // Dropping the policy removes the internal scope.
+    f.program(&ServiceEntry {
+        external_local: false,
+        ..entry
+    });
+    assert_eq!(f.maps().dump().expect("dump")[0].internal_backends, None);
+    f.maps()
+        .remove_service(fe(NODE_IP, 30100, Proto::Tcp))
+        .expect("remove");
+    assert!(f.maps().dump().expect("dump").is_empty());
+}
