@@ -1,0 +1,104 @@
+//! Addresses: add one to a link, list them, find the link holding an address.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    address::{AddressAttribute, AddressMessage},
+};
+
+use crate::{Result, Socket};
+
+/// The message for `addr/prefix_len` on link `index`, as `ip addr add` builds it (local and
+/// address both set; a broadcast address below /31).
+pub fn v4_message(index: u32, addr: Ipv4Addr, prefix_len: u8) -> AddressMessage {
+    let mut m = AddressMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.header.index = index;
+    m.header.prefix_len = prefix_len;
+    m.attributes.push(AddressAttribute::Address(addr.into()));
+    m.attributes.push(AddressAttribute::Local(addr.into()));
+    if prefix_len < 31 {
+        let brd = u32::from(addr) | (u32::MAX >> prefix_len);
+        m.attributes
+            .push(AddressAttribute::Broadcast(Ipv4Addr::from(brd)));
+    }
+    m
+}
+
+/// Every address of the message (IFA_ADDRESS and IFA_LOCAL).
+pub fn addresses_of(m: &AddressMessage) -> impl Iterator<Item = IpAddr> + '_ {
+    m.attributes.iter().filter_map(|a| match a {
+        AddressAttribute::Address(ip) | AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    })
+}
+
+impl Socket {
+    /// Adds `addr/prefix_len` to link `index`; with `replace` an existing one is fine.
+    pub fn addr_add(
+        &mut self,
+        index: u32,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+        replace: bool,
+    ) -> Result<()> {
+        let excl = if replace { NLM_F_REPLACE } else { NLM_F_EXCL };
+        self.ack(
+            "adding address",
+            &format_args!("{addr}/{prefix_len} to #{index}"),
+            RouteNetlinkMessage::NewAddress(v4_message(index, addr, prefix_len)),
+            NLM_F_CREATE | excl,
+        )
+    }
+
+    /// Addresses of every link, or of link `index` only.
+    pub fn addr_dump(&mut self, index: Option<u32>) -> Result<Vec<AddressMessage>> {
+        let all = self.dump(
+            "listing",
+            &"addresses",
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        )?;
+        Ok(all
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) if index.is_none_or(|i| a.header.index == i) => {
+                    Some(a)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The index of the link holding `addr` (the agent's uplink: where the node address lives).
+    pub fn addr_link_of(&mut self, addr: Ipv4Addr) -> Result<Option<u32>> {
+        Ok(self
+            .addr_dump(None)?
+            .iter()
+            .find(|m| addresses_of(m).any(|a| a == IpAddr::V4(addr)))
+            .map(|m| m.header.index))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_only_below_31() {
+        let m = v4_message(3, Ipv4Addr::new(10, 0, 0, 1), 24);
+        assert!(
+            m.attributes
+                .contains(&AddressAttribute::Broadcast(Ipv4Addr::new(10, 0, 0, 255)))
+        );
+        let m = v4_message(3, Ipv4Addr::new(10, 0, 0, 1), 32);
+        assert!(
+            !m.attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Broadcast(_)))
+        );
+        assert_eq!(addresses_of(&m).count(), 2);
+        assert_eq!(m.header.index, 3);
+    }
+}
