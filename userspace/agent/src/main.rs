@@ -39,8 +39,9 @@ fn install_cni(cli: &Cli) -> anyhow::Result<()> {
 async fn cleanup(cli: &Cli) -> anyhow::Result<()> {
     Datapath::remove(&cli.bpffs_root)?;
     tracing::info!(root = %cli.bpffs_root.display(), "removed every petrel pin: programs detached, maps freed");
-    let routes = routes::remove_all()
+    let routes = tokio::task::spawn_blocking(routes::remove_all)
         .await
+        .context("removing petrel's routes")?
         .context("removing petrel's routes")?;
     tracing::info!(
         routes,

@@ -1,4 +1,6 @@
-//! Routes to other nodes' pod CIDRs, applied with rtnetlink in the agent's network namespace.
+//! Routes to other nodes' pod CIDRs, applied over a blocking rtnetlink socket (petrel-netlink)
+//! in the agent's network namespace. Every function here blocks: callers on the async runtime
+//! run them with `tokio::task::spawn_blocking`.
 //!
 //! * Native mode: `<podCIDR> via <node InternalIP>`, for nodes on one L2 segment.
 //! * VXLAN mode: a `petrel.vxlan` device (VNI 1, UDP 8472 by default, no learning) on the
@@ -12,20 +14,19 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::Ipv4Addr,
     path::Path,
 };
 
-use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
-use netlink_packet_route::{
-    AddressFamily,
-    address::AddressAttribute,
-    link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
-    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage},
-    route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol},
+use petrel_netlink::{
+    LinkId, NetlinkError, Route4, Socket, Sysctl, VxlanSpec, link, neigh,
+    packet::{
+        AddressFamily,
+        neighbour::NeighbourMessage,
+        route::{RouteMessage, RouteProtocol},
+    },
 };
-use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use super::plan::{RemoteNode, vtep_addr, vtep_mac};
 
@@ -45,14 +46,9 @@ pub enum Mode {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
-    #[error("opening a netlink socket: {0}")]
-    Socket(#[source] std::io::Error),
-    #[error("{op}: {source}")]
-    Netlink {
-        op: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
+    /// The message names the operation and its object ("listing routes: ...").
+    #[error("{0}")]
+    Netlink(#[source] NetlinkError),
     #[error(
         "no interface holds the node address {0}: pass the node's address with --node-ip, or fix the Node's InternalIP"
     )]
@@ -61,15 +57,9 @@ pub enum RouteError {
     Vanished(&'static str),
 }
 
-fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> RouteError {
-    let op = op.into();
-    move |source| RouteError::Netlink { op, source }
-}
-
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
-        _ => None,
+impl From<NetlinkError> for RouteError {
+    fn from(e: NetlinkError) -> RouteError {
+        RouteError::Netlink(e)
     }
 }
 
@@ -92,7 +82,7 @@ pub struct Applied {
 
 /// Owns this node's routes to other nodes.
 pub struct Router {
-    h: Handle,
+    sock: Socket,
     mode: Mode,
     node_ip: Ipv4Addr,
     uplink: Uplink,
@@ -106,41 +96,45 @@ struct Hop {
     oif: Option<u32>,
 }
 
-async fn connect() -> Result<Handle, RouteError> {
-    let (conn, h, _) = rtnetlink::new_connection().map_err(RouteError::Socket)?;
-    tokio::spawn(conn);
-    Ok(h)
+impl Hop {
+    fn route(&self, dst: Ipv4Net) -> Route4 {
+        Route4 {
+            gateway: Some(self.gateway),
+            oif: self.oif,
+            protocol: RouteProtocol::from(ROUTE_PROTOCOL),
+            // The overlay next hop is on the VXLAN device although no address there says so.
+            onlink: self.oif.is_some(),
+            ..Route4::new(dst)
+        }
+    }
 }
 
 impl Router {
     /// Finds the uplink and, in VXLAN mode, creates the overlay device or keeps the one already
     /// there when it matches (a restarted agent must not disturb traffic).
     /// `proc_sys_net` is where the host's /proc/sys/net is visible.
-    pub async fn new(
-        mode: Mode,
-        node_ip: Ipv4Addr,
-        proc_sys_net: &Path,
-    ) -> Result<Router, RouteError> {
-        let h = connect().await?;
-        let uplink = find_uplink(&h, node_ip).await?;
+    pub fn new(mode: Mode, node_ip: Ipv4Addr, proc_sys_net: &Path) -> Result<Router, RouteError> {
+        let mut sock = Socket::new()?;
+        let uplink = find_uplink(&mut sock, node_ip)?;
         let vxlan = match mode {
             Mode::Native => None,
             Mode::Vxlan { vni, port } => {
-                let index = ensure_vxlan(&h, &uplink, node_ip, vni, port).await?;
+                let index = ensure_vxlan(&mut sock, &uplink, node_ip, vni, port)?;
                 // Decapsulated packets from other nodes may carry sources (a node address
                 // SNATed for a NodePort) that the routing table reaches through the uplink: no
                 // reverse-path filter here.
+                let sysctl = Sysctl::new(proc_sys_net);
                 for (key, value) in [("rp_filter", "0"), ("forwarding", "1")] {
-                    let path = proc_sys_net.join(format!("ipv4/conf/{VXLAN_IFNAME}/{key}"));
-                    if let Err(e) = std::fs::write(&path, value) {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot set sysctl");
+                    if let Err(e) = sysctl.write(&format!("ipv4/conf/{VXLAN_IFNAME}/{key}"), value)
+                    {
+                        tracing::warn!(error = %e, "cannot set sysctl");
                     }
                 }
                 Some(index)
             }
         };
         Ok(Router {
-            h,
+            sock,
             mode,
             node_ip,
             uplink,
@@ -183,28 +177,21 @@ impl Router {
 
     /// Makes petrel's routes (and, in overlay mode, neighbour and FDB entries) exactly those
     /// for `remotes`.
-    pub async fn apply(&mut self, remotes: &[RemoteNode]) -> Result<Applied, RouteError> {
+    pub fn apply(&mut self, remotes: &[RemoteNode]) -> Result<Applied, RouteError> {
         let mut out = Applied::default();
         let want: BTreeMap<Ipv4Net, Hop> =
             remotes.iter().map(|r| (r.pod_cidr, self.hop(r))).collect();
-        let have = petrel_routes(&self.h).await?;
+        let have = petrel_routes(&mut self.sock)?;
         if let Some(vx) = self.vxlan {
             // Neighbour and FDB entries before routes: a route never points at an unresolved
             // next hop.
-            self.apply_vxlan_entries(vx, remotes, &mut out).await?;
+            self.apply_vxlan_entries(vx, remotes, &mut out)?;
         }
         for (dst, hop) in &want {
             if have.get(dst).map(|(h, _)| h) == Some(hop) {
                 continue;
             }
-            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(dst.network(), dst.prefix_len())
-                .gateway(hop.gateway)
-                .protocol(RouteProtocol::from(ROUTE_PROTOCOL));
-            if let Some(oif) = hop.oif {
-                b = b.output_interface(oif).onlink();
-            }
-            match self.h.route().add(b.build()).replace().execute().await {
+            match self.sock.route_add(&hop.route(*dst), true) {
                 Ok(()) => out.added += 1,
                 Err(e) => out.errors.push(route_error(dst, hop, &e)),
             }
@@ -213,17 +200,20 @@ impl Router {
             if want.contains_key(&dst) {
                 continue;
             }
-            match self.h.route().del(msg).execute().await {
-                Ok(()) => out.removed += 1,
-                Err(e) if errno(&e) == Some(libc::ESRCH) => {}
-                Err(e) => out.errors.push(format!("removing route {dst}: {e}")),
+            match self.sock.route_del(msg) {
+                Ok(true) => out.removed += 1,
+                // Gone already (ESRCH): nothing to do.
+                Ok(false) => {}
+                Err(e) => out
+                    .errors
+                    .push(format!("removing route {dst}: {}", e.source)),
             }
         }
         Ok(out)
     }
 
-    async fn apply_vxlan_entries(
-        &self,
+    fn apply_vxlan_entries(
+        &mut self,
         vx: u32,
         remotes: &[RemoteNode],
         out: &mut Applied,
@@ -232,289 +222,200 @@ impl Router {
         let macs: BTreeSet<[u8; 6]> = remotes.iter().map(|r| vtep_mac(r.node_ip)).collect();
         for r in remotes {
             let (hop, mac) = (vtep_addr(r.pod_cidr), vtep_mac(r.node_ip));
-            let neigh = self
-                .h
-                .neighbours()
-                .add(vx, IpAddr::V4(hop))
-                .link_layer_address(&mac)
-                .replace()
-                .execute()
-                .await;
-            if let Err(e) = neigh {
+            if let Err(e) = self
+                .sock
+                .neigh_replace(neigh::neighbour_message(vx, hop, mac))
+            {
                 out.errors
-                    .push(format!("neighbour {hop} for node {}: {e}", r.name));
+                    .push(format!("neighbour {hop} for node {}: {}", r.name, e.source));
             }
-            let fdb = self
-                .h
-                .neighbours()
-                .add_bridge(vx, &mac)
-                .flags(NeighbourFlags::Own)
-                .destination(IpAddr::V4(r.node_ip))
-                .replace()
-                .execute()
-                .await;
-            if let Err(e) = fdb {
+            if let Err(e) = self
+                .sock
+                .neigh_replace(neigh::fdb_message(vx, mac, r.node_ip))
+            {
                 out.errors.push(format!(
-                    "FDB entry to {} for node {}: {e}",
-                    r.node_ip, r.name
+                    "FDB entry to {} for node {}: {}",
+                    r.node_ip, r.name, e.source
                 ));
             }
         }
         // Entries of nodes that are gone. The device is petrel's alone, so everything on it that
         // is not wanted goes.
         let stale: Vec<NeighbourMessage> = self
-            .h
-            .neighbours()
-            .get()
-            .execute()
-            .try_filter(|n| futures::future::ready(n.header.ifindex == vx))
-            .try_collect()
-            .await
-            .map_err(nl("listing neighbours"))?;
+            .sock
+            .neigh_dump(vx)?
+            .into_iter()
+            .filter(|n| !keep_entry(n, &hops, &macs))
+            .collect();
         for n in stale {
-            let keep = match n.header.family {
-                AddressFamily::Inet => neigh_dst(&n).is_some_and(|a| hops.contains(&a)),
-                AddressFamily::Bridge => neigh_mac(&n).is_some_and(|m| macs.contains(&m)),
-                _ => true,
-            };
-            if !keep {
-                if let Err(e) = self.h.neighbours().del(n).execute().await {
-                    out.errors
-                        .push(format!("removing a stale VXLAN entry: {e}"));
-                }
+            if let Err(e) = self.sock.neigh_del(n) {
+                out.errors
+                    .push(format!("removing a stale VXLAN entry: {e}"));
             }
         }
         Ok(())
     }
 }
 
-fn route_error(dst: &Ipv4Net, hop: &Hop, e: &rtnetlink::Error) -> String {
-    let hint = if hop.oif.is_none() && errno(e) == Some(libc::ENETUNREACH) {
+/// Whether a neighbour or FDB entry of the VXLAN device belongs to a wanted node.
+fn keep_entry(n: &NeighbourMessage, hops: &BTreeSet<Ipv4Addr>, macs: &BTreeSet<[u8; 6]>) -> bool {
+    match n.header.family {
+        AddressFamily::Inet => neigh::destination_of(n).is_some_and(|a| hops.contains(&a)),
+        AddressFamily::Bridge => neigh::mac_of(n).is_some_and(|m| macs.contains(&m)),
+        _ => true,
+    }
+}
+
+fn route_error(dst: &Ipv4Net, hop: &Hop, e: &NetlinkError) -> String {
+    let hint = if hop.oif.is_none() && e.errno() == Some(libc::ENETUNREACH) {
         ": the node is not on a directly connected network; native routing needs every node on one L2 segment (use --routing vxlan)"
     } else {
         ""
     };
-    format!("adding route {dst} via {}: {e}{hint}", hop.gateway)
-}
-
-fn neigh_dst(n: &NeighbourMessage) -> Option<Ipv4Addr> {
-    n.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
-        _ => None,
-    })
-}
-
-fn neigh_mac(n: &NeighbourMessage) -> Option<[u8; 6]> {
-    n.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::LinkLayerAddress(b) => b.as_slice().try_into().ok(),
-        _ => None,
-    })
+    format!("adding route {dst} via {}: {}{hint}", hop.gateway, e.source)
 }
 
 /// petrel's IPv4 routes in the main table, by destination.
-async fn petrel_routes(h: &Handle) -> Result<BTreeMap<Ipv4Net, (Hop, RouteMessage)>, RouteError> {
-    let all: Vec<RouteMessage> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl("listing routes"))?;
+fn petrel_routes(sock: &mut Socket) -> Result<BTreeMap<Ipv4Net, (Hop, RouteMessage)>, RouteError> {
     let mut out = BTreeMap::new();
-    for m in all {
-        if m.header.protocol != RouteProtocol::from(ROUTE_PROTOCOL)
-            || m.header.table != RouteHeader::RT_TABLE_MAIN
-        {
-            continue;
-        }
-        let (mut dst, mut gateway, mut oif) = (None, None, None);
-        for a in &m.attributes {
-            match a {
-                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                _ => {}
-            }
-        }
-        let Some(net) = dst.and_then(|d| Ipv4Net::new(d, m.header.destination_prefix_length).ok())
-        else {
+    for m in sock.route_dump_v4()? {
+        let Some(r) = Route4::from_message(&m) else {
             continue;
         };
+        if r.protocol != RouteProtocol::from(ROUTE_PROTOCOL) {
+            continue;
+        }
         // A native route's device is whatever the kernel picked: compare next hops only.
-        let onlink = m.header.flags.contains(RouteFlags::Onlink);
         let hop = Hop {
-            gateway: gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            oif: if onlink { oif } else { None },
+            gateway: r.gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            oif: if r.onlink { r.oif } else { None },
         };
-        out.insert(net, (hop, m));
+        out.insert(r.dst, (hop, m));
     }
     Ok(out)
 }
 
-async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, RouteError> {
-    match h
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-    {
-        Ok(l) => Ok(l),
-        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(nl(format!("looking up link {name}"))(e)),
-    }
-}
-
-fn link_name(l: &LinkMessage) -> String {
-    l.attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.clone()),
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
-fn link_mtu(l: &LinkMessage) -> u32 {
-    l.attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::Mtu(m) => Some(*m),
-            _ => None,
-        })
-        .unwrap_or(1500)
-}
-
-async fn find_uplink(h: &Handle, node_ip: Ipv4Addr) -> Result<Uplink, RouteError> {
-    // The whole dump is read: a stream dropped half-way makes the netlink connection log
-    // "failed to forward response back to the handle" for the rest.
-    let addresses: Vec<_> = h
-        .address()
-        .get()
-        .set_address_filter(IpAddr::V4(node_ip))
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl("listing addresses"))?;
-    let index = addresses
-        .iter()
-        .find(|a| {
-            a.attributes.iter().any(|x| {
-                matches!(x, AddressAttribute::Address(IpAddr::V4(ip)) | AddressAttribute::Local(IpAddr::V4(ip)) if *ip == node_ip)
-            })
-        })
-        .map(|a| a.header.index)
+fn find_uplink(sock: &mut Socket, node_ip: Ipv4Addr) -> Result<Uplink, RouteError> {
+    let index = sock
+        .addr_link_of(node_ip)?
         .ok_or(RouteError::NoUplink(node_ip))?;
-    let link = h
-        .link()
-        .get()
-        .match_index(index)
-        .execute()
-        .try_next()
-        .await
-        .map_err(nl(format!("looking up link {index}")))?
+    // The link may go between the two requests: the address then has no interface either.
+    let l = sock
+        .link_get(LinkId::Index(index))?
         .ok_or(RouteError::NoUplink(node_ip))?;
     Ok(Uplink {
         index,
-        name: link_name(&link),
-        mtu: link_mtu(&link),
+        name: link::name_of(&l).unwrap_or_default().to_string(),
+        mtu: link::mtu_of(&l).unwrap_or(1500),
     })
 }
 
-/// Whether an existing VXLAN device was made with these parameters.
-fn vxlan_matches(l: &LinkMessage, uplink: u32, local: Ipv4Addr, vni: u32, port: u16) -> bool {
-    let infos = l.attributes.iter().find_map(|a| match a {
-        LinkAttribute::LinkInfo(i) => Some(i),
-        _ => None,
-    });
-    let Some(data) = infos.into_iter().flatten().find_map(|i| match i {
-        LinkInfo::Data(InfoData::Vxlan(v)) => Some(v),
-        _ => None,
-    }) else {
-        return false;
-    };
-    let has = |x: &InfoVxlan| data.contains(x);
-    has(&InfoVxlan::Id(vni))
-        && has(&InfoVxlan::Port(port))
-        && has(&InfoVxlan::Local(local))
-        && has(&InfoVxlan::Link(uplink))
-}
-
-async fn ensure_vxlan(
-    h: &Handle,
+fn ensure_vxlan(
+    sock: &mut Socket,
     uplink: &Uplink,
     node_ip: Ipv4Addr,
     vni: u32,
     port: u16,
 ) -> Result<u32, RouteError> {
-    let mtu = uplink.mtu - VXLAN_OVERHEAD;
-    let mac = vtep_mac(node_ip).to_vec();
-    let index = match link_by_name(h, VXLAN_IFNAME).await? {
-        Some(l) if vxlan_matches(&l, uplink.index, node_ip, vni, port) => l.header.index,
+    let spec = VxlanSpec {
+        name: VXLAN_IFNAME,
+        vni,
+        uplink: uplink.index,
+        local: node_ip,
+        port,
+    };
+    let index = match sock.link_get(LinkId::Name(VXLAN_IFNAME))? {
+        Some(l) if spec.matches(&l) => l.header.index,
         existing => {
             if let Some(l) = existing {
                 tracing::warn!(
                     device = VXLAN_IFNAME,
                     "VXLAN device has other parameters (node address, VNI, port or uplink changed): recreating it"
                 );
-                h.link()
-                    .del(l.header.index)
-                    .execute()
-                    .await
-                    .map_err(nl(format!("deleting {VXLAN_IFNAME}")))?;
+                sock.link_delete(LinkId::Index(l.header.index))?;
             }
-            h.link()
-                .add(
-                    LinkVxlan::new(VXLAN_IFNAME, vni)
-                        .dev(uplink.index)
-                        .local(node_ip)
-                        .port(port)
-                        .learning(false)
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(nl(format!("creating {VXLAN_IFNAME}")))?;
-            link_by_name(h, VXLAN_IFNAME)
-                .await?
+            sock.link_create_vxlan(&spec)?;
+            sock.link_get(LinkId::Name(VXLAN_IFNAME))?
                 .ok_or(RouteError::Vanished(VXLAN_IFNAME))?
                 .header
                 .index
         }
     };
     // MTU, MAC and state are set every time: cheap, and they follow the uplink's MTU.
-    h.link()
-        .set(
-            LinkUnspec::new_with_index(index)
-                .mtu(mtu)
-                .address(mac)
-                .up()
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(nl(format!("configuring {VXLAN_IFNAME}")))?;
+    sock.link_set_mtu_mac(
+        index,
+        Some(uplink.mtu - VXLAN_OVERHEAD),
+        Some(vtep_mac(node_ip)),
+        true,
+    )?;
     Ok(index)
 }
 
 /// Removes every petrel route and the VXLAN device (uninstall). Returns how many routes went.
-pub async fn remove_all() -> Result<usize, RouteError> {
-    let h = connect().await?;
+pub fn remove_all() -> Result<usize, RouteError> {
+    let mut sock = Socket::new()?;
     let mut n = 0;
-    for (_, (_, msg)) in petrel_routes(&h).await? {
-        match h.route().del(msg).execute().await {
-            Ok(()) => n += 1,
-            Err(e) if errno(&e) == Some(libc::ESRCH) => {}
-            Err(e) => return Err(nl("removing a petrel route")(e)),
+    for (_, (_, msg)) in petrel_routes(&mut sock)? {
+        if sock.route_del(msg)? {
+            n += 1;
         }
     }
-    if let Some(l) = link_by_name(&h, VXLAN_IFNAME).await? {
-        h.link()
-            .del(l.header.index)
-            .execute()
-            .await
-            .map_err(nl(format!("deleting {VXLAN_IFNAME}")))?;
-    }
+    sock.link_delete(LinkId::Name(VXLAN_IFNAME))?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_petrels_and_onlink_only_on_the_overlay() {
+        let dst: Ipv4Net = "10.244.2.0/24".parse().unwrap();
+        let native = Hop {
+            gateway: Ipv4Addr::new(192, 168, 0, 2),
+            oif: None,
+        }
+        .route(dst);
+        assert_eq!(native.protocol, RouteProtocol::from(ROUTE_PROTOCOL));
+        assert!(!native.onlink);
+        assert_eq!(native.oif, None);
+        let overlay = Hop {
+            gateway: dst.network(),
+            oif: Some(7),
+        }
+        .route(dst);
+        assert!(overlay.onlink);
+        assert_eq!(overlay.oif, Some(7));
+        assert_eq!(overlay.gateway, Some(dst.network()));
+    }
+
+    #[test]
+    fn only_entries_of_wanted_nodes_are_kept() {
+        let (hop, mac) = (Ipv4Addr::new(10, 244, 2, 0), [0x0e, 0x70, 192, 168, 0, 2]);
+        let hops = BTreeSet::from([hop]);
+        let macs = BTreeSet::from([mac]);
+        let remote = Ipv4Addr::new(192, 168, 0, 2);
+        assert!(keep_entry(
+            &neigh::neighbour_message(4, hop, mac),
+            &hops,
+            &macs
+        ));
+        assert!(keep_entry(
+            &neigh::fdb_message(4, mac, remote),
+            &hops,
+            &macs
+        ));
+        let gone = Ipv4Addr::new(10, 244, 3, 0);
+        assert!(!keep_entry(
+            &neigh::neighbour_message(4, gone, mac),
+            &hops,
+            &macs
+        ));
+        let other_mac = [0x0e, 0x70, 192, 168, 0, 3];
+        assert!(!keep_entry(
+            &neigh::fdb_message(4, other_mac, remote),
+            &hops,
+            &macs
+        ));
+    }
 }

@@ -96,8 +96,28 @@ impl RouteSync {
         if !due && self.applied.as_ref() == Some(&plan.remotes) {
             return;
         }
-        let router = self.router.as_mut().expect("made above");
-        match router.apply(&plan.remotes).await {
+        // A few netlink requests, but blocking ones: off the runtime's threads. The router
+        // goes with them and comes back.
+        let mut router = self.router.take().expect("made above");
+        let remotes = plan.remotes.clone();
+        let applied = match tokio::task::spawn_blocking(move || {
+            let a = router.apply(&remotes);
+            (router, a)
+        })
+        .await
+        {
+            Ok((router, a)) => {
+                self.router = Some(router);
+                a
+            }
+            Err(e) => {
+                // The router is lost with the task: the next sync makes a new one.
+                tracing::error!(error = %e, "applying routes to other nodes panicked");
+                metrics.sync_errors.inc();
+                return;
+            }
+        };
+        match applied {
             Ok(a) => {
                 for e in &a.errors {
                     tracing::error!("{e}");
@@ -147,7 +167,19 @@ impl RouteSync {
         {
             return false;
         }
-        match Router::new(mode, node_ip, &s.proc_sys_net).await {
+        let proc_sys_net = s.proc_sys_net.clone();
+        let made =
+            tokio::task::spawn_blocking(move || Router::new(mode, node_ip, &proc_sys_net)).await;
+        let made = match made {
+            Ok(made) => made,
+            Err(e) => {
+                tracing::error!(error = %e, "setting up routing to other nodes panicked");
+                self.failure = Some((e.to_string(), Instant::now()));
+                metrics.sync_errors.inc();
+                return false;
+            }
+        };
+        match made {
             Ok(r) => {
                 tracing::info!(mode = ?r.mode(), uplink = %r.uplink().name, pod_mtu = r.pod_mtu(), "routing to other nodes' pods");
                 // Replies of flows this node translated come back on the uplink (native) or
