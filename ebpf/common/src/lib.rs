@@ -14,9 +14,9 @@
 
 use core::mem::size_of;
 
-/// Version suffix of every pinned map name. A layout change is a new version plus a migration,
-/// never a silent reinterpretation of old bytes.
-pub const MAP_VERSION: &str = "v1";
+// Every pinned map's name carries the version of its layout (`SERVICES_V1`, `CT_V2`): a layout
+// change is a new name (the old pin is removed at load), never a silent reinterpretation of old
+// bytes. Maps whose layout did not change keep their name, so an upgrade keeps their contents.
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -101,8 +101,14 @@ pub struct RevNat {
 }
 const _: () = assert!(size_of::<RevNat>() == 8);
 
-/// Key of the CONNTRACK map (the flow as it arrived, before any NAT) and of REV_CT (a reply as
-/// the backend sends it).
+/// `CtKey::dir`: the flow as its initiator sends it (client to frontend, pod to the outside).
+pub const CT_DIR_FORWARD: u8 = 0;
+/// `CtKey::dir`: the answers, as the other end (backend, remote host) sends them.
+pub const CT_DIR_REPLY: u8 = 1;
+
+/// Key of the CONNTRACK map: a packet's tuple as it arrives, before any NAT, and which direction
+/// of its connection it is. Every tracked connection is two entries, one per direction, created
+/// and removed together (see `CtValue::partner`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct CtKey {
@@ -111,40 +117,137 @@ pub struct CtKey {
     pub sport_be: u16,
     pub dport_be: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// `CT_DIR_FORWARD` or `CT_DIR_REPLY`.
+    pub dir: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<CtKey>() == 16);
 
-/// `CtValue::flags`: the source was rewritten to `nat_addr_be:nat_port_be`.
+/// `CtValue::flags`: the source is rewritten (NodePort SNAT, hairpin, masquerade, clash remap).
 pub const CT_F_SNAT: u16 = 1 << 0;
-/// `CtValue::flags`: the source was rewritten to the node's own address (routed by the program,
+/// `CtValue::flags`: the source is rewritten to the node's own address (routed by the program,
 /// since the stack would drop a packet with a local source arriving from outside).
 pub const CT_F_NODE_SNAT: u16 = 1 << 1;
-/// `CtValue::flags`: pod egress masqueraded to the node address (no service, no backend): in
-/// CONNTRACK `nat_*` is the node address and port it goes out with; in REV_CT the pod it came
-/// from.
+/// `CtValue::flags`: pod egress masqueraded to the node address (no service, no backend).
 pub const CT_F_MASQ: u16 = 1 << 2;
-/// `CtValue::flags` (CONNTRACK only): a flow that came from outside the cluster CIDR to a pod
-/// (another node's SNATed NodePort traffic, a host-network client elsewhere). The key is the
-/// pod's reply, which must leave untouched: masquerading only applies to flows pods start.
+/// `CtValue::flags`: a connection that came from outside the cluster CIDR to a pod (another
+/// node's SNATed NodePort traffic, a host-network client elsewhere, a hostPort DNAT). Nothing is
+/// rewritten: the entries only say that the pod's answers are answers, never masqueraded.
 pub const CT_F_INBOUND: u16 = 1 << 3;
+/// `CtValue::flags`: hairpin (a pod reaching its own service and landing on itself).
+pub const CT_F_HAIRPIN: u16 = 1 << 4;
+/// `CtValue::flags`: the client's source port was taken on the backend side (another frontend's
+/// flow, or one still closing): the source port was remapped from the NAT port range.
+pub const CT_F_REMAPPED: u16 = 1 << 5;
 
-/// Value of CONNTRACK and REV_CT. In CONNTRACK, `nat_*` is the source the packets are rewritten
-/// to (SNAT, hairpin); in REV_CT it is the original client, which replies are sent back to.
+/// `CtValue::seen`: a packet went this way.
+pub const CT_SEEN_PKT: u8 = 1 << 0;
+/// `CtValue::seen`: a TCP SYN went this way.
+pub const CT_SEEN_SYN: u8 = 1 << 1;
+/// `CtValue::seen`: a TCP segment with ACK went this way (the handshake got an answer).
+pub const CT_SEEN_ACK: u8 = 1 << 2;
+/// `CtValue::seen`: a TCP FIN went this way.
+pub const CT_SEEN_FIN: u8 = 1 << 3;
+/// `CtValue::seen`: a TCP RST went this way.
+pub const CT_SEEN_RST: u8 = 1 << 4;
+
+/// Value of CONNTRACK: how packets with the key's tuple are rewritten. `src_*`/`dst_*` are the
+/// packet's new source and destination (equal to the key's where that end is kept), so one
+/// rewrite serves both directions: the forward entry of a service flow sends the client's packets
+/// to the backend (and from the SNAT source, if any); the reply entry makes the backend's answers
+/// come from the frontend and go to the client.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtValue {
+    pub src_addr_be: u32,
+    pub dst_addr_be: u32,
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    /// The backend (0: masquerade and inbound entries).
     pub backend_id: u32,
+    /// The frontend's reverse-NAT id (0: masquerade and inbound entries).
     pub rev_nat_id: u32,
-    pub nat_addr_be: u32,
-    pub nat_port_be: u16,
-    pub flags: u16,
-    /// The interface the flow came in on. Replies are redirected out of it (bpf_redirect_neigh)
-    /// after reverse NAT: their new source may be the node's own address (NodePort), which the
-    /// routing input path would drop as a martian.
+    /// Forward: the interface the flow came in on. Reply: the interface replies are redirected
+    /// out of (0: hand to the stack).
     pub ifindex: u32,
+    /// When this direction expires, in CLOCK_MONOTONIC seconds (bpf_ktime_get_ns / 1e9):
+    /// refreshed by every packet to now + the lifetime of its state (`ct_lifetime`).
+    pub expires_s: u32,
+    pub flags: u16,
+    /// `CT_SEEN_*` bits of this direction.
+    pub seen: u8,
+    pub _pad: u8,
 }
-const _: () = assert!(size_of::<CtValue>() == 20);
+const _: () = assert!(size_of::<CtValue>() == 32);
+
+impl CtValue {
+    /// The key of the other direction's entry: what a packet rewritten by this entry is answered
+    /// with. The garbage collector and the datapath remove the two together.
+    #[inline(always)]
+    pub fn partner(&self, key: &CtKey) -> CtKey {
+        CtKey {
+            saddr_be: self.dst_addr_be,
+            daddr_be: self.src_addr_be,
+            sport_be: self.dst_port_be,
+            dport_be: self.src_port_be,
+            proto: key.proto,
+            dir: key.dir ^ 1,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Whether this direction has expired at `now_s`.
+    #[inline(always)]
+    pub fn expired(&self, now_s: u32) -> bool {
+        // Wrapping difference: monotonic seconds wrap after 136 years.
+        (now_s.wrapping_sub(self.expires_s) as i32) >= 0
+    }
+}
+
+/// Lifetimes of conntrack states, in seconds. The defaults are Cilium's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtLifetimes {
+    pub tcp_established: u32,
+    pub tcp_syn: u32,
+    pub tcp_closing: u32,
+    pub other: u32,
+}
+
+impl CtLifetimes {
+    pub const DEFAULT: CtLifetimes = CtLifetimes {
+        tcp_established: 6 * 3600,
+        tcp_syn: 60,
+        tcp_closing: 10,
+        other: 60,
+    };
+
+    /// How long one direction of a connection lives after its last packet, given what was seen
+    /// in that direction: TCP closing once a FIN or RST went by, established once a segment with
+    /// ACK did, else still in its handshake; every other protocol one fixed time.
+    #[inline(always)]
+    pub fn of(&self, proto: u8, seen: u8) -> u32 {
+        if proto != IPPROTO_TCP {
+            self.other
+        } else if seen & (CT_SEEN_FIN | CT_SEEN_RST) != 0 {
+            self.tcp_closing
+        } else if seen & CT_SEEN_ACK != 0 {
+            self.tcp_established
+        } else {
+            self.tcp_syn
+        }
+    }
+}
+
+/// Whether a connection (its two entries; `reply` None when missing) is over at `now_s`: both
+/// directions expired, or a RST went either way and its short lifetime ran out. A FIN in one
+/// direction only is a half-close: the other direction keeps the connection alive.
+pub fn ct_connection_over(forward: &CtValue, reply: Option<&CtValue>, now_s: u32) -> bool {
+    let reset = |v: &CtValue| v.seen & CT_SEEN_RST != 0 && v.expired(now_s);
+    match reply {
+        None => true,
+        Some(r) => (forward.expired(now_s) && r.expired(now_s)) || reset(forward) || reset(r),
+    }
+}
 
 /// `AffinityKey::kind`: the client is an IPv4 address (TC path).
 pub const AFFINITY_CLIENT_IP: u8 = 0;
@@ -174,7 +277,7 @@ const _: () = assert!(size_of::<AffinityValue>() == 16);
 
 /// Key of the socket-LB maps: a socket and an address. In SOCK_REVNAT the address is the backend
 /// the socket was sent to (value: the frontend to show the application); in SOCK_CT it is the
-/// frontend (value: the backend chosen for that socket).
+/// frontend (value: the backend chosen for that socket, its id and address).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct SockKey {
@@ -261,8 +364,22 @@ pub mod config {
     /// addresses outside it is masqueraded to NODE_IP; a mask of 0 turns masquerading off.
     pub const CLUSTER_CIDR: u32 = 2;
     pub const CLUSTER_MASK: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Conntrack lifetimes in seconds (`CtLifetimes`); 0 means the default.
+    pub const CT_TCP_ESTABLISHED_S: u32 = 4;
+    pub const CT_TCP_SYN_S: u32 = 5;
+    pub const CT_TCP_CLOSING_S: u32 = 6;
+    pub const CT_OTHER_S: u32 = 7;
+    /// The node's NAT port range (host order, inclusive): every source port petrel rewrites
+    /// (NodePort SNAT, masquerade, clash remapping) is taken from it. 0: the default range.
+    pub const NAT_PORT_MIN: u32 = 8;
+    pub const NAT_PORT_MAX: u32 = 9;
+    pub const COUNT: u32 = 16;
 }
+
+/// The default NAT port range: above Linux's default ephemeral range (32768-60999), so no host
+/// socket the kernel binds by itself can hold a port petrel hands out.
+pub const NAT_PORT_MIN_DEFAULT: u16 = 61000;
+pub const NAT_PORT_MAX_DEFAULT: u16 = 65535;
 
 /// Source address a hairpinned flow (a pod reaching its own service and landing on itself) is
 /// rewritten to, so the pod does not see a packet from its own address. Link-local, never on a
@@ -297,11 +414,29 @@ pub mod stat {
     pub const AFFINITY_HIT: u32 = 11;
     /// Pod egress flows masqueraded to the node address (destination outside the cluster CIDR).
     pub const MASQUERADED: u32 = 12;
-    /// Pod egress dropped: no free node port for masquerading after every probe.
-    pub const DROP_MASQ_NO_PORT: u32 = 13;
-    pub const COUNT: u32 = 16;
+    /// Dropped: no free port in the NAT range for a new flow's source (masquerade, NodePort
+    /// SNAT, clash remap) after every probe.
+    pub const DROP_NAT_NO_PORT: u32 = 13;
+    /// Dropped: the conntrack map is full (a new connection could not be tracked).
+    pub const DROP_CT_FULL: u32 = 14;
+    /// New flows whose source port was remapped because the translated tuple was taken.
+    pub const CT_CLASH_REMAP: u32 = 15;
+    /// ICMP errors about a tracked flow, translated.
+    pub const ICMP_ERROR_TRANSLATED: u32 = 16;
+    /// ICMP errors about no tracked flow, passed untouched.
+    pub const ICMP_ERROR_UNTRACKED: u32 = 17;
+    /// Non-first IPv4 fragments translated like their first fragment.
+    pub const FRAG_TRANSLATED: u32 = 18;
+    /// Non-first IPv4 fragments whose first fragment was not seen (passed untouched).
+    pub const FRAG_UNTRACKED: u32 = 19;
+    /// Packets too short or malformed for their headers (passed untouched).
+    pub const MALFORMED: u32 = 20;
+    /// TCP segments other than SYN without a conntrack entry, passed untouched (not a
+    /// connection petrel saw start: never masqueraded or balanced mid-stream).
+    pub const TCP_MIDSTREAM: u32 = 21;
+    pub const COUNT: u32 = 32;
 
-    pub const NAMES: [&str; 14] = [
+    pub const NAMES: [&str; 22] = [
         "tc_seen",
         "tc_dnat",
         "tc_revnat",
@@ -315,9 +450,39 @@ pub mod stat {
         "rebalanced",
         "affinity_hit",
         "masqueraded",
-        "drop_masq_no_port",
+        "drop_nat_no_port",
+        "drop_ct_full",
+        "ct_clash_remap",
+        "icmp_error_translated",
+        "icmp_error_untracked",
+        "frag_translated",
+        "frag_untracked",
+        "malformed",
+        "tcp_midstream",
     ];
 }
+
+/// Key of the FRAGS map: an IPv4 datagram being fragmented (RFC 791's identification tuple).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub id_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<FragKey>() == 12);
+
+/// Value of FRAGS: the ports of the datagram's first fragment, so later fragments (which carry
+/// none) are looked up in conntrack as the first one was.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragPorts {
+    pub sport_be: u16,
+    pub dport_be: u16,
+}
+const _: () = assert!(size_of::<FragPorts>() == 4);
 
 #[cfg(feature = "user")]
 mod user {
@@ -342,6 +507,10 @@ mod user {
     unsafe impl aya::Pod for SockKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SockValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FragKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FragPorts {}
 }
 
 #[cfg(test)]
@@ -375,11 +544,12 @@ mod tests {
             sport_be: 40000u16.to_be(),
             dport_be: 53u16.to_be(),
             proto: IPPROTO_UDP,
-            _pad: [0; 3],
+            dir: CT_DIR_REPLY,
+            _pad: [0; 2],
         };
         assert_eq!(
             bytes(&k),
-            &[10, 0, 0, 1, 10, 96, 0, 1, 0x9c, 0x40, 0, 53, 17, 0, 0, 0]
+            &[10, 0, 0, 1, 10, 96, 0, 1, 0x9c, 0x40, 0, 53, 17, 1, 0, 0]
         );
     }
 
@@ -399,9 +569,105 @@ mod tests {
         assert!(stat::NAMES.len() as u32 <= stat::COUNT);
         assert_eq!(stat::NAMES[stat::AFFINITY_HIT as usize], "affinity_hit");
         assert_eq!(
-            stat::NAMES[stat::DROP_MASQ_NO_PORT as usize],
-            "drop_masq_no_port"
+            stat::NAMES[stat::DROP_NAT_NO_PORT as usize],
+            "drop_nat_no_port"
         );
+        assert_eq!(stat::NAMES[stat::TCP_MIDSTREAM as usize], "tcp_midstream");
+    }
+}
+
+#[cfg(test)]
+mod ct_tests {
+    use super::*;
+
+    fn entry(expires_s: u32, seen: u8) -> CtValue {
+        CtValue {
+            expires_s,
+            seen,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lifetimes_follow_the_tcp_state() {
+        let l = CtLifetimes::DEFAULT;
+        assert_eq!(l.of(IPPROTO_TCP, CT_SEEN_PKT | CT_SEEN_SYN), 60);
+        assert_eq!(l.of(IPPROTO_TCP, CT_SEEN_SYN | CT_SEEN_ACK), 21600);
+        assert_eq!(l.of(IPPROTO_TCP, CT_SEEN_ACK | CT_SEEN_FIN), 10);
+        assert_eq!(l.of(IPPROTO_TCP, CT_SEEN_RST), 10);
+        assert_eq!(l.of(IPPROTO_UDP, CT_SEEN_PKT), 60);
+        assert_eq!(l.of(IPPROTO_ICMP, 0), 60);
+    }
+
+    #[test]
+    fn the_partner_of_each_entry_is_the_other() {
+        let fwd_key = CtKey {
+            saddr_be: 1,
+            daddr_be: 2,
+            sport_be: 3,
+            dport_be: 4,
+            proto: IPPROTO_TCP,
+            dir: CT_DIR_FORWARD,
+            _pad: [0; 2],
+        };
+        // client 1:3 -> frontend 2:4, SNATed to 9:7 and sent to backend 5:6
+        let fwd = CtValue {
+            src_addr_be: 9,
+            src_port_be: 7,
+            dst_addr_be: 5,
+            dst_port_be: 6,
+            ..Default::default()
+        };
+        let rev_key = fwd.partner(&fwd_key);
+        assert_eq!(
+            (
+                rev_key.saddr_be,
+                rev_key.sport_be,
+                rev_key.daddr_be,
+                rev_key.dport_be
+            ),
+            (5, 6, 9, 7)
+        );
+        assert_eq!(rev_key.dir, CT_DIR_REPLY);
+        let rev = CtValue {
+            src_addr_be: 2,
+            src_port_be: 4,
+            dst_addr_be: 1,
+            dst_port_be: 3,
+            ..Default::default()
+        };
+        assert_eq!(rev.partner(&rev_key), fwd_key);
+    }
+
+    #[test]
+    fn a_connection_is_over_when_both_sides_expired_or_a_reset_ran_out() {
+        let now = 1000;
+        assert!(!ct_connection_over(
+            &entry(1010, CT_SEEN_ACK),
+            Some(&entry(990, CT_SEEN_ACK)),
+            now
+        ));
+        assert!(ct_connection_over(
+            &entry(999, CT_SEEN_ACK),
+            Some(&entry(1000, CT_SEEN_ACK)),
+            now
+        ));
+        // A RST one way ends it even while the other way still has hours.
+        assert!(ct_connection_over(
+            &entry(900, CT_SEEN_RST),
+            Some(&entry(9000, CT_SEEN_ACK)),
+            now
+        ));
+        // A FIN one way is a half-close: the other way keeps it.
+        assert!(!ct_connection_over(
+            &entry(900, CT_SEEN_FIN),
+            Some(&entry(9000, CT_SEEN_ACK)),
+            now
+        ));
+        // A lone entry is an orphan.
+        assert!(ct_connection_over(&entry(9000, CT_SEEN_ACK), None, now));
+        // Expiry compares across the wrap of the seconds counter.
+        assert!(!entry(5, 0).expired(u32::MAX - 5));
     }
 }
 

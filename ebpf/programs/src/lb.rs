@@ -3,8 +3,9 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use petrel_common::{
-    AffinityKey, AffinityValue, Backend, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY,
-    SVC_F_DROP_EMPTY, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, config, stat,
+    AffinityKey, AffinityValue, BACKEND_F_TERMINATING, Backend, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue,
+    config, stat,
 };
 
 use crate::maps::{AFFINITY, BACKENDS, MAGLEV, SERVICES, count};
@@ -101,7 +102,12 @@ pub fn select(fe: &Frontend, internal: bool, client: &Client) -> Lookup {
         if let Some(a) = unsafe { AFFINITY.get(affinity_key) }.copied() {
             let timeout_ns = u64::from(svc.affinity_timeout_s) * 1_000_000_000;
             if now.wrapping_sub(a.last_used_ns) <= timeout_ns {
-                if let Some(b) = backend(a.backend_id) {
+                // Only to an active backend: a terminating one takes no new connections, even
+                // from clients it served. (The agent removes affinity entries whose backend left
+                // the service.)
+                if let Some(b) =
+                    backend(a.backend_id).filter(|b| b.flags & BACKEND_F_TERMINATING == 0)
+                {
                     let fresh = AffinityValue {
                         last_used_ns: now,
                         ..a

@@ -10,7 +10,10 @@
 //! * `tc_external_ingress` (TCX ingress of the node's external interfaces): NodePort, externalIPs
 //!   and LoadBalancer traffic from outside the node, and the replies of SNATed and masqueraded
 //!   flows.
+//! * `tc_external_egress` (TCX egress of the node's external interfaces): answers of host-network
+//!   backends on this node, which leave without passing a pod veth.
 
+mod ct;
 mod lb;
 mod maps;
 mod masq;
@@ -44,6 +47,11 @@ pub fn tc_pod_ingress(mut ctx: TcContext) -> i32 {
 #[classifier]
 pub fn tc_external_ingress(mut ctx: TcContext) -> i32 {
     verdict(tc::handle(&mut ctx, false))
+}
+
+#[classifier]
+pub fn tc_external_egress(mut ctx: TcContext) -> i32 {
+    verdict(tc::handle_egress(&mut ctx))
 }
 
 #[cgroup_sock_addr(connect4)]

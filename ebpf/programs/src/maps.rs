@@ -10,8 +10,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use petrel_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, SockKey,
-    SockValue, config, stat,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, FragKey, FragPorts, RevNat, ServiceKey,
+    ServiceValue, SockKey, SockValue, config, stat,
 };
 
 const NO_PREALLOC: u32 = 1;
@@ -26,13 +26,20 @@ pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(1024 * 1024, NO_PRE
 #[map(name = "REV_NAT_V1")]
 pub static REV_NAT: HashMap<u32, RevNat> = HashMap::pinned(256 * 1024, NO_PREALLOC);
 
-/// Forward flows: the tuple as it arrived -> chosen backend (and SNAT, if any).
-#[map(name = "CT_V1")]
-pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(256 * 1024, 0);
+/// Connection tracking: two entries per connection, one per direction (`CtKey::dir`), created
+/// and removed together; see `ct.rs`. A plain hash map on purpose: an LRU map would let a flood
+/// of new flows evict established ones, and evict one direction of a connection without the
+/// other. Entries leave when they expire (the agent's garbage collector) or when the datapath
+/// replaces a dead connection; a full map refuses new connections (counted), never old ones.
+/// Preallocated: no allocation on the packet path. Default 128k connections (kube-proxy's
+/// nf_conntrack_max floor); the agent sizes it from --ct-max-flows.
+#[map(name = "CT_V2")]
+pub static CONNTRACK: HashMap<CtKey, CtValue> = HashMap::pinned(2 * 131_072, 0);
 
-/// Reply flows: the tuple as the backend sends it -> frontend and original client.
-#[map(name = "REV_CT_V1")]
-pub static REV_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(256 * 1024, 0);
+/// Ports of the first fragment of IPv4 datagrams in flight, so their other fragments are
+/// translated like the first. LRU: an entry is only needed for the datagram's lifetime.
+#[map(name = "FRAGS_V1")]
+pub static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(8192, 0);
 
 /// sessionAffinity ClientIP.
 #[map(name = "AFFINITY_V1")]
@@ -46,16 +53,16 @@ pub static MAGLEV: Array<u32> = Array::pinned(64 * 16381, 0);
 #[map(name = "SOCK_REVNAT_V1")]
 pub static SOCK_REVNAT: LruHashMap<SockKey, SockValue> = LruHashMap::pinned(64 * 1024, 0);
 
-/// Socket-LB for unconnected UDP: (socket, frontend) -> backend, so a socket's datagrams stick
-/// to one backend while it exists.
-#[map(name = "SOCK_CT_V1")]
+/// Socket-LB for unconnected UDP: (socket, frontend) -> backend (its id, address and port), so a
+/// socket's datagrams stick to one backend while that backend exists at that address.
+#[map(name = "SOCK_CT_V2")]
 pub static SOCK_CT: LruHashMap<SockKey, SockValue> = LruHashMap::pinned(64 * 1024, 0);
 
 /// Node facts written by userspace (see `petrel_common::config`).
-#[map(name = "CONFIG_V1")]
+#[map(name = "CONFIG_V2")]
 pub static CONFIG: Array<u32> = Array::pinned(config::COUNT, 0);
 
-#[map(name = "STATS_V1")]
+#[map(name = "STATS_V2")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 
 #[inline(always)]

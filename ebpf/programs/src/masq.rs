@@ -2,27 +2,26 @@
 //! node from the node's address, as flannel's or ip-masq-agent's MASQUERADE rule or Cilium's BPF
 //! masquerading would send it. Pod-to-pod traffic (inside the cluster CIDR) keeps its source.
 //!
-//! The forward entry (CONNTRACK, keyed by the flow as the pod sent it) holds the node address and
-//! port the flow goes out with; the reply entry (REV_CT, keyed by the reply as it arrives at the
-//! node) holds the pod to send it back to. The pod's source port is kept when no other flow to
-//! the same destination holds it, else a random free port is probed for.
+//! Stateful, as netfilter's MASQUERADE: only connections a pod starts (a TCP SYN, the first
+//! packet of anything else) are rewritten; a pod's answers on connections that reached it
+//! another way (an inbound entry, a TCP segment of no connection seen starting) pass untouched.
+//! The forward entry holds the node address and port the flow goes out with; the reply entry
+//! (keyed by the reply as it arrives at the node) the pod to send it back to. The port always
+//! comes from the NAT range, which the node's own sockets never use (see `ct::create`).
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_get_prandom_u32,
     programs::TcContext,
 };
-use petrel_common::{CT_F_INBOUND, CT_F_MASQ, CT_F_SNAT, CtKey, CtValue, config, stat};
-
-use crate::{
-    maps::{CONNTRACK, REV_CT, count},
-    nat::{self, End, Flow},
+use petrel_common::{
+    CT_F_INBOUND, CT_F_MASQ, CT_F_SNAT, CtKey, CtValue, IPPROTO_TCP, config, stat,
 };
 
-/// Ports tried before a flow is dropped for want of one (the pod's own, then random ones).
-const PROBES: u32 = 8;
-/// Masquerading ports are taken from 1024..=65535.
-const FIRST_PORT: u32 = 1024;
+use crate::{
+    ct::{self, Port},
+    maps::count,
+    nat::{self, Flow},
+};
 
 /// Whether traffic from `saddr_be` to `daddr_be` leaves the cluster and must be masqueraded: the
 /// source is a pod (inside the cluster CIDR) and the destination is not. Off when no cluster CIDR
@@ -48,119 +47,96 @@ pub fn both_inside_cluster(a_be: u32, b_be: u32) -> bool {
     mask != 0 && a_be & mask == cidr && b_be & mask == cidr
 }
 
-/// The reply key of `f` when it leaves as `node:port`.
-#[inline(always)]
-fn reply_key(f: &Flow, node_be: u32, port_be: u16) -> CtKey {
-    CtKey {
-        saddr_be: f.daddr_be,
-        daddr_be: node_be,
-        sport_be: f.dport_be,
-        dport_be: port_be,
-        proto: f.proto,
-        _pad: [0; 3],
-    }
-}
-
-/// Whether the reply entry for `node:port` is free, or already belongs to this pod's flow.
-#[inline(always)]
-fn port_is_ours(f: &Flow, node_be: u32, port_be: u16) -> bool {
-    // SAFETY: copied out at once.
-    match unsafe { REV_CT.get(reply_key(f, node_be, port_be)) }.copied() {
-        None => true,
-        Some(v) => v.nat_addr_be == f.saddr_be && v.nat_port_be == f.sport_be,
-    }
-}
-
-#[inline(always)]
-fn free_port(f: &Flow, node_be: u32) -> Option<u16> {
-    let mut port = f.sport_be;
-    for _ in 0..PROBES {
-        if port_is_ours(f, node_be, port) {
-            return Some(port);
-        }
-        // SAFETY: plain helper call.
-        let r = unsafe { bpf_get_prandom_u32() };
-        port = ((FIRST_PORT + r % (65536 - FIRST_PORT)) as u16).to_be();
-    }
-    None
-}
-
 /// A new pod flow that is not for a service: masquerade it when it leaves the cluster, else let
 /// the stack route it untouched.
 #[inline(always)]
-pub fn egress(ctx: &mut TcContext, f: &Flow, key: &CtKey) -> Result<i32, i64> {
+pub fn egress(ctx: &mut TcContext, f: &Flow, key: &CtKey, now: u32) -> Result<i32, i64> {
     if !applies(f.saddr_be, f.daddr_be) {
+        return Ok(TC_ACT_OK);
+    }
+    if f.proto == IPPROTO_TCP && !nat::is_tcp_syn(f) {
+        // Not a connection this pod started here (a hostPort or other DNATed connection's
+        // answer, or one that began before petrel ran): netfilter's to handle, untouched.
+        count(stat::TCP_MIDSTREAM);
         return Ok(TC_ACT_OK);
     }
     // Only what the node forwards out: a flow to the node itself, or one without a route, is
     // the stack's to answer.
-    let Some(oif) = nat::fib_egress(ctx, f, f.saddr_be, f.daddr_be) else {
+    let Some(oif) = nat::fib_egress(ctx, f.proto, f.saddr_be, f.daddr_be) else {
         return Ok(TC_ACT_OK);
     };
-    let node = crate::maps::config(config::NODE_IP);
-    let Some(port) = free_port(f, node) else {
-        count(stat::DROP_MASQ_NO_PORT);
-        return Ok(TC_ACT_SHOT);
-    };
-    let ct = CtValue {
+    let mut fwd = CtValue {
+        src_addr_be: crate::maps::config(config::NODE_IP),
+        src_port_be: f.sport_be,
+        dst_addr_be: f.daddr_be,
+        dst_port_be: f.dport_be,
         flags: CT_F_SNAT | CT_F_MASQ,
-        nat_addr_be: node,
-        nat_port_be: port,
         // SAFETY: the skb pointer is valid for the program's run.
         ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        seen: ct::seen_bits(f.tcp_flags),
         ..Default::default()
     };
-    CONNTRACK.insert(key, ct, 0)?;
     let rev = CtValue {
-        nat_addr_be: f.saddr_be,
-        nat_port_be: f.sport_be,
-        ..ct
+        src_addr_be: f.daddr_be,
+        src_port_be: f.dport_be,
+        dst_addr_be: f.saddr_be,
+        dst_port_be: f.sport_be,
+        seen: 0,
+        ..fwd
     };
-    REV_CT.insert(reply_key(f, node, port), rev, 0)?;
+    if ct::create(key, &mut fwd, &rev, Port::Alloc, now).is_err() {
+        return Ok(TC_ACT_SHOT);
+    }
     count(stat::MASQUERADED);
-    nat::rewrite(ctx, f, End::Src, node, port)?;
+    nat::apply(ctx, f, &fwd)?;
     Ok(nat::redirect_neigh(oif))
 }
 
 /// A packet that is no service's, arriving from outside the node: if it comes from outside the
-/// cluster CIDR to a pod, remember its reply as inbound, so that `egress` does not masquerade
+/// cluster CIDR to a pod, track the connection as inbound, so that `egress` does not masquerade
 /// the pod's answers (as a stateful MASQUERADE rule only rewrites connections pods start).
 #[inline(always)]
-pub fn note_inbound(f: &Flow) {
+pub fn note_inbound(f: &Flow, key: &CtKey, now: u32) {
     if !applies(f.daddr_be, f.saddr_be) {
         return;
     }
-    let reply = nat::reversed(f);
-    // SAFETY: only checked for presence.
-    if unsafe { CONNTRACK.get(reply) }.is_none() {
-        let v = CtValue {
-            flags: CT_F_INBOUND,
-            ..Default::default()
-        };
-        let _ = CONNTRACK.insert(reply, v, 0);
-    }
+    let mut fwd = CtValue {
+        src_addr_be: f.saddr_be,
+        src_port_be: f.sport_be,
+        dst_addr_be: f.daddr_be,
+        dst_port_be: f.dport_be,
+        flags: CT_F_INBOUND,
+        seen: ct::seen_bits(f.tcp_flags),
+        ..Default::default()
+    };
+    let rev = CtValue {
+        src_addr_be: f.daddr_be,
+        src_port_be: f.dport_be,
+        dst_addr_be: f.saddr_be,
+        dst_port_be: f.sport_be,
+        seen: 0,
+        ..fwd
+    };
+    let _ = ct::create(key, &mut fwd, &rev, Port::Fixed, now);
 }
 
-/// A packet of a masqueraded flow. If its port was taken over meanwhile (the reply entry was
-/// evicted and reused), the flow is masqueraded anew rather than sharing the port.
+/// A packet of a masqueraded flow. If the node's address changed meanwhile, the flow is
+/// masqueraded anew from the new one.
 #[inline(always)]
-pub fn forward(ctx: &mut TcContext, f: &Flow, key: &CtKey, ct: &CtValue) -> Result<i32, i64> {
-    if ct.nat_addr_be != crate::maps::config(config::NODE_IP)
-        || !port_is_ours(f, ct.nat_addr_be, ct.nat_port_be)
-    {
-        return egress(ctx, f, key);
+pub fn forward(
+    ctx: &mut TcContext,
+    f: &Flow,
+    key: &CtKey,
+    v: &CtValue,
+    now: u32,
+) -> Result<i32, i64> {
+    if v.src_addr_be != crate::maps::config(config::NODE_IP) {
+        ct::remove(key, v);
+        return egress(ctx, f, key, now);
     }
-    let Some(oif) = nat::fib_egress(ctx, f, f.saddr_be, f.daddr_be) else {
+    let Some(oif) = nat::fib_egress(ctx, f.proto, f.saddr_be, f.daddr_be) else {
         return Ok(TC_ACT_OK);
     };
-    nat::rewrite(ctx, f, End::Src, ct.nat_addr_be, ct.nat_port_be)?;
+    nat::apply(ctx, f, v)?;
     Ok(nat::redirect_neigh(oif))
-}
-
-/// A reply to a masqueraded flow: back to the pod, straight out of its veth.
-#[inline(always)]
-pub fn reply(ctx: &mut TcContext, f: &Flow, rev: &CtValue) -> Result<i32, i64> {
-    nat::rewrite(ctx, f, End::Dst, rev.nat_addr_be, rev.nat_port_be)?;
-    count(stat::TC_REVNAT);
-    Ok(nat::redirect_neigh(rev.ifindex))
 }

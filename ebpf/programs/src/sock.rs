@@ -72,12 +72,16 @@ pub fn translate(ctx: &SockAddrContext, sticky: bool) -> i32 {
     if sticky {
         // SAFETY: copied out at once.
         if let Some(v) = unsafe { SOCK_CT.get(ct_key) }.copied() {
-            if let Some(b) = lb::backend(v.backend_id) {
-                write_dst(ctx, b.addr_be, b.port_be);
-                count(stat::SOCK_TRANSLATED);
-                return ALLOW;
+            // The backend must still exist at the address it had: an id alone could name
+            // another service's backend after churn.
+            match lb::backend(v.backend_id) {
+                Some(b) if b.addr_be == v.addr_be && b.port_be == v.port_be => {
+                    write_dst(ctx, b.addr_be, b.port_be);
+                    count(stat::SOCK_TRANSLATED);
+                    return ALLOW;
+                }
+                _ => count(stat::REBALANCED),
             }
-            count(stat::REBALANCED);
         }
     }
     let client = Client {
@@ -108,7 +112,12 @@ pub fn translate(ctx: &SockAddrContext, sticky: bool) -> i32 {
             };
             let _ = SOCK_REVNAT.insert(rev_key, rev, 0);
             if sticky {
-                let _ = SOCK_CT.insert(ct_key, rev, 0);
+                let chosen = SockValue {
+                    addr_be: backend.addr_be,
+                    port_be: backend.port_be,
+                    ..rev
+                };
+                let _ = SOCK_CT.insert(ct_key, chosen, 0);
             }
             write_dst(ctx, backend.addr_be, backend.port_be);
             count(stat::SOCK_TRANSLATED);

@@ -1,22 +1,23 @@
 //! Per-packet load balancing at TC: DNAT of new flows to a frontend (with SNAT where the reply
-//! would otherwise not come back through this node), conntrack so a flow keeps its backend, and
-//! reverse NAT of replies.
+//! would otherwise not come back through this node), conntrack so a flow keeps its backend,
+//! reverse NAT of replies, and ICMP errors about tracked flows translated like the flows.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
 use petrel_common::{
-    AFFINITY_CLIENT_IP, BACKEND_F_REMOTE, Backend, CT_F_INBOUND, CT_F_MASQ, CT_F_NODE_SNAT,
-    CT_F_SNAT, CtKey, CtValue, HAIRPIN_ADDR, SVC_F_EXTERNAL, SVC_F_LOCAL_EXTERNAL, config,
-    flow_hash, stat,
+    AFFINITY_CLIENT_IP, BACKEND_F_REMOTE, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_HAIRPIN, CT_F_INBOUND,
+    CT_F_MASQ, CT_F_NODE_SNAT, CT_F_SNAT, CtValue, HAIRPIN_ADDR, IPPROTO_ICMP, SVC_F_EXTERNAL,
+    SVC_F_LOCAL_EXTERNAL, config, flow_hash, stat,
 };
 
 use crate::{
+    ct::{self, Port},
     lb::{self, Client, Frontend, Lookup},
-    maps::{CONNTRACK, REV_CT, REV_NAT, count},
+    maps::{CONNTRACK, count},
     masq,
-    nat::{self, End, Flow},
+    nat::{self, Flow, IcmpError, Packet},
 };
 
 /// Handles one packet. `internal`: it comes from a pod on this node (pod veth) rather than from
@@ -28,73 +29,58 @@ use crate::{
 #[inline(always)]
 pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
     count(stat::TC_SEEN);
-    let Some(f) = nat::parse(ctx)? else {
-        return Ok(TC_ACT_OK);
+    let f = match nat::parse(ctx)? {
+        Packet::Flow(f) => f,
+        Packet::IcmpError(e) => return icmp_error(ctx, &e),
+        Packet::Other => return Ok(TC_ACT_OK),
     };
-    let key = CtKey {
-        saddr_be: f.saddr_be,
-        daddr_be: f.daddr_be,
-        sport_be: f.sport_be,
-        dport_be: f.dport_be,
-        proto: f.proto,
-        _pad: [0; 3],
-    };
+    let now = ct::now_s();
+    let bits = ct::seen_bits(f.tcp_flags);
 
-    // A reply from a backend of a flow we translated: make it come from the frontend, and send it
-    // to the original client if the flow was SNATed.
-    // SAFETY: copied out at once.
-    if let Some(rev) = unsafe { REV_CT.get(key) }.copied() {
-        if rev.flags & CT_F_MASQ != 0 {
-            return masq::reply(ctx, &f, &rev);
-        }
-        // SAFETY: copied out at once.
-        if let Some(fe) = unsafe { REV_NAT.get(rev.rev_nat_id) }.copied() {
-            nat::rewrite(ctx, &f, End::Src, fe.addr_be, fe.port_be)?;
-            if rev.flags & CT_F_SNAT != 0 {
-                nat::rewrite(ctx, &f, End::Dst, rev.nat_addr_be, rev.nat_port_be)?;
-            }
-            count(stat::TC_REVNAT);
-            if rev.ifindex != 0 {
-                return Ok(nat::redirect_neigh(rev.ifindex));
-            }
-            return Ok(TC_ACT_OK);
-        }
+    // An answer on a tracked connection (a backend's reply, a masqueraded flow's reply, a pod
+    // answering an inbound connection).
+    if let Some(v) = ct::hit(&nat::key(&f, CT_DIR_REPLY), bits, now) {
+        return reply(ctx, &f, &v);
     }
 
     // Pod to pod on the pod side (socket-LB already translated it, or it never was service
     // traffic): no frontend or masquerading applies inside the cluster CIDR, and such flows
-    // have no forward entry, so the two lookups below are skipped for most packets.
+    // have no forward entry, so the lookups below are skipped for most packets.
     if internal && masq::both_inside_cluster(f.saddr_be, f.daddr_be) {
-        // A new connection may reuse the tuple of an earlier flow translated here (same client
-        // port to the same backend): that flow's reply entry must go, or this connection's
-        // replies would be rewritten to come from the old frontend and never be accepted.
-        if nat::is_tcp_syn(ctx, &f) {
-            let _ = REV_CT.remove(nat::reversed(&f));
+        // A new connection straight to a pod may reuse the tuple on which a backend answers an
+        // earlier flow translated here (same client port to the same backend): that earlier
+        // connection must go, or this one's replies would be rewritten to come from its
+        // frontend and never be accepted.
+        if nat::is_tcp_syn(&f) {
+            let k = nat::reversed(&f, CT_DIR_REPLY);
+            // SAFETY: copied out at once.
+            if let Some(v) = unsafe { CONNTRACK.get(&k) }.copied() {
+                ct::remove(&k, &v);
+            }
         }
         return Ok(TC_ACT_OK);
     }
 
-    // An established flow keeps its backend while that backend exists; otherwise it is
-    // re-balanced (a TCP flow then gets a reset from its new backend, never a black hole).
-    // SAFETY: copied out at once.
-    if let Some(ct) = unsafe { CONNTRACK.get(key) }.copied() {
-        if ct.flags & CT_F_INBOUND != 0 {
+    // A tracked connection keeps its backend while that backend exists at the address it was
+    // given (ids are not reused while conntrack may name them; the address check makes that
+    // certain); otherwise it is re-balanced (a TCP flow then gets a reset from its new
+    // backend, never a black hole or another service's pod).
+    let key = nat::key(&f, CT_DIR_FORWARD);
+    if let Some(v) = ct::hit(&key, bits, now) {
+        if v.flags & CT_F_INBOUND != 0 {
             return Ok(TC_ACT_OK);
         }
-        if ct.flags & CT_F_MASQ != 0 {
-            return masq::forward(ctx, &f, &key, &ct);
+        if v.flags & CT_F_MASQ != 0 {
+            return masq::forward(ctx, &f, &key, &v, now);
         }
-        match lb::backend(ct.backend_id) {
-            Some(b) => {
-                // A new connection on the tuple of an earlier one keeps its backend; its reply
-                // entry may have been dropped meanwhile (see the pod-to-pod case above).
-                if nat::is_tcp_syn(ctx, &f) {
-                    let (rev_key, rev) = reply_entry(&f, &ct, &b);
-                    REV_CT.insert(rev_key, rev, 0)?;
-                }
-                return forward(ctx, &f, &ct, &b);
+        match lb::backend(v.backend_id) {
+            Some(b) if b.addr_be == v.dst_addr_be && b.port_be == v.dst_port_be => {
+                return forward(ctx, &f, &v);
             }
-            None => count(stat::REBALANCED),
+            _ => {
+                count(stat::REBALANCED);
+                ct::remove(&key, &v);
+            }
         }
     }
 
@@ -109,9 +95,9 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
         hash: flow_hash(f.saddr_be, f.sport_be, f.dport_be, f.proto),
     };
     match lb::select(&fe, internal, &client) {
-        Lookup::NotService if internal => masq::egress(ctx, &f, &key),
+        Lookup::NotService if internal => masq::egress(ctx, &f, &key, now),
         Lookup::NotService => {
-            masq::note_inbound(&f);
+            masq::note_inbound(&f, &key, now);
             Ok(TC_ACT_OK)
         }
         Lookup::Drop => Ok(TC_ACT_SHOT),
@@ -132,66 +118,138 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
                     && svc.flags & SVC_F_LOCAL_EXTERNAL == 0
                     && backend.flags & BACKEND_F_REMOTE != 0
             };
-            let mut ct = CtValue {
+            let mut fwd = CtValue {
+                src_addr_be: f.saddr_be,
+                src_port_be: f.sport_be,
+                dst_addr_be: backend.addr_be,
+                dst_port_be: backend.port_be,
                 backend_id,
                 rev_nat_id: svc.rev_nat_id,
+                // SAFETY: the skb pointer is valid for the program's run.
+                ifindex: unsafe { (*ctx.skb.skb).ifindex },
+                seen: bits,
                 ..Default::default()
             };
-            // SAFETY: the skb pointer is valid for the program's run.
-            ct.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-            if hairpin {
+            let port = if hairpin {
                 // The pod would drop a packet from its own address: make it come from a
                 // link-local address that replies route back through the node.
-                ct.flags = CT_F_SNAT;
-                ct.nat_addr_be = u32::from_ne_bytes(HAIRPIN_ADDR);
-                ct.nat_port_be = f.sport_be;
+                fwd.flags = CT_F_SNAT | CT_F_HAIRPIN;
+                fwd.src_addr_be = u32::from_ne_bytes(HAIRPIN_ADDR);
+                Port::Keep
+            } else if snat_to_node {
+                // From the node's address and a port of the NAT range, which the node's own
+                // sockets never hold and other connections' replies cannot share.
+                fwd.flags = CT_F_SNAT | CT_F_NODE_SNAT;
+                fwd.src_addr_be = crate::maps::config(config::NODE_IP);
+                Port::Alloc
+            } else {
+                // The client's own port, unless the backend already answers another connection
+                // on that tuple (another frontend's flow to the same backend, one still
+                // closing): then one of the NAT range, as netfilter remaps on a clash.
+                Port::Keep
+            };
+            let rev = CtValue {
+                src_addr_be: f.daddr_be,
+                src_port_be: f.dport_be,
+                dst_addr_be: f.saddr_be,
+                dst_port_be: f.sport_be,
+                seen: 0,
+                ..fwd
+            };
+            if ct::create(&key, &mut fwd, &rev, port, now).is_err() {
+                return Ok(TC_ACT_SHOT);
+            }
+            if hairpin {
                 count(stat::HAIRPIN);
             } else if snat_to_node {
-                // The source port is kept: a collision needs the same client port from two
-                // clients to the same backend port at once, and only overwrites the older flow.
-                ct.flags = CT_F_SNAT | CT_F_NODE_SNAT;
-                ct.nat_addr_be = crate::maps::config(config::NODE_IP);
-                ct.nat_port_be = f.sport_be;
                 count(stat::SNAT);
             }
-            CONNTRACK.insert(key, ct, 0)?;
-            let (rev_key, rev) = reply_entry(&f, &ct, &backend);
-            REV_CT.insert(rev_key, rev, 0)?;
-            forward(ctx, &f, &ct, &backend)
+            forward(ctx, &f, &fwd)
         }
     }
 }
 
-/// The reply entry of flow `f` translated by `ct` to backend `b`: keyed by the reply as the
-/// backend sends it, holding the client to give it back to.
+/// A packet on a connection's forward direction: to the backend, from the SNAT source if any.
 #[inline(always)]
-fn reply_entry(f: &Flow, ct: &CtValue, b: &Backend) -> (CtKey, CtValue) {
-    let snat = ct.flags & CT_F_SNAT != 0;
-    let key = CtKey {
-        saddr_be: b.addr_be,
-        daddr_be: if snat { ct.nat_addr_be } else { f.saddr_be },
-        sport_be: b.port_be,
-        dport_be: if snat { ct.nat_port_be } else { f.sport_be },
-        proto: f.proto,
-        _pad: [0; 3],
-    };
-    let rev = CtValue {
-        nat_addr_be: f.saddr_be,
-        nat_port_be: f.sport_be,
-        ..*ct
-    };
-    (key, rev)
+fn forward(ctx: &mut TcContext, f: &Flow, v: &CtValue) -> Result<i32, i64> {
+    nat::apply(ctx, f, v)?;
+    count(stat::TC_DNAT);
+    if v.flags & CT_F_NODE_SNAT != 0 {
+        // SNATed to the node address: route it ourselves (see redirect_via_fib).
+        return Ok(nat::redirect_via_fib(
+            ctx,
+            f.proto,
+            v.src_addr_be,
+            v.dst_addr_be,
+        ));
+    }
+    Ok(TC_ACT_OK)
 }
 
+/// An answer on a tracked connection: from the frontend, to the original client, out of the
+/// interface the connection came in on.
 #[inline(always)]
-fn forward(ctx: &mut TcContext, f: &Flow, ct: &CtValue, b: &Backend) -> Result<i32, i64> {
-    nat::rewrite(ctx, f, End::Dst, b.addr_be, b.port_be)?;
-    count(stat::TC_DNAT);
-    if ct.flags & CT_F_SNAT != 0 {
-        nat::rewrite(ctx, f, End::Src, ct.nat_addr_be, ct.nat_port_be)?;
-        if ct.flags & CT_F_NODE_SNAT != 0 {
-            // SNATed to the node address: route it ourselves (see redirect_via_fib).
-            return Ok(nat::redirect_via_fib(ctx, f, ct.nat_addr_be, b.addr_be));
+fn reply(ctx: &mut TcContext, f: &Flow, v: &CtValue) -> Result<i32, i64> {
+    if v.flags & CT_F_INBOUND != 0 {
+        return Ok(TC_ACT_OK);
+    }
+    nat::apply(ctx, f, v)?;
+    count(stat::TC_REVNAT);
+    if v.ifindex != 0 {
+        return Ok(nat::redirect_neigh(v.ifindex));
+    }
+    Ok(TC_ACT_OK)
+}
+
+/// An ICMP error about a packet of a tracked connection (fragmentation needed, unreachable,
+/// time exceeded) goes to that packet's original sender, translated as its answers are, so PMTU
+/// discovery and fast failures work through NAT. Errors about nothing tracked pass untouched.
+#[inline(always)]
+fn icmp_error(ctx: &mut TcContext, e: &IcmpError) -> Result<i32, i64> {
+    let now = ct::now_s();
+    for dir in [CT_DIR_REPLY, CT_DIR_FORWARD] {
+        let k = e.answer_key(dir);
+        // SAFETY: copied out at once.
+        let Some(v) = unsafe { CONNTRACK.get(&k) }.copied() else {
+            continue;
+        };
+        if v.expired(now) || v.flags & CT_F_INBOUND != 0 {
+            break;
+        }
+        let (src, dst) = nat::translate_icmp_error(ctx, e, &v)?;
+        count(stat::ICMP_ERROR_TRANSLATED);
+        if dir == CT_DIR_REPLY {
+            if v.ifindex != 0 {
+                return Ok(nat::redirect_neigh(v.ifindex));
+            }
+        } else if v.flags & CT_F_NODE_SNAT != 0 {
+            return Ok(nat::redirect_via_fib(ctx, IPPROTO_ICMP, src, dst));
+        }
+        return Ok(TC_ACT_OK);
+    }
+    count(stat::ICMP_ERROR_UNTRACKED);
+    Ok(TC_ACT_OK)
+}
+
+/// Egress of the node's external interfaces: answers of a host-network backend on this node
+/// (NodePort, externalIP or LoadBalancer traffic DNATed to the node's own address) leave here
+/// without passing any pod veth; make them come from the frontend.
+#[inline(always)]
+pub fn handle_egress(ctx: &mut TcContext) -> Result<i32, i64> {
+    let f = match nat::parse(ctx)? {
+        Packet::Flow(f) => f,
+        _ => return Ok(TC_ACT_OK),
+    };
+    let key = nat::key(&f, CT_DIR_REPLY);
+    // SAFETY: only checked for presence (most packets have no entry).
+    if unsafe { CONNTRACK.get(&key) }.is_none() {
+        return Ok(TC_ACT_OK);
+    }
+    let now = ct::now_s();
+    if let Some(v) = ct::hit(&key, ct::seen_bits(f.tcp_flags), now) {
+        if v.flags & (CT_F_INBOUND | CT_F_MASQ) == 0 && v.backend_id != 0 {
+            nat::apply(ctx, &f, &v)?;
+            count(stat::TC_REVNAT);
         }
     }
     Ok(TC_ACT_OK)

@@ -134,6 +134,17 @@ impl Datapath {
                 source: io::Error::other("not on a bpffs mount"),
             });
         }
+        // Maps of an earlier layout: their contents cannot be read as the new one (an upgrade
+        // starts those maps empty, see maps::OBSOLETE).
+        for name in maps::OBSOLETE {
+            let pin = maps_dir.join(name);
+            match fs::remove_file(&pin) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_err("removing obsolete pin", &pin)(e));
+                }
+                _ => {}
+            }
+        }
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&maps_dir);
         if !crate::maglev::is_prime(config.maglev_size) {

@@ -144,12 +144,13 @@ impl<S: MapStore> ServiceMaps<S> {
         Ok(out)
     }
 
-    /// The forward conntrack entries (at most `limit`).
+    /// The connections in conntrack, by their forward entry (at most `limit` entries read).
     pub fn conntrack(&self, limit: usize) -> Result<Vec<TrackedFlow>, MapsError> {
         Ok(self
             .store()
             .ct_entries(limit)?
             .into_iter()
+            .filter(|(k, _)| k.dir == petrel_common::CT_DIR_FORWARD)
             .map(|(k, v)| TrackedFlow {
                 proto: Proto::from_number(k.proto),
                 client: codec::socket(k.saddr_be, k.sport_be),
@@ -157,7 +158,7 @@ impl<S: MapStore> ServiceMaps<S> {
                 backend_id: v.backend_id,
                 rev_nat_id: v.rev_nat_id,
                 snat: (v.flags & CT_F_SNAT != 0)
-                    .then(|| codec::socket(v.nat_addr_be, v.nat_port_be)),
+                    .then(|| codec::socket(v.src_addr_be, v.src_port_be)),
                 masquerade: v.flags & CT_F_MASQ != 0,
                 inbound: v.flags & CT_F_INBOUND != 0,
             })

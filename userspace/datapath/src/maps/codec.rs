@@ -80,7 +80,8 @@ pub fn ct_key(client: SocketAddrV4, fe: Frontend) -> CtKey {
         sport_be: client.port().to_be(),
         dport_be: fe.port.to_be(),
         proto: fe.proto.number(),
-        _pad: [0; 3],
+        dir: petrel_common::CT_DIR_FORWARD,
+        _pad: [0; 2],
     }
 }
 

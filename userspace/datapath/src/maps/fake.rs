@@ -220,6 +220,12 @@ impl MapStore for FakeMaps {
         Ok(self.ct.iter().take(limit).map(|(k, v)| (*k, *v)).collect())
     }
 
+    fn ct_del(&mut self, key: &CtKey) -> Result<(), MapsError> {
+        self.log(format!("CT del {key:?}"));
+        self.ct.remove(key);
+        Ok(())
+    }
+
     fn affinity_get(&self, key: &AffinityKey) -> Result<Option<AffinityValue>, MapsError> {
         Ok(self.affinity.get(key).copied())
     }
@@ -337,6 +343,10 @@ impl<S: MapStore> MapStore for FaultyMaps<S> {
 
     fn ct_entries(&self, limit: usize) -> Result<Vec<(CtKey, CtValue)>, MapsError> {
         self.inner.ct_entries(limit)
+    }
+
+    fn ct_del(&mut self, key: &CtKey) -> Result<(), MapsError> {
+        self.inner.ct_del(key)
     }
 
     fn affinity_get(&self, key: &AffinityKey) -> Result<Option<AffinityValue>, MapsError> {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use aya::maps::MapError;
 use petrel_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, MAP_VERSION, RevNat, ServiceKey,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey,
     ServiceValue,
 };
 
@@ -30,15 +30,17 @@ pub use writer::ServiceMaps;
 pub const SERVICES: &str = "SERVICES_V1";
 pub const BACKENDS: &str = "BACKENDS_V1";
 pub const REV_NAT: &str = "REV_NAT_V1";
-pub const CONNTRACK: &str = "CT_V1";
-pub const REV_CT: &str = "REV_CT_V1";
-pub const STATS: &str = "STATS_V1";
+pub const CONNTRACK: &str = "CT_V2";
+pub const FRAGS: &str = "FRAGS_V1";
+pub const STATS: &str = "STATS_V2";
 pub const AFFINITY: &str = "AFFINITY_V1";
 pub const MAGLEV: &str = "MAGLEV_V1";
 pub const SOCK_REVNAT: &str = "SOCK_REVNAT_V1";
-pub const SOCK_CT: &str = "SOCK_CT_V1";
-pub const CONFIG: &str = "CONFIG_V1";
-const _: () = assert!(MAP_VERSION.len() == 2, "map names above carry the version");
+pub const SOCK_CT: &str = "SOCK_CT_V2";
+pub const CONFIG: &str = "CONFIG_V2";
+/// Pins of maps earlier releases had and this one does not (replaced by a new layout): removed
+/// at load, so an upgrade leaves nothing behind.
+pub const OBSOLETE: [&str; 5] = ["CT_V1", "REV_CT_V1", "STATS_V1", "CONFIG_V1", "SOCK_CT_V1"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -91,7 +93,8 @@ pub trait MapStore {
     fn stat(&self, index: u32) -> Result<u64, MapsError>;
 
     fn ct_get(&self, key: &CtKey) -> Result<Option<CtValue>, MapsError>;
-    /// At most `limit` forward conntrack entries.
+    /// At most `limit` conntrack entries (both directions).
     fn ct_entries(&self, limit: usize) -> Result<Vec<(CtKey, CtValue)>, MapsError>;
+    fn ct_del(&mut self, key: &CtKey) -> Result<(), MapsError>;
     fn affinity_get(&self, key: &AffinityKey) -> Result<Option<AffinityValue>, MapsError>;
 }

@@ -162,6 +162,10 @@ impl MapStore for PinnedMaps {
             .collect()
     }
 
+    fn ct_del(&mut self, key: &CtKey) -> Result<(), MapsError> {
+        removed(CONNTRACK, self.ct.remove(key))
+    }
+
     fn affinity_get(&self, key: &AffinityKey) -> Result<Option<AffinityValue>, MapsError> {
         found(AFFINITY, self.affinity.get(key, 0))
     }
