@@ -171,39 +171,51 @@ pub fn create(
 }
 
 /// Claims a port of the NAT range for the reply tuple `rev_key` (its destination port is the
-/// one being chosen): random probes, each an insert that fails if the tuple is taken.
-#[inline(always)]
-fn claim_port(mut rev_key: CtKey, rev: &CtValue) -> Result<u16, Refused> {
+/// one being chosen): random probes, each an insert that fails if the tuple is taken. Returns
+/// the port (network order), or 0 when every probe failed.
+///
+/// Not inlined: the probe loop is verified once, not once per way of reaching it.
+#[inline(never)]
+fn claim(rev_key: &mut CtKey, rev: &CtValue) -> u32 {
     let (min, max) = match (
         crate::maps::config(config::NAT_PORT_MIN),
         crate::maps::config(config::NAT_PORT_MAX),
     ) {
-        (lo, hi) if lo != 0 && hi >= lo => (lo, hi),
+        (lo, hi) if lo != 0 && hi >= lo && hi <= 65535 => (lo, hi),
         _ => (
             u32::from(NAT_PORT_MIN_DEFAULT),
             u32::from(NAT_PORT_MAX_DEFAULT),
         ),
     };
+    // Never 0 (max >= min); checked_rem keeps a panic path out of the program anyway.
     let span = max - min + 1;
-    let mut full = true;
     for _ in 0..PORT_PROBES {
         // SAFETY: plain helper call.
         let r = unsafe { bpf_get_prandom_u32() };
-        let port = ((min + r % span) as u16).to_be();
+        let port = ((min + r.checked_rem(span).unwrap_or(0)) as u16).to_be();
         rev_key.dport_be = port;
-        if CONNTRACK.insert(&rev_key, rev, BPF_NOEXIST).is_ok() {
-            return Ok(port);
-        }
-        // SAFETY: only checked for presence.
-        if unsafe { CONNTRACK.get(&rev_key) }.is_some() {
-            full = false;
+        if CONNTRACK.insert(&*rev_key, rev, BPF_NOEXIST).is_ok() {
+            return u32::from(port);
         }
     }
-    if full {
-        count(stat::DROP_CT_FULL);
-        Err(Refused::Full)
-    } else {
-        count(stat::DROP_NAT_NO_PORT);
-        Err(Refused::NoPort)
+    0
+}
+
+/// `claim`, with the refusal counted: a full map, or a range with no free port left.
+#[inline(always)]
+fn claim_port(mut rev_key: CtKey, rev: &CtValue) -> Result<u16, Refused> {
+    match claim(&mut rev_key, rev) {
+        0 => {
+            // SAFETY: only checked for presence: the last probe failed on a taken tuple, or
+            // on a full map.
+            if unsafe { CONNTRACK.get(&rev_key) }.is_some() {
+                count(stat::DROP_NAT_NO_PORT);
+                Err(Refused::NoPort)
+            } else {
+                count(stat::DROP_CT_FULL);
+                Err(Refused::Full)
+            }
+        }
+        p => Ok(p as u16),
     }
 }

@@ -10,8 +10,7 @@ use std::path::PathBuf;
 
 use aya::maps::MapError;
 use petrel_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey,
-    ServiceValue,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue,
 };
 
 use crate::model::Frontend;
