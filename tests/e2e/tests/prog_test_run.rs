@@ -4,9 +4,13 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use petrel_common::{
+    CT_DIR_FORWARD, CT_DIR_REPLY, CT_SEEN_ACK, CT_SEEN_SYN, CtKey, CtValue, NAT_PORT_MAX_DEFAULT,
+    NAT_PORT_MIN_DEFAULT, config,
+};
 use petrel_datapath::{
     BackendSpec, Datapath, DatapathConfig, Endpoint, Frontend, Proto, ServiceEntry, ServiceMaps,
-    maglev,
+    maglev, maps::MapStore,
 };
 use petrel_testbed::{
     BpffsRoot,
@@ -175,6 +179,24 @@ impl Fixture {
             .expect("BPF_PROG_TEST_RUN")
     }
 
+    /// The conntrack entry of `src -> dst` in direction `dir`.
+    fn ct(&self, proto: u8, src: SocketAddrV4, dst: SocketAddrV4, dir: u8) -> Option<CtValue> {
+        let key = CtKey {
+            saddr_be: u32::from(*src.ip()).to_be(),
+            daddr_be: u32::from(*dst.ip()).to_be(),
+            sport_be: src.port().to_be(),
+            dport_be: dst.port().to_be(),
+            proto,
+            dir,
+            _pad: [0; 2],
+        };
+        self.maps.store().ct_get(&key).expect("ct lookup")
+    }
+
+    fn ct_len(&self) -> usize {
+        self.maps.store().ct_entries(usize::MAX).expect("ct").len()
+    }
+
     fn stat(&self, name: &str) -> u64 {
         self.maps
             .stats()
@@ -275,21 +297,6 @@ fn table_of_tc_behaviours() {
                 output: out(TCP, sa(CLIENT, 41001), sa([10, 244, 9, 9], 8080)),
             },
             Case {
-                name: "NodePort, policy Cluster, remote backend: SNAT to the node address",
-                external: true,
-                input: tcp(sa(EXT_CLIENT, 41002), sa(NODE_IP, 30081), SYN),
-                verdict: OK,
-                output: out(TCP, sa(NODE_IP, 41002), sa([10, 244, 9, 9], 8080)),
-            },
-            Case {
-                name: "reply of the SNATed flow: back to the external client from the NodePort",
-                external: true,
-                input: tcp(sa([10, 244, 9, 9], 8080), sa(NODE_IP, 41002), SYN | ACK),
-                // Redirected out of the interface the flow came in on (bpf_redirect_neigh).
-                verdict: REDIRECT,
-                output: out(TCP, sa(NODE_IP, 30081), sa(EXT_CLIENT, 41002)),
-            },
-            Case {
                 name: "hairpin: a backend reaching itself through the VIP gets a link-local source",
                 external: false,
                 input: tcp(sa([10, 244, 0, 3], 40002), sa([10, 96, 0, 1], 80), SYN),
@@ -360,7 +367,7 @@ fn table_of_tc_behaviours() {
             }
         }
         assert!(f.stat("rejected") >= 1 && f.stat("drop_policy_empty") >= 1);
-        assert!(f.stat("snat") >= 1 && f.stat("hairpin") >= 1);
+        assert!(f.stat("hairpin") >= 1);
     });
 }
 
@@ -469,5 +476,302 @@ fn flow_whose_backend_vanished_is_rebalanced() {
             "re-balanced, not black-holed"
         );
         assert_eq!(f.stat("rebalanced"), 1);
+    });
+}
+
+/// CLOCK_MONOTONIC seconds, the clock of conntrack expiry.
+fn now_s() -> u32 {
+    (petrel_testbed::monotonic_ns() / 1_000_000_000) as u32
+}
+
+fn nat_port(p: u16) -> bool {
+    (NAT_PORT_MIN_DEFAULT..=NAT_PORT_MAX_DEFAULT).contains(&p)
+}
+
+#[test]
+fn nodeport_snat_takes_a_nat_port_and_clients_sharing_a_source_port_stay_apart() {
+    isolated(|| {
+        let mut f = Fixture::new();
+        let nodeport = sa(NODE_IP, 30081);
+        let backend = sa([10, 244, 9, 9], 8080);
+        // Two external clients, one source port.
+        let clients = [sa(EXT_CLIENT, 41002), sa([10, 99, 0, 3], 41002)];
+        let mut snat = Vec::new();
+        for c in clients {
+            let (verdict, output) = f.run(true, &tcp(c, nodeport, SYN));
+            assert_eq!(verdict, OK, "SYN from {c}");
+            let p = packet::parse(&output);
+            assert_eq!((*p.src.ip(), p.dst), (Ipv4Addr::from(NODE_IP), backend));
+            assert!(
+                nat_port(p.src.port()),
+                "SNAT port {} outside the NAT range",
+                p.src.port()
+            );
+            snat.push(p.src);
+        }
+        assert_ne!(
+            snat[0], snat[1],
+            "two connections share one translated tuple"
+        );
+        // Each reply goes to its own client, from the NodePort.
+        for (c, s) in clients.iter().zip(&snat) {
+            let (verdict, output) = f.run(true, &tcp(backend, *s, SYN | ACK));
+            assert_eq!(verdict, REDIRECT);
+            assert_eq!(packet::parse(&output), out(TCP, nodeport, *c).unwrap());
+        }
+        assert_eq!(f.stat("snat"), 2);
+        // Two entries per connection.
+        assert_eq!(f.ct_len(), 4);
+    });
+}
+
+#[test]
+fn a_taken_backend_tuple_remaps_the_source_port_and_replies_find_their_frontend() {
+    isolated(|| {
+        let mut f = Fixture::new();
+        // A second frontend on the same backend as 10.96.0.1:80.
+        let vip2 = sa([10, 96, 0, 12], 80);
+        f.maps
+            .upsert_service(&ServiceEntry::new(
+                fe([10, 96, 0, 12], 80, Proto::Tcp),
+                14,
+                vec![Endpoint::ready(1)],
+            ))
+            .expect("service");
+        let client = sa(CLIENT, 40500);
+        let backend = sa([10, 244, 0, 3], 8080);
+        let (_, first) = f.run(false, &tcp(client, sa([10, 96, 0, 1], 80), SYN));
+        assert_eq!(packet::parse(&first), out(TCP, client, backend).unwrap());
+        // Same client port to the other frontend: the tuple backend -> client:40500 is taken.
+        let (verdict, second) = f.run(false, &tcp(client, vip2, SYN));
+        assert_eq!(verdict, OK);
+        let p = packet::parse(&second);
+        assert_eq!((*p.src.ip(), p.dst), (Ipv4Addr::from(CLIENT), backend));
+        assert!(nat_port(p.src.port()), "remapped to {}", p.src.port());
+        assert_eq!(f.stat("ct_clash_remap"), 1);
+        // Replies: each from its own frontend, both to the client's real port.
+        let (_, r1) = f.run(false, &tcp(backend, client, SYN | ACK));
+        assert_eq!(
+            packet::parse(&r1),
+            out(TCP, sa([10, 96, 0, 1], 80), client).unwrap()
+        );
+        let (_, r2) = f.run(false, &tcp(backend, p.src, SYN | ACK));
+        assert_eq!(packet::parse(&r2), out(TCP, vip2, client).unwrap());
+    });
+}
+
+#[test]
+fn tcp_states_set_each_directions_lifetime() {
+    isolated(|| {
+        let mut f = Fixture::new();
+        let client = sa(CLIENT, 40600);
+        let vip = sa([10, 96, 0, 1], 80);
+        let backend = sa([10, 244, 0, 3], 8080);
+        let life = |v: CtValue| i64::from(v.expires_s) - i64::from(now_s());
+        let near = |got: i64, want: i64| (want - 2..=want + 1).contains(&got);
+
+        f.run(false, &tcp(client, vip, SYN));
+        let fwd = f
+            .ct(TCP, client, vip, CT_DIR_FORWARD)
+            .expect("forward entry");
+        assert_eq!(fwd.seen & (CT_SEEN_SYN | CT_SEEN_ACK), CT_SEEN_SYN);
+        assert!(near(life(fwd), 60), "SYN: {}s", life(fwd));
+        let rev = f
+            .ct(TCP, backend, client, CT_DIR_REPLY)
+            .expect("reply entry");
+        assert_eq!(rev.seen, 0, "nothing answered yet");
+
+        f.run(false, &tcp(backend, client, SYN | ACK));
+        let rev = f.ct(TCP, backend, client, CT_DIR_REPLY).unwrap();
+        assert!(near(life(rev), 21600), "SYN-ACK: {}s", life(rev));
+
+        f.run(false, &tcp(client, vip, ACK));
+        let fwd = f.ct(TCP, client, vip, CT_DIR_FORWARD).unwrap();
+        assert!(near(life(fwd), 21600), "established: {}s", life(fwd));
+
+        f.run(false, &tcp(client, vip, ACK | 0x01));
+        let fwd = f.ct(TCP, client, vip, CT_DIR_FORWARD).unwrap();
+        assert!(near(life(fwd), 10), "FIN: {}s", life(fwd));
+        // Closing stays closing.
+        f.run(false, &tcp(client, vip, ACK));
+        let fwd = f.ct(TCP, client, vip, CT_DIR_FORWARD).unwrap();
+        assert!(near(life(fwd), 10), "after FIN: {}s", life(fwd));
+
+        // The agent's lifetimes apply (here: UDP 5 s).
+        f.maps
+            .store_mut()
+            .config_set(config::CT_OTHER_S, 5)
+            .expect("config");
+        let uclient = sa(CLIENT, 40601);
+        f.run(
+            false,
+            &packet::build(UDP, uclient, sa([10, 96, 0, 2], 53), 0, b"q"),
+        );
+        let u = f
+            .ct(UDP, uclient, sa([10, 96, 0, 2], 53), CT_DIR_FORWARD)
+            .unwrap();
+        assert!(near(life(u), 5), "UDP: {}s", life(u));
+    });
+}
+
+#[test]
+fn an_expired_connection_is_gone_for_the_datapath() {
+    isolated(|| {
+        let mut f = Fixture::new();
+        f.maps
+            .store_mut()
+            .config_set(config::CT_OTHER_S, 1)
+            .expect("config");
+        let client = sa(CLIENT, 40700);
+        let backend = sa([10, 244, 0, 3], 8053);
+        f.run(
+            false,
+            &packet::build(UDP, client, sa([10, 96, 0, 2], 53), 0, b"q"),
+        );
+        let reply = packet::build(UDP, backend, client, 0, b"a");
+        let (verdict, _) = f.run(false, &reply);
+        assert_eq!(verdict, REDIRECT, "a live reply is reverse-NATed");
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let (verdict, output) = f.run(false, &reply);
+        assert_eq!(
+            (verdict, output),
+            (OK, reply),
+            "an expired connection's reply is not translated"
+        );
+        assert_eq!(f.ct_len(), 0, "found expired, the pair was removed");
+    });
+}
+
+#[test]
+fn a_reused_backend_id_never_takes_a_flow_to_another_address() {
+    isolated(|| {
+        let mut f = Fixture::new();
+        let flow = (sa(CLIENT, 44100), sa([10, 96, 0, 8], 80));
+        let (_, output) = f.run(false, &tcp(flow.0, flow.1, SYN));
+        assert_eq!(packet::parse(&output).dst, sa([10, 244, 0, 5], 8080));
+        // The service moves to backend 6; id 5 now names another service's pod.
+        f.maps
+            .upsert_service(&ServiceEntry::new(
+                fe([10, 96, 0, 8], 80, Proto::Tcp),
+                8,
+                vec![Endpoint::ready(6)],
+            ))
+            .expect("update");
+        backend(&mut f.maps, 5, sa([10, 244, 7, 7], 9999), Proto::Tcp, false);
+        let (_, output) = f.run(false, &tcp(flow.0, flow.1, ACK));
+        assert_eq!(packet::parse(&output).dst, sa([10, 244, 0, 6], 8080));
+        assert_eq!(f.stat("rebalanced"), 1);
+    });
+}
+
+#[test]
+fn icmp_errors_about_translated_packets_are_translated_both_ways() {
+    isolated(|| {
+        let mut f = Fixture::new();
+        let nodeport = sa(NODE_IP, 30081);
+        let backend = sa([10, 244, 9, 9], 8080);
+        let client = sa(EXT_CLIENT, 41500);
+        let (_, fwd) = f.run(true, &tcp(client, nodeport, SYN));
+        let snat = packet::parse(&fwd).src;
+        let router = Ipv4Addr::new(10, 99, 0, 254);
+
+        // A router toward the backend cannot forward the SNATed packet: the error reaches the
+        // node, about node:port -> backend; it must reach the client, about client -> NodePort.
+        let err = packet::icmp_error(3, 4, router, Ipv4Addr::from(NODE_IP), &fwd);
+        let (verdict, output) = f.run(true, &err);
+        assert_eq!(verdict, REDIRECT, "to the client's interface");
+        let p = packet::parse(&output);
+        assert_eq!((p.src.ip(), p.dst.ip()), (&router, client.ip()));
+        assert_eq!(p.icmp.map(|i| (i.0, i.1)), Some((3, 4)));
+        assert_eq!(packet::quoted(&output), (client, nodeport));
+
+        // The other way: a router toward the client refuses the backend's (translated) reply:
+        // the error, about NodePort -> client, must reach the backend about backend -> node.
+        let (_, reply) = f.run(true, &tcp(backend, snat, SYN | ACK));
+        let err = packet::icmp_error(11, 0, router, Ipv4Addr::from(NODE_IP), &reply);
+        let (_, output) = f.run(true, &err);
+        let p = packet::parse(&output);
+        assert_eq!(p.dst.ip(), backend.ip());
+        assert_eq!(packet::quoted(&output), (backend, snat));
+
+        // A backend's own port unreachable about a ClusterIP UDP flow: from the frontend.
+        let uclient = sa(CLIENT, 41501);
+        let vip = sa([10, 96, 0, 2], 53);
+        let ubackend = sa([10, 244, 0, 3], 8053);
+        let (_, sent) = f.run(false, &packet::build(UDP, uclient, vip, 0, b"q"));
+        let err = packet::icmp_error(3, 3, *ubackend.ip(), *uclient.ip(), &sent);
+        let (verdict, output) = f.run(false, &err);
+        assert_eq!(verdict, REDIRECT);
+        let p = packet::parse(&output);
+        assert_eq!((p.src.ip(), p.dst.ip()), (vip.ip(), uclient.ip()));
+        assert_eq!(packet::quoted(&output), (uclient, vip));
+        assert_eq!(f.stat("icmp_error_translated"), 3);
+
+        // About nothing tracked: untouched, counted.
+        let other = tcp(sa(CLIENT, 41502), sa([10, 244, 0, 4], 8080), SYN);
+        let err = packet::icmp_error(3, 1, router, Ipv4Addr::from(CLIENT), &other);
+        let (verdict, output) = f.run(true, &err);
+        assert_eq!((verdict, output), (OK, err));
+        assert_eq!(f.stat("icmp_error_untracked"), 1);
+    });
+}
+
+#[test]
+fn every_fragment_of_a_udp_answer_is_translated_like_the_first() {
+    isolated(|| {
+        let mut f = Fixture::new();
+        let client = sa(CLIENT, 41600);
+        let vip = sa([10, 96, 0, 2], 53);
+        let backend = sa([10, 244, 0, 3], 8053);
+        f.run(false, &packet::build(UDP, client, vip, 0, b"query"));
+        let answer: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let frags = packet::udp_fragments(backend, client, &answer, 1500);
+        assert_eq!(frags.len(), 3);
+        let mut outputs = Vec::new();
+        for fr in &frags {
+            let (verdict, output) = f.run(false, fr);
+            assert_eq!(verdict, REDIRECT, "every fragment goes to the client");
+            outputs.push(output);
+        }
+        let whole = packet::reassemble(&outputs);
+        // parse verifies the UDP checksum over the reassembled datagram.
+        assert_eq!(packet::parse(&whole), out(UDP, vip, client).unwrap());
+        assert_eq!(&whole[42..], &answer[..]);
+        assert_eq!(f.stat("frag_translated"), 2);
+
+        // A later fragment whose first was never seen: untouched, counted.
+        let lost = packet::udp_fragments(sa([10, 244, 0, 4], 8053), client, &answer, 1500);
+        let (verdict, output) = f.run(false, &lost[1]);
+        assert_eq!((verdict, output), (OK, lost[1].clone()));
+        assert_eq!(f.stat("frag_untracked"), 1);
+    });
+}
+
+#[test]
+fn masquerade_never_starts_mid_stream_and_malformed_packets_pass() {
+    isolated(|| {
+        let mut f = Fixture::new();
+        f.maps
+            .set_cluster_cidr(Some("10.244.0.0/16".parse().unwrap()))
+            .expect("cidr");
+        // A pod's segment of a connection nobody saw start (a hostPort DNAT's answer).
+        let p = tcp(sa(CLIENT, 8080), sa([192, 0, 2, 7], 50000), SYN | ACK);
+        let (verdict, output) = f.run(false, &p);
+        assert_eq!((verdict, output), (OK, p));
+        assert_eq!(f.stat("tcp_midstream"), 1);
+        assert_eq!(f.ct_len(), 0);
+
+        // An IP header claiming options past the end of the packet; a wrong IP version.
+        let mut bad = tcp(sa(CLIENT, 40800), sa([10, 96, 0, 1], 80), SYN);
+        bad[14] = 0x4f;
+        bad.truncate(14 + 40);
+        let (verdict, _) = f.run(false, &bad);
+        assert!(verdict == OK || verdict == SHOT, "verdict {verdict}");
+        let mut v6 = tcp(sa(CLIENT, 40801), sa([10, 96, 0, 1], 80), SYN);
+        v6[14] = 0x65;
+        let (verdict, output) = f.run(false, &v6);
+        assert_eq!((verdict, output), (OK, v6));
+        assert!(f.stat("malformed") >= 1);
+        assert_eq!(f.ct_len(), 0, "nothing tracked from bad packets");
     });
 }

@@ -131,3 +131,107 @@ pub fn parse(p: &[u8]) -> Parsed {
         other => panic!("unexpected protocol {other}"),
     }
 }
+
+/// An ICMP error (`kind`, `code`) from `src` to `dst` quoting `about` (an Ethernet frame as
+/// `build` makes it): its IP header and the first 8 bytes of its payload, as routers send.
+pub fn icmp_error(kind: u8, code: u8, src: Ipv4Addr, dst: Ipv4Addr, about: &[u8]) -> Vec<u8> {
+    let quoted = &about[14..14 + 28];
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0, 0];
+    if kind == 3 && code == 4 {
+        // Fragmentation needed: the next hop's MTU in the second half of the rest field.
+        icmp[6..8].copy_from_slice(&1280u16.to_be_bytes());
+    }
+    icmp.extend_from_slice(quoted);
+    let c = fold(sum(&icmp, 0));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ip_frame(1, src, dst, 0x4000, &icmp)
+}
+
+fn ip_frame(proto: u8, src: Ipv4Addr, dst: Ipv4Addr, frag: u16, payload: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&NODE_MAC);
+    p.extend_from_slice(&CLIENT_MAC);
+    p.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 0, 0x56, 0x78, 0, 0, 64, proto, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    ip[6..8].copy_from_slice(&frag.to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = fold(sum(&ip, 0));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// The quoted packet of an ICMP error (after its checksums were verified by `parse`): its
+/// source and destination, with the quoted IP header's checksum verified.
+pub fn quoted(p: &[u8]) -> (SocketAddrV4, SocketAddrV4) {
+    let inner = &p[14 + 20 + 8..];
+    assert_eq!(fold(sum(&inner[..20], 0)), 0, "bad quoted IP checksum");
+    let ip = |o: usize| Ipv4Addr::new(inner[o], inner[o + 1], inner[o + 2], inner[o + 3]);
+    let port = |o: usize| u16::from_be_bytes([inner[o], inner[o + 1]]);
+    (
+        SocketAddrV4::new(ip(12), port(20)),
+        SocketAddrV4::new(ip(16), port(22)),
+    )
+}
+
+/// A UDP datagram of `payload` from `src` to `dst`, as IPv4 fragments of at most `mtu` bytes.
+pub fn udp_fragments(
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    payload: &[u8],
+    mtu: usize,
+) -> Vec<Vec<u8>> {
+    let whole = build(UDP, src, dst, 0, payload);
+    let l4 = &whole[34..];
+    let step = (mtu - 20) / 8 * 8;
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < l4.len() {
+        let end = (off + step).min(l4.len());
+        let more = if end < l4.len() { 0x2000 } else { 0 };
+        out.push(ip_frame(
+            UDP,
+            *src.ip(),
+            *dst.ip(),
+            more | (off / 8) as u16,
+            &l4[off..end],
+        ));
+        off = end;
+    }
+    out
+}
+
+/// Reassembles IPv4 fragments (in order, as `udp_fragments` made them) into one frame, after
+/// checking that they agree on addresses, protocol and identification and each has a valid IP
+/// checksum.
+pub fn reassemble(frags: &[Vec<u8>]) -> Vec<u8> {
+    let first = &frags[0];
+    let mut l4 = Vec::new();
+    for f in frags {
+        assert_eq!(fold(sum(&f[14..34], 0)), 0, "bad IP checksum on a fragment");
+        assert_eq!(
+            f[14 + 12..14 + 20],
+            first[14 + 12..14 + 20],
+            "addresses differ"
+        );
+        assert_eq!(
+            f[14 + 4..14 + 6],
+            first[14 + 4..14 + 6],
+            "identification differs"
+        );
+        let total = u16::from_be_bytes([f[16], f[17]]) as usize;
+        let off = (u16::from_be_bytes([f[20], f[21]]) & 0x1fff) as usize * 8;
+        assert_eq!(off, l4.len(), "fragments out of order");
+        l4.extend_from_slice(&f[34..14 + total]);
+    }
+    ip_frame(
+        first[14 + 9],
+        Ipv4Addr::new(first[26], first[27], first[28], first[29]),
+        Ipv4Addr::new(first[30], first[31], first[32], first[33]),
+        0,
+        &l4,
+    )
+}
