@@ -131,7 +131,7 @@ impl Fixture {
                 .collect();
             outcomes.insert(format!(
                 "{:?}",
-                dp.attach_external_ingress("ext0").expect("attach external")
+                dp.attach_external("ext0").expect("attach external")
             ));
             assert_eq!(outcomes.len(), 1, "mixed outcomes {outcomes:?}");
             if outcomes.contains("Attached") {

@@ -67,7 +67,7 @@ impl Agent {
         }
         for iface in &cli.external_interfaces {
             let how = dp
-                .attach_external_ingress(iface)
+                .attach_external(iface)
                 .with_context(|| format!("attaching to {iface}"))?;
             tracing::info!(%iface, ?how, "external interface attached");
         }

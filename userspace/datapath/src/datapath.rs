@@ -31,6 +31,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pe
 /// Program names in the object.
 pub const PROG_TC_POD_INGRESS: &str = "tc_pod_ingress";
 pub const PROG_TC_EXTERNAL_INGRESS: &str = "tc_external_ingress";
+pub const PROG_TC_EXTERNAL_EGRESS: &str = "tc_external_egress";
 /// The socket-LB programs, attached together to one cgroup.
 pub const SOCK_PROGRAMS: [&str; 4] = [
     "sock_connect4",
@@ -201,7 +202,7 @@ impl Datapath {
     /// Attaches the pod-facing TC program to `iface`'s ingress (TCX on kernels >= 6.6) in the
     /// calling thread's network namespace, or swaps the program inside an existing pinned link.
     pub fn attach_tc_ingress(&mut self, iface: &str) -> Result<AttachOutcome, DatapathError> {
-        self.attach_tc(PROG_TC_POD_INGRESS, iface)
+        self.attach_tc(PROG_TC_POD_INGRESS, iface, TcAttachType::Ingress)
     }
 
     /// Removes the pinned pod-interface links whose interface is not in `existing` (the pod and
@@ -224,16 +225,27 @@ impl Datapath {
         pruned
     }
 
-    /// Attaches the TC program for traffic from outside the node (NodePort, externalIPs,
-    /// LoadBalancer) to an external interface's ingress.
-    pub fn attach_external_ingress(&mut self, iface: &str) -> Result<AttachOutcome, DatapathError> {
-        self.attach_tc(PROG_TC_EXTERNAL_INGRESS, iface)
+    /// Attaches the TC programs of an external interface: at ingress, the one for traffic from
+    /// outside the node (NodePort, externalIPs, LoadBalancer) and for replies of SNATed and
+    /// masqueraded flows; at egress, the one that reverse-NATs answers of host-network backends
+    /// on this node. `Replaced` when either link was swapped in place.
+    pub fn attach_external(&mut self, iface: &str) -> Result<AttachOutcome, DatapathError> {
+        let ingress = self.attach_tc(PROG_TC_EXTERNAL_INGRESS, iface, TcAttachType::Ingress)?;
+        let egress = self.attach_tc(PROG_TC_EXTERNAL_EGRESS, iface, TcAttachType::Egress)?;
+        Ok(
+            if ingress == AttachOutcome::Replaced || egress == AttachOutcome::Replaced {
+                AttachOutcome::Replaced
+            } else {
+                AttachOutcome::Attached
+            },
+        )
     }
 
     fn attach_tc(
         &mut self,
         name: &'static str,
         iface: &str,
+        at: TcAttachType,
     ) -> Result<AttachOutcome, DatapathError> {
         let link_path = self
             .root
@@ -251,7 +263,7 @@ impl Datapath {
             }
             None => {
                 let id = prog
-                    .attach(iface, TcAttachType::Ingress)
+                    .attach(iface, at)
                     .map_err(prog_err("attaching", name))?;
                 (id, AttachOutcome::Attached)
             }

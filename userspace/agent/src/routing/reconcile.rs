@@ -193,7 +193,7 @@ impl RouteSync {
                     if s.external_interfaces.contains(&iface) {
                         continue;
                     }
-                    match dp.attach_external_ingress(&iface) {
+                    match dp.attach_external(&iface) {
                         Ok(how) => {
                             tracing::info!(%iface, ?how, "node interface attached");
                         }
