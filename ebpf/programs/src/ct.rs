@@ -100,7 +100,7 @@ pub fn hit(key: &CtKey, bits: u8, now: u32) -> Option<CtValue> {
 /// Removes a connection: the entry and its partner.
 #[inline(always)]
 pub fn remove(key: &CtKey, v: &CtValue) {
-    let _ = CONNTRACK.remove(&v.partner(key));
+    let _ = CONNTRACK.remove(v.partner(key));
     let _ = CONNTRACK.remove(key);
 }
 
@@ -146,11 +146,11 @@ pub fn create(
         ..*rev
     };
     let rev_key = fwd.partner(key);
-    let claimed = port != Port::Alloc && CONNTRACK.insert(&rev_key, &rev, BPF_NOEXIST).is_ok();
+    let claimed = port != Port::Alloc && CONNTRACK.insert(rev_key, rev, BPF_NOEXIST).is_ok();
     if !claimed {
         if port == Port::Fixed {
             // SAFETY: only checked for presence.
-            if unsafe { CONNTRACK.get(&rev_key) }.is_some() {
+            if unsafe { CONNTRACK.get(rev_key) }.is_some() {
                 return Err(Refused::Taken);
             }
             count(stat::DROP_CT_FULL);
@@ -162,8 +162,8 @@ pub fn create(
             count(stat::CT_CLASH_REMAP);
         }
     }
-    if CONNTRACK.insert(key, &*fwd, 0).is_err() {
-        let _ = CONNTRACK.remove(&fwd.partner(key));
+    if CONNTRACK.insert(key, *fwd, 0).is_err() {
+        let _ = CONNTRACK.remove(fwd.partner(key));
         count(stat::DROP_CT_FULL);
         return Err(Refused::Full);
     }
@@ -194,7 +194,7 @@ fn claim(rev_key: &mut CtKey, rev: &CtValue) -> u32 {
         let r = unsafe { bpf_get_prandom_u32() };
         let port = ((min + r.checked_rem(span).unwrap_or(0)) as u16).to_be();
         rev_key.dport_be = port;
-        if CONNTRACK.insert(&*rev_key, rev, BPF_NOEXIST).is_ok() {
+        if CONNTRACK.insert(*rev_key, rev, BPF_NOEXIST).is_ok() {
             return u32::from(port);
         }
     }
@@ -208,7 +208,7 @@ fn claim_port(mut rev_key: CtKey, rev: &CtValue) -> Result<u16, Refused> {
         0 => {
             // SAFETY: only checked for presence: the last probe failed on a taken tuple, or
             // on a full map.
-            if unsafe { CONNTRACK.get(&rev_key) }.is_some() {
+            if unsafe { CONNTRACK.get(rev_key) }.is_some() {
                 count(stat::DROP_NAT_NO_PORT);
                 Err(Refused::NoPort)
             } else {

@@ -85,12 +85,10 @@ const ICMP_PARAMETERPROB: u8 = 12;
 /// Where a protocol keeps its checksum and ports, relative to its header at `l4_off`:
 /// (checksum offset, checksum flags, pseudo-header, sport offset, dport offset). ICMP echo's
 /// identifier is the port of the end that has one; None for what is not translated.
+type L4Layout = (usize, u64, bool, usize, usize);
+
 #[inline(always)]
-fn l4_layout(
-    ctx: &TcContext,
-    proto: u8,
-    l4_off: usize,
-) -> Result<Option<(usize, u64, bool, usize, usize)>, i64> {
+fn l4_layout(ctx: &TcContext, proto: u8, l4_off: usize) -> Result<Option<L4Layout>, i64> {
     Ok(match proto {
         IPPROTO_TCP => Some((l4_off + 16, 0u64, true, l4_off, l4_off + 2)),
         IPPROTO_UDP => Some((
@@ -140,7 +138,7 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, i64> {
     if frag & IP_OFFSET_MASK != 0 {
         // A later fragment: no L4 header; the ports are its first fragment's.
         // SAFETY: copied out at once.
-        let Some(ports) = (unsafe { FRAGS.get(&frag_key) }).copied() else {
+        let Some(ports) = (unsafe { FRAGS.get(frag_key) }).copied() else {
             count(stat::FRAG_UNTRACKED);
             return Ok(Packet::Other);
         };
@@ -177,7 +175,7 @@ pub fn parse(ctx: &TcContext) -> Result<Packet, i64> {
     if frag & IP_MF != 0 {
         // The first fragment of a datagram: remember its ports for the others.
         let ports = FragPorts { sport_be, dport_be };
-        let _ = FRAGS.insert(&frag_key, &ports, 0);
+        let _ = FRAGS.insert(frag_key, ports, 0);
     }
     let tcp_flags = if proto == IPPROTO_TCP {
         ctx.load::<u8>(l4_off + 13)?
@@ -220,12 +218,9 @@ fn parse_icmp_error(
     }
     let inner_proto: u8 = ctx.load(inner_off + 9)?;
     let inner_l4 = inner_off + 20;
-    let layout = match l4_layout(ctx, inner_proto, inner_l4) {
-        Ok(l) => l,
-        Err(_) => {
-            count(stat::MALFORMED);
-            return Ok(Packet::Other);
-        }
+    let Ok(layout) = l4_layout(ctx, inner_proto, inner_l4) else {
+        count(stat::MALFORMED);
+        return Ok(Packet::Other);
     };
     let Some((_, _, _, sport_off, dport_off)) = layout else {
         count(stat::ICMP_ERROR_UNTRACKED);

@@ -54,7 +54,7 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
         if nat::is_tcp_syn(&f) {
             let k = nat::reversed(&f, CT_DIR_REPLY);
             // SAFETY: copied out at once.
-            if let Some(v) = unsafe { CONNTRACK.get(&k) }.copied() {
+            if let Some(v) = unsafe { CONNTRACK.get(k) }.copied() {
                 ct::remove(&k, &v);
             }
         }
@@ -210,7 +210,7 @@ fn icmp_error(ctx: &mut TcContext, e: &IcmpError) -> Result<i32, i64> {
     for dir in [CT_DIR_REPLY, CT_DIR_FORWARD] {
         let k = e.answer_key(dir);
         // SAFETY: copied out at once.
-        let Some(v) = unsafe { CONNTRACK.get(&k) }.copied() else {
+        let Some(v) = unsafe { CONNTRACK.get(k) }.copied() else {
             continue;
         };
         if v.expired(now) || v.flags & CT_F_INBOUND != 0 {
@@ -236,13 +236,12 @@ fn icmp_error(ctx: &mut TcContext, e: &IcmpError) -> Result<i32, i64> {
 /// without passing any pod veth; make them come from the frontend.
 #[inline(always)]
 pub fn handle_egress(ctx: &mut TcContext) -> Result<i32, i64> {
-    let f = match nat::parse(ctx)? {
-        Packet::Flow(f) => f,
-        _ => return Ok(TC_ACT_OK),
+    let Packet::Flow(f) = nat::parse(ctx)? else {
+        return Ok(TC_ACT_OK);
     };
     let key = nat::key(&f, CT_DIR_REPLY);
     // SAFETY: only checked for presence (most packets have no entry).
-    if unsafe { CONNTRACK.get(&key) }.is_none() {
+    if unsafe { CONNTRACK.get(key) }.is_none() {
         return Ok(TC_ACT_OK);
     }
     let now = ct::now_s();
