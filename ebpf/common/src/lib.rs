@@ -241,6 +241,7 @@ impl CtLifetimes {
 /// Whether a connection (its two entries; `reply` None when missing) is over at `now_s`: both
 /// directions expired, or a RST went either way and its short lifetime ran out. A FIN in one
 /// direction only is a half-close: the other direction keeps the connection alive.
+#[inline(always)]
 pub fn ct_connection_over(forward: &CtValue, reply: Option<&CtValue>, now_s: u32) -> bool {
     let reset = |v: &CtValue| v.seen & CT_SEEN_RST != 0 && v.expired(now_s);
     match reply {

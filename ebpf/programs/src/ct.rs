@@ -16,7 +16,7 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use petrel_common::{
     CT_F_REMAPPED, CT_F_SNAT, CT_SEEN_ACK, CT_SEEN_FIN, CT_SEEN_PKT, CT_SEEN_RST, CT_SEEN_SYN,
     CtKey, CtLifetimes, CtValue, IPPROTO_TCP, NAT_PORT_MAX_DEFAULT, NAT_PORT_MIN_DEFAULT, config,
-    stat,
+    ct_connection_over, stat,
 };
 
 use crate::maps::{CONNTRACK, count};
@@ -74,20 +74,34 @@ pub fn seen_bits(tcp_flags: u8) -> u8 {
     b
 }
 
-/// A live entry for `key`, refreshed by a packet that set `bits`; None when absent or expired
-/// (an expired connection is removed, both entries, so the packet starts a new one).
+/// The entry for `key` if its connection is alive: an expired direction is still alive while
+/// the other one is (a UDP server answering once in a while, a silent client of a server-push
+/// stream), as the garbage collector judges it (`ct_connection_over`). A connection found over
+/// is removed, both entries, so the packet starts a new one.
+#[inline(always)]
+pub fn live(key: &CtKey, now: u32) -> Option<*mut CtValue> {
+    let p = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: a valid pointer into the map value, for this program run.
+    let v = unsafe { *p };
+    if v.expired(now) {
+        // SAFETY: copied out at once.
+        let partner = unsafe { CONNTRACK.get(v.partner(key)) }.copied();
+        if ct_connection_over(&v, partner.as_ref(), now) {
+            remove(key, &v);
+            return None;
+        }
+    }
+    Some(p)
+}
+
+/// A live entry for `key` (see `live`), refreshed by a packet that set `bits`.
 #[inline(always)]
 pub fn hit(key: &CtKey, bits: u8, now: u32) -> Option<CtValue> {
-    let p = CONNTRACK.get_ptr_mut(key)?;
+    let p = live(key, now)?;
     // SAFETY: a valid pointer into the map value, for this program run. Concurrent updates
     // of the same entry on another CPU only race on the expiry and seen bits, which every
     // writer moves forward.
     let v = unsafe { &mut *p };
-    if v.expired(now) {
-        let v = *v;
-        remove(key, &v);
-        return None;
-    }
     let seen = v.seen | bits;
     let expires = now.wrapping_add(lifetime(key.proto, seen));
     if seen != v.seen || expires != v.expires_s {

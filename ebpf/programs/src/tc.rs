@@ -209,11 +209,12 @@ fn icmp_error(ctx: &mut TcContext, e: &IcmpError) -> Result<i32, i64> {
     let now = ct::now_s();
     for dir in [CT_DIR_REPLY, CT_DIR_FORWARD] {
         let k = e.answer_key(dir);
-        // SAFETY: copied out at once.
-        let Some(v) = unsafe { CONNTRACK.get(k) }.copied() else {
+        let Some(p) = ct::live(&k, now) else {
             continue;
         };
-        if v.expired(now) || v.flags & CT_F_INBOUND != 0 {
+        // SAFETY: a valid pointer into the map value; copied out at once.
+        let v = unsafe { *p };
+        if v.flags & CT_F_INBOUND != 0 {
             break;
         }
         let (src, dst) = nat::translate_icmp_error(ctx, e, &v)?;

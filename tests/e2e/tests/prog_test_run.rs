@@ -631,6 +631,15 @@ fn an_expired_connection_is_gone_for_the_datapath() {
         let reply = packet::build(UDP, backend, client, 0, b"a");
         let (verdict, _) = f.run(false, &reply);
         assert_eq!(verdict, REDIRECT, "a live reply is reverse-NATed");
+        // A second connection whose client direction expires while its server keeps answering.
+        let client2 = sa(CLIENT, 40701);
+        let query2 = packet::build(UDP, client2, sa([10, 96, 0, 2], 53), 0, b"q");
+        f.run(false, &query2);
+        f.maps
+            .store_mut()
+            .config_set(config::CT_OTHER_S, 30)
+            .expect("config");
+        f.run(false, &packet::build(UDP, backend, client2, 0, b"a"));
         std::thread::sleep(std::time::Duration::from_millis(2100));
         let (verdict, output) = f.run(false, &reply);
         assert_eq!(
@@ -638,7 +647,15 @@ fn an_expired_connection_is_gone_for_the_datapath() {
             (OK, reply),
             "an expired connection's reply is not translated"
         );
-        assert_eq!(f.ct_len(), 0, "found expired, the pair was removed");
+        assert_eq!(f.ct_len(), 2, "found expired, the first pair was removed");
+        let (verdict, output) = f.run(false, &query2);
+        assert_eq!(verdict, OK);
+        assert_eq!(
+            packet::parse(&output).dst,
+            backend,
+            "a connection with one live direction keeps its backend"
+        );
+        assert_eq!(f.ct_len(), 2, "the half-idle pair stays");
     });
 }
 
