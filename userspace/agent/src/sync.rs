@@ -130,9 +130,11 @@ impl<S: MapStore> Syncer<S> {
         }
         // Ids freed before the restart are gone from the service maps but may still be named
         // by conntrack and affinity entries: the counters continue after those too.
+        // Bounded: an iteration restarts from the first key when the datapath deletes the
+        // current one.
         let store = s.maps.store();
-        let ct = store.ct_entries(usize::MAX)?;
-        let affinity = store.affinity_entries(usize::MAX)?;
+        let ct = store.ct_entries((store.ct_capacity()? as usize).saturating_mul(2))?;
+        let affinity = store.affinity_entries(4 << 20)?;
         for (_, v) in &ct {
             s.backend_pool.seen(v.backend_id);
             s.rev_pool.seen(v.rev_nat_id);
