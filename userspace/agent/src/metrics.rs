@@ -329,3 +329,25 @@ impl ProgrammingLatency {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conntrack_metrics_are_exported_under_their_names() {
+        let m = Metrics::new();
+        crate::conntrack::register_reasons(&m);
+        let text = m.encode();
+        for name in [
+            "petrel_conntrack_entries ",
+            "petrel_conntrack_fill_ratio ",
+            "petrel_conntrack_gc_runs_total ",
+            "petrel_conntrack_gc_removed_total{reason=\"pressure\"} ",
+            "petrel_conntrack_gc_duration_seconds_count ",
+            "petrel_conntrack_gc_interval_seconds ",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+}
