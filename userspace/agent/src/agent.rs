@@ -14,6 +14,7 @@ use petrel_datapath::{Datapath, inspect::names};
 use crate::{
     cli::Cli,
     cni_files::CniFiles,
+    conntrack,
     desired::{Memo, Options},
     metrics::{Health, Metrics, ProgrammingLatency},
     node::NodeFacts,
@@ -46,6 +47,8 @@ pub struct Agent {
     latency: ProgrammingLatency,
     /// netctl's names are written at the first sync and whenever the datapath changed.
     names_published: bool,
+    /// Asks the conntrack garbage collector for a sweep.
+    gc: conntrack::Kick,
 }
 
 impl Agent {
@@ -53,6 +56,11 @@ impl Agent {
     /// keeping the ids they already use: conntrack entries name backend and reverse-NAT ids, so
     /// established flows keep working across a restart.
     pub fn start(cli: &Cli, metrics: Arc<Metrics>, health: Arc<Health>) -> anyhow::Result<Agent> {
+        // Checked before anything is loaded: a bad value changes nothing.
+        let ct = cli.conntrack()?;
+        if let Some(w) = conntrack::check_nat_ports(&cli.proc_sys_net, ct.nat_ports) {
+            tracing::warn!("{w}");
+        }
         let mut dp = Datapath::load(&cli.datapath_config()).context("loading the datapath")?;
         if cli.socket_lb {
             let cg = match &cli.cgroup_root {
@@ -85,6 +93,27 @@ impl Agent {
         if cli.masquerade {
             tracing::info!(cluster_cidr = %cli.cluster_cidr, "pod egress leaving the cluster CIDR is masqueraded");
         }
+        maps.set_ct_lifetimes(ct.lifetimes)?;
+        maps.set_nat_port_range(ct.nat_ports.min, ct.nat_ports.max)?;
+        let capacity = petrel_datapath::maps::MapStore::ct_capacity(maps.store())?;
+        if u64::from(capacity) != 2 * u64::from(ct.max_flows) {
+            tracing::warn!(
+                pinned_flows = capacity / 2,
+                ct_max_flows = ct.max_flows,
+                "the conntrack map adopted from its pin keeps its size; --ct-max-flows applies when the map is created anew (its pin CT_V2 removed while the agent is stopped, which drops every tracked connection)"
+            );
+        }
+        tracing::info!(
+            flows = capacity / 2,
+            tcp_established_s = ct.lifetimes.tcp_established,
+            tcp_syn_s = ct.lifetimes.tcp_syn,
+            tcp_closing_s = ct.lifetimes.tcp_closing,
+            other_s = ct.lifetimes.other,
+            nat_ports = %ct.nat_ports,
+            "connection tracking configured"
+        );
+        conntrack::register_reasons(&metrics);
+        let gc = conntrack::spawn(&dp.maps_dir(), ct.gc_interval, metrics.clone())?;
         let syncer = Syncer::adopt(maps, cli.maglev_rings, cli.services_map_size as usize)?;
         let (adopted_frontends, adopted_backends) =
             (syncer.maps().dump()?.len(), syncer.maps().backends()?.len());
@@ -113,6 +142,7 @@ impl Agent {
             memo: Memo::default(),
             latency: ProgrammingLatency::default(),
             names_published: false,
+            gc,
         })
     }
 
@@ -169,6 +199,11 @@ impl Agent {
             m.sync_errors.inc();
         }
         m.update_gauges(&self.syncer);
+        if report.released {
+            // Flows and affinity entries naming what went are removed now, not at the next
+            // sweep (kube-proxy's UDP conntrack cleanup).
+            self.gc.kick();
+        }
         let changed = report.upserted + report.removed > 0;
         if changed || !self.names_published {
             match names::write(&self.state_dir, &desired.frontend_names()) {

@@ -109,6 +109,33 @@ pub struct Cli {
     /// Masquerade pod egress that leaves the cluster CIDR.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub masquerade: bool,
+    /// Connections the conntrack map holds (two entries each): default max(32768 x online
+    /// CPUs, 131072), kube-proxy's nf_conntrack_max. Preallocated (about 100 bytes per
+    /// connection); a full map refuses new connections, never evicts tracked ones. Takes effect
+    /// when the map is created: a map adopted from its pin keeps its size.
+    #[arg(long)]
+    pub ct_max_flows: Option<u32>,
+    /// How long an established TCP connection is tracked after its last packet.
+    #[arg(long, value_parser = humantime_ms, default_value = "6h")]
+    pub ct_tcp_established_timeout: Duration,
+    /// How long a TCP connection still in its handshake is tracked after its last packet.
+    #[arg(long, value_parser = humantime_ms, default_value = "60s")]
+    pub ct_tcp_syn_timeout: Duration,
+    /// How long a TCP connection is tracked after a FIN or RST.
+    #[arg(long, value_parser = humantime_ms, default_value = "10s")]
+    pub ct_tcp_closing_timeout: Duration,
+    /// How long a UDP or ICMP flow is tracked after its last packet.
+    #[arg(long, value_parser = humantime_ms, default_value = "60s")]
+    pub ct_other_timeout: Duration,
+    /// The longest time between two conntrack garbage collection sweeps (the interval adapts
+    /// between 5 s and this: shorter while the map fills, longer while idle).
+    #[arg(long, value_parser = humantime_ms, default_value = "5m")]
+    pub ct_gc_interval: Duration,
+    /// Source ports petrel rewrites to (NodePort SNAT, masquerade, clash remapping), MIN-MAX.
+    /// Keep it outside net.ipv4.ip_local_port_range (the agent warns when they overlap): host
+    /// sockets would otherwise take ports petrel hands out.
+    #[arg(long, value_parser = port_range, default_value = "61000-65535")]
+    pub nat_port_range: PortRange,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -190,28 +217,154 @@ pub enum LogFormat {
     Json,
 }
 
-/// "100ms", "2s", "1m" -> Duration.
+/// "100ms", "2s", "1m", "6h" -> Duration.
 fn humantime_ms(s: &str) -> Result<Duration, String> {
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
         .map_or((s, "s"), |i| s.split_at(i));
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("bad duration {s:?} (e.g. 100ms, 2s, 1m)"))?;
+        .map_err(|_| format!("bad duration {s:?} (e.g. 100ms, 2s, 1m, 6h)"))?;
+    let secs = |mult: u64| {
+        n.checked_mul(mult)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration {s:?} is too long"))
+    };
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("bad duration unit in {s:?} (ms, s or m)")),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        _ => Err(format!("bad duration unit in {s:?} (ms, s, m or h)")),
     }
 }
 
+/// An inclusive port range, MIN-MAX.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+impl PortRange {
+    /// The ports both ranges hold, if any.
+    pub fn overlap(self, other: PortRange) -> Option<PortRange> {
+        let (min, max) = (self.min.max(other.min), self.max.min(other.max));
+        (min <= max).then_some(PortRange { min, max })
+    }
+}
+
+/// "61000-65535" -> PortRange: ports 1024..=65535, MIN <= MAX.
+fn port_range(s: &str) -> Result<PortRange, String> {
+    let bad = || format!("bad port range {s:?}: want MIN-MAX, e.g. 61000-65535");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let min: u16 = a.trim().parse().map_err(|_| bad())?;
+    let max: u16 = b.trim().parse().map_err(|_| bad())?;
+    if min < 1024 {
+        return Err(format!(
+            "port range {s:?} starts below 1024 (privileged ports belong to host services)"
+        ));
+    }
+    if min > max {
+        return Err(format!("port range {s:?}: MIN is above MAX"));
+    }
+    Ok(PortRange { min, max })
+}
+
+/// The conntrack settings, range-checked (`Cli::conntrack`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conntrack {
+    pub max_flows: u32,
+    pub lifetimes: petrel_common::CtLifetimes,
+    pub gc_interval: Duration,
+    pub nat_ports: PortRange,
+}
+
+/// kube-proxy's conntrack default: max(32768 x online CPUs, 131072) connections.
+pub fn default_ct_max_flows() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1);
+    let cpus = u32::try_from(cpus).unwrap_or(u32::MAX);
+    cpus.saturating_mul(32_768).max(131_072)
+}
+
+/// Bounds of --ct-max-flows: below, a handful of clients fill the map; above, the preallocated
+/// map (two entries per connection) takes gigabytes.
+const CT_MAX_FLOWS: std::ops::RangeInclusive<u32> = 1024..=8 * 1024 * 1024;
+
+/// `d` in whole seconds within `range` (both in seconds), or why not.
+fn seconds(flag: &str, d: Duration, range: std::ops::RangeInclusive<u64>) -> anyhow::Result<u32> {
+    if d.subsec_nanos() != 0 {
+        anyhow::bail!("--{flag} {d:?}: conntrack works in whole seconds");
+    }
+    let s = d.as_secs();
+    if !range.contains(&s) {
+        anyhow::bail!(
+            "--{flag} {s}s is out of range: between {}s and {}s",
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(s as u32)
+}
+
 impl Cli {
+    /// The conntrack flags, checked: every lifetime and the GC interval within its range, in
+    /// whole seconds, the map size within `CT_MAX_FLOWS`. Called before the datapath is loaded,
+    /// so a bad value changes nothing.
+    pub fn conntrack(&self) -> anyhow::Result<Conntrack> {
+        const MINUTE: u64 = 60;
+        const DAY: u64 = 24 * 3600;
+        let max_flows = self.ct_max_flows.unwrap_or_else(default_ct_max_flows);
+        if !CT_MAX_FLOWS.contains(&max_flows) {
+            anyhow::bail!(
+                "--ct-max-flows {max_flows} is out of range: between {} and {}",
+                CT_MAX_FLOWS.start(),
+                CT_MAX_FLOWS.end()
+            );
+        }
+        let lifetimes = petrel_common::CtLifetimes {
+            tcp_established: seconds(
+                "ct-tcp-established-timeout",
+                self.ct_tcp_established_timeout,
+                MINUTE..=30 * DAY,
+            )?,
+            tcp_syn: seconds(
+                "ct-tcp-syn-timeout",
+                self.ct_tcp_syn_timeout,
+                1..=10 * MINUTE,
+            )?,
+            tcp_closing: seconds(
+                "ct-tcp-closing-timeout",
+                self.ct_tcp_closing_timeout,
+                1..=10 * MINUTE,
+            )?,
+            other: seconds("ct-other-timeout", self.ct_other_timeout, 1..=DAY)?,
+        };
+        let gc = seconds("ct-gc-interval", self.ct_gc_interval, 1..=3600)?;
+        Ok(Conntrack {
+            max_flows,
+            lifetimes,
+            gc_interval: Duration::from_secs(u64::from(gc)),
+            nat_ports: self.nat_port_range,
+        })
+    }
+
     /// What the datapath is loaded with.
     pub fn datapath_config(&self) -> DatapathConfig {
+        let flows = self.ct_max_flows.unwrap_or_else(default_ct_max_flows);
         DatapathConfig {
             bpffs_root: self.bpffs_root.clone(),
-            max_entries: vec![(petrel_datapath::maps::SERVICES, self.services_map_size)],
+            max_entries: vec![
+                (petrel_datapath::maps::SERVICES, self.services_map_size),
+                (petrel_datapath::maps::CONNTRACK, flows.saturating_mul(2)),
+            ],
             maglev_size: self.maglev_size,
             maglev_rings: self.maglev_rings,
         }
@@ -240,5 +393,91 @@ impl Cli {
         Options {
             maglev: self.external_selection == Selection::Maglev,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut all = vec!["petrel-agent"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("parses")
+    }
+
+    #[test]
+    fn conntrack_defaults_are_ciliums_lifetimes_and_kube_proxys_size() {
+        let c = cli(&[]).conntrack().expect("defaults are valid");
+        assert_eq!(c.lifetimes, petrel_common::CtLifetimes::DEFAULT);
+        assert_eq!(c.gc_interval, Duration::from_secs(300));
+        assert_eq!(
+            c.nat_ports,
+            PortRange {
+                min: 61000,
+                max: 65535
+            }
+        );
+        assert!(c.max_flows >= 131_072 && c.max_flows.is_multiple_of(32_768));
+        let dp = cli(&["--ct-max-flows", "200000"]).datapath_config();
+        assert!(
+            dp.max_entries
+                .contains(&(petrel_datapath::maps::CONNTRACK, 400_000))
+        );
+    }
+
+    #[test]
+    fn conntrack_flags_out_of_range_are_refused_with_the_flag_and_the_range() {
+        let c = cli(&[
+            "--ct-tcp-established-timeout",
+            "2h",
+            "--ct-other-timeout",
+            "30s",
+        ])
+        .conntrack()
+        .expect("valid");
+        assert_eq!((c.lifetimes.tcp_established, c.lifetimes.other), (7200, 30));
+        let cases: [(&[&str], &str); 6] = [
+            (
+                &["--ct-tcp-syn-timeout", "0s"],
+                "--ct-tcp-syn-timeout 0s is out of range: between 1s and 600s",
+            ),
+            (
+                &["--ct-tcp-established-timeout", "1000h"],
+                "--ct-tcp-established-timeout 3600000s is out of range",
+            ),
+            (&["--ct-tcp-closing-timeout", "1500ms"], "whole seconds"),
+            (&["--ct-gc-interval", "2h"], "--ct-gc-interval 7200s"),
+            (&["--ct-other-timeout", "2000m"], "--ct-other-timeout"),
+            (
+                &["--ct-max-flows", "10"],
+                "--ct-max-flows 10 is out of range",
+            ),
+        ];
+        for (args, want) in cases {
+            let e = cli(args).conntrack().expect_err(want).to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn port_ranges_parse_and_overlap() {
+        assert_eq!(
+            port_range("40000-40100"),
+            Ok(PortRange {
+                min: 40000,
+                max: 40100
+            })
+        );
+        for bad in ["61000", "a-b", "100-2000", "6000-5000", "61000-70000"] {
+            assert!(port_range(bad).is_err(), "{bad}");
+        }
+        let r = |min, max| PortRange { min, max };
+        assert_eq!(r(61000, 65535).overlap(r(32768, 60999)), None);
+        assert_eq!(
+            r(50000, 65535).overlap(r(32768, 60999)),
+            Some(r(50000, 60999))
+        );
+        assert_eq!(humantime_ms("6h"), Ok(Duration::from_secs(21600)));
     }
 }

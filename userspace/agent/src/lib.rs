@@ -7,6 +7,7 @@ pub mod agent;
 pub mod cli;
 pub mod cni_files;
 pub mod config_file;
+pub mod conntrack;
 pub mod desired;
 pub mod logging;
 pub mod metrics;

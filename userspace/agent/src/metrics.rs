@@ -36,6 +36,11 @@ pub struct MapLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CounterLabel {
     pub counter: String,
 }
@@ -53,6 +58,12 @@ pub struct Metrics {
     pub refused: Gauge,
     pub manifest_errors: Gauge,
     pub node_routes: Gauge,
+    pub ct_entries: Gauge,
+    pub ct_fill: Gauge<f64, AtomicU64>,
+    pub ct_gc_runs: Counter,
+    pub ct_gc_removed: Family<ReasonLabel, Counter>,
+    pub ct_gc_duration: Histogram,
+    pub ct_gc_interval: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -72,6 +83,12 @@ impl Metrics {
             refused: Gauge::default(),
             manifest_errors: Gauge::default(),
             node_routes: Gauge::default(),
+            ct_entries: Gauge::default(),
+            ct_fill: Gauge::default(),
+            ct_gc_runs: Counter::default(),
+            ct_gc_removed: Family::default(),
+            ct_gc_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ct_gc_interval: Gauge::default(),
             registry: Registry::default(),
         };
         // One call per metric, name and help side by side: the metrics are of different types,
@@ -126,6 +143,37 @@ impl Metrics {
             "petrel_node_routes",
             "Other nodes whose pod CIDR this node routes to",
             m.node_routes.clone(),
+        );
+        // Counters get their `_total` suffix from the encoder.
+        registry.register(
+            "petrel_conntrack_entries",
+            "Conntrack entries after the last sweep (two per connection)",
+            m.ct_entries.clone(),
+        );
+        registry.register(
+            "petrel_conntrack_fill_ratio",
+            "Conntrack entries over the map's capacity, after the last sweep",
+            m.ct_fill.clone(),
+        );
+        registry.register(
+            "petrel_conntrack_gc_runs",
+            "Conntrack garbage collection sweeps",
+            m.ct_gc_runs.clone(),
+        );
+        registry.register(
+            "petrel_conntrack_gc_removed",
+            "Entries removed by the conntrack garbage collector (conntrack entries one each, affinity entries as affinity_*), by reason",
+            m.ct_gc_removed.clone(),
+        );
+        registry.register(
+            "petrel_conntrack_gc_duration_seconds",
+            "How long one conntrack garbage collection sweep took",
+            m.ct_gc_duration.clone(),
+        );
+        registry.register(
+            "petrel_conntrack_gc_interval_seconds",
+            "The time until the next conntrack sweep, as adapted after the last one",
+            m.ct_gc_interval.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -278,6 +326,28 @@ impl ProgrammingLatency {
                     metrics.network_programming.observe(ms as f64 / 1000.0);
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conntrack_metrics_are_exported_under_their_names() {
+        let m = Metrics::new();
+        crate::conntrack::register_reasons(&m);
+        let text = m.encode();
+        for name in [
+            "petrel_conntrack_entries ",
+            "petrel_conntrack_fill_ratio ",
+            "petrel_conntrack_gc_runs_total ",
+            "petrel_conntrack_gc_removed_total{reason=\"pressure\"} ",
+            "petrel_conntrack_gc_duration_seconds_count ",
+            "petrel_conntrack_gc_interval_seconds ",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
         }
     }
 }

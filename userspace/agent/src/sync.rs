@@ -22,43 +22,52 @@ pub struct SyncReport {
     pub unchanged: usize,
     /// Frontends not programmed, with why (capacity, map errors). Retried on the next sync.
     pub refused: Vec<(Frontend, String)>,
+    /// Something a conntrack or affinity entry may name went away: a backend, a frontend, or
+    /// a backend's place in a frontend (the garbage collector then sweeps at once).
+    pub released: bool,
 }
 
-/// Ids handed out from 1, reusing freed ones first.
+/// Ids handed out next-fit over 32 bits, never 0 (as Cilium allocates its service and backend
+/// ids): each one after the last handed out, skipping ids in use. A freed id comes back only
+/// when the counter has gone round all 2^32 - 1 of them, so conntrack, affinity and socket-LB
+/// state that still names a freed id can never reach whoever gets the id next.
 #[derive(Debug, Default)]
 struct IdPool {
     used: BTreeSet<u32>,
-    free: BTreeSet<u32>,
-    next: u32,
+    /// The last id handed out (or adopted, or seen in the maps): the next one follows it.
+    last: u32,
 }
 
 impl IdPool {
     fn take(&mut self) -> u32 {
-        let id = match self.free.pop_first() {
-            Some(id) => id,
-            None => {
-                self.next += 1;
-                self.next
+        assert!(
+            self.used.len() < u32::MAX as usize,
+            "every 32-bit id is in use"
+        );
+        loop {
+            self.last = self.last.wrapping_add(1);
+            if self.last != 0 && !self.used.contains(&self.last) {
+                break;
             }
-        };
-        self.used.insert(id);
-        id
+        }
+        self.used.insert(self.last);
+        self.last
     }
 
+    /// An id the maps hold at start: in use, and the counter continues after the highest.
     fn adopt(&mut self, id: u32) {
         self.used.insert(id);
-        self.free.remove(&id);
-        if id > self.next {
-            self.free
-                .extend((self.next + 1..id).filter(|i| !self.used.contains(i)));
-            self.next = id;
-        }
+        self.seen(id);
+    }
+
+    /// An id some state may still name (conntrack, affinity) without holding it: not in use,
+    /// but the counter continues after it.
+    fn seen(&mut self, id: u32) {
+        self.last = self.last.max(id);
     }
 
     fn release(&mut self, id: u32) {
-        if self.used.remove(&id) {
-            self.free.insert(id);
-        }
+        self.used.remove(&id);
     }
 }
 
@@ -118,6 +127,21 @@ impl<S: MapStore> Syncer<S> {
                 s.backend_ids.insert(BackendKey { addr, proto }, b.id);
                 s.backend_pool.adopt(b.id);
             }
+        }
+        // Ids freed before the restart are gone from the service maps but may still be named
+        // by conntrack and affinity entries: the counters continue after those too.
+        // Bounded: an iteration restarts from the first key when the datapath deletes the
+        // current one.
+        let store = s.maps.store();
+        let ct = store.ct_entries((store.ct_capacity()? as usize).saturating_mul(2))?;
+        let affinity = store.affinity_entries(4 << 20)?;
+        for (_, v) in &ct {
+            s.backend_pool.seen(v.backend_id);
+            s.rev_pool.seen(v.rev_nat_id);
+        }
+        for (k, v) in &affinity {
+            s.backend_pool.seen(v.backend_id);
+            s.rev_pool.seen(k.rev_nat_id);
         }
         Ok(s)
     }
@@ -203,7 +227,7 @@ impl<S: MapStore> Syncer<S> {
         let wanted = self.sync_backends(desired);
         self.sync_frontends(desired, &mut report);
         self.remove_stale_frontends(desired, &mut report);
-        self.remove_unreferenced_backends(&wanted);
+        self.remove_unreferenced_backends(&wanted, &mut report);
         report
     }
 
@@ -272,6 +296,15 @@ impl<S: MapStore> Syncer<S> {
             }
             match self.maps.upsert_service(&entry) {
                 Ok(()) => {
+                    if let Some(old) = self.applied.get(fe) {
+                        let ids = |e: &ServiceEntry| {
+                            e.endpoints
+                                .iter()
+                                .map(|ep| ep.id)
+                                .collect::<BTreeSet<u32>>()
+                        };
+                        report.released |= !ids(old).is_subset(&ids(&entry));
+                    }
                     in_use = in_use - before + after;
                     self.applied.insert(*fe, entry);
                     self.adopted.remove(fe);
@@ -306,6 +339,7 @@ impl<S: MapStore> Syncer<S> {
                         self.free_rings.insert(r);
                     }
                     report.removed += 1;
+                    report.released = true;
                 }
                 Err(e) => tracing::warn!(frontend = %fe, error = %e, "removing frontend failed"),
             }
@@ -313,7 +347,11 @@ impl<S: MapStore> Syncer<S> {
     }
 
     /// Step 4: backends nothing references any more: flows pinned to them re-balance.
-    fn remove_unreferenced_backends(&mut self, wanted: &BTreeMap<u32, BackendSpec>) {
+    fn remove_unreferenced_backends(
+        &mut self,
+        wanted: &BTreeMap<u32, BackendSpec>,
+        report: &mut SyncReport,
+    ) {
         let referenced: BTreeSet<u32> = self
             .applied
             .values()
@@ -331,6 +369,7 @@ impl<S: MapStore> Syncer<S> {
                     self.backend_ids.remove(&key);
                     self.backend_pool.release(id);
                     self.applied_backends.remove(&id);
+                    report.released = true;
                 }
                 Err(e) => {
                     tracing::warn!(backend = %key.addr, error = %e, "removing backend failed")
@@ -601,13 +640,83 @@ mod tests {
     }
 
     #[test]
-    fn id_pool_reuses_freed_ids_and_adopts_gaps() {
+    fn id_pool_hands_out_next_fit_and_reuses_a_freed_id_only_after_wrapping() {
         let mut p = IdPool::default();
         p.adopt(3);
+        // Adopted: continue after the highest; the gap below is not filled.
+        assert_eq!(p.take(), 4);
+        assert_eq!(p.take(), 5);
+        p.release(4);
+        assert_eq!(p.take(), 6, "a freed id is not handed out again at once");
+        // At the top of the space the counter wraps, skips 0 and the ids in use, and only
+        // then reaches the freed ones.
+        p.adopt(u32::MAX - 1);
+        assert_eq!(p.take(), u32::MAX);
         assert_eq!(p.take(), 1);
         assert_eq!(p.take(), 2);
-        assert_eq!(p.take(), 4);
-        p.release(2);
-        assert_eq!(p.take(), 2);
+        assert_eq!(p.take(), 4, "3, 5 and 6 are in use; 4 was freed long ago");
+        // Ids that only conntrack or affinity still name move the counter without being used.
+        let mut q = IdPool::default();
+        q.seen(40);
+        q.adopt(7);
+        assert_eq!(q.take(), 41);
+    }
+
+    #[test]
+    fn a_removed_backend_s_id_is_not_reused_for_the_next_one() {
+        let mut s = syncer(FakeMaps::new());
+        s.sync(&one_service());
+        // 10.244.1.2 (id 2) goes, 10.244.2.2 comes: it gets 3, not 2.
+        let r = s.sync(&desired(vec![(
+            fe([10, 96, 0, 1], 80),
+            plan(
+                FrontendKind::ClusterIp,
+                vec![ep("10.244.0.2:8080", true), ep("10.244.2.2:8080", false)],
+            ),
+        )]));
+        assert!(
+            r.released,
+            "a backend left: the collector is asked to sweep"
+        );
+        assert!(
+            lines(&s).contains(&"BE 3 10.244.2.2:8080 active remote".to_string()),
+            "{:?}",
+            lines(&s)
+        );
+        // Adding a backend releases nothing.
+        let r = s.sync(&desired(vec![(
+            fe([10, 96, 0, 1], 80),
+            plan(
+                FrontendKind::ClusterIp,
+                vec![
+                    ep("10.244.0.2:8080", true),
+                    ep("10.244.2.2:8080", false),
+                    ep("10.244.3.2:8080", false),
+                ],
+            ),
+        )]));
+        assert!(!r.released);
+    }
+
+    #[test]
+    fn a_restart_continues_after_ids_only_conntrack_still_names() {
+        let mut m = FakeMaps::new();
+        let key = petrel_common::CtKey::default();
+        m.ct.insert(
+            key,
+            petrel_common::CtValue {
+                backend_id: 9,
+                rev_nat_id: 5,
+                ..Default::default()
+            },
+        );
+        let mut s = syncer(m);
+        s.sync(&one_service());
+        let l = lines(&s);
+        assert!(
+            l.contains(&"BE 10 10.244.0.2:8080 active".to_string()),
+            "{l:?}"
+        );
+        assert!(l.contains(&"REVNAT 6 10.96.0.1:80".to_string()), "{l:?}");
     }
 }

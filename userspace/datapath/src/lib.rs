@@ -3,6 +3,7 @@
 //! a narrow map interface (`maps`), and reads them back for netctl (`inspect`). The domain types
 //! are in `model`; the Kubernetes side lives in petrel-agent.
 
+pub mod conntrack;
 pub mod datapath;
 pub mod inspect;
 pub mod maglev;

@@ -31,6 +31,9 @@ struct Cli {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
+    /// The same as `-o json`.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,7 +51,9 @@ enum Command {
     DumpServices,
     /// Every backend in the backend map.
     DumpBackends,
-    /// Flows tracked by the TC path (client, frontend, backend, SNAT).
+    /// Connections tracked by the TC path, one line each (its forward and reply entries
+    /// joined): protocol, client, frontend, backend, service, NAT source and why, state, and
+    /// the seconds left until it is over without packets.
     DumpConntrack {
         /// At most this many entries.
         #[arg(long, default_value_t = 1000)]
@@ -92,11 +97,11 @@ fn main() -> anyhow::Result<()> {
             cli.bpffs_root.display()
         )
     })?;
-    let json = matches!(cli.output, Output::Json);
+    let json = cli.json || matches!(cli.output, Output::Json);
     match cli.command {
         Command::DumpServices => dump_services(&maps, &cli.state_dir, json),
         Command::DumpBackends => dump_backends(&maps, json),
-        Command::DumpConntrack { limit } => dump_conntrack(&maps, limit, json),
+        Command::DumpConntrack { limit } => dump_conntrack(&maps, &cli.state_dir, limit, json),
         Command::Explain {
             src,
             dst,
@@ -188,30 +193,47 @@ fn dump_backends(maps: &ServiceMaps, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn dump_conntrack(maps: &ServiceMaps, limit: usize, json: bool) -> anyhow::Result<()> {
-    let flows = maps.conntrack(limit)?;
+fn dump_conntrack(
+    maps: &ServiceMaps,
+    state_dir: &Path,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let names = petrel_datapath::inspect::names::read(state_dir);
+    let flows = maps.conntrack(limit, &names)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&flows)?);
         return Ok(());
     }
     println!(
-        "{:<5} {:<22} {:<22} {:>8}  SNAT",
-        "PROTO", "CLIENT", "FRONTEND", "BACKEND"
+        "{:<5} {:<22} {:<22} {:<30} {:<24} {:<36} {:<12} {:>7}",
+        "PROTO", "CLIENT", "FRONTEND", "BACKEND", "SERVICE", "NAT", "STATE", "EXPIRES"
     );
     for f in flows {
-        let proto = f.proto.map_or("?".to_string(), |p| p.to_string());
-        let snat = f.snat.map_or("-".to_string(), |s| s.to_string());
         let backend = if f.masquerade {
-            "masq".to_string()
+            "(masquerade)".to_string()
         } else if f.inbound {
-            "inbound".to_string()
+            "(inbound)".to_string()
         } else {
-            f.backend_id.to_string()
+            match f.backend {
+                Some(b) => format!("{b} #{}", f.backend_id),
+                None => format!("#{}", f.backend_id),
+            }
+        };
+        let nat = match (f.snat, &f.nat) {
+            (Some(s), Some(why)) => format!("{s} ({why})"),
+            (Some(s), None) => s.to_string(),
+            (None, Some(why)) => why.clone(),
+            (None, None) => "-".to_string(),
         };
         println!(
-            "{proto:<5} {:<22} {:<22} {backend:>8}  {snat}",
+            "{:<5} {:<22} {:<22} {backend:<30} {:<24} {nat:<36} {:<12} {:>6}s",
+            f.proto,
             f.client.to_string(),
             f.frontend.to_string(),
+            f.service.as_deref().unwrap_or("-"),
+            f.state,
+            f.expires_in_s,
         );
     }
     Ok(())
@@ -269,7 +291,7 @@ fn stats(maps: &ServiceMaps, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     for (name, value) in stats {
-        println!("{name:<22} {value}");
+        println!("{name:<24} {value}");
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use petrel_common::{
 };
 use serde::{Serialize, Serializer};
 
-use super::dump::read_scope;
+use super::dump::{ct_state, read_scope};
 use crate::{
     maglev,
     maps::{MapStore, MapsError, ServiceMaps, codec, writer::master},
@@ -45,7 +45,11 @@ pub enum Step {
     Conntrack {
         backend_id: u32,
         addr: SocketAddrV4,
+        /// The connection's state (`dump::ct_state`) and seconds until it is over.
+        state: &'static str,
+        expires_in_s: u32,
     },
+    ConntrackExpired,
     ConntrackBackendGone {
         backend_id: u32,
     },
@@ -91,9 +95,17 @@ fn or(addr: Option<SocketAddrV4>, absent: &str) -> String {
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Step::Conntrack { backend_id, addr } => write!(
+            Step::Conntrack {
+                backend_id,
+                addr,
+                state,
+                expires_in_s,
+            } => write!(
                 f,
-                "an established flow in conntrack: pinned to backend #{backend_id} {addr}"
+                "a tracked connection ({state}, over in {expires_in_s} s without packets): pinned to backend #{backend_id} {addr}"
+            ),
+            Step::ConntrackExpired => f.write_str(
+                "a conntrack entry that is over (the datapath treats it as absent; the garbage collector removes it)",
             ),
             Step::ConntrackBackendGone { backend_id } => write!(
                 f,
@@ -194,14 +206,30 @@ fn decide<S: MapStore>(
 ) -> Result<Option<SocketAddrV4>, MapsError> {
     let store = maps.store();
     if client.port() != 0 {
-        if let Some(v) = store.ct_get(&codec::ct_key(client, frontend))? {
+        let key = codec::ct_key(client, frontend);
+        if let Some(v) = store.ct_get(&key)? {
+            let reply = store.ct_get(&v.partner(&key))?;
+            let now_s = (crate::conntrack::monotonic_ns() / 1_000_000_000) as u32;
+            let (state, expires_in_s) = ct_state(key.proto, &v, reply.as_ref(), now_s);
             let backend_id = v.backend_id;
-            match addr_of(store, backend_id)? {
-                Some(addr) => {
-                    steps.push(Step::Conntrack { backend_id, addr });
-                    return Ok(Some(addr));
+            // As the datapath checks it: the backend must still be at the address the flow
+            // was sent to.
+            let sent_to = codec::socket(v.dst_addr_be, v.dst_port_be);
+            if v.expired(now_s) {
+                steps.push(Step::ConntrackExpired);
+            } else {
+                match addr_of(store, backend_id)? {
+                    Some(addr) if addr == sent_to => {
+                        steps.push(Step::Conntrack {
+                            backend_id,
+                            addr,
+                            state,
+                            expires_in_s,
+                        });
+                        return Ok(Some(addr));
+                    }
+                    _ => steps.push(Step::ConntrackBackendGone { backend_id }),
                 }
-                None => steps.push(Step::ConntrackBackendGone { backend_id }),
             }
         }
     }

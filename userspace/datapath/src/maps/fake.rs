@@ -14,7 +14,9 @@ use petrel_common::{
     ServiceValue,
 };
 
-use super::{BACKENDS, CONFIG, MAGLEV, MapStore, MapsError, REV_NAT, SERVICES, codec};
+use super::{
+    AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, MapStore, MapsError, REV_NAT, SERVICES, codec,
+};
 
 /// The maps as plain collections.
 #[derive(Debug, Default)]
@@ -26,6 +28,8 @@ pub struct FakeMaps {
     pub config: BTreeMap<u32, u32>,
     pub stats: BTreeMap<u32, u64>,
     pub ct: HashMap<CtKey, CtValue>,
+    /// What `ct_capacity` reports (0: the object's default, 2 x 131072).
+    pub ct_capacity: u32,
     pub affinity: HashMap<AffinityKey, AffinityValue>,
     /// Every write in order, as "MAP op what" lines.
     pub writes: Vec<String>,
@@ -188,6 +192,10 @@ impl MapStore for FakeMaps {
         Ok(())
     }
 
+    fn rev_nats(&self) -> Result<Vec<(u32, RevNat)>, MapsError> {
+        Ok(self.rev_nat.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
     fn maglev_get(&self, index: u32) -> Result<u32, MapsError> {
         Ok(self.maglev.get(&index).copied().unwrap_or(0))
     }
@@ -226,8 +234,33 @@ impl MapStore for FakeMaps {
         Ok(())
     }
 
+    fn ct_capacity(&self) -> Result<u32, MapsError> {
+        Ok(match self.ct_capacity {
+            0 => 2 * 131_072,
+            n => n,
+        })
+    }
+
     fn affinity_get(&self, key: &AffinityKey) -> Result<Option<AffinityValue>, MapsError> {
         Ok(self.affinity.get(key).copied())
+    }
+
+    fn affinity_entries(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(AffinityKey, AffinityValue)>, MapsError> {
+        Ok(self
+            .affinity
+            .iter()
+            .take(limit)
+            .map(|(k, v)| (*k, *v))
+            .collect())
+    }
+
+    fn affinity_del(&mut self, key: &AffinityKey) -> Result<(), MapsError> {
+        self.log(format!("AFFINITY del {key:?}"));
+        self.affinity.remove(key);
+        Ok(())
     }
 }
 
@@ -315,6 +348,10 @@ impl<S: MapStore> MapStore for FaultyMaps<S> {
         self.inner.rev_nat_del(id)
     }
 
+    fn rev_nats(&self) -> Result<Vec<(u32, RevNat)>, MapsError> {
+        self.inner.rev_nats()
+    }
+
     fn maglev_get(&self, index: u32) -> Result<u32, MapsError> {
         self.inner.maglev_get(index)
     }
@@ -346,10 +383,27 @@ impl<S: MapStore> MapStore for FaultyMaps<S> {
     }
 
     fn ct_del(&mut self, key: &CtKey) -> Result<(), MapsError> {
+        self.write("remove", CONNTRACK)?;
         self.inner.ct_del(key)
+    }
+
+    fn ct_capacity(&self) -> Result<u32, MapsError> {
+        self.inner.ct_capacity()
     }
 
     fn affinity_get(&self, key: &AffinityKey) -> Result<Option<AffinityValue>, MapsError> {
         self.inner.affinity_get(key)
+    }
+
+    fn affinity_entries(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(AffinityKey, AffinityValue)>, MapsError> {
+        self.inner.affinity_entries(limit)
+    }
+
+    fn affinity_del(&mut self, key: &AffinityKey) -> Result<(), MapsError> {
+        self.write("remove", AFFINITY)?;
+        self.inner.affinity_del(key)
     }
 }

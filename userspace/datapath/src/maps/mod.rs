@@ -80,6 +80,7 @@ pub trait MapStore {
 
     fn rev_nat_put(&mut self, id: u32, value: RevNat) -> Result<(), MapsError>;
     fn rev_nat_del(&mut self, id: u32) -> Result<(), MapsError>;
+    fn rev_nats(&self) -> Result<Vec<(u32, RevNat)>, MapsError>;
 
     /// One position of the flat Maglev array (`ring * size + position`).
     fn maglev_get(&self, index: u32) -> Result<u32, MapsError>;
@@ -95,5 +96,15 @@ pub trait MapStore {
     /// At most `limit` conntrack entries (both directions).
     fn ct_entries(&self, limit: usize) -> Result<Vec<(CtKey, CtValue)>, MapsError>;
     fn ct_del(&mut self, key: &CtKey) -> Result<(), MapsError>;
+    /// The conntrack map's capacity in entries (two per connection), as the kernel has it: a map
+    /// adopted from its pin keeps the size it was created with.
+    fn ct_capacity(&self) -> Result<u32, MapsError>;
+
     fn affinity_get(&self, key: &AffinityKey) -> Result<Option<AffinityValue>, MapsError>;
+    /// At most `limit` session affinity entries.
+    fn affinity_entries(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(AffinityKey, AffinityValue)>, MapsError>;
+    fn affinity_del(&mut self, key: &AffinityKey) -> Result<(), MapsError>;
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray};
 use petrel_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue,
 };
@@ -129,6 +129,13 @@ impl MapStore for PinnedMaps {
         removed(REV_NAT, self.rev_nat.remove(&id))
     }
 
+    fn rev_nats(&self) -> Result<Vec<(u32, RevNat)>, MapsError> {
+        self.rev_nat
+            .iter()
+            .map(|e| op("iterate", REV_NAT, e))
+            .collect()
+    }
+
     fn maglev_get(&self, index: u32) -> Result<u32, MapsError> {
         op("get", MAGLEV, self.maglev.get(&index, 0))
     }
@@ -166,7 +173,26 @@ impl MapStore for PinnedMaps {
         removed(CONNTRACK, self.ct.remove(key))
     }
 
+    fn ct_capacity(&self) -> Result<u32, MapsError> {
+        Ok(op("info", CONNTRACK, self.ct.map().info())?.max_entries())
+    }
+
     fn affinity_get(&self, key: &AffinityKey) -> Result<Option<AffinityValue>, MapsError> {
         found(AFFINITY, self.affinity.get(key, 0))
+    }
+
+    fn affinity_entries(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(AffinityKey, AffinityValue)>, MapsError> {
+        self.affinity
+            .iter()
+            .take(limit)
+            .map(|e| op("iterate", AFFINITY, e))
+            .collect()
+    }
+
+    fn affinity_del(&mut self, key: &AffinityKey) -> Result<(), MapsError> {
+        removed(AFFINITY, self.affinity.remove(key))
     }
 }

@@ -7,6 +7,7 @@ use std::{
     path::Path,
 };
 
+pub use petrel_common::CtLifetimes;
 use petrel_common::{
     SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_EXTERNAL,
     SVC_F_LOCAL_EXTERNAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceValue, config,
@@ -77,6 +78,35 @@ impl<S: MapStore> ServiceMaps<S> {
         self.store.config_set(config::CLUSTER_MASK, 0)?;
         self.store.config_set(config::CLUSTER_CIDR, addr)?;
         self.store.config_set(config::CLUSTER_MASK, mask)
+    }
+
+    /// Conntrack lifetimes per state (the datapath reads them at every packet; 0 would mean its
+    /// built-in default, so every value is written as given).
+    pub fn set_ct_lifetimes(&mut self, l: CtLifetimes) -> Result<(), MapsError> {
+        self.store
+            .config_set(config::CT_TCP_ESTABLISHED_S, l.tcp_established)?;
+        self.store.config_set(config::CT_TCP_SYN_S, l.tcp_syn)?;
+        self.store
+            .config_set(config::CT_TCP_CLOSING_S, l.tcp_closing)?;
+        self.store.config_set(config::CT_OTHER_S, l.other)
+    }
+
+    /// The lifetimes the datapath uses (its defaults where a slot holds 0).
+    pub fn ct_lifetimes(&self) -> Result<CtLifetimes, MapsError> {
+        crate::conntrack::lifetimes(&self.store)
+    }
+
+    /// The NAT port range (inclusive) every rewritten source port comes from.
+    ///
+    /// WARNING: the datapath reads the two slots separately and falls back to the default range
+    /// whenever they do not form a range (min 0 or max < min). Zeroing min first makes every
+    /// intermediate state either the old range, the default range or the new one, never a
+    /// mixture such as (old min, new max).
+    pub fn set_nat_port_range(&mut self, min: u16, max: u16) -> Result<(), MapsError> {
+        self.store.config_set(config::NAT_PORT_MIN, 0)?;
+        self.store
+            .config_set(config::NAT_PORT_MAX, u32::from(max))?;
+        self.store.config_set(config::NAT_PORT_MIN, u32::from(min))
     }
 
     /// Size of each Maglev ring (must match how the MAGLEV map was sized).
