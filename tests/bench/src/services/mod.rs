@@ -89,6 +89,57 @@ struct Step {
     kube_proxy: Sync,
     churn: Option<(Vec<Duration>, Vec<Duration>)>,
     figures: Vec<Figures>,
+    ct: CtCost,
+}
+
+/// petrel's conntrack after a scale's datapath run: how full it is, what one garbage-collector
+/// sweep over it costs (the agent's own sweep, run here on the same pins), and the agent's CPU
+/// time during the run.
+#[derive(Clone, Copy, Debug, Default)]
+struct CtCost {
+    entries: usize,
+    capacity: usize,
+    sweep_secs: f64,
+    agent_cpu_secs: f64,
+    run_secs: f64,
+}
+
+/// CPU seconds (user + system) the process `pid` has used; 0 when it is gone.
+fn cpu_secs(pid: Option<u32>) -> f64 {
+    let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+    else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks / hz
+}
+
+fn ct_cost(px: &Proxies) -> CtCost {
+    use petrel_datapath::{conntrack, maps::PinnedMaps};
+    let Ok(mut maps) = PinnedMaps::open(&px.pins.path().join("maps")) else {
+        return CtCost::default();
+    };
+    let t = Instant::now();
+    match conntrack::sweep(&mut maps, conntrack::monotonic_ns()) {
+        Ok(r) => CtCost {
+            entries: r.entries,
+            capacity: r.capacity,
+            sweep_secs: t.elapsed().as_secs_f64(),
+            ..CtCost::default()
+        },
+        Err(e) => {
+            eprintln!("    conntrack sweep failed: {e}");
+            CtCost::default()
+        }
+    }
 }
 
 pub fn run(opts: Opts) -> Section {
@@ -262,7 +313,22 @@ fn scale_step(
         opts.rounds
     );
     wait_idle(px);
+    let agent_pid = px.petrel.as_ref().and_then(Agent::pid);
+    let (cpu0, t0) = (cpu_secs(agent_pid), Instant::now());
     let figures = datapath(nodes, px, vips, opts);
+    let ct = CtCost {
+        agent_cpu_secs: cpu_secs(agent_pid) - cpu0,
+        run_secs: t0.elapsed().as_secs_f64(),
+        ..ct_cost(px)
+    };
+    eprintln!(
+        "    conntrack {} of {} entries, one sweep {:.1} ms; agent CPU {:.2} s in {:.0} s",
+        ct.entries,
+        ct.capacity,
+        ct.sweep_secs * 1e3,
+        ct.agent_cpu_secs,
+        ct.run_secs
+    );
     for (v, f) in VARIANTS.iter().zip(&figures) {
         eprintln!(
             "    {:<20} {:>8.0} conn/s {:>8.0} rr/s",
@@ -278,6 +344,7 @@ fn scale_step(
         kube_proxy,
         churn,
         figures,
+        ct,
     }
 }
 

@@ -15,6 +15,7 @@ pub(super) fn report(steps: &[Step], big: &Sync, opts: &Opts) -> Section {
     let mut md = datapath_md(steps, opts);
     md.push_str(&control_plane_md(steps, big, opts));
     md.push_str(&endpoint_change_md(steps));
+    md.push_str(&conntrack_md(steps));
     Section {
         md,
         json: json!({
@@ -104,6 +105,31 @@ fn control_plane_md(steps: &[Step], big: &Sync, opts: &Opts) -> String {
 }
 
 /// The endpoint-change table (scales where it was measured).
+/// petrel's conntrack after each scale's datapath run.
+fn conntrack_md(steps: &[Step]) -> String {
+    let mut md = String::from(
+        "\n### petrel conntrack\n\nAfter each scale's datapath run: entries in CT_V2 (two per \
+         connection) against its capacity, one garbage-collector sweep over them (the agent's \
+         sweep, on the same pins), and the agent's CPU time during the run.\n\n\
+         | services | entries | fill | sweep ms | entries swept/s | agent CPU s | run s |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for s in steps {
+        let c = &s.ct;
+        md.push_str(&format!(
+            "| {} | {} | {:.3} | {:.1} | {} | {:.2} | {:.0} |\n",
+            s.services,
+            c.entries,
+            c.entries as f64 / c.capacity.max(1) as f64,
+            c.sweep_secs * 1e3,
+            num(c.entries as f64 / c.sweep_secs.max(1e-9)),
+            c.agent_cpu_secs,
+            c.run_secs
+        ));
+    }
+    md
+}
+
 fn endpoint_change_md(steps: &[Step]) -> String {
     let mut md = String::new();
     md.push_str("\nEndpoint change: the one endpoint of a service moves to another pod (petrel: EndpointSlice write; kube-proxy: Endpoints write, each proxy reads only its own), from the API write until the client's new connections reach the new pod; changes spaced past each proxy's minimum sync interval (petrel 0.2 s, kube-proxy 1.1 s).\n\n\
@@ -203,6 +229,11 @@ fn steps_json(steps: &[Step]) -> Vec<Value> {
                 "full_sync": {"petrel": s.petrel.json(), "kube_proxy_iptables": s.kube_proxy.json()},
                 "endpoint_change_ms": s.churn.as_ref().map(|(p, k)| json!({"petrel": ms(p), "kube_proxy_iptables": ms(k)})),
                 "datapath": variants,
+                "conntrack": {
+                    "entries": s.ct.entries, "capacity": s.ct.capacity,
+                    "sweep_secs": s.ct.sweep_secs, "agent_cpu_secs": s.ct.agent_cpu_secs,
+                    "run_secs": s.ct.run_secs,
+                },
             })
         })
         .collect()
