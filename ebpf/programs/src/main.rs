@@ -7,6 +7,8 @@
 //! * `tc_pod_ingress` (TCX ingress of each pod's host-side veth): per-packet load balancing of
 //!   in-cluster traffic that socket-LB did not translate, reverse NAT of backend replies, and
 //!   masquerading of pod egress that leaves the cluster CIDR.
+//! * `tc_pod_egress` (TCX egress of each pod's host-side veth): connections reaching a pod from
+//!   outside the cluster CIDR are tracked as inbound, so masquerading never rewrites answers.
 //! * `tc_external_ingress` (TCX ingress of the node's external interfaces): NodePort, externalIPs
 //!   and LoadBalancer traffic from outside the node, and the replies of SNATed and masqueraded
 //!   flows.
@@ -47,6 +49,11 @@ pub fn tc_pod_ingress(mut ctx: TcContext) -> i32 {
 #[classifier]
 pub fn tc_external_ingress(mut ctx: TcContext) -> i32 {
     verdict(tc::handle(&mut ctx, false))
+}
+
+#[classifier]
+pub fn tc_pod_egress(mut ctx: TcContext) -> i32 {
+    verdict(tc::handle_pod_egress(&mut ctx))
 }
 
 #[classifier]

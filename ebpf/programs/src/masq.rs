@@ -92,14 +92,11 @@ pub fn egress(ctx: &mut TcContext, f: &Flow, key: &CtKey, now: u32) -> Result<i3
     Ok(nat::redirect_neigh(oif))
 }
 
-/// A packet that is no service's, arriving from outside the node: if it comes from outside the
-/// cluster CIDR to a pod, track the connection as inbound, so that `egress` does not masquerade
-/// the pod's answers (as a stateful MASQUERADE rule only rewrites connections pods start).
+/// A packet from outside the cluster CIDR on its way into a pod, of no tracked connection: track
+/// the connection as inbound, so that `egress` does not masquerade the pod's answers (as a
+/// stateful MASQUERADE rule only rewrites connections pods start).
 #[inline(always)]
 pub fn note_inbound(f: &Flow, key: &CtKey, now: u32) {
-    if !applies(f.daddr_be, f.saddr_be) {
-        return;
-    }
     let mut fwd = CtValue {
         src_addr_be: f.saddr_be,
         src_port_be: f.sport_be,

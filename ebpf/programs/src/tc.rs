@@ -96,10 +96,7 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
     };
     match lb::select(&fe, internal, &client) {
         Lookup::NotService if internal => masq::egress(ctx, &f, &key, now),
-        Lookup::NotService => {
-            masq::note_inbound(&f, &key, now);
-            Ok(TC_ACT_OK)
-        }
+        Lookup::NotService => Ok(TC_ACT_OK),
         Lookup::Drop => Ok(TC_ACT_SHOT),
         Lookup::Reject => nat::reject(ctx, &f),
         Lookup::Selected {
@@ -229,6 +226,34 @@ fn icmp_error(ctx: &mut TcContext, e: &IcmpError) -> Result<i32, i64> {
         return Ok(TC_ACT_OK);
     }
     count(stat::ICMP_ERROR_UNTRACKED);
+    Ok(TC_ACT_OK)
+}
+
+/// Egress of a pod's host-side veth (toward the pod): a connection from outside the cluster
+/// CIDR that reaches the pod however it got here (routed, DNATed by netfilter for a hostPort,
+/// SNATed by another node) is tracked as inbound, so the pod's answers are never masqueraded.
+#[inline(always)]
+pub fn handle_pod_egress(ctx: &mut TcContext) -> Result<i32, i64> {
+    let Packet::Flow(f) = nat::parse(ctx)? else {
+        return Ok(TC_ACT_OK);
+    };
+    if !masq::applies(f.daddr_be, f.saddr_be) {
+        return Ok(TC_ACT_OK);
+    }
+    let now = ct::now_s();
+    let key = nat::key(&f, CT_DIR_FORWARD);
+    if ct::hit(&key, ct::seen_bits(f.tcp_flags), now).is_some() {
+        return Ok(TC_ACT_OK);
+    }
+    // Answers on connections petrel translated (a masqueraded flow's replies, NodePort traffic
+    // kept from its client) already have entries: the pod's side of them is their reply key.
+    // SAFETY: only checked for presence.
+    if unsafe { CONNTRACK.get(nat::reversed(&f, CT_DIR_REPLY)) }.is_some()
+        || unsafe { CONNTRACK.get(nat::reversed(&f, CT_DIR_FORWARD)) }.is_some()
+    {
+        return Ok(TC_ACT_OK);
+    }
+    masq::note_inbound(&f, &key, now);
     Ok(TC_ACT_OK)
 }
 

@@ -31,6 +31,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pe
 /// Program names in the object.
 pub const PROG_TC_POD_INGRESS: &str = "tc_pod_ingress";
 pub const PROG_TC_EXTERNAL_INGRESS: &str = "tc_external_ingress";
+pub const PROG_TC_POD_EGRESS: &str = "tc_pod_egress";
 pub const PROG_TC_EXTERNAL_EGRESS: &str = "tc_external_egress";
 /// The socket-LB programs, attached together to one cgroup.
 pub const SOCK_PROGRAMS: [&str; 4] = [
@@ -201,25 +202,41 @@ impl Datapath {
 
     /// Attaches the pod-facing TC program to `iface`'s ingress (TCX on kernels >= 6.6) in the
     /// calling thread's network namespace, or swaps the program inside an existing pinned link.
+    /// Its egress gets the program that tracks connections reaching the pod from outside the
+    /// cluster (so masquerading leaves their answers alone). `Replaced` when either link was
+    /// swapped in place.
     pub fn attach_tc_ingress(&mut self, iface: &str) -> Result<AttachOutcome, DatapathError> {
-        self.attach_tc(PROG_TC_POD_INGRESS, iface, TcAttachType::Ingress)
+        let ingress = self.attach_tc(PROG_TC_POD_INGRESS, iface, TcAttachType::Ingress)?;
+        let egress = self.attach_tc(PROG_TC_POD_EGRESS, iface, TcAttachType::Egress)?;
+        Ok(ingress.or(egress))
     }
 
     /// Removes the pinned pod-interface links whose interface is not in `existing` (the pod and
     /// its veth are gone; the kernel already detached the link, the pin only keeps it around).
     /// Returns the interfaces pruned.
     pub fn prune_pod_links(&self, existing: &std::collections::HashSet<String>) -> Vec<String> {
-        let prefix = format!("{PROG_TC_POD_INGRESS}@");
+        let prefixes = [
+            format!("{PROG_TC_POD_INGRESS}@"),
+            format!("{PROG_TC_POD_EGRESS}@"),
+        ];
         let mut pruned = Vec::new();
         let Ok(entries) = fs::read_dir(self.root.join("links")) else {
             return pruned;
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(iface) = name.strip_prefix(&prefix).map(unescape_iface) {
-                if !existing.contains(&iface) && fs::remove_file(e.path()).is_ok() {
-                    pruned.push(iface);
-                }
+            let Some(iface) = prefixes
+                .iter()
+                .find_map(|p| name.strip_prefix(p.as_str()))
+                .map(unescape_iface)
+            else {
+                continue;
+            };
+            if !existing.contains(&iface)
+                && fs::remove_file(e.path()).is_ok()
+                && !pruned.contains(&iface)
+            {
+                pruned.push(iface);
             }
         }
         pruned
@@ -232,13 +249,7 @@ impl Datapath {
     pub fn attach_external(&mut self, iface: &str) -> Result<AttachOutcome, DatapathError> {
         let ingress = self.attach_tc(PROG_TC_EXTERNAL_INGRESS, iface, TcAttachType::Ingress)?;
         let egress = self.attach_tc(PROG_TC_EXTERNAL_EGRESS, iface, TcAttachType::Egress)?;
-        Ok(
-            if ingress == AttachOutcome::Replaced || egress == AttachOutcome::Replaced {
-                AttachOutcome::Replaced
-            } else {
-                AttachOutcome::Attached
-            },
-        )
+        Ok(ingress.or(egress))
     }
 
     fn attach_tc(
@@ -388,6 +399,17 @@ pub enum AttachOutcome {
     Attached,
     /// The program inside an existing pinned link was swapped (hitless upgrade).
     Replaced,
+}
+
+impl AttachOutcome {
+    /// The outcome of two attaches: `Replaced` if either swapped a program in place.
+    fn or(self, other: AttachOutcome) -> AttachOutcome {
+        if self == AttachOutcome::Replaced || other == AttachOutcome::Replaced {
+            AttachOutcome::Replaced
+        } else {
+            AttachOutcome::Attached
+        }
+    }
 }
 
 /// bpffs refuses names with a dot, which interface names may hold (`eth0.100`, `petrel.vxlan`):
