@@ -57,7 +57,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "iptables",
-        "kube-proxy's iptables mode: the benchmark's baseline",
+        "kube-proxy's iptables mode (the benchmark's baseline); hostPort DNAT in the conntrack tests",
     ),
     ("conntrack", "kube-proxy clears conntrack entries with it"),
     ("gnuplot-nox", "the benchmark's scaling plot"),

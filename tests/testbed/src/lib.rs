@@ -1,8 +1,8 @@
 //! What petrel's privileged integration tests (tests/e2e), the demo and the benchmark
 //! (tests/bench) run on: network namespaces and veths that remove themselves, test pods (a
-//! TCP/UDP server answering with its name), cgroups, bpffs roots, a real kube-apiserver on etcd,
-//! simulated nodes and clusters, and the Kubernetes objects, statistics and signal handling the
-//! tools share.
+//! TCP/UDP server answering with its name; an echo server for the connection-tracking tests),
+//! cgroups, bpffs roots, a real kube-apiserver on etcd, simulated nodes and clusters, and the
+//! Kubernetes objects, statistics and signal handling the tools share.
 //!
 //! Every fixture is an RAII guard: it removes what it created when dropped, also when a test
 //! panics half-way.
@@ -12,6 +12,7 @@ pub mod apiserver;
 pub mod cgroup;
 pub mod cluster;
 pub mod cni;
+pub mod echo;
 pub mod netns;
 pub mod objects;
 pub mod packet;

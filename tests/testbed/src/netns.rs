@@ -77,6 +77,32 @@ impl NetNs {
         self.exec("sysctl", &["-qw", &format!("{key}={value}")]);
     }
 
+    /// A counter of this namespace's /proc/net/snmp or /proc/net/netstat, by the group and name
+    /// `nstat` shows joined (`Tcp` `RetransSegs`, `TcpExt` `TCPSynRetrans`); panics if absent.
+    pub fn counter(&self, group: &str, name: &str) -> u64 {
+        let out = self.exec("cat", &["/proc/net/snmp", "/proc/net/netstat"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        // Each group is two lines: "Group: name name ..." then "Group: value value ...".
+        let prefix = format!("{group}:");
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&prefix)).collect();
+        for pair in lines.chunks(2) {
+            let [names, values] = pair else { continue };
+            let names = names.split_whitespace().skip(1);
+            if let Some((_, v)) = names
+                .zip(values.split_whitespace().skip(1))
+                .find(|(n, _)| *n == name)
+            {
+                return v
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{group} {name} = {v:?}: {e}"));
+            }
+        }
+        panic!(
+            "no counter {group} {name} in /proc/net/snmp or /proc/net/netstat of {}",
+            self.name
+        )
+    }
+
     /// Runs `f` on a new thread that has entered this namespace, and returns its result. Network
     /// namespaces belong to a thread, so this never touches the caller's.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {

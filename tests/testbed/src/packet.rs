@@ -1,5 +1,5 @@
 //! Ethernet/IPv4/TCP/UDP packets for BPF_PROG_TEST_RUN fixtures: built with correct checksums,
-//! parsed back with every checksum verified.
+//! parsed back with every checksum verified; and a bounded SYN flood sent through a raw socket.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -234,4 +234,65 @@ pub fn reassemble(frags: &[Vec<u8>]) -> Vec<u8> {
         0,
         &l4,
     )
+}
+
+/// Sends `count` TCP SYNs from `src_ip` to `dst`, each from a source port drawn at random from
+/// 1024..=65535 (a xorshift generator seeded with `seed`, so a run can be repeated), through a
+/// raw IPv4 socket in the calling thread's namespace: a SYN flood that stays inside the test's
+/// namespaces. A full socket buffer (ENOBUFS) is waited out, not counted. Returns how many were
+/// sent.
+pub fn syn_flood(
+    src_ip: Ipv4Addr,
+    dst: SocketAddrV4,
+    count: usize,
+    seed: u64,
+) -> std::io::Result<usize> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: socket(2) with constant arguments; the fd is owned below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*dst.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let mut state = seed | 1;
+    let mut sent = 0;
+    while sent < count {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let port = 1024 + (state % (65536 - 1024)) as u16;
+        // IPPROTO_RAW implies IP_HDRINCL: the packet starts at the IP header.
+        let pkt = build(TCP, SocketAddrV4::new(src_ip, port), dst, SYN, &[]);
+        let ip = &pkt[14..];
+        // SAFETY: valid buffer and sockaddr_in for the duration of the call.
+        let r = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                ip.as_ptr().cast(),
+                ip.len(),
+                0,
+                std::ptr::from_ref(&sin).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOBUFS) {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                continue;
+            }
+            return Err(e);
+        }
+        sent += 1;
+    }
+    Ok(sent)
 }

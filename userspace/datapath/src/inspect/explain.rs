@@ -102,7 +102,7 @@ impl fmt::Display for Step {
                 expires_in_s,
             } => write!(
                 f,
-                "a tracked connection ({state}, over in {expires_in_s} s without packets): pinned to backend #{backend_id} {addr}"
+                "in conntrack ({state}, over in {expires_in_s} s without packets): pinned to backend #{backend_id} {addr}"
             ),
             Step::ConntrackExpired => f.write_str(
                 "a conntrack entry that is over (the datapath treats it as absent; the garbage collector removes it)",
