@@ -272,8 +272,14 @@ const _: () = assert!(size_of::<AffinityKey>() == 16);
 pub struct AffinityValue {
     pub last_used_ns: u64,
     pub backend_id: u32,
-    pub _pad: [u8; 4],
+    /// Where the backend was chosen, so a hit can check that it is still there (still one of
+    /// the service's backends): `AFFINITY_POS_MAGLEV | index` into MAGLEV, or `scope << 16 |
+    /// slot` in SERVICES; 0 (entries of older datapaths): not checked.
+    pub pos: u32,
 }
+
+/// `AffinityValue::pos`: the low 31 bits are an index into MAGLEV.
+pub const AFFINITY_POS_MAGLEV: u32 = 1 << 31;
 const _: () = assert!(size_of::<AffinityValue>() == 16);
 
 /// Key of the socket-LB maps: a socket and an address. In SOCK_REVNAT the address is the backend

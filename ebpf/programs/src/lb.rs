@@ -3,9 +3,9 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use petrel_common::{
-    AffinityKey, AffinityValue, BACKEND_F_TERMINATING, Backend, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue,
-    config, stat,
+    AFFINITY_POS_MAGLEV, AffinityKey, AffinityValue, BACKEND_F_TERMINATING, Backend,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_MAGLEV,
+    SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, config, stat,
 };
 
 use crate::maps::{AFFINITY, BACKENDS, MAGLEV, SERVICES, count};
@@ -76,6 +76,24 @@ pub fn service(fe: &Frontend, internal: bool) -> Option<(ServiceValue, u8)> {
     Some((svc, SCOPE_EXTERNAL))
 }
 
+/// Whether an affinity entry's backend is still where it was chosen (its Maglev position or its
+/// slot): a backend that left the service is gone from there. Slots are rewritten in place, so
+/// a change of the backend set may also move a backend that stayed: that client is then
+/// balanced anew, once.
+#[inline(always)]
+fn still_there(fe: &Frontend, a: &AffinityValue) -> bool {
+    if a.pos == 0 {
+        return true;
+    }
+    if a.pos & AFFINITY_POS_MAGLEV != 0 {
+        return MAGLEV
+            .get(a.pos & !AFFINITY_POS_MAGLEV)
+            .is_some_and(|id| *id == a.backend_id);
+    }
+    let (scope, slot) = ((a.pos >> 16) as u8, a.pos as u16);
+    get_svc(&key(fe, slot, scope)).is_some_and(|v| v.backend_id == a.backend_id)
+}
+
 #[inline(always)]
 pub fn select(fe: &Frontend, internal: bool, client: &Client) -> Lookup {
     let Some((svc, scope)) = service(fe, internal) else {
@@ -102,11 +120,12 @@ pub fn select(fe: &Frontend, internal: bool, client: &Client) -> Lookup {
         if let Some(a) = unsafe { AFFINITY.get(affinity_key) }.copied() {
             let timeout_ns = u64::from(svc.affinity_timeout_s) * 1_000_000_000;
             if now.wrapping_sub(a.last_used_ns) <= timeout_ns {
-                // Only to an active backend: a terminating one takes no new connections, even
-                // from clients it served. (The agent removes affinity entries whose backend left
-                // the service.)
-                if let Some(b) =
-                    backend(a.backend_id).filter(|b| b.flags & BACKEND_F_TERMINATING == 0)
+                // Only to an active backend still in the service: a terminating one takes no
+                // new connections, even from clients it served, and one that left the service
+                // (not ready, removed) is found gone from where it was chosen. (The agent also
+                // removes affinity entries whose backend left the service.)
+                if let Some(b) = backend(a.backend_id)
+                    .filter(|b| b.flags & BACKEND_F_TERMINATING == 0 && still_there(fe, &a))
                 {
                     let fresh = AffinityValue {
                         last_used_ns: now,
@@ -124,20 +143,22 @@ pub fn select(fe: &Frontend, internal: bool, client: &Client) -> Lookup {
         }
     }
     let size = crate::maps::config(config::MAGLEV_SIZE);
-    let backend_id = if svc.flags & SVC_F_MAGLEV != 0 && size != 0 {
+    let (backend_id, pos) = if svc.flags & SVC_F_MAGLEV != 0 && size != 0 {
         let idx = svc
             .maglev_ring
             .wrapping_mul(size)
             .wrapping_add(client.hash % size);
-        match MAGLEV.get(idx) {
+        let id = match MAGLEV.get(idx) {
             Some(id) => *id,
             None => 0,
-        }
+        };
+        (id, AFFINITY_POS_MAGLEV | (idx & !AFFINITY_POS_MAGLEV))
     } else {
         // SAFETY: plain helper call.
         let rnd = unsafe { bpf_get_prandom_u32() };
         let slot = (rnd % u32::from(svc.count)) as u16 + 1;
-        get_svc(&key(fe, slot, scope)).map_or(0, |v| v.backend_id)
+        let id = get_svc(&key(fe, slot, scope)).map_or(0, |v| v.backend_id);
+        (id, (u32::from(scope) << 16) | u32::from(slot))
     };
     let Some(b) = backend(backend_id) else {
         count(stat::DROP_BACKEND_MISSING);
@@ -147,7 +168,7 @@ pub fn select(fe: &Frontend, internal: bool, client: &Client) -> Lookup {
         let v = AffinityValue {
             last_used_ns: now,
             backend_id,
-            _pad: [0; 4],
+            pos,
         };
         let _ = AFFINITY.insert(affinity_key, v, 0);
     }

@@ -387,9 +387,13 @@ fn icmp_store_port(
 /// Translates an ICMP error about a tracked packet, given `v`, the entry that translates answers
 /// to that packet: the quoted packet becomes the one its sender originally sent (its source
 /// what `v` rewrites to, its destination what `v` rewrites from), and the error goes to that
-/// sender. An error the other end itself raised (outer source = quoted destination) appears to
-/// come from whom the sender addressed. The quoted packet's own L4 checksum is left alone, as
-/// Linux and Cilium do: receivers do not check it. Returns the new outer (source, destination).
+/// sender, from whom the sender addressed (the frontend, or the SNAT address): the NAT node
+/// relays it as its own. Keeping the router's address as the source would send a packet from
+/// that router back through it, which drops it as a martian when it is on the return path, and
+/// trips reverse-path filters elsewhere; the cost is that traceroute through a NodePort shows
+/// the frontend for the hops beyond the node. The quoted packet's own L4 checksum is left
+/// alone, as Linux and Cilium do: receivers do not check it. Returns the new outer (source,
+/// destination).
 #[inline(always)]
 pub fn translate_icmp_error(
     ctx: &mut TcContext,
@@ -403,11 +407,7 @@ pub fn translate_icmp_error(
     icmp_store_addr(ctx, e, e.inner_off + 16, e.inner_daddr_be, dst)?;
     icmp_store_port(ctx, e, e.inner_sport_off, e.inner_sport_be, sport)?;
     icmp_store_port(ctx, e, e.inner_dport_off, e.inner_dport_be, dport)?;
-    let outer_src = if e.saddr_be == e.inner_daddr_be {
-        dst
-    } else {
-        e.saddr_be
-    };
+    let outer_src = dst;
     for (off, old, new) in [
         (IP_SRC_OFF, e.saddr_be, outer_src),
         (IP_DST_OFF, e.daddr_be, src),

@@ -698,7 +698,8 @@ fn icmp_errors_about_translated_packets_are_translated_both_ways() {
         let (verdict, output) = f.run(true, &err);
         assert_eq!(verdict, REDIRECT, "to the client's interface");
         let p = packet::parse(&output);
-        assert_eq!((p.src.ip(), p.dst.ip()), (&router, client.ip()));
+        // From the NodePort: the node relays the error as its own.
+        assert_eq!((p.src.ip(), p.dst.ip()), (nodeport.ip(), client.ip()));
         assert_eq!(p.icmp.map(|i| (i.0, i.1)), Some((3, 4)));
         assert_eq!(packet::quoted(&output), (client, nodeport));
 

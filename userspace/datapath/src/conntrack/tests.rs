@@ -485,7 +485,7 @@ fn affinity(client: u8, rev: u32, backend_id: u32, idle_s: u64) -> (AffinityKey,
         AffinityValue {
             last_used_ns: NOW_NS - idle_s * 1_000_000_000,
             backend_id,
-            _pad: [0; 4],
+            pos: 0,
         },
     )
 }
