@@ -84,9 +84,34 @@ impl FrontendPlan {
     }
 }
 
+/// A service by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A service's health check node port and what it reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub port: u16,
+    /// Ready endpoints on this node, each address counted once whatever its ports (as
+    /// kube-proxy counts them; terminating ones do not count, so a node whose pods are all
+    /// going away fails the check while it still drains them).
+    pub local_endpoints: usize,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub frontends: BTreeMap<Frontend, FrontendPlan>,
+    /// LoadBalancer services with externalTrafficPolicy Local and a healthCheckNodePort.
+    pub health_checks: BTreeMap<ServiceRef, HealthCheck>,
     /// Services skipped, with why (for logs and netctl).
     pub skipped: Vec<(String, &'static str)>,
 }
@@ -259,6 +284,12 @@ fn add_service(
     });
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
     let addrs = Addresses::of(svc, spec);
+    // kube-proxy (apiservice.NeedsHealthCheck): LoadBalancer services with eTP Local only.
+    let health_check_port = spec
+        .health_check_node_port
+        .filter(|p| (1..=65535).contains(p) && kind == "LoadBalancer" && external_local)
+        .map(|p| p as u16);
+    let mut local_ready = BTreeSet::new();
     for port in spec.ports.iter().flatten() {
         let Some(proto) = proto(port.protocol.as_deref()) else {
             continue;
@@ -272,6 +303,12 @@ fn add_service(
             &port_name,
             proto,
             node,
+        );
+        local_ready.extend(
+            endpoints
+                .iter()
+                .filter(|e| e.local && e.ready)
+                .map(|e| *e.backend.addr.ip()),
         );
         let plan = |kind| FrontendPlan {
             service: id.clone(),
@@ -305,6 +342,17 @@ fn add_service(
         if kind == "LoadBalancer" {
             put(&addrs.load_balancer, svc_port, FrontendKind::LoadBalancer);
         }
+    }
+    if let Some(port) = health_check_port {
+        let svc = ServiceRef {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        };
+        let hc = HealthCheck {
+            port,
+            local_endpoints: local_ready.len(),
+        };
+        desired.health_checks.insert(svc, hc);
     }
 }
 
@@ -379,6 +427,11 @@ impl Memo {
                 .frontends
                 .extend(part.frontends.iter().map(|(fe, p)| (*fe, p.clone())));
             desired.skipped.extend(part.skipped.iter().cloned());
+            desired.health_checks.extend(
+                part.health_checks
+                    .iter()
+                    .map(|(svc, hc)| (svc.clone(), *hc)),
+            );
             present.insert(id);
         }
         self.services.retain(|id, _| present.contains(id));
@@ -691,6 +744,82 @@ mod tests {
             ]
         );
         assert!(d.frontends.values().all(|p| p.external_local));
+    }
+
+    #[test]
+    fn health_check_node_ports_for_local_load_balancers_only() {
+        let lb = |name: &str, kind: &str, etp: &str| {
+            svc(
+                name,
+                ServiceSpec {
+                    type_: Some(kind.into()),
+                    cluster_ip: Some("10.96.0.20".into()),
+                    external_traffic_policy: Some(etp.into()),
+                    health_check_node_port: Some(32000),
+                    ports: Some(vec![
+                        ServicePort {
+                            node_port: Some(30080),
+                            ..port("http", 80, "TCP")
+                        },
+                        ServicePort {
+                            node_port: Some(30443),
+                            ..port("https", 443, "TCP")
+                        },
+                    ]),
+                    ..Default::default()
+                },
+            )
+        };
+        let mut sl = slice(
+            "web",
+            &[("http", 8080, "TCP"), ("https", 8443, "TCP")],
+            &[
+                // Counted once for both ports.
+                ("10.244.1.5", Some("n1"), Some(true)),
+                ("10.244.1.6", Some("n1"), Some(false)),
+                ("10.244.2.5", Some("n2"), Some(true)),
+                ("10.244.1.7", Some("n1"), Some(false)),
+            ],
+        );
+        // Serving but terminating: used for traffic while nothing is ready, but not healthy.
+        sl.endpoints[3].conditions = Some(EndpointConditions {
+            ready: Some(false),
+            serving: Some(true),
+            terminating: Some(true),
+        });
+        let services = [
+            lb("web", "LoadBalancer", "Local"),
+            lb("cluster", "LoadBalancer", "Cluster"),
+            lb("np", "NodePort", "Local"),
+        ];
+        let d = compute(&services, &[sl], &node(), Options::default());
+        let web = ServiceRef {
+            namespace: "default".into(),
+            name: "web".into(),
+        };
+        assert_eq!(
+            d.health_checks,
+            BTreeMap::from([(
+                web,
+                HealthCheck {
+                    port: 32000,
+                    local_endpoints: 1
+                }
+            )])
+        );
+        // The memo carries them too.
+        let services: Vec<Arc<Service>> = services.into_iter().map(Arc::new).collect();
+        let mut memo = Memo::default();
+        let again = memo.compute(&services, &[], &node(), Options::default());
+        assert_eq!(again.health_checks.len(), 1);
+        assert_eq!(
+            again
+                .health_checks
+                .values()
+                .next()
+                .map(|h| h.local_endpoints),
+            Some(0)
+        );
     }
 
     #[test]
