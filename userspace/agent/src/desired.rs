@@ -70,7 +70,12 @@ pub struct FrontendPlan {
     /// The service port's name ("" when unnamed).
     pub port_name: String,
     pub kind: FrontendKind,
+    /// externalTrafficPolicy Local (the datapath applies it to external frontends only).
     pub external_local: bool,
+    /// internalTrafficPolicy Local, as it applies to this frontend: true on ClusterIP frontends
+    /// only. A pod or the node reaching a NodePort, externalIP or LoadBalancer IP is subject to
+    /// neither policy (kube-proxy's short-circuit: as if it went out to a load balancer and
+    /// came back), so it may reach every endpoint.
     pub internal_local: bool,
     pub affinity_timeout_s: Option<u32>,
     pub maglev: bool,
@@ -315,7 +320,7 @@ fn add_service(
             port_name: port_name.clone(),
             kind,
             external_local,
-            internal_local,
+            internal_local: internal_local && kind == FrontendKind::ClusterIp,
             affinity_timeout_s,
             maglev: opts.maglev && kind != FrontendKind::ClusterIp,
             publish_not_ready,
@@ -819,6 +824,118 @@ mod tests {
                 .next()
                 .map(|h| h.local_endpoints),
             Some(0)
+        );
+    }
+
+    /// The scopes the datapath builds from a frontend plan, as backend addresses.
+    fn scopes(p: &FrontendPlan) -> (Vec<String>, Option<Vec<String>>) {
+        let endpoints: Vec<petrel_datapath::model::Endpoint> = p
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| petrel_datapath::model::Endpoint {
+                id: i as u32,
+                local: e.local,
+                ready: e.ready,
+                serving: e.serving,
+                terminating: e.terminating,
+            })
+            .collect();
+        let mut entry = petrel_datapath::model::ServiceEntry::new(
+            Frontend {
+                addr: Ipv4Addr::UNSPECIFIED,
+                port: 1,
+                proto: Proto::Tcp,
+            },
+            1,
+            endpoints,
+        );
+        entry.external = p.external();
+        entry.external_local = p.external_local;
+        entry.internal_local = p.internal_local;
+        let name = |ids: Vec<u32>| -> Vec<String> {
+            ids.iter()
+                .map(|i| p.endpoints[*i as usize].backend.addr.ip().to_string())
+                .collect()
+        };
+        let s = entry.scopes();
+        (name(s.external), s.internal.map(name))
+    }
+
+    #[test]
+    fn internal_traffic_policy_applies_to_the_cluster_ip_only() {
+        let lb = |etp: &str| {
+            let mut s = svc(
+                "web",
+                ServiceSpec {
+                    type_: Some("LoadBalancer".into()),
+                    cluster_ip: Some("10.96.0.30".into()),
+                    external_ips: Some(vec!["198.51.100.30".into()]),
+                    internal_traffic_policy: Some("Local".into()),
+                    external_traffic_policy: Some(etp.into()),
+                    ports: Some(vec![ServicePort {
+                        node_port: Some(30030),
+                        ..port("http", 80, "TCP")
+                    }]),
+                    ..Default::default()
+                },
+            );
+            s.status = Some(k8s_openapi::api::core::v1::ServiceStatus {
+                load_balancer: Some(k8s_openapi::api::core::v1::LoadBalancerStatus {
+                    ingress: Some(vec![k8s_openapi::api::core::v1::LoadBalancerIngress {
+                        ip: Some("203.0.113.30".into()),
+                        ..Default::default()
+                    }]),
+                }),
+                ..Default::default()
+            });
+            s
+        };
+        let sl = slice(
+            "web",
+            &[("http", 8080, "TCP")],
+            &[
+                ("10.244.1.5", Some("n1"), Some(true)),
+                ("10.244.2.5", Some("n2"), Some(true)),
+            ],
+        );
+        let local = || vec!["10.244.1.5".to_string()];
+        let all = || vec!["10.244.1.5".to_string(), "10.244.2.5".to_string()];
+        for etp in ["Cluster", "Local"] {
+            let d = compute(
+                &[lb(etp)],
+                std::slice::from_ref(&sl),
+                &node(),
+                Options::default(),
+            );
+            assert_eq!(d.frontends.len(), 4, "ClusterIP, NodePort, externalIP, LB");
+            for p in d.frontends.values() {
+                assert_eq!(
+                    p.internal_local,
+                    p.kind == FrontendKind::ClusterIp,
+                    "{etp} {p:?}"
+                );
+                let (external, internal) = scopes(p);
+                match (p.kind, etp) {
+                    // The ClusterIP: local endpoints only, from pods and the node alike.
+                    (FrontendKind::ClusterIp, _) => {
+                        assert_eq!(internal.unwrap_or_else(|| external.clone()), local())
+                    }
+                    // eTP Cluster: one set for everyone, every endpoint.
+                    (_, "Cluster") => assert_eq!((external, internal), (all(), None)),
+                    // eTP Local: outside clients get the local endpoints, pods and the node
+                    // every endpoint (short-circuit), not the iTP Local set.
+                    _ => assert_eq!((external, internal), (local(), Some(all()))),
+                }
+            }
+        }
+        // netctl names say what applies to each frontend.
+        let d = compute(&[lb("Cluster")], &[sl], &node(), Options::default());
+        let names = d.frontend_names();
+        assert_eq!(names["10.96.0.30:80/TCP"].internal_traffic_policy, "Local");
+        assert_eq!(
+            names["192.0.2.1:30030/TCP"].internal_traffic_policy,
+            "Cluster"
         );
     }
 
