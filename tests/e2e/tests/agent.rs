@@ -243,6 +243,15 @@ fn standalone_manifests_add_edit_delete_and_a_malformed_file() {
     assert!(f.get(vip).is_ok());
     let health = f.http(10256, "/healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // kube-proxy's URLs ("should check kube-proxy urls"): /livez, and /proxyMode on :10249.
+    let live = f.http(10256, "/livez");
+    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+    assert!(live.contains("\"currentTime\": \""), "{live}");
+    let mode = f.http(10249, "/proxyMode");
+    assert!(
+        mode.starts_with("HTTP/1.1 200") && mode.ends_with("ebpf"),
+        "{mode}"
+    );
     let metrics = f.http(10249, "/metrics");
     for name in [
         "kubeproxy_sync_proxy_rules_duration_seconds_count",

@@ -16,11 +16,13 @@ use crate::{
     cni_files::CniFiles,
     conntrack,
     desired::{Memo, Options},
-    metrics::{Health, Metrics, ProgrammingLatency},
-    node::NodeFacts,
+    health::ProxierHealth,
+    metrics::{Metrics, ProgrammingLatency},
+    node::{self, NodeFacts},
     pods::PodInterfaces,
     routing::{self, RouteSync, Settings},
     runner::BoundedFrequency,
+    service_health::ServiceHealthServer,
     sources::{self, Snapshot},
     sync::Syncer,
 };
@@ -30,7 +32,9 @@ pub struct Agent {
     dp: Datapath,
     syncer: Syncer,
     metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    health: Arc<ProxierHealth>,
+    /// The healthCheckNodePorts of LoadBalancer services with externalTrafficPolicy Local.
+    service_health: ServiceHealthServer,
     pods: PodInterfaces,
     node_name: String,
     /// --node-ip: the addresses NodePorts are served on (empty: the Node's InternalIPs).
@@ -55,7 +59,11 @@ impl Agent {
     /// Loads (or adopts) the datapath, attaches what `cli` asks for and takes over the maps,
     /// keeping the ids they already use: conntrack entries name backend and reverse-NAT ids, so
     /// established flows keep working across a restart.
-    pub fn start(cli: &Cli, metrics: Arc<Metrics>, health: Arc<Health>) -> anyhow::Result<Agent> {
+    pub fn start(
+        cli: &Cli,
+        metrics: Arc<Metrics>,
+        health: Arc<ProxierHealth>,
+    ) -> anyhow::Result<Agent> {
         // Checked before anything is loaded: a bad value changes nothing.
         let ct = cli.conntrack()?;
         if let Some(w) = conntrack::check_nat_ports(&cli.proc_sys_net, ct.nat_ports) {
@@ -122,10 +130,18 @@ impl Agent {
             adopted_backends,
             "datapath loaded; adopting what the pins hold"
         );
+        // kube-proxy listens on 0.0.0.0 unless --nodeport-addresses narrows NodePorts; petrel's
+        // --node-ip is that narrowing.
+        let hc_addrs = if cli.node_ips.is_empty() {
+            vec![std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
+        } else {
+            cli.node_ips.iter().map(|ip| (*ip).into()).collect()
+        };
         Ok(Agent {
             dp,
             syncer,
             metrics,
+            service_health: ServiceHealthServer::new(hc_addrs, health.clone()),
             health,
             pods: PodInterfaces::new(cli.pod_interface_prefix.clone()),
             node_name: cli.node_name.clone().unwrap_or_default(),
@@ -186,8 +202,10 @@ impl Agent {
         m.sync_duration.observe(took.as_secs_f64());
         m.refused.set(report.refused.len() as i64);
         m.manifest_errors.set(inputs.manifest_errors as i64);
+        // The sync ran to its end: what was queued is applied. Refused frontends (a full map)
+        // are counted and logged, and never make the proxier unhealthy (see `health`).
+        self.health.updated();
         if report.refused.is_empty() {
-            self.health.synced();
             m.last_sync.set(
                 SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
@@ -199,6 +217,10 @@ impl Agent {
             m.sync_errors.inc();
         }
         m.update_gauges(&self.syncer);
+        let hc = self.service_health.sync(&desired.health_checks).await;
+        m.hc_ports_open.set(hc.open as i64);
+        m.hc_ports_failed.set(hc.failed.len() as i64);
+        m.hc_bind_errors.inc_by(hc.failed.len() as u64);
         if report.released {
             // Flows and affinity entries naming what went are removed now, not at the next
             // sweep (kube-proxy's UDP conntrack cleanup).
@@ -242,21 +264,37 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         anyhow::bail!("--node-name (or NODE_NAME) is required when watching an API server");
     }
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
-    health.stale_after_ms.store(
-        2 * cli.sync_period.as_millis() as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    // kube-proxy's healthTimeout: twice the sync period.
+    let health = Arc::new(ProxierHealth::new(2 * cli.sync_period));
+    // As kube-proxy's SyncLoop: healthy from the start, even if no sync ever succeeds.
+    health.updated();
     let mut agent = Agent::start(cli, metrics.clone(), health.clone())?;
     for addr in [cli.metrics_bind_address, cli.healthz_bind_address] {
         let (m, h) = (metrics.clone(), health.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve(addr, m, h).await {
+            let served = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => crate::metrics::serve(l, m, h).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = served {
                 tracing::error!(%addr, error = %e, "HTTP endpoint stopped");
             }
         });
     }
     let (publisher, mut inputs) = sources::channel();
+    // Changes are queued as they arrive, apart from the sync loop: a loop that is stuck must
+    // still be seen falling behind (kube-proxy's QueuedUpdate, called from its event handlers).
+    let mut queue = inputs.clone();
+    let (h, name) = (health.clone(), agent.node_name.clone());
+    tokio::spawn(async move {
+        while queue.changed().await.is_ok() {
+            let Some(snapshot) = queue.borrow_and_update().clone() else {
+                continue;
+            };
+            h.sync_node(node::find(&snapshot.nodes, &name));
+            h.queued();
+        }
+    });
     match &cli.manifests {
         Some(dir) => tokio::spawn(sources::manifests::watch(dir.clone(), publisher)),
         None => tokio::spawn(sources::kube::watch(

@@ -37,7 +37,8 @@ pub struct Cli {
     /// and follow changes to it, instead of watching an API server.
     #[arg(long)]
     pub manifests: Option<PathBuf>,
-    /// Addresses NodePorts are served on (default: the Node's InternalIPs).
+    /// Addresses NodePorts are served on (default: the Node's InternalIPs), and health check
+    /// node ports (default: 0.0.0.0).
     #[arg(long = "node-ip")]
     pub node_ips: Vec<Ipv4Addr>,
     /// bpffs folder holding the pinned maps and links.

@@ -70,7 +70,12 @@ pub struct FrontendPlan {
     /// The service port's name ("" when unnamed).
     pub port_name: String,
     pub kind: FrontendKind,
+    /// externalTrafficPolicy Local (the datapath applies it to external frontends only).
     pub external_local: bool,
+    /// internalTrafficPolicy Local, as it applies to this frontend: true on ClusterIP frontends
+    /// only. A pod or the node reaching a NodePort, externalIP or LoadBalancer IP is subject to
+    /// neither policy (kube-proxy's short-circuit: as if it went out to a load balancer and
+    /// came back), so it may reach every endpoint.
     pub internal_local: bool,
     pub affinity_timeout_s: Option<u32>,
     pub maglev: bool,
@@ -84,9 +89,34 @@ impl FrontendPlan {
     }
 }
 
+/// A service by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A service's health check node port and what it reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub port: u16,
+    /// Ready endpoints on this node, each address counted once whatever its ports (as
+    /// kube-proxy counts them; terminating ones do not count, so a node whose pods are all
+    /// going away fails the check while it still drains them).
+    pub local_endpoints: usize,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub frontends: BTreeMap<Frontend, FrontendPlan>,
+    /// LoadBalancer services with externalTrafficPolicy Local and a healthCheckNodePort.
+    pub health_checks: BTreeMap<ServiceRef, HealthCheck>,
     /// Services skipped, with why (for logs and netctl).
     pub skipped: Vec<(String, &'static str)>,
 }
@@ -259,6 +289,12 @@ fn add_service(
     });
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
     let addrs = Addresses::of(svc, spec);
+    // kube-proxy (apiservice.NeedsHealthCheck): LoadBalancer services with eTP Local only.
+    let health_check_port = spec
+        .health_check_node_port
+        .filter(|p| (1..=65535).contains(p) && kind == "LoadBalancer" && external_local)
+        .map(|p| p as u16);
+    let mut local_ready = BTreeSet::new();
     for port in spec.ports.iter().flatten() {
         let Some(proto) = proto(port.protocol.as_deref()) else {
             continue;
@@ -273,12 +309,18 @@ fn add_service(
             proto,
             node,
         );
+        local_ready.extend(
+            endpoints
+                .iter()
+                .filter(|e| e.local && e.ready)
+                .map(|e| *e.backend.addr.ip()),
+        );
         let plan = |kind| FrontendPlan {
             service: id.clone(),
             port_name: port_name.clone(),
             kind,
             external_local,
-            internal_local,
+            internal_local: internal_local && kind == FrontendKind::ClusterIp,
             affinity_timeout_s,
             maglev: opts.maglev && kind != FrontendKind::ClusterIp,
             publish_not_ready,
@@ -305,6 +347,17 @@ fn add_service(
         if kind == "LoadBalancer" {
             put(&addrs.load_balancer, svc_port, FrontendKind::LoadBalancer);
         }
+    }
+    if let Some(port) = health_check_port {
+        let svc = ServiceRef {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        };
+        let hc = HealthCheck {
+            port,
+            local_endpoints: local_ready.len(),
+        };
+        desired.health_checks.insert(svc, hc);
     }
 }
 
@@ -379,6 +432,11 @@ impl Memo {
                 .frontends
                 .extend(part.frontends.iter().map(|(fe, p)| (*fe, p.clone())));
             desired.skipped.extend(part.skipped.iter().cloned());
+            desired.health_checks.extend(
+                part.health_checks
+                    .iter()
+                    .map(|(svc, hc)| (svc.clone(), *hc)),
+            );
             present.insert(id);
         }
         self.services.retain(|id, _| present.contains(id));
@@ -691,6 +749,194 @@ mod tests {
             ]
         );
         assert!(d.frontends.values().all(|p| p.external_local));
+    }
+
+    #[test]
+    fn health_check_node_ports_for_local_load_balancers_only() {
+        let lb = |name: &str, kind: &str, etp: &str| {
+            svc(
+                name,
+                ServiceSpec {
+                    type_: Some(kind.into()),
+                    cluster_ip: Some("10.96.0.20".into()),
+                    external_traffic_policy: Some(etp.into()),
+                    health_check_node_port: Some(32000),
+                    ports: Some(vec![
+                        ServicePort {
+                            node_port: Some(30080),
+                            ..port("http", 80, "TCP")
+                        },
+                        ServicePort {
+                            node_port: Some(30443),
+                            ..port("https", 443, "TCP")
+                        },
+                    ]),
+                    ..Default::default()
+                },
+            )
+        };
+        let mut sl = slice(
+            "web",
+            &[("http", 8080, "TCP"), ("https", 8443, "TCP")],
+            &[
+                // Counted once for both ports.
+                ("10.244.1.5", Some("n1"), Some(true)),
+                ("10.244.1.6", Some("n1"), Some(false)),
+                ("10.244.2.5", Some("n2"), Some(true)),
+                ("10.244.1.7", Some("n1"), Some(false)),
+            ],
+        );
+        // Serving but terminating: used for traffic while nothing is ready, but not healthy.
+        sl.endpoints[3].conditions = Some(EndpointConditions {
+            ready: Some(false),
+            serving: Some(true),
+            terminating: Some(true),
+        });
+        let services = [
+            lb("web", "LoadBalancer", "Local"),
+            lb("cluster", "LoadBalancer", "Cluster"),
+            lb("np", "NodePort", "Local"),
+        ];
+        let d = compute(&services, &[sl], &node(), Options::default());
+        let web = ServiceRef {
+            namespace: "default".into(),
+            name: "web".into(),
+        };
+        assert_eq!(
+            d.health_checks,
+            BTreeMap::from([(
+                web,
+                HealthCheck {
+                    port: 32000,
+                    local_endpoints: 1
+                }
+            )])
+        );
+        // The memo carries them too.
+        let services: Vec<Arc<Service>> = services.into_iter().map(Arc::new).collect();
+        let mut memo = Memo::default();
+        let again = memo.compute(&services, &[], &node(), Options::default());
+        assert_eq!(again.health_checks.len(), 1);
+        assert_eq!(
+            again
+                .health_checks
+                .values()
+                .next()
+                .map(|h| h.local_endpoints),
+            Some(0)
+        );
+    }
+
+    /// The scopes the datapath builds from a frontend plan, as backend addresses.
+    fn scopes(p: &FrontendPlan) -> (Vec<String>, Option<Vec<String>>) {
+        let endpoints: Vec<petrel_datapath::model::Endpoint> = p
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| petrel_datapath::model::Endpoint {
+                id: i as u32,
+                local: e.local,
+                ready: e.ready,
+                serving: e.serving,
+                terminating: e.terminating,
+            })
+            .collect();
+        let mut entry = petrel_datapath::model::ServiceEntry::new(
+            Frontend {
+                addr: Ipv4Addr::UNSPECIFIED,
+                port: 1,
+                proto: Proto::Tcp,
+            },
+            1,
+            endpoints,
+        );
+        entry.external = p.external();
+        entry.external_local = p.external_local;
+        entry.internal_local = p.internal_local;
+        let name = |ids: Vec<u32>| -> Vec<String> {
+            ids.iter()
+                .map(|i| p.endpoints[*i as usize].backend.addr.ip().to_string())
+                .collect()
+        };
+        let s = entry.scopes();
+        (name(s.external), s.internal.map(name))
+    }
+
+    #[test]
+    fn internal_traffic_policy_applies_to_the_cluster_ip_only() {
+        let lb = |etp: &str| {
+            let mut s = svc(
+                "web",
+                ServiceSpec {
+                    type_: Some("LoadBalancer".into()),
+                    cluster_ip: Some("10.96.0.30".into()),
+                    external_ips: Some(vec!["198.51.100.30".into()]),
+                    internal_traffic_policy: Some("Local".into()),
+                    external_traffic_policy: Some(etp.into()),
+                    ports: Some(vec![ServicePort {
+                        node_port: Some(30030),
+                        ..port("http", 80, "TCP")
+                    }]),
+                    ..Default::default()
+                },
+            );
+            s.status = Some(k8s_openapi::api::core::v1::ServiceStatus {
+                load_balancer: Some(k8s_openapi::api::core::v1::LoadBalancerStatus {
+                    ingress: Some(vec![k8s_openapi::api::core::v1::LoadBalancerIngress {
+                        ip: Some("203.0.113.30".into()),
+                        ..Default::default()
+                    }]),
+                }),
+                ..Default::default()
+            });
+            s
+        };
+        let sl = slice(
+            "web",
+            &[("http", 8080, "TCP")],
+            &[
+                ("10.244.1.5", Some("n1"), Some(true)),
+                ("10.244.2.5", Some("n2"), Some(true)),
+            ],
+        );
+        let local = || vec!["10.244.1.5".to_string()];
+        let all = || vec!["10.244.1.5".to_string(), "10.244.2.5".to_string()];
+        for etp in ["Cluster", "Local"] {
+            let d = compute(
+                &[lb(etp)],
+                std::slice::from_ref(&sl),
+                &node(),
+                Options::default(),
+            );
+            assert_eq!(d.frontends.len(), 4, "ClusterIP, NodePort, externalIP, LB");
+            for p in d.frontends.values() {
+                assert_eq!(
+                    p.internal_local,
+                    p.kind == FrontendKind::ClusterIp,
+                    "{etp} {p:?}"
+                );
+                let (external, internal) = scopes(p);
+                match (p.kind, etp) {
+                    // The ClusterIP: local endpoints only, from pods and the node alike.
+                    (FrontendKind::ClusterIp, _) => {
+                        assert_eq!(internal.unwrap_or_else(|| external.clone()), local())
+                    }
+                    // eTP Cluster: one set for everyone, every endpoint.
+                    (_, "Cluster") => assert_eq!((external, internal), (all(), None)),
+                    // eTP Local: outside clients get the local endpoints, pods and the node
+                    // every endpoint (short-circuit), not the iTP Local set.
+                    _ => assert_eq!((external, internal), (local(), Some(all()))),
+                }
+            }
+        }
+        // netctl names say what applies to each frontend.
+        let d = compute(&[lb("Cluster")], &[sl], &node(), Options::default());
+        let names = d.frontend_names();
+        assert_eq!(names["10.96.0.30:80/TCP"].internal_traffic_policy, "Local");
+        assert_eq!(
+            names["192.0.2.1:30030/TCP"].internal_traffic_policy,
+            "Cluster"
+        );
     }
 
     #[test]

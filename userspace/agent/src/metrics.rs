@@ -1,17 +1,8 @@
 //! Prometheus metrics with the names operators already graph for kube-proxy, plus petrel's own,
-//! and the HTTP endpoints: `/metrics` (127.0.0.1:10249 by default) and `/healthz` (port 10256,
-//! kube-proxy's semantics: 200 while syncs are recent, 503 when the datapath is falling behind).
+//! and the HTTP endpoints kube-proxy has: `/metrics` and `/proxyMode` (127.0.0.1:10249 by
+//! default), `/healthz` and `/livez` (port 10256; their semantics are `health`'s).
 
-use std::{
-    collections::BTreeSet,
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::BTreeSet, convert::Infallible, sync::Arc, sync::atomic::AtomicU64};
 
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
@@ -28,7 +19,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::sync::Syncer;
+use crate::{health::ProxierHealth, sync::Syncer};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabel {
@@ -38,6 +29,12 @@ pub struct MapLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
+}
+
+/// An HTTP status code, as kube-proxy labels its healthz and livez counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,6 +61,12 @@ pub struct Metrics {
     pub ct_gc_removed: Family<ReasonLabel, Counter>,
     pub ct_gc_duration: Histogram,
     pub ct_gc_interval: Gauge<f64, AtomicU64>,
+    pub healthz: Family<CodeLabel, Counter>,
+    pub livez: Family<CodeLabel, Counter>,
+    /// Health check node ports being served, and the ones that could not be bound.
+    pub hc_ports_open: Gauge,
+    pub hc_ports_failed: Gauge,
+    pub hc_bind_errors: Counter,
 }
 
 impl Metrics {
@@ -89,6 +92,11 @@ impl Metrics {
             ct_gc_removed: Family::default(),
             ct_gc_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             ct_gc_interval: Gauge::default(),
+            healthz: Family::default(),
+            livez: Family::default(),
+            hc_ports_open: Gauge::default(),
+            hc_ports_failed: Gauge::default(),
+            hc_bind_errors: Counter::default(),
             registry: Registry::default(),
         };
         // One call per metric, name and help side by side: the metrics are of different types,
@@ -175,6 +183,31 @@ impl Metrics {
             "The time until the next conntrack sweep, as adapted after the last one",
             m.ct_gc_interval.clone(),
         );
+        registry.register(
+            "kubeproxy_proxy_healthz",
+            "Cumulative proxy healthz HTTP status",
+            m.healthz.clone(),
+        );
+        registry.register(
+            "kubeproxy_proxy_livez",
+            "Cumulative proxy livez HTTP status",
+            m.livez.clone(),
+        );
+        registry.register(
+            "petrel_health_check_node_ports_open",
+            "Services whose healthCheckNodePort this node serves",
+            m.hc_ports_open.clone(),
+        );
+        registry.register(
+            "petrel_health_check_node_ports_failed",
+            "Services whose healthCheckNodePort could not be bound at the last sync (retried at every sync)",
+            m.hc_ports_failed.clone(),
+        );
+        registry.register(
+            "petrel_health_check_node_port_bind_errors",
+            "Attempts to bind a healthCheckNodePort that failed",
+            m.hc_bind_errors.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -191,80 +224,60 @@ impl Default for Metrics {
     }
 }
 
-/// When the maps were last synced, for /healthz.
-#[derive(Default)]
-pub struct Health {
-    last_sync: Mutex<Option<SystemTime>>,
-    /// Twice the max sync interval, in ms.
-    pub stale_after_ms: AtomicU64,
-}
-
-impl Health {
-    pub fn synced(&self) {
-        *self.last_sync.lock().expect("poisoned") = Some(SystemTime::now());
-    }
-
-    fn status(&self) -> (StatusCode, String) {
-        let last = *self.last_sync.lock().expect("poisoned");
-        let now = SystemTime::now();
-        let secs = |t: SystemTime| {
-            t.duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs_f64()
-        };
-        let stale = Duration::from_millis(self.stale_after_ms.load(Ordering::Relaxed));
-        let healthy = last.is_some_and(|t| now.duration_since(t).unwrap_or_default() <= stale);
-        let body = format!(
-            "{{\"lastUpdated\": {}, \"currentTime\": {:.3}}}",
-            last.map_or("null".to_string(), |t| format!("{:.3}", secs(t))),
-            secs(now)
-        );
-        (
-            if healthy {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            },
-            body,
-        )
-    }
-}
+/// What kube-proxy prints at /proxyMode (iptables, ipvs, nftables); petrel's datapath is eBPF.
+pub const PROXY_MODE: &str = "ebpf";
 
 fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
+        .header("x-content-type-options", "nosniff")
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` until the process exits.
+/// The answer to one request on the metrics or health address (both serve every path, so
+/// probes and scrapes that predate the split keep working).
+fn route(path: &str, metrics: &Metrics, health: &ProxierHealth) -> Response<Full<Bytes>> {
+    let json = |family: &Family<CodeLabel, Counter>, r: crate::health::Reply| {
+        family
+            .get_or_create(&CodeLabel {
+                code: r.status.as_u16().to_string(),
+            })
+            .inc();
+        respond(r.status, "application/json", r.body)
+    };
+    match path {
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.encode(),
+        ),
+        "/healthz" => json(&metrics.healthz, health.healthz()),
+        "/livez" => json(&metrics.livez, health.livez()),
+        "/proxyMode" => respond(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            PROXY_MODE.into(),
+        ),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// Serves `/metrics`, `/healthz`, `/livez` and `/proxyMode` on `listener` until the process
+/// exits.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    health: Arc<ProxierHealth>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     loop {
         let (stream, _) = listener.accept().await?;
         let (metrics, health) = (metrics.clone(), health.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (metrics, health) = (metrics.clone(), health.clone());
-                async move {
-                    Ok::<_, Infallible>(match req.uri().path() {
-                        "/metrics" => respond(
-                            StatusCode::OK,
-                            "text/plain; version=0.0.4",
-                            metrics.encode(),
-                        ),
-                        "/healthz" | "/livez" => {
-                            let (status, body) = health.status();
-                            respond(status, "application/json", body)
-                        }
-                        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
-                    })
-                }
+                let r = route(req.uri().path(), &metrics, &health);
+                async move { Ok::<_, Infallible>(r) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new()
@@ -333,6 +346,39 @@ impl ProgrammingLatency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn body(r: Response<Full<Bytes>>) -> String {
+        use http_body_util::BodyExt as _;
+        let bytes = r.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn kube_proxys_urls_are_served() {
+        let m = Metrics::new();
+        let h = ProxierHealth::new(std::time::Duration::from_secs(60));
+        let r = route("/proxyMode", &m, &h);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(body(r).await, "ebpf");
+        for path in ["/healthz", "/livez"] {
+            let r = route(path, &m, &h);
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()["content-type"], "application/json");
+            assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+            let json: serde_json::Value = serde_json::from_str(&body(r).await).expect("JSON body");
+            assert!(json["lastUpdated"].is_string(), "{json}");
+            assert!(json["currentTime"].is_string(), "{json}");
+        }
+        assert_eq!(route("/nope", &m, &h).status(), StatusCode::NOT_FOUND);
+        let text = m.encode();
+        for line in [
+            "kubeproxy_proxy_healthz_total{code=\"200\"} 1",
+            "kubeproxy_proxy_livez_total{code=\"200\"} 1",
+            "petrel_health_check_node_ports_open 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
 
     #[test]
     fn conntrack_metrics_are_exported_under_their_names() {

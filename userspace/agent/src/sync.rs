@@ -431,7 +431,7 @@ mod tests {
     fn desired(frontends: Vec<(Frontend, FrontendPlan)>) -> Desired {
         Desired {
             frontends: frontends.into_iter().collect(),
-            skipped: Vec::new(),
+            ..Desired::default()
         }
     }
 
