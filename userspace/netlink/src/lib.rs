@@ -3,7 +3,8 @@
 //! operation petrel needs (links, addresses, routes, neighbour and FDB entries). No async runtime:
 //! each call is one request and its replies, which is what a CNI plugin or a routing sync needs.
 //!
-//! Messages come from `netlink-packet-route`; this crate only builds the few messages petrel
+//! Messages come from `netlink-packet-route` (and `netlink-packet-sock-diag` for the one
+//! NETLINK_SOCK_DIAG exchange, [`DiagSocket`]); this crate only builds the few messages petrel
 //! sends and reads the attributes petrel looks at.
 
 pub mod addr;
@@ -12,6 +13,7 @@ pub mod link;
 pub mod neigh;
 pub mod netns;
 pub mod route;
+pub mod sock_diag;
 pub mod socket;
 pub mod sysctl;
 
@@ -21,6 +23,7 @@ pub use link::{LinkId, VethSpec, VxlanSpec};
 pub use netlink_packet_route as packet;
 pub use netns::Netns;
 pub use route::Route4;
+pub use sock_diag::{DiagSocket, UdpSock};
 pub use socket::Socket;
 pub use sysctl::Sysctl;
 
