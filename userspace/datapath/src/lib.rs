@@ -1,7 +1,9 @@
 //! petrel's datapath library: loads the eBPF object, pins maps and links under a bpffs root,
 //! attaches programs (`datapath`), writes services and backends to the maps in a safe order over
-//! a narrow map interface (`maps`), and reads them back for netctl (`inspect`). The domain types
-//! are in `model`; the Kubernetes side lives in petrel-agent.
+//! a narrow map interface (`maps`), and reads them back for netctl (`inspect`); the agent's
+//! background work on the maps: conntrack GC (`conntrack`), and `sock_term` for connected UDP
+//! sockets on removed backends. The domain types are in `model`; the Kubernetes side lives in
+//! petrel-agent.
 
 pub mod conntrack;
 pub mod datapath;
@@ -9,6 +11,7 @@ pub mod inspect;
 pub mod maglev;
 pub mod maps;
 pub mod model;
+pub mod sock_term;
 pub mod sys;
 
 pub use datapath::{Datapath, DatapathConfig, DatapathError};

@@ -11,11 +11,12 @@ use std::{
 use aya::{maps::MapError, sys::SyscallError};
 use petrel_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, SCOPE_INTERNAL, ServiceKey,
-    ServiceValue,
+    ServiceValue, SockKey, SockValue,
 };
 
 use super::{
-    AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, MapStore, MapsError, REV_NAT, SERVICES, codec,
+    AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, MapStore, MapsError, REV_NAT, SERVICES,
+    SOCK_REVNAT, codec,
 };
 
 /// The maps as plain collections.
@@ -31,6 +32,7 @@ pub struct FakeMaps {
     /// What `ct_capacity` reports (0: the object's default, 2 x 131072).
     pub ct_capacity: u32,
     pub affinity: HashMap<AffinityKey, AffinityValue>,
+    pub sock_revnat: HashMap<SockKey, SockValue>,
     /// Every write in order, as "MAP op what" lines.
     pub writes: Vec<String>,
 }
@@ -262,6 +264,16 @@ impl MapStore for FakeMaps {
         self.affinity.remove(key);
         Ok(())
     }
+
+    fn sock_revnat_get(&self, key: &SockKey) -> Result<Option<SockValue>, MapsError> {
+        Ok(self.sock_revnat.get(key).copied())
+    }
+
+    fn sock_revnat_del(&mut self, key: &SockKey) -> Result<(), MapsError> {
+        self.log(format!("SOCK_REVNAT del {key:?}"));
+        self.sock_revnat.remove(key);
+        Ok(())
+    }
 }
 
 /// Wraps a store and fails its `fail_at`-th write (1-based; 0 never fails) the way a full map
@@ -405,5 +417,14 @@ impl<S: MapStore> MapStore for FaultyMaps<S> {
     fn affinity_del(&mut self, key: &AffinityKey) -> Result<(), MapsError> {
         self.write("remove", AFFINITY)?;
         self.inner.affinity_del(key)
+    }
+
+    fn sock_revnat_get(&self, key: &SockKey) -> Result<Option<SockValue>, MapsError> {
+        self.inner.sock_revnat_get(key)
+    }
+
+    fn sock_revnat_del(&mut self, key: &SockKey) -> Result<(), MapsError> {
+        self.write("remove", SOCK_REVNAT)?;
+        self.inner.sock_revnat_del(key)
     }
 }

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 use aya::maps::MapError;
 use petrel_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, SockKey,
+    SockValue,
 };
 
 use crate::model::Frontend;
@@ -107,4 +108,8 @@ pub trait MapStore {
         limit: usize,
     ) -> Result<Vec<(AffinityKey, AffinityValue)>, MapsError>;
     fn affinity_del(&mut self, key: &AffinityKey) -> Result<(), MapsError>;
+
+    /// socket-LB's reverse translation: (socket cookie, backend) -> the frontend it stands for.
+    fn sock_revnat_get(&self, key: &SockKey) -> Result<Option<SockValue>, MapsError>;
+    fn sock_revnat_del(&mut self, key: &SockKey) -> Result<(), MapsError>;
 }

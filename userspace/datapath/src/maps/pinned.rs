@@ -4,11 +4,13 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray};
 use petrel_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, SockKey,
+    SockValue,
 };
 
 use super::{
-    AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, MapStore, MapsError, REV_NAT, SERVICES, STATS,
+    AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, MapStore, MapsError, REV_NAT, SERVICES,
+    SOCK_REVNAT, STATS,
 };
 
 /// The maps userspace reads and writes, opened from a datapath's `maps/` folder.
@@ -21,6 +23,7 @@ pub struct PinnedMaps {
     stats: PerCpuArray<MapData, u64>,
     ct: HashMap<MapData, CtKey, CtValue>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    sock_revnat: HashMap<MapData, SockKey, SockValue>,
 }
 
 fn open_pin(dir: &Path, name: &'static str) -> Result<Map, MapsError> {
@@ -78,6 +81,7 @@ impl PinnedMaps {
             stats: open(maps_dir, STATS)?,
             ct: open(maps_dir, CONNTRACK)?,
             affinity: open(maps_dir, AFFINITY)?,
+            sock_revnat: open(maps_dir, SOCK_REVNAT)?,
         })
     }
 }
@@ -194,5 +198,13 @@ impl MapStore for PinnedMaps {
 
     fn affinity_del(&mut self, key: &AffinityKey) -> Result<(), MapsError> {
         removed(AFFINITY, self.affinity.remove(key))
+    }
+
+    fn sock_revnat_get(&self, key: &SockKey) -> Result<Option<SockValue>, MapsError> {
+        found(SOCK_REVNAT, self.sock_revnat.get(key, 0))
+    }
+
+    fn sock_revnat_del(&mut self, key: &SockKey) -> Result<(), MapsError> {
+        removed(SOCK_REVNAT, self.sock_revnat.remove(key))
     }
 }
