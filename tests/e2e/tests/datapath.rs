@@ -3,7 +3,7 @@
 //! own link (`ext0`); the datapath is loaded into the node with TC on every pod veth and on
 //! `ext0`. Each test asserts which backend answered and which source address it saw.
 //!
-//! Longer than 600 lines on purpose: the 15 tests are one table over one fixture (the node, its
+//! Longer than 600 lines on purpose: the 16 tests are one table over one fixture (the node, its
 //! pods, the service/backend helpers above). Split by feature, every file would need that
 //! fixture, which only this file uses, and the test binary names `cargo test --test datapath`
 //! relies on would change.
@@ -18,7 +18,7 @@ use std::{
 
 use petrel_datapath::{
     BackendSpec, Datapath, DatapathConfig, Endpoint, Frontend, Proto, ServiceEntry, ServiceMaps,
-    datapath::AttachOutcome, maglev,
+    datapath::AttachOutcome, maglev, maps::PinnedMaps, sock_term,
 };
 use petrel_testbed::{BpffsRoot, cgroup::Cgroup, netns::Node, pod, require_root, unique};
 
@@ -139,6 +139,23 @@ impl Fixture {
             } else {
                 AttachOutcome::Replaced
             }
+        })
+    }
+
+    /// Attaches socket-LB to the cgroup `cg` (its links are pinned with the rest).
+    fn attach_cgroup(&self, cg: &Cgroup) -> AttachOutcome {
+        let config = DatapathConfig {
+            bpffs_root: self.pins.path().to_path_buf(),
+            maglev_size: MAGLEV_SIZE,
+            maglev_rings: 2,
+            ..Default::default()
+        };
+        let cg_path = cg.path().to_path_buf();
+        self.node.ns.run(move || {
+            Datapath::load(&config)
+                .expect("load")
+                .attach_cgroup(&cg_path)
+                .expect("attach cgroup")
         })
     }
 
@@ -691,20 +708,7 @@ fn socket_lb_translates_at_the_socket_and_shows_the_vip() {
     ));
     f.program(&ServiceEntry::new(fe(vip(20), 80, Proto::Tcp), 3, vec![]));
     let cg = Cgroup::new(&unique("petrel-test-"));
-    let config = DatapathConfig {
-        bpffs_root: f.pins.path().to_path_buf(),
-        maglev_size: MAGLEV_SIZE,
-        maglev_rings: 2,
-        ..Default::default()
-    };
-    let cg_path = cg.path().to_path_buf();
-    let outcome = f.node.ns.run(move || {
-        Datapath::load(&config)
-            .expect("load")
-            .attach_cgroup(&cg_path)
-            .expect("attach cgroup")
-    });
-    assert_eq!(outcome, AttachOutcome::Attached);
+    assert_eq!(f.attach_cgroup(&cg), AttachOutcome::Attached);
 
     let dnat_before = f.stat("tc_dnat");
     let bin = petrel_testbed::workspace_bin("petrel-pod", "PETREL_POD_BIN");
@@ -729,6 +733,114 @@ fn socket_lb_translates_at_the_socket_and_shows_the_vip() {
     // No endpoint: connect() fails with ECONNREFUSED at once.
     let err = get(SocketAddrV4::new(vip(20), 80), "tcp").expect_err("refused");
     assert!(err.contains("refused"), "{err}");
+}
+
+/// A long-lived `petrel-pod session` in the client pod and a socket-LB cgroup: one line in, one
+/// line out. Killed on drop (before the cgroup it is in goes).
+struct Session {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Session {
+    fn start(f: &Fixture, cg: &Cgroup, targets: &[SocketAddrV4]) -> Session {
+        let bin = petrel_testbed::workspace_bin("petrel-pod", "PETREL_POD_BIN");
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net={}", f.client_ns().display()))
+            .arg("--")
+            .arg(&bin)
+            .arg("session")
+            .args(targets.iter().map(|t| t.to_string()))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        pod::join_cgroup_on_exec(&mut cmd, cg.path());
+        let mut child = cmd.spawn().expect("spawn petrel-pod session");
+        let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut s = Session { child, out };
+        assert_eq!(s.line(), "ok connected");
+        s
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        std::io::BufRead::read_line(&mut self.out, &mut l).expect("read from session");
+        l.trim().to_string()
+    }
+
+    fn say(&mut self, cmd: &str) -> String {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{cmd}").expect("write to session");
+        self.line()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn connected_udp_sockets_on_a_removed_backend_are_destroyed_and_reconnect_to_a_current_one() {
+    let f = Fixture::new();
+    let service = fe(vip(21), 53, Proto::Udp);
+    f.program(&ServiceEntry::new(service, 4, vec![ep(0, Proto::Udp)]));
+    let cg = Cgroup::new(&unique("petrel-test-"));
+    assert_eq!(f.attach_cgroup(&cg), AttachOutcome::Attached);
+    let a = SocketAddrV4::new(BACKENDS[0], 8080);
+    let vip_addr = SocketAddrV4::new(vip(21), 53);
+    // Socket 0 connects to the VIP (socket-LB sends it to A), socket 1 to A's pod address.
+    let mut client = Session::start(&f, &cg, &[vip_addr, a]);
+    let r0 = client.say("x 0");
+    assert!(r0.starts_with("ok b0 "), "through the VIP to A: {r0}");
+    assert!(
+        r0.ends_with(" 10.96.0.21:53"),
+        "getpeername shows the VIP: {r0}"
+    );
+    let r1 = client.say("x 1");
+    assert!(r1.starts_with("ok b0 "), "directly to A: {r1}");
+
+    // A leaves the service (B takes its place) and its backend goes.
+    f.program(&ServiceEntry::new(service, 4, vec![ep(1, Proto::Udp)]));
+    f.maps()
+        .remove_backend(id(0, 8080, Proto::Udp))
+        .expect("remove backend");
+    let started = std::time::Instant::now();
+    let gone = BTreeSet::from([sock_term::Departure {
+        frontend: vip_addr,
+        backend: a,
+    }]);
+    let mut store = PinnedMaps::open(&f.pins.path().join("maps")).expect("open maps");
+    let report = sock_term::terminate(std::path::Path::new("/proc"), &mut store, &gone);
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.destroyed, 1, "only the socket translated to A");
+    assert!(report.namespaces >= 2, "host and pods: {report:?}");
+
+    let e = client.say("x 0");
+    // Destroyed: no longer connected, so a send fails with EDESTADDRREQ (a receive would see
+    // the ECONNABORTED SOCK_DESTROY left).
+    assert!(
+        e.starts_with("err 89 ") || e.starts_with("err 103 "),
+        "the translated socket was destroyed: {e}"
+    );
+    assert_eq!(client.say("r 0"), "ok connected");
+    let r = client.say("x 0");
+    assert!(r.starts_with("ok b1 "), "reconnected to B: {r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "destroyed and reconnected in {:?}",
+        started.elapsed()
+    );
+    let r1 = client.say("x 1");
+    assert!(
+        r1.starts_with("ok b0 "),
+        "the direct socket to A is untouched: {r1}"
+    );
+    // Its SOCK_REVNAT entry went with it: a second run finds nothing (socket 0 is on B now).
+    let again = sock_term::terminate(std::path::Path::new("/proc"), &mut store, &gone);
+    assert_eq!((again.destroyed, again.failures.len()), (0, 0));
+    drop(client);
 }
 
 /// One TCP request from CLIENT's own port `port` (bound first, as a reused ephemeral port

@@ -1,8 +1,15 @@
 //! A test pod's workload, as a process: `petrel-pod serve NAME ADDR:PORT` answers TCP and UDP
 //! requests with "NAME CLIENT_IP"; `petrel-pod get tcp|udp ADDR:PORT` makes one request and prints
-//! the answer (exit 1 with the error otherwise).
+//! the answer (exit 1 with the error otherwise); `petrel-pod session ADDR:PORT...` keeps one
+//! connected UDP socket per address and, per line on stdin, `x N` makes one request on socket N
+//! and `r N` connects it anew, printing one line each ("ok SERVER CLIENT PEER", "ok connected",
+//! "err ERRNO TEXT"): a long-lived client for tests of what happens to connected sockets.
 
-use std::{net::SocketAddrV4, process::ExitCode};
+use std::{
+    io::BufRead as _,
+    net::{SocketAddrV4, UdpSocket},
+    process::ExitCode,
+};
 
 use petrel_testbed::pod;
 
@@ -38,8 +45,68 @@ fn main() -> ExitCode {
                 Err(e) => fail(&format!("{proto} {addr}: {e}")),
             }
         }
-        _ => fail("usage: petrel-pod serve NAME ADDR:PORT | petrel-pod get tcp|udp ADDR:PORT"),
+        ["session", addrs @ ..] if !addrs.is_empty() => {
+            let mut targets = Vec::new();
+            for a in addrs {
+                match a.parse::<SocketAddrV4>() {
+                    Ok(a) => targets.push(a),
+                    Err(e) => return fail(&format!("bad address {a}: {e}")),
+                }
+            }
+            session(&targets)
+        }
+        _ => fail(
+            "usage: petrel-pod serve NAME ADDR:PORT | petrel-pod get tcp|udp ADDR:PORT | petrel-pod session ADDR:PORT...",
+        ),
     }
+}
+
+fn connect(to: SocketAddrV4) -> std::io::Result<UdpSocket> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.connect(to)?;
+    Ok(s)
+}
+
+fn err_line(e: &std::io::Error) -> String {
+    format!("err {} {e}", e.raw_os_error().unwrap_or(0))
+}
+
+fn session(targets: &[SocketAddrV4]) -> ExitCode {
+    let mut socks = Vec::new();
+    for t in targets {
+        match connect(*t) {
+            Ok(s) => socks.push(s),
+            Err(e) => return fail(&format!("connecting to {t}: {e}")),
+        }
+    }
+    println!("ok connected");
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let (cmd, n) = match line.split_once(' ') {
+            Some((c, n)) => (c, n.trim().parse::<usize>().ok()),
+            None => (line.as_str(), None),
+        };
+        let Some(n) = n.filter(|n| *n < socks.len()) else {
+            println!("err 0 bad command {line:?}");
+            continue;
+        };
+        let out = match cmd {
+            "x" => match pod::udp_connected_exchange(&socks[n]) {
+                Ok(r) => format!("ok {} {} {}", r.server, r.client_seen, r.peer),
+                Err(e) => err_line(&e),
+            },
+            "r" => match connect(targets[n]) {
+                Ok(s) => {
+                    socks[n] = s;
+                    "ok connected".to_string()
+                }
+                Err(e) => err_line(&e),
+            },
+            _ => format!("err 0 bad command {line:?}"),
+        };
+        println!("{out}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn fail(msg: &str) -> ExitCode {
