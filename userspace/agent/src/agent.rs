@@ -23,6 +23,7 @@ use crate::{
     routing::{self, RouteSync, Settings},
     runner::BoundedFrequency,
     service_health::ServiceHealthServer,
+    sock_term::{self, Terminator},
     sources::{self, Snapshot},
     sync::Syncer,
 };
@@ -53,6 +54,8 @@ pub struct Agent {
     names_published: bool,
     /// Asks the conntrack garbage collector for a sweep.
     gc: conntrack::Kick,
+    /// Destroys connected UDP sockets on removed backends (with socket-LB only).
+    term: Option<Terminator>,
 }
 
 impl Agent {
@@ -122,6 +125,16 @@ impl Agent {
         );
         conntrack::register_reasons(&metrics);
         let gc = conntrack::spawn(&dp.maps_dir(), ct.gc_interval, metrics.clone())?;
+        // Namespaces are found through every process: the DaemonSet runs with hostPID.
+        let term = if cli.socket_lb {
+            Some(sock_term::spawn(
+                &dp.maps_dir(),
+                PathBuf::from("/proc"),
+                metrics.clone(),
+            )?)
+        } else {
+            None
+        };
         let syncer = Syncer::adopt(maps, cli.maglev_rings, cli.services_map_size as usize)?;
         let (adopted_frontends, adopted_backends) =
             (syncer.maps().dump()?.len(), syncer.maps().backends()?.len());
@@ -159,6 +172,7 @@ impl Agent {
             latency: ProgrammingLatency::default(),
             names_published: false,
             gc,
+            term,
         })
     }
 
@@ -196,7 +210,7 @@ impl Agent {
         }
         let computed = iteration.elapsed();
         let started = Instant::now();
-        let report = self.syncer.sync(&desired);
+        let mut report = self.syncer.sync(&desired);
         let took = started.elapsed();
         let m = &self.metrics;
         m.sync_duration.observe(took.as_secs_f64());
@@ -225,6 +239,11 @@ impl Agent {
             // Flows and affinity entries naming what went are removed now, not at the next
             // sweep (kube-proxy's UDP conntrack cleanup).
             self.gc.kick();
+        }
+        if let Some(t) = &self.term {
+            // Connected UDP sockets socket-LB sent to a backend that went keep sending there:
+            // they are destroyed, so the application reconnects to a current backend.
+            t.terminate(std::mem::take(&mut report.udp_departed));
         }
         let changed = report.upserted + report.removed > 0;
         if changed || !self.names_published {

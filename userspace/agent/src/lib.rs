@@ -17,5 +17,6 @@ pub mod pods;
 pub mod routing;
 pub mod runner;
 pub mod service_health;
+pub mod sock_term;
 pub mod sources;
 pub mod sync;

@@ -37,6 +37,12 @@ pub struct CodeLabel {
     pub code: String,
 }
 
+/// What failed in a socket termination run (`sock_term::FailureKind::name`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CounterLabel {
     pub counter: String,
@@ -67,6 +73,9 @@ pub struct Metrics {
     pub hc_ports_open: Gauge,
     pub hc_ports_failed: Gauge,
     pub hc_bind_errors: Counter,
+    /// Connected UDP sockets destroyed because their backend went, and the failures.
+    pub sockets_terminated: Counter,
+    pub socket_terminate_errors: Family<KindLabel, Counter>,
 }
 
 impl Metrics {
@@ -97,6 +106,8 @@ impl Metrics {
             hc_ports_open: Gauge::default(),
             hc_ports_failed: Gauge::default(),
             hc_bind_errors: Counter::default(),
+            sockets_terminated: Counter::default(),
+            socket_terminate_errors: Family::default(),
             registry: Registry::default(),
         };
         // One call per metric, name and help side by side: the metrics are of different types,
@@ -162,6 +173,16 @@ impl Metrics {
             "petrel_conntrack_fill_ratio",
             "Conntrack entries over the map's capacity, after the last sweep",
             m.ct_fill.clone(),
+        );
+        registry.register(
+            "petrel_sockets_terminated",
+            "Connected UDP sockets destroyed (SOCK_DESTROY) because socket-LB had sent them to a backend that left their service",
+            m.sockets_terminated.clone(),
+        );
+        registry.register(
+            "petrel_socket_terminate_errors",
+            "Failures while terminating sockets on removed backends, by kind (namespaces, enter, dump, destroy, map)",
+            m.socket_terminate_errors.clone(),
         );
         registry.register(
             "petrel_conntrack_gc_runs",

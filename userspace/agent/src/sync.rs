@@ -5,11 +5,16 @@
 //! Half of this file is its tests on the in-memory map store (dumps after each desired state,
 //! a fault at every write): kept beside the code whose order they pin down.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddrV4,
+};
 
 use petrel_datapath::{
+    Proto,
     maps::{MapStore, MapsError, PinnedMaps, ServiceMaps},
     model::{BackendSpec, Endpoint, Frontend, ServiceEntry},
+    sock_term::Departure,
 };
 
 use crate::desired::{BackendKey, Desired, FrontendPlan};
@@ -25,6 +30,9 @@ pub struct SyncReport {
     /// Something a conntrack or affinity entry may name went away: a backend, a frontend, or
     /// a backend's place in a frontend (the garbage collector then sweeps at once).
     pub released: bool,
+    /// UDP backends that stopped serving a frontend (left its backends, or the frontend went):
+    /// connected sockets socket-LB sent there are destroyed (`sock_term`).
+    pub udp_departed: BTreeSet<Departure>,
 }
 
 /// Ids handed out next-fit over 32 bits, never 0 (as Cilium allocates its service and backend
@@ -304,6 +312,7 @@ impl<S: MapStore> Syncer<S> {
                                 .collect::<BTreeSet<u32>>()
                         };
                         report.released |= !ids(old).is_subset(&ids(&entry));
+                        self.departed(old, Some(&entry), &mut report.udp_departed);
                     }
                     in_use = in_use - before + after;
                     self.applied.insert(*fe, entry);
@@ -314,6 +323,31 @@ impl<S: MapStore> Syncer<S> {
                     tracing::warn!(frontend = %fe, service = %plan.service, error = %e, "programming frontend failed");
                     report.refused.push((*fe, e.to_string()));
                 }
+            }
+        }
+    }
+
+    /// The backends of UDP frontend `old` that `new` (None: the frontend goes) no longer has.
+    /// Called before step 4, while every id of `old` is still in `applied_backends`.
+    fn departed(
+        &self,
+        old: &ServiceEntry,
+        new: Option<&ServiceEntry>,
+        out: &mut BTreeSet<Departure>,
+    ) {
+        if old.frontend.proto != Proto::Udp {
+            return;
+        }
+        let kept: BTreeSet<u32> = new
+            .map(|n| n.endpoints.iter().map(|e| e.id).collect())
+            .unwrap_or_default();
+        let frontend = SocketAddrV4::new(old.frontend.addr, old.frontend.port);
+        for ep in old.endpoints.iter().filter(|e| !kept.contains(&e.id)) {
+            if let Some(b) = self.applied_backends.get(&ep.id) {
+                out.insert(Departure {
+                    frontend,
+                    backend: b.addr,
+                });
             }
         }
     }
@@ -330,6 +364,9 @@ impl<S: MapStore> Syncer<S> {
         for fe in stale {
             match self.maps.remove_service(fe) {
                 Ok(()) => {
+                    if let Some(old) = self.applied.get(&fe) {
+                        self.departed(old, None, &mut report.udp_departed);
+                    }
                     self.applied.remove(&fe);
                     self.adopted.remove(&fe);
                     if let Some(id) = self.rev_ids.remove(&fe) {
@@ -696,6 +733,65 @@ mod tests {
             ),
         )]));
         assert!(!r.released);
+    }
+
+    #[test]
+    fn udp_backends_that_leave_a_frontend_or_go_with_it_are_reported() {
+        let dns = Frontend {
+            proto: Proto::Udp,
+            ..fe([10, 96, 0, 10], 53)
+        };
+        let web = fe([10, 96, 0, 1], 80);
+        let udp = |addr: &str| EndpointPlan {
+            backend: BackendKey {
+                addr: addr.parse().expect("socket address"),
+                proto: Proto::Udp,
+            },
+            ..ep(addr, true)
+        };
+        let gone = |backends: &[&str]| -> BTreeSet<Departure> {
+            backends
+                .iter()
+                .map(|b| Departure {
+                    frontend: "10.96.0.10:53".parse().unwrap(),
+                    backend: b.parse().unwrap(),
+                })
+                .collect()
+        };
+        let mut s = syncer(FakeMaps::new());
+        let r = s.sync(&desired(vec![
+            (
+                dns,
+                plan(
+                    FrontendKind::ClusterIp,
+                    vec![udp("10.244.0.2:53"), udp("10.244.0.3:53")],
+                ),
+            ),
+            (
+                web,
+                plan(FrontendKind::ClusterIp, vec![ep("10.244.0.2:8080", true)]),
+            ),
+        ]));
+        assert!(r.udp_departed.is_empty());
+        // .3 leaves the UDP frontend; the TCP one changes backend too, which is not reported
+        // (TCP connections end on their own: a reset, or the application's timeout).
+        let r = s.sync(&desired(vec![
+            (
+                dns,
+                plan(FrontendKind::ClusterIp, vec![udp("10.244.0.2:53")]),
+            ),
+            (
+                web,
+                plan(FrontendKind::ClusterIp, vec![ep("10.244.0.4:8080", true)]),
+            ),
+        ]));
+        assert_eq!(r.udp_departed, gone(&["10.244.0.3:53"]));
+        // The frontend goes: its last backend goes with it.
+        let r = s.sync(&desired(vec![(
+            web,
+            plan(FrontendKind::ClusterIp, vec![ep("10.244.0.4:8080", true)]),
+        )]));
+        assert_eq!(r.udp_departed, gone(&["10.244.0.2:53"]));
     }
 
     #[test]

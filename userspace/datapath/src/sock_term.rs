@@ -84,6 +84,14 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    pub const ALL: [FailureKind; 5] = [
+        FailureKind::Namespaces,
+        FailureKind::Enter,
+        FailureKind::Dump,
+        FailureKind::Destroy,
+        FailureKind::Map,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             FailureKind::Namespaces => "namespaces",
