@@ -366,6 +366,51 @@ fn nodeport_from_outside_keeps_the_client_address_or_snats_to_a_remote_backend()
     );
 }
 
+/// Mirrors upstream's "should only allow access from service loadbalancer source ranges"
+/// (test/e2e/network/loadbalancer.go), without a cloud: the LB IP is routed to the node.
+#[test]
+fn load_balancer_source_ranges_admit_only_clients_inside_them() {
+    let f = Fixture::new();
+    let lb_ip = Ipv4Addr::new(203, 0, 113, 10);
+    let lb = SocketAddrV4::new(lb_ip, 80);
+    let entry = |ranges: &[&str]| ServiceEntry {
+        external: true,
+        source_ranges: ranges.iter().map(|r| r.parse().expect("cidr")).collect(),
+        ..ServiceEntry::new(fe(lb_ip, 80, Proto::Tcp), 1, vec![ep(0, Proto::Tcp)])
+    };
+    f.program(&entry(&["10.99.0.0/24"]));
+    f.program(&ServiceEntry {
+        external: true,
+        ..ServiceEntry::new(fe(NODE_IP, 30090, Proto::Tcp), 2, vec![ep(0, Proto::Tcp)])
+    });
+    // The external client is inside the range.
+    let r = requests(f.ext_ns(), 3, Proto::Tcp, lb);
+    assert!(
+        r.iter()
+            .all(|r| r.server == "b0" && r.client_seen == EXT_CLIENT.to_string()),
+        "{r:?}"
+    );
+    // A pod is not: dropped (no reset, as kube-proxy's DROP), and counted.
+    let err = from(f.client_ns(), move || pod::tcp_get(lb)).expect_err("must not connect");
+    assert!(
+        matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock),
+        "dropped, got {err:?}"
+    );
+    let dropped = f.stat("drop_src_range");
+    assert!(dropped >= 1);
+    // The range changed so the external client is outside it: dropped too.
+    f.program(&entry(&["192.0.2.0/24"]));
+    let err = from(f.ext_ns(), move || pod::tcp_get(lb)).expect_err("must not connect");
+    assert!(
+        matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock),
+        "dropped, got {err:?}"
+    );
+    assert!(f.stat("drop_src_range") > dropped);
+    // The same service's NodePort stays open to it.
+    let r = requests(f.ext_ns(), 1, Proto::Tcp, SocketAddrV4::new(NODE_IP, 30090));
+    assert_eq!(r[0].server, "b0");
+}
+
 #[test]
 fn internal_traffic_policy_local_stays_on_the_node() {
     let f = Fixture::new();

@@ -2,13 +2,15 @@
 
 use std::path::Path;
 
-use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray};
+use ipnet::Ipv4Net;
 use petrel_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, SrcRange,
 };
 
 use super::{
-    AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, MapStore, MapsError, REV_NAT, SERVICES, STATS,
+    AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, MapStore, MapsError, REV_NAT, SERVICES,
+    SRC_RANGES, STATS, codec,
 };
 
 /// The maps userspace reads and writes, opened from a datapath's `maps/` folder.
@@ -21,6 +23,7 @@ pub struct PinnedMaps {
     stats: PerCpuArray<MapData, u64>,
     ct: HashMap<MapData, CtKey, CtValue>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    src_ranges: LpmTrie<MapData, SrcRange, u8>,
 }
 
 fn open_pin(dir: &Path, name: &'static str) -> Result<Map, MapsError> {
@@ -78,6 +81,7 @@ impl PinnedMaps {
             stats: open(maps_dir, STATS)?,
             ct: open(maps_dir, CONNTRACK)?,
             affinity: open(maps_dir, AFFINITY)?,
+            src_ranges: open(maps_dir, SRC_RANGES)?,
         })
     }
 }
@@ -194,5 +198,25 @@ impl MapStore for PinnedMaps {
 
     fn affinity_del(&mut self, key: &AffinityKey) -> Result<(), MapsError> {
         removed(AFFINITY, self.affinity.remove(key))
+    }
+
+    fn src_range_put(&mut self, rev_nat_id: u32, net: Ipv4Net) -> Result<(), MapsError> {
+        let key = codec::src_range_key(rev_nat_id, net);
+        op("insert", SRC_RANGES, self.src_ranges.insert(&key, 1, 0))
+    }
+
+    fn src_range_del(&mut self, rev_nat_id: u32, net: Ipv4Net) -> Result<(), MapsError> {
+        let key = codec::src_range_key(rev_nat_id, net);
+        removed(SRC_RANGES, self.src_ranges.remove(&key))
+    }
+
+    fn src_ranges(&self) -> Result<Vec<(u32, Ipv4Net)>, MapsError> {
+        let mut out = Vec::new();
+        for k in self.src_ranges.keys() {
+            if let Some(r) = codec::src_range(&op("iterate", SRC_RANGES, k)?) {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 }
