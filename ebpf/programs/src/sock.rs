@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use petrel_common::{AFFINITY_NETNS, IPPROTO_UDP, SockKey, SockValue, config, jhash_3words, stat};
+use petrel_common::{AFFINITY_NETNS, IPPROTO_UDP, SockKey, SockValue, config, stat};
 
 use crate::{
     lb::{self, Client, Frontend, Lookup},
@@ -99,11 +99,15 @@ pub fn translate(ctx: &SockAddrContext, sticky: bool) -> i32 {
             }
         }
     }
+    // A backend at random per connect() (per socket for unconnected UDP, which SOCK_CT keeps),
+    // as kube-proxy picks per connection, for every frontend: Maglev over anything socket-LB
+    // knows (the netns) would send every connection of a pod or of the host to one backend
+    // forever. Maglev stays for the TC path from outside, where every node must agree.
     let client = Client {
         kind: AFFINITY_NETNS,
         id: netns,
-        hash: jhash_3words(netns as u32, (netns >> 32) as u32, u32::from(fe.proto), 0),
-        maglev: true,
+        hash: 0,
+        maglev: false,
         saddr_be: client_addr(netns),
     };
     match lb::select(&fe, true, &client) {

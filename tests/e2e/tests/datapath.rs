@@ -776,6 +776,60 @@ fn socket_lb_translates_at_the_socket_and_shows_the_vip() {
     assert!(err.contains("refused"), "{err}");
 }
 
+/// Mirrors the upstream e2e checks that dial a NodePort from a pod or the node many times and
+/// expect every endpoint ("should function for node-Service", "session affinity switch for
+/// NodePort"): socket-LB picks per connection, not per network namespace.
+#[test]
+fn socket_lb_picks_a_backend_per_connection_for_a_nodeport() {
+    let f = Fixture::new();
+    let np = fe(NODE_IP, 30095, Proto::Tcp);
+    let eps = vec![ep(0, Proto::Tcp), ep(1, Proto::Tcp)];
+    f.program(&ServiceEntry {
+        external: true,
+        maglev_ring: Some(0),
+        ..ServiceEntry::new(np, 1, eps.clone())
+    });
+    let cg = Cgroup::new(&unique("petrel-test-"));
+    let config = DatapathConfig {
+        bpffs_root: f.pins.path().to_path_buf(),
+        maglev_size: MAGLEV_SIZE,
+        maglev_rings: 2,
+        ..Default::default()
+    };
+    let cg_path = cg.path().to_path_buf();
+    let outcome = f.node.ns.run(move || {
+        Datapath::load(&config)
+            .expect("load")
+            .attach_cgroup(&cg_path)
+            .expect("attach cgroup")
+    });
+    assert_eq!(outcome, AttachOutcome::Attached);
+    let bin = petrel_testbed::workspace_bin("petrel-pod", "PETREL_POD_BIN");
+    let to = SocketAddrV4::new(NODE_IP, 30095);
+    let get = || pod::get_in_cgroup(&bin, &f.client_ns(), cg.path(), to, "tcp");
+    let before = f.stat("sock_translated");
+    let mut seen = BTreeSet::new();
+    for _ in 0..24 {
+        let r = get().expect("tcp to the NodePort through socket-LB");
+        assert_eq!(r.peer, "10.99.0.1:30095", "getpeername shows the NodePort");
+        seen.insert(r.server);
+    }
+    // 24 connections at random on two backends all landing on one: 2 in 2^23.
+    assert_eq!(seen, set(&["b0", "b1"]), "one namespace, every backend");
+    assert!(f.stat("sock_translated") >= before + 24);
+    // Session affinity still holds one client (the namespace) to one backend.
+    f.program(&ServiceEntry {
+        external: true,
+        maglev_ring: Some(0),
+        affinity_timeout_s: Some(60),
+        ..ServiceEntry::new(np, 1, eps)
+    });
+    let seen: BTreeSet<String> = (0..12)
+        .map(|_| get().expect("tcp with affinity").server)
+        .collect();
+    assert_eq!(seen.len(), 1, "affinity: one backend, got {seen:?}");
+}
+
 /// One TCP request from CLIENT's own port `port` (bound first, as a reused ephemeral port
 /// would be): the server's name and the peer address the socket reports.
 fn tcp_get_from_port(port: u16, to: SocketAddrV4) -> std::io::Result<(String, String)> {
