@@ -56,6 +56,10 @@ pub const SVC_F_MAGLEV: u16 = 1 << 4;
 /// `ServiceValue::flags`: this scope is filtered by a Local traffic policy; when it has no
 /// backend, drop (as kube-proxy does) instead of rejecting.
 pub const SVC_F_DROP_EMPTY: u16 = 1 << 5;
+/// `ServiceValue::flags` (both scopes' masters): a LoadBalancer frontend with
+/// loadBalancerSourceRanges: a client whose address is in none of its SRC_RANGES prefixes (keyed
+/// by this frontend's `rev_nat_id`) is dropped.
+pub const SVC_F_SRC_RANGES: u16 = 1 << 6;
 
 /// Value of the SERVICES map. In the master entry (slot 0) `backend_id` is unused and `count`
 /// is the number of slots; in a slot entry `backend_id` names the backend and the rest is copied
@@ -73,6 +77,22 @@ pub struct ServiceValue {
     pub maglev_ring: u32,
 }
 const _: () = assert!(size_of::<ServiceValue>() == 20);
+
+/// The data of a SRC_RANGES key (an LPM trie: the kernel's `bpf_lpm_trie_key` prefix length comes
+/// first, then this). The prefix length always covers `rev_nat_id` whole (32 + the source
+/// prefix), so a lookup only matches its own frontend's ranges; the id's byte order does not
+/// matter for that (all 32 bits are compared), the address is in network order as the trie
+/// compares it most significant bit first. Value: a `u8`, unused (1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct SrcRange {
+    pub rev_nat_id: u32,
+    pub addr_be: u32,
+}
+const _: () = assert!(size_of::<SrcRange>() == 8);
+
+/// Bits of a SRC_RANGES prefix that hold `SrcRange::rev_nat_id`.
+pub const SRC_RANGE_ID_BITS: u32 = 32;
 
 /// `Backend::flags`: the endpoint is terminating (serving), used only as a fallback.
 pub const BACKEND_F_TERMINATING: u8 = 1 << 0;
@@ -441,9 +461,11 @@ pub mod stat {
     /// TCP segments other than SYN without a conntrack entry, passed untouched (not a
     /// connection petrel saw start: never masqueraded or balanced mid-stream).
     pub const TCP_MIDSTREAM: u32 = 21;
+    /// Dropped: a LoadBalancer frontend's loadBalancerSourceRanges do not hold the client.
+    pub const DROP_SRC_RANGE: u32 = 22;
     pub const COUNT: u32 = 32;
 
-    pub const NAMES: [&str; 22] = [
+    pub const NAMES: [&str; 23] = [
         "tc_seen",
         "tc_dnat",
         "tc_revnat",
@@ -466,6 +488,7 @@ pub mod stat {
         "frag_untracked",
         "malformed",
         "tcp_midstream",
+        "drop_src_range",
     ];
 }
 
@@ -518,6 +541,8 @@ mod user {
     unsafe impl aya::Pod for FragKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FragPorts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SrcRange {}
 }
 
 #[cfg(test)]
@@ -572,6 +597,15 @@ mod tests {
     }
 
     #[test]
+    fn src_range_golden_bytes() {
+        let r = SrcRange {
+            rev_nat_id: 7,
+            addr_be: u32::from_be_bytes([203, 0, 113, 0]).to_be(),
+        };
+        assert_eq!(bytes(&r), &[7, 0, 0, 0, 203, 0, 113, 0]);
+    }
+
+    #[test]
     fn stat_names_cover_counters() {
         assert!(stat::NAMES.len() as u32 <= stat::COUNT);
         assert_eq!(stat::NAMES[stat::AFFINITY_HIT as usize], "affinity_hit");
@@ -580,6 +614,7 @@ mod tests {
             "drop_nat_no_port"
         );
         assert_eq!(stat::NAMES[stat::TCP_MIDSTREAM as usize], "tcp_midstream");
+        assert_eq!(stat::NAMES[stat::DROP_SRC_RANGE as usize], "drop_src_range");
     }
 }
 

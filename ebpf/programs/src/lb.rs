@@ -1,14 +1,18 @@
 //! Service lookup and backend selection, shared by the socket and TC hooks. Every step is a hash
 //! or array lookup: O(1) in the number of services and backends.
 
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    maps::lpm_trie::Key,
+};
 use petrel_common::{
     AFFINITY_POS_MAGLEV, AffinityKey, AffinityValue, BACKEND_F_TERMINATING, Backend,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_MAGLEV,
-    SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, config, stat,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SRC_RANGE_ID_BITS, SVC_F_AFFINITY, SVC_F_DROP_EMPTY,
+    SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, SrcRange, config,
+    stat,
 };
 
-use crate::maps::{AFFINITY, BACKENDS, MAGLEV, SERVICES, count};
+use crate::maps::{AFFINITY, BACKENDS, MAGLEV, SERVICES, SRC_RANGES, count};
 
 /// The frontend a flow was sent to.
 #[derive(Clone, Copy)]
@@ -25,10 +29,17 @@ pub struct Client {
     pub id: u64,
     /// Flow hash for Maglev (`petrel_common::flow_hash` of the client tuple).
     pub hash: u32,
+    /// Use the service's Maglev ring when it has one (the TC path: flows from outside, where
+    /// every node must pick alike). Socket-LB picks at random per connection, as kube-proxy does.
+    pub maglev: bool,
+    /// The client's address for loadBalancerSourceRanges (network order); 0: not known (a pod's
+    /// unbound socket at connect()).
+    pub saddr_be: u32,
 }
 
 pub enum Lookup {
-    /// Not a service frontend: leave the packet alone.
+    /// Not a service frontend: leave the packet alone. Also a frontend with source ranges when
+    /// the client's address is not known yet (socket-LB in a pod): the TC path decides.
     NotService,
     /// A service with no usable backend: refuse at once.
     Reject,
@@ -99,6 +110,23 @@ pub fn select(fe: &Frontend, internal: bool, client: &Client) -> Lookup {
     let Some((svc, scope)) = service(fe, internal) else {
         return Lookup::NotService;
     };
+    if svc.flags & SVC_F_SRC_RANGES != 0 {
+        if client.saddr_be == 0 {
+            return Lookup::NotService;
+        }
+        let k = Key::new(
+            SRC_RANGE_ID_BITS + 32,
+            SrcRange {
+                rev_nat_id: svc.rev_nat_id,
+                addr_be: client.saddr_be,
+            },
+        );
+        if SRC_RANGES.get(&k).is_none() {
+            // kube-proxy's firewall chain ends in a DROP (no reject) when no range matched.
+            count(stat::DROP_SRC_RANGE);
+            return Lookup::Drop;
+        }
+    }
     if svc.count == 0 {
         if svc.flags & SVC_F_DROP_EMPTY != 0 {
             count(stat::DROP_POLICY_EMPTY);
@@ -143,7 +171,7 @@ pub fn select(fe: &Frontend, internal: bool, client: &Client) -> Lookup {
         }
     }
     let size = crate::maps::config(config::MAGLEV_SIZE);
-    let (backend_id, pos) = if svc.flags & SVC_F_MAGLEV != 0 && size != 0 {
+    let (backend_id, pos) = if client.maglev && svc.flags & SVC_F_MAGLEV != 0 && size != 0 {
         let idx = svc
             .maglev_ring
             .wrapping_mul(size)

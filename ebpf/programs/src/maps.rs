@@ -7,11 +7,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use petrel_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, FragKey, FragPorts, RevNat, ServiceKey,
-    ServiceValue, SockKey, SockValue, config, stat,
+    ServiceValue, SockKey, SockValue, SrcRange, config, stat,
 };
 
 const NO_PREALLOC: u32 = 1;
@@ -57,6 +57,12 @@ pub static SOCK_REVNAT: LruHashMap<SockKey, SockValue> = LruHashMap::pinned(64 *
 /// socket's datagrams stick to one backend while that backend exists at that address.
 #[map(name = "SOCK_CT_V2")]
 pub static SOCK_CT: LruHashMap<SockKey, SockValue> = LruHashMap::pinned(64 * 1024, 0);
+
+/// loadBalancerSourceRanges: (frontend's rev-NAT id, client prefix) -> 1, one LPM lookup per new
+/// flow to a frontend flagged SVC_F_SRC_RANGES (Cilium's `lb4_src_range`). LPM tries are never
+/// preallocated (the kernel requires BPF_F_NO_PREALLOC, which the constructor adds).
+#[map(name = "SRC_RANGES_V1")]
+pub static SRC_RANGES: LpmTrie<SrcRange, u8> = LpmTrie::pinned(64 * 1024, 0);
 
 /// Node facts written by userspace (see `petrel_common::config`).
 #[map(name = "CONFIG_V2")]

@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use petrel_common::{AFFINITY_NETNS, IPPROTO_UDP, SockKey, SockValue, jhash_3words, stat};
+use petrel_common::{AFFINITY_NETNS, IPPROTO_UDP, SockKey, SockValue, config, stat};
 
 use crate::{
     lb::{self, Client, Frontend, Lookup},
@@ -26,6 +26,21 @@ fn cookies(ctx: &SockAddrContext) -> (u64, u64) {
             bpf_get_socket_cookie(ctx.sock_addr.cast()),
             bpf_get_netns_cookie(ctx.sock_addr.cast()),
         )
+    }
+}
+
+/// The client address loadBalancerSourceRanges are checked against: in the host's network
+/// namespace the node address (the source the host uses toward a load balancer's address, and
+/// what kube-proxy tests its ranges against); in a pod, not known at connect() (the socket is not
+/// bound yet), so 0: such a frontend is left to the TC path, which sees the packet's source.
+#[inline(always)]
+fn client_addr(netns: u64) -> u32 {
+    // SAFETY: a NULL context asks for the initial network namespace's cookie (Linux 5.7+).
+    let host = unsafe { bpf_get_netns_cookie(core::ptr::null_mut()) };
+    if netns == host {
+        crate::maps::config(config::NODE_IP)
+    } else {
+        0
     }
 }
 
@@ -84,10 +99,16 @@ pub fn translate(ctx: &SockAddrContext, sticky: bool) -> i32 {
             }
         }
     }
+    // A backend at random per connect() (per socket for unconnected UDP, which SOCK_CT keeps),
+    // as kube-proxy picks per connection, for every frontend: Maglev over anything socket-LB
+    // knows (the netns) would send every connection of a pod or of the host to one backend
+    // forever. Maglev stays for the TC path from outside, where every node must agree.
     let client = Client {
         kind: AFFINITY_NETNS,
         id: netns,
-        hash: jhash_3words(netns as u32, (netns >> 32) as u32, u32::from(fe.proto), 0),
+        hash: 0,
+        maglev: false,
+        saddr_be: client_addr(netns),
     };
     match lb::select(&fe, true, &client) {
         Lookup::NotService => ALLOW,

@@ -93,6 +93,8 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
         kind: AFFINITY_CLIENT_IP,
         id: u64::from(f.saddr_be),
         hash: flow_hash(f.saddr_be, f.sport_be, f.dport_be, f.proto),
+        maglev: true,
+        saddr_be: f.saddr_be,
     };
     match lb::select(&fe, internal, &client) {
         Lookup::NotService if internal => masq::egress(ctx, &f, &key, now),

@@ -383,6 +383,51 @@ fn nodeport_from_outside_keeps_the_client_address_or_snats_to_a_remote_backend()
     );
 }
 
+/// Mirrors upstream's "should only allow access from service loadbalancer source ranges"
+/// (test/e2e/network/loadbalancer.go), without a cloud: the LB IP is routed to the node.
+#[test]
+fn load_balancer_source_ranges_admit_only_clients_inside_them() {
+    let f = Fixture::new();
+    let lb_ip = Ipv4Addr::new(203, 0, 113, 10);
+    let lb = SocketAddrV4::new(lb_ip, 80);
+    let entry = |ranges: &[&str]| ServiceEntry {
+        external: true,
+        source_ranges: ranges.iter().map(|r| r.parse().expect("cidr")).collect(),
+        ..ServiceEntry::new(fe(lb_ip, 80, Proto::Tcp), 1, vec![ep(0, Proto::Tcp)])
+    };
+    f.program(&entry(&["10.99.0.0/24"]));
+    f.program(&ServiceEntry {
+        external: true,
+        ..ServiceEntry::new(fe(NODE_IP, 30090, Proto::Tcp), 2, vec![ep(0, Proto::Tcp)])
+    });
+    // The external client is inside the range.
+    let r = requests(f.ext_ns(), 3, Proto::Tcp, lb);
+    assert!(
+        r.iter()
+            .all(|r| r.server == "b0" && r.client_seen == EXT_CLIENT.to_string()),
+        "{r:?}"
+    );
+    // A pod is not: dropped (no reset, as kube-proxy's DROP), and counted.
+    let err = from(f.client_ns(), move || pod::tcp_get(lb)).expect_err("must not connect");
+    assert!(
+        matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock),
+        "dropped, got {err:?}"
+    );
+    let dropped = f.stat("drop_src_range");
+    assert!(dropped >= 1);
+    // The range changed so the external client is outside it: dropped too.
+    f.program(&entry(&["192.0.2.0/24"]));
+    let err = from(f.ext_ns(), move || pod::tcp_get(lb)).expect_err("must not connect");
+    assert!(
+        matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock),
+        "dropped, got {err:?}"
+    );
+    assert!(f.stat("drop_src_range") > dropped);
+    // The same service's NodePort stays open to it.
+    let r = requests(f.ext_ns(), 1, Proto::Tcp, SocketAddrV4::new(NODE_IP, 30090));
+    assert_eq!(r[0].server, "b0");
+}
+
 #[test]
 fn internal_traffic_policy_local_stays_on_the_node() {
     let f = Fixture::new();
@@ -841,6 +886,60 @@ fn connected_udp_sockets_on_a_removed_backend_are_destroyed_and_reconnect_to_a_c
     let again = sock_term::terminate(std::path::Path::new("/proc"), &mut store, &gone);
     assert_eq!((again.destroyed, again.failures.len()), (0, 0));
     drop(client);
+}
+
+/// Mirrors the upstream e2e checks that dial a NodePort from a pod or the node many times and
+/// expect every endpoint ("should function for node-Service", "session affinity switch for
+/// NodePort"): socket-LB picks per connection, not per network namespace.
+#[test]
+fn socket_lb_picks_a_backend_per_connection_for_a_nodeport() {
+    let f = Fixture::new();
+    let np = fe(NODE_IP, 30095, Proto::Tcp);
+    let eps = vec![ep(0, Proto::Tcp), ep(1, Proto::Tcp)];
+    f.program(&ServiceEntry {
+        external: true,
+        maglev_ring: Some(0),
+        ..ServiceEntry::new(np, 1, eps.clone())
+    });
+    let cg = Cgroup::new(&unique("petrel-test-"));
+    let config = DatapathConfig {
+        bpffs_root: f.pins.path().to_path_buf(),
+        maglev_size: MAGLEV_SIZE,
+        maglev_rings: 2,
+        ..Default::default()
+    };
+    let cg_path = cg.path().to_path_buf();
+    let outcome = f.node.ns.run(move || {
+        Datapath::load(&config)
+            .expect("load")
+            .attach_cgroup(&cg_path)
+            .expect("attach cgroup")
+    });
+    assert_eq!(outcome, AttachOutcome::Attached);
+    let bin = petrel_testbed::workspace_bin("petrel-pod", "PETREL_POD_BIN");
+    let to = SocketAddrV4::new(NODE_IP, 30095);
+    let get = || pod::get_in_cgroup(&bin, &f.client_ns(), cg.path(), to, "tcp");
+    let before = f.stat("sock_translated");
+    let mut seen = BTreeSet::new();
+    for _ in 0..24 {
+        let r = get().expect("tcp to the NodePort through socket-LB");
+        assert_eq!(r.peer, "10.99.0.1:30095", "getpeername shows the NodePort");
+        seen.insert(r.server);
+    }
+    // 24 connections at random on two backends all landing on one: 2 in 2^23.
+    assert_eq!(seen, set(&["b0", "b1"]), "one namespace, every backend");
+    assert!(f.stat("sock_translated") >= before + 24);
+    // Session affinity still holds one client (the namespace) to one backend.
+    f.program(&ServiceEntry {
+        external: true,
+        maglev_ring: Some(0),
+        affinity_timeout_s: Some(60),
+        ..ServiceEntry::new(np, 1, eps)
+    });
+    let seen: BTreeSet<String> = (0..12)
+        .map(|_| get().expect("tcp with affinity").server)
+        .collect();
+    assert_eq!(seen.len(), 1, "affinity: one backend, got {seen:?}");
 }
 
 /// One TCP request from CLIENT's own port `port` (bound first, as a reused ephemeral port

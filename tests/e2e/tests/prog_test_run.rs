@@ -436,6 +436,71 @@ fn maglev_picks_what_userspace_computes_on_every_node() {
 }
 
 #[test]
+fn load_balancer_source_ranges_drop_other_clients_at_the_lb_ip_only() {
+    isolated(|| {
+        let mut f = Fixture::new();
+        let lb = fe([203, 0, 113, 10], 80, Proto::Tcp);
+        let node_port = fe(NODE_IP, 30090, Proto::Tcp);
+        f.maps
+            .upsert_service(&ServiceEntry {
+                external: true,
+                source_ranges: vec!["10.99.0.0/24".parse().unwrap()],
+                ..ServiceEntry::new(lb, 20, vec![Endpoint::ready(1)])
+            })
+            .expect("lb frontend");
+        // The same service's NodePort: no ranges (kube-proxy filters the LB IP only).
+        f.maps
+            .upsert_service(&ServiceEntry {
+                external: true,
+                ..ServiceEntry::new(node_port, 21, vec![Endpoint::ready(1)])
+            })
+            .expect("nodeport frontend");
+        let backend = sa([10, 244, 0, 3], 8080);
+        let lb_addr = sa([203, 0, 113, 10], 80);
+        let inside = sa(EXT_CLIENT, 41000);
+        let outside = sa([192, 0, 2, 50], 41000);
+
+        let (verdict, output) = f.run(true, &tcp(inside, lb_addr, SYN));
+        assert_eq!(verdict, OK, "a client inside the range");
+        assert_eq!(packet::parse(&output).dst, backend);
+        assert_eq!(f.stat("drop_src_range"), 0);
+
+        let (verdict, _) = f.run(true, &tcp(outside, lb_addr, SYN));
+        assert_eq!(verdict, SHOT, "a client outside every range is dropped");
+        assert_eq!(f.stat("drop_src_range"), 1);
+        assert!(
+            f.ct(TCP, outside, lb_addr, CT_DIR_FORWARD).is_none(),
+            "a dropped client leaves no conntrack entry"
+        );
+
+        // A pod reaching the LB IP is held to the ranges too (kube-proxy's firewall chain sees
+        // every source); its address is not in them.
+        let pod = sa(CLIENT, 41001);
+        let (verdict, _) = f.run(false, &tcp(pod, lb_addr, SYN));
+        assert_eq!(verdict, SHOT, "a pod outside the ranges");
+        assert_eq!(f.stat("drop_src_range"), 2);
+
+        let (verdict, output) = f.run(true, &tcp(outside, sa(NODE_IP, 30090), SYN));
+        assert_eq!(
+            verdict, OK,
+            "the NodePort of the same service is not filtered"
+        );
+        assert_eq!(packet::parse(&output).dst, backend);
+
+        // Ranges removed: everyone gets in.
+        f.maps
+            .upsert_service(&ServiceEntry {
+                external: true,
+                ..ServiceEntry::new(lb, 20, vec![Endpoint::ready(1)])
+            })
+            .expect("lb frontend without ranges");
+        let (verdict, _) = f.run(true, &tcp(sa([192, 0, 2, 50], 41002), lb_addr, SYN));
+        assert_eq!(verdict, OK, "no ranges, no filter");
+        assert_eq!(f.stat("drop_src_range"), 2);
+    });
+}
+
+#[test]
 fn affinity_keeps_a_client_on_one_backend() {
     isolated(|| {
         let mut f = Fixture::new();

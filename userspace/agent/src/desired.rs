@@ -80,6 +80,11 @@ pub struct FrontendPlan {
     pub affinity_timeout_s: Option<u32>,
     pub maglev: bool,
     pub publish_not_ready: bool,
+    /// loadBalancerSourceRanges, on LoadBalancer frontends only (kube-proxy applies them to the
+    /// LoadBalancer IPs; NodePort, externalIPs and the ClusterIP stay open): the IPv4 prefixes
+    /// allowed, plus the LoadBalancer IPs themselves when a prefix holds a node address (the
+    /// node reaching an LB IP it has as a local address sends from that IP). Empty: no filter.
+    pub source_ranges: Vec<ipnet::Ipv4Net>,
     pub endpoints: Vec<EndpointPlan>,
 }
 
@@ -259,6 +264,45 @@ impl Addresses {
     }
 }
 
+/// A LoadBalancer service's source ranges as kube-proxy reads them (`MapCIDRsByIPFamily`):
+/// each entry trimmed, host bits cleared, IPv6 ones left to the IPv6 proxy, unparsable ones left
+/// out with a warning naming the service. When a range holds a node address, the LB IPs are
+/// allowed as sources too (kube-proxy's `allowFromNode`). Sorted, no duplicates; empty when no
+/// IPv4 range is left (then nothing is filtered, as under kube-proxy).
+pub fn source_ranges(
+    service: &str,
+    ranges: &[String],
+    lb_ips: &[Ipv4Addr],
+    node_ips: &[Ipv4Addr],
+) -> Vec<ipnet::Ipv4Net> {
+    let mut out = BTreeSet::new();
+    for r in ranges {
+        let r = r.trim();
+        match r.parse::<ipnet::IpNet>() {
+            Ok(ipnet::IpNet::V4(n)) => {
+                out.insert(n.trunc());
+            }
+            Ok(ipnet::IpNet::V6(_)) => {}
+            // Logged here, once per change of the service (the memo computes a service again
+            // only when it changed), rather than on every sync.
+            Err(e) => tracing::warn!(
+                service,
+                range = r,
+                error = %e,
+                "invalid loadBalancerSourceRanges entry ignored (as kube-proxy ignores it)"
+            ),
+        }
+    }
+    if out.iter().any(|n| node_ips.iter().any(|ip| n.contains(ip))) {
+        out.extend(
+            lb_ips
+                .iter()
+                .map(|ip| ipnet::Ipv4Net::new(*ip, 32).expect("/32 is valid")),
+        );
+    }
+    out.into_iter().collect()
+}
+
 /// The frontends of one service (or why it is skipped), added to `desired`.
 fn add_service(
     svc: &Service,
@@ -289,6 +333,16 @@ fn add_service(
     });
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
     let addrs = Addresses::of(svc, spec);
+    let lb_source_ranges = if kind == "LoadBalancer" {
+        source_ranges(
+            &id,
+            spec.load_balancer_source_ranges.as_deref().unwrap_or(&[]),
+            &addrs.load_balancer,
+            &node.ips,
+        )
+    } else {
+        Vec::new()
+    };
     // kube-proxy (apiservice.NeedsHealthCheck): LoadBalancer services with eTP Local only.
     let health_check_port = spec
         .health_check_node_port
@@ -324,6 +378,11 @@ fn add_service(
             affinity_timeout_s,
             maglev: opts.maglev && kind != FrontendKind::ClusterIp,
             publish_not_ready,
+            source_ranges: if kind == FrontendKind::LoadBalancer {
+                lb_source_ranges.clone()
+            } else {
+                Vec::new()
+            },
             endpoints: endpoints.clone(),
         };
         let svc_port = port.port as u16;
@@ -749,6 +808,111 @@ mod tests {
             ]
         );
         assert!(d.frontends.values().all(|p| p.external_local));
+    }
+
+    fn lb_with_ranges(kind: &str, ranges: &[&str]) -> Service {
+        let mut s = svc(
+            "fw",
+            ServiceSpec {
+                type_: Some(kind.into()),
+                cluster_ip: Some("10.96.0.12".into()),
+                external_ips: Some(vec!["198.51.100.8".into()]),
+                load_balancer_source_ranges: Some(ranges.iter().map(|r| r.to_string()).collect()),
+                ports: Some(vec![ServicePort {
+                    node_port: Some(30081),
+                    ..port("http", 80, "TCP")
+                }]),
+                ..Default::default()
+            },
+        );
+        s.status = Some(k8s_openapi::api::core::v1::ServiceStatus {
+            load_balancer: Some(k8s_openapi::api::core::v1::LoadBalancerStatus {
+                ingress: Some(vec![k8s_openapi::api::core::v1::LoadBalancerIngress {
+                    ip: Some("203.0.113.10".into()),
+                    ..Default::default()
+                }]),
+            }),
+            ..Default::default()
+        });
+        s
+    }
+
+    fn ranges_by_kind(d: &Desired) -> Vec<(FrontendKind, Vec<String>)> {
+        d.frontends
+            .values()
+            .map(|p| {
+                let r = p.source_ranges.iter().map(|n| n.to_string()).collect();
+                (p.kind, r)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn load_balancer_source_ranges_apply_to_the_lb_ip_only() {
+        let s = lb_with_ranges(
+            "LoadBalancer",
+            &[" 192.168.0.0/16", "10.1.2.3/8", "2001:db8::/32"],
+        );
+        let d = compute(&[s], &[] as &[EndpointSlice], &node(), Options::default());
+        // Trimmed, host bits cleared, the IPv6 range left to IPv6; NodePort, externalIP and
+        // ClusterIP unfiltered.
+        assert_eq!(
+            ranges_by_kind(&d),
+            [
+                (FrontendKind::ClusterIp, vec![]),
+                (FrontendKind::NodePort, vec![]),
+                (FrontendKind::ExternalIp, vec![]),
+                (
+                    FrontendKind::LoadBalancer,
+                    vec!["10.0.0.0/8".to_string(), "192.168.0.0/16".to_string()]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_range_holding_the_node_allows_the_lb_ip_as_source() {
+        // node() is 192.0.2.1: kube-proxy's allowFromNode adds the LB IP itself.
+        let s = lb_with_ranges("LoadBalancer", &["192.0.2.0/24"]);
+        let d = compute(&[s], &[] as &[EndpointSlice], &node(), Options::default());
+        let lb = d
+            .frontends
+            .values()
+            .find(|p| p.kind == FrontendKind::LoadBalancer);
+        let got: Vec<String> = lb
+            .unwrap()
+            .source_ranges
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(got, ["192.0.2.0/24", "203.0.113.10/32"]);
+    }
+
+    #[test]
+    fn invalid_or_only_ipv6_source_ranges_filter_nothing() {
+        for ranges in [&["not-a-cidr"][..], &["2001:db8::/32"], &[]] {
+            let s = lb_with_ranges("LoadBalancer", ranges);
+            let d = compute(&[s], &[] as &[EndpointSlice], &node(), Options::default());
+            assert!(
+                d.frontends.values().all(|p| p.source_ranges.is_empty()),
+                "{ranges:?}"
+            );
+        }
+        // An invalid entry beside valid ones is dropped alone.
+        let s = lb_with_ranges("LoadBalancer", &["10.0.0.0/33", "10.0.0.0/8"]);
+        let d = compute(&[s], &[] as &[EndpointSlice], &node(), Options::default());
+        let lb = d
+            .frontends
+            .values()
+            .find(|p| p.kind == FrontendKind::LoadBalancer);
+        assert_eq!(lb.unwrap().source_ranges.len(), 1);
+    }
+
+    #[test]
+    fn source_ranges_of_a_non_load_balancer_service_are_ignored() {
+        let s = lb_with_ranges("NodePort", &["10.0.0.0/8"]);
+        let d = compute(&[s], &[] as &[EndpointSlice], &node(), Options::default());
+        assert!(d.frontends.values().all(|p| p.source_ranges.is_empty()));
     }
 
     #[test]

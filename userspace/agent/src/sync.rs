@@ -220,6 +220,7 @@ impl<S: MapStore> Syncer<S> {
             affinity_timeout_s: plan.affinity_timeout_s,
             maglev_ring,
             publish_not_ready: plan.publish_not_ready,
+            source_ranges: plan.source_ranges.clone(),
             endpoints,
         }
     }
@@ -461,6 +462,7 @@ mod tests {
             affinity_timeout_s: None,
             maglev: false,
             publish_not_ready: false,
+            source_ranges: Vec::new(),
             endpoints,
         }
     }

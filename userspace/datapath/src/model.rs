@@ -105,6 +105,8 @@ pub enum ServiceFlag {
     Maglev,
     #[serde(rename = "drop-when-empty")]
     DropWhenEmpty,
+    #[serde(rename = "source-ranges")]
+    SourceRanges,
 }
 
 impl ServiceFlag {
@@ -116,6 +118,7 @@ impl ServiceFlag {
             ServiceFlag::ExternalLocal => "external-local",
             ServiceFlag::Maglev => "maglev",
             ServiceFlag::DropWhenEmpty => "drop-when-empty",
+            ServiceFlag::SourceRanges => "source-ranges",
         }
     }
 }
@@ -166,6 +169,9 @@ pub struct ServiceEntry {
     /// Maglev ring for external traffic (None: random).
     pub maglev_ring: Option<u32>,
     pub publish_not_ready: bool,
+    /// loadBalancerSourceRanges (LoadBalancer frontends only): when not empty, clients outside
+    /// every prefix are dropped. Sorted, without duplicates.
+    pub source_ranges: Vec<ipnet::Ipv4Net>,
     pub endpoints: Vec<Endpoint>,
 }
 
@@ -221,6 +227,7 @@ impl ServiceEntry {
             affinity_timeout_s: None,
             maglev_ring: None,
             publish_not_ready: false,
+            source_ranges: Vec::new(),
             endpoints,
         }
     }
@@ -325,6 +332,7 @@ mod tests {
             affinity_timeout_s: None,
             maglev_ring: None,
             publish_not_ready: false,
+            source_ranges: Vec::new(),
             endpoints: vec![
                 ep(1, true, true, true, false),
                 ep(2, false, true, true, false),

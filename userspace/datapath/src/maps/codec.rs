@@ -95,14 +95,39 @@ pub fn affinity_key(client: Ipv4Addr, rev_nat_id: u32) -> AffinityKey {
     }
 }
 
-const FLAGS: [(u16, ServiceFlag); 6] = [
+const FLAGS: [(u16, ServiceFlag); 7] = [
     (SVC_F_AFFINITY, ServiceFlag::Affinity),
     (SVC_F_TWO_SCOPES, ServiceFlag::TwoScopes),
     (SVC_F_EXTERNAL, ServiceFlag::External),
     (SVC_F_LOCAL_EXTERNAL, ServiceFlag::ExternalLocal),
     (SVC_F_MAGLEV, ServiceFlag::Maglev),
     (SVC_F_DROP_EMPTY, ServiceFlag::DropWhenEmpty),
+    (petrel_common::SVC_F_SRC_RANGES, ServiceFlag::SourceRanges),
 ];
+
+/// The SRC_RANGES key of `net` for the frontend with `rev_nat_id`.
+pub fn src_range_key(rev_nat_id: u32, net: ipnet::Ipv4Net) -> SrcRangeKey {
+    SrcRangeKey::new(
+        petrel_common::SRC_RANGE_ID_BITS + u32::from(net.prefix_len()),
+        petrel_common::SrcRange {
+            rev_nat_id,
+            addr_be: addr_be(net.network()),
+        },
+    )
+}
+
+/// The frontend's rev-NAT id and the prefix of a SRC_RANGES key (None: a malformed key).
+pub fn src_range(key: &SrcRangeKey) -> Option<(u32, ipnet::Ipv4Net)> {
+    let data = key.data();
+    let len = key
+        .prefix_len()
+        .checked_sub(petrel_common::SRC_RANGE_ID_BITS)?;
+    let net = ipnet::Ipv4Net::new(Ipv4Addr::from(u32::from_be(data.addr_be)), len as u8).ok()?;
+    Some((data.rev_nat_id, net))
+}
+
+/// A key of the SRC_RANGES LPM trie.
+pub type SrcRangeKey = aya::maps::lpm_trie::Key<petrel_common::SrcRange>;
 
 /// The flags set in a master entry's `flags`.
 pub fn service_flags(flags: u16) -> Vec<ServiceFlag> {

@@ -9,6 +9,7 @@ use std::{
 };
 
 use aya::{maps::MapError, sys::SyscallError};
+use ipnet::Ipv4Net;
 use petrel_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, SCOPE_INTERNAL, ServiceKey,
     ServiceValue, SockKey, SockValue,
@@ -16,7 +17,7 @@ use petrel_common::{
 
 use super::{
     AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, MapStore, MapsError, REV_NAT, SERVICES,
-    SOCK_REVNAT, codec,
+    SOCK_REVNAT, SRC_RANGES, codec,
 };
 
 /// The maps as plain collections.
@@ -33,6 +34,8 @@ pub struct FakeMaps {
     pub ct_capacity: u32,
     pub affinity: HashMap<AffinityKey, AffinityValue>,
     pub sock_revnat: HashMap<SockKey, SockValue>,
+    /// SRC_RANGES as (rev-NAT id, prefix).
+    pub src_ranges: std::collections::BTreeSet<(u32, Ipv4Net)>,
     /// Every write in order, as "MAP op what" lines.
     pub writes: Vec<String>,
 }
@@ -119,6 +122,9 @@ impl FakeMaps {
                     counts.iter().map(|(id, n)| format!("{id}x{n}")).collect();
                 out.push(format!("MAGLEV ring={ring} {}", spread.join(" ")));
             }
+        }
+        for (id, net) in &self.src_ranges {
+            out.push(format!("SRCRANGE revnat={id} {net}"));
         }
         out.sort();
         out
@@ -274,6 +280,21 @@ impl MapStore for FakeMaps {
         self.sock_revnat.remove(key);
         Ok(())
     }
+    fn src_range_put(&mut self, rev_nat_id: u32, net: Ipv4Net) -> Result<(), MapsError> {
+        self.log(format!("SRCRANGE put {rev_nat_id} {net}"));
+        self.src_ranges.insert((rev_nat_id, net));
+        Ok(())
+    }
+
+    fn src_range_del(&mut self, rev_nat_id: u32, net: Ipv4Net) -> Result<(), MapsError> {
+        self.log(format!("SRCRANGE del {rev_nat_id} {net}"));
+        self.src_ranges.remove(&(rev_nat_id, net));
+        Ok(())
+    }
+
+    fn src_ranges(&self) -> Result<Vec<(u32, Ipv4Net)>, MapsError> {
+        Ok(self.src_ranges.iter().copied().collect())
+    }
 }
 
 /// Wraps a store and fails its `fail_at`-th write (1-based; 0 never fails) the way a full map
@@ -426,5 +447,19 @@ impl<S: MapStore> MapStore for FaultyMaps<S> {
     fn sock_revnat_del(&mut self, key: &SockKey) -> Result<(), MapsError> {
         self.write("remove", SOCK_REVNAT)?;
         self.inner.sock_revnat_del(key)
+    }
+
+    fn src_range_put(&mut self, rev_nat_id: u32, net: Ipv4Net) -> Result<(), MapsError> {
+        self.write("insert", SRC_RANGES)?;
+        self.inner.src_range_put(rev_nat_id, net)
+    }
+
+    fn src_range_del(&mut self, rev_nat_id: u32, net: Ipv4Net) -> Result<(), MapsError> {
+        self.write("remove", SRC_RANGES)?;
+        self.inner.src_range_del(rev_nat_id, net)
+    }
+
+    fn src_ranges(&self) -> Result<Vec<(u32, Ipv4Net)>, MapsError> {
+        self.inner.src_ranges()
     }
 }

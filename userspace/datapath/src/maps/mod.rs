@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use aya::maps::MapError;
+use ipnet::Ipv4Net;
 use petrel_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, SockKey,
     SockValue,
@@ -38,6 +39,7 @@ pub const MAGLEV: &str = "MAGLEV_V1";
 pub const SOCK_REVNAT: &str = "SOCK_REVNAT_V1";
 pub const SOCK_CT: &str = "SOCK_CT_V2";
 pub const CONFIG: &str = "CONFIG_V2";
+pub const SRC_RANGES: &str = "SRC_RANGES_V1";
 /// Pins of maps earlier releases had and this one does not (replaced by a new layout): removed
 /// at load, so an upgrade leaves nothing behind.
 pub const OBSOLETE: [&str; 5] = ["CT_V1", "REV_CT_V1", "STATS_V1", "CONFIG_V1", "SOCK_CT_V1"];
@@ -112,4 +114,10 @@ pub trait MapStore {
     /// socket-LB's reverse translation: (socket cookie, backend) -> the frontend it stands for.
     fn sock_revnat_get(&self, key: &SockKey) -> Result<Option<SockValue>, MapsError>;
     fn sock_revnat_del(&mut self, key: &SockKey) -> Result<(), MapsError>;
+    /// loadBalancerSourceRanges: a prefix the frontend with `rev_nat_id` accepts clients from.
+    /// (Host-order here: the LPM trie's key type has no ordering or hashing, `codec` builds it.)
+    fn src_range_put(&mut self, rev_nat_id: u32, net: Ipv4Net) -> Result<(), MapsError>;
+    fn src_range_del(&mut self, rev_nat_id: u32, net: Ipv4Net) -> Result<(), MapsError>;
+    /// Every SRC_RANGES entry.
+    fn src_ranges(&self) -> Result<Vec<(u32, Ipv4Net)>, MapsError>;
 }

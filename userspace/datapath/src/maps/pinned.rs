@@ -2,15 +2,16 @@
 
 use std::path::Path;
 
-use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray};
+use ipnet::Ipv4Net;
 use petrel_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, SockKey,
-    SockValue,
+    SockValue, SrcRange,
 };
 
 use super::{
     AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, MapStore, MapsError, REV_NAT, SERVICES,
-    SOCK_REVNAT, STATS,
+    SOCK_REVNAT, SRC_RANGES, STATS, codec,
 };
 
 /// The maps userspace reads and writes, opened from a datapath's `maps/` folder.
@@ -24,6 +25,7 @@ pub struct PinnedMaps {
     ct: HashMap<MapData, CtKey, CtValue>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     sock_revnat: HashMap<MapData, SockKey, SockValue>,
+    src_ranges: LpmTrie<MapData, SrcRange, u8>,
 }
 
 fn open_pin(dir: &Path, name: &'static str) -> Result<Map, MapsError> {
@@ -82,6 +84,7 @@ impl PinnedMaps {
             ct: open(maps_dir, CONNTRACK)?,
             affinity: open(maps_dir, AFFINITY)?,
             sock_revnat: open(maps_dir, SOCK_REVNAT)?,
+            src_ranges: open(maps_dir, SRC_RANGES)?,
         })
     }
 }
@@ -206,5 +209,25 @@ impl MapStore for PinnedMaps {
 
     fn sock_revnat_del(&mut self, key: &SockKey) -> Result<(), MapsError> {
         removed(SOCK_REVNAT, self.sock_revnat.remove(key))
+    }
+
+    fn src_range_put(&mut self, rev_nat_id: u32, net: Ipv4Net) -> Result<(), MapsError> {
+        let key = codec::src_range_key(rev_nat_id, net);
+        op("insert", SRC_RANGES, self.src_ranges.insert(&key, 1, 0))
+    }
+
+    fn src_range_del(&mut self, rev_nat_id: u32, net: Ipv4Net) -> Result<(), MapsError> {
+        let key = codec::src_range_key(rev_nat_id, net);
+        removed(SRC_RANGES, self.src_ranges.remove(&key))
+    }
+
+    fn src_ranges(&self) -> Result<Vec<(u32, Ipv4Net)>, MapsError> {
+        let mut out = Vec::new();
+        for k in self.src_ranges.keys() {
+            if let Some(r) = codec::src_range(&op("iterate", SRC_RANGES, k)?) {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 }

@@ -2,7 +2,7 @@
 //! which order the datapath sees a service change.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddrV4},
     path::Path,
 };
@@ -10,7 +10,7 @@ use std::{
 pub use petrel_common::CtLifetimes;
 use petrel_common::{
     SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_EXTERNAL,
-    SVC_F_LOCAL_EXTERNAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceValue, config,
+    SVC_F_LOCAL_EXTERNAL, SVC_F_MAGLEV, SVC_F_SRC_RANGES, SVC_F_TWO_SCOPES, ServiceValue, config,
 };
 
 use super::{MapStore, MapsError, PinnedMaps, codec, maglev::Rings};
@@ -27,6 +27,9 @@ pub struct ServiceMaps<S: MapStore = PinnedMaps> {
     /// Backend id -> address, for Maglev names: kept from the writes so a ring update reads
     /// nothing back from the backend map.
     names: BTreeMap<u32, SocketAddrV4>,
+    /// SRC_RANGES by rev-NAT id, read from the map at the first use (so a restart knows what an
+    /// earlier agent wrote) and kept from the writes after.
+    ranges: Option<BTreeMap<u32, BTreeSet<ipnet::Ipv4Net>>>,
 }
 
 impl ServiceMaps<PinnedMaps> {
@@ -51,6 +54,7 @@ impl<S: MapStore> ServiceMaps<S> {
             store,
             rings: Rings::default(),
             names: BTreeMap::new(),
+            ranges: None,
         }
     }
 
@@ -171,12 +175,64 @@ impl<S: MapStore> ServiceMaps<S> {
         Ok(())
     }
 
+    /// The source ranges written for each rev-NAT id.
+    fn ranges(&mut self) -> Result<&mut BTreeMap<u32, BTreeSet<ipnet::Ipv4Net>>, MapsError> {
+        if self.ranges.is_none() {
+            let mut by_id: BTreeMap<u32, BTreeSet<ipnet::Ipv4Net>> = BTreeMap::new();
+            for (id, net) in self.store.src_ranges()? {
+                by_id.entry(id).or_default().insert(net);
+            }
+            self.ranges = Some(by_id);
+        }
+        Ok(self.ranges.get_or_insert_default())
+    }
+
+    /// Writes the prefixes of `rev_nat_id` that are not in the map yet.
+    fn add_ranges(&mut self, rev_nat_id: u32, nets: &[ipnet::Ipv4Net]) -> Result<(), MapsError> {
+        let have = self.ranges()?.get(&rev_nat_id).cloned().unwrap_or_default();
+        for net in nets.iter().filter(|n| !have.contains(n)) {
+            self.store.src_range_put(rev_nat_id, *net)?;
+            self.ranges()?.entry(rev_nat_id).or_default().insert(*net);
+        }
+        Ok(())
+    }
+
+    /// Removes the prefixes of `rev_nat_id` other than `keep`.
+    fn prune_ranges(&mut self, rev_nat_id: u32, keep: &[ipnet::Ipv4Net]) -> Result<(), MapsError> {
+        let have = self.ranges()?.get(&rev_nat_id).cloned().unwrap_or_default();
+        for net in have.iter().filter(|n| !keep.contains(n)) {
+            self.store.src_range_del(rev_nat_id, *net)?;
+            if let Some(set) = self.ranges()?.get_mut(&rev_nat_id) {
+                set.remove(net);
+            }
+        }
+        if self
+            .ranges()?
+            .get(&rev_nat_id)
+            .is_some_and(BTreeSet::is_empty)
+        {
+            self.ranges()?.remove(&rev_nat_id);
+        }
+        Ok(())
+    }
+
+    /// The prefixes written for `rev_nat_id` (netctl, tests).
+    pub fn source_ranges(&mut self, rev_nat_id: u32) -> Result<Vec<ipnet::Ipv4Net>, MapsError> {
+        Ok(self
+            .ranges()?
+            .get(&rev_nat_id)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default())
+    }
+
     /// Programs a frontend. The backends must already be in the backend map.
     ///
     /// WARNING: the order is what keeps lookups from ever seeing a half-built service: reverse
-    /// NAT and the Maglev ring, then the internal scope (slots, then master), then the external
-    /// scope's slots and finally its master entry, which is what lookups start from. Stale slots
-    /// and a no-longer-needed internal scope are removed last.
+    /// NAT, the source ranges and the Maglev ring, then the internal scope (slots, then master),
+    /// then the external scope's slots and finally its master entry, which is what lookups start
+    /// from. Stale slots, source ranges no longer listed and a no-longer-needed internal scope
+    /// are removed last (so a range change admits the union of both lists for a moment, never
+    /// neither).
     pub fn upsert_service(&mut self, entry: &ServiceEntry) -> Result<(), MapsError> {
         let fe = entry.frontend;
         let scopes = entry.scopes();
@@ -192,9 +248,16 @@ impl<S: MapStore> ServiceMaps<S> {
         self.store
             .rev_nat_put(entry.rev_nat_id, codec::rev_nat(fe))?;
 
+        self.add_ranges(entry.rev_nat_id, &entry.source_ranges)?;
+
         let mut common = 0;
         if entry.affinity_timeout_s.is_some() {
             common |= SVC_F_AFFINITY;
+        }
+        // Both scopes: in-cluster clients (the TC path from pods, socket-LB on the host) are
+        // held to the ranges as well, as kube-proxy's firewall chain applies to every source.
+        if !entry.source_ranges.is_empty() {
+            common |= SVC_F_SRC_RANGES;
         }
         let base = ServiceValue {
             rev_nat_id: entry.rev_nat_id,
@@ -240,7 +303,7 @@ impl<S: MapStore> ServiceMaps<S> {
         if scopes.internal.is_none() {
             self.remove_scope(fe, SCOPE_INTERNAL)?;
         }
-        Ok(())
+        self.prune_ranges(entry.rev_nat_id, &entry.source_ranges)
     }
 
     /// Fills Maglev ring `ring` for `ids`, named by their addresses so every node computes the
@@ -277,6 +340,7 @@ impl<S: MapStore> ServiceMaps<S> {
         if m.flags & SVC_F_MAGLEV != 0 {
             self.rings.forget(m.maglev_ring);
         }
+        self.prune_ranges(m.rev_nat_id, &[])?;
         self.store.rev_nat_del(m.rev_nat_id)
     }
 }
@@ -292,6 +356,81 @@ mod tests {
     fn maglev_writes(maps: &ServiceMaps<FakeMaps>) -> usize {
         let w = &maps.store().writes;
         w.iter().filter(|l| l.starts_with("MAGLEV")).count()
+    }
+
+    #[test]
+    fn source_ranges_go_in_before_the_master_and_out_after_it() {
+        let mut maps = ServiceMaps::new(FakeMaps::new());
+        let b = BackendSpec {
+            id: 1,
+            addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 1), 8080),
+            proto: Proto::Tcp,
+            terminating: false,
+            remote: false,
+        };
+        maps.upsert_backend(&b).expect("backend");
+        let fe = Frontend {
+            addr: Ipv4Addr::new(203, 0, 113, 10),
+            port: 80,
+            proto: Proto::Tcp,
+        };
+        let entry = |ranges: &[&str]| ServiceEntry {
+            external: true,
+            source_ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
+            ..ServiceEntry::new(fe, 5, vec![Endpoint::ready(1)])
+        };
+        maps.upsert_service(&entry(&["192.0.2.0/24", "198.51.100.7/32"]))
+            .expect("first");
+        let w = &maps.store().writes;
+        let master_at = w
+            .iter()
+            .position(|l| l.contains("slot=0"))
+            .expect("master written");
+        let ranges_at: Vec<usize> = (0..w.len())
+            .filter(|i| w[*i].starts_with("SRCRANGE put 5 "))
+            .collect();
+        assert_eq!(ranges_at.len(), 2, "{w:?}");
+        assert!(ranges_at.iter().all(|i| *i < master_at), "{w:?}");
+        let m = master(maps.store(), fe, SCOPE_EXTERNAL).unwrap().unwrap();
+        assert_ne!(m.flags & SVC_F_SRC_RANGES, 0);
+
+        // One range replaced: the new one before the master, the old one removed after.
+        let before = maps.store().writes.len();
+        maps.upsert_service(&entry(&["192.0.2.0/24", "10.0.0.0/8"]))
+            .expect("second");
+        let w = &maps.store().writes[before..];
+        let put = w
+            .iter()
+            .position(|l| l == "SRCRANGE put 5 10.0.0.0/8")
+            .expect("put");
+        let del = w
+            .iter()
+            .position(|l| l == "SRCRANGE del 5 198.51.100.7/32")
+            .expect("del");
+        let master_at = w.iter().position(|l| l.contains("slot=0")).expect("master");
+        assert!(put < master_at && master_at < del, "{w:?}");
+        assert_eq!(
+            maps.source_ranges(5).unwrap(),
+            [
+                "10.0.0.0/8".parse::<ipnet::Ipv4Net>().unwrap(),
+                "192.0.2.0/24".parse().unwrap()
+            ]
+        );
+
+        // No ranges: the flag goes with the master, then the entries.
+        maps.upsert_service(&entry(&[])).expect("third");
+        let m = master(maps.store(), fe, SCOPE_EXTERNAL).unwrap().unwrap();
+        assert_eq!(m.flags & SVC_F_SRC_RANGES, 0);
+        assert!(maps.store().src_ranges.is_empty());
+
+        // Removing the frontend removes its ranges; a fresh writer over the same maps (an
+        // agent restart) finds what is there.
+        maps.upsert_service(&entry(&["192.0.2.0/24"]))
+            .expect("fourth");
+        let mut again = ServiceMaps::new(std::mem::take(maps.store_mut()));
+        assert_eq!(again.source_ranges(5).unwrap().len(), 1);
+        again.remove_service(fe).expect("remove");
+        assert!(again.store().src_ranges.is_empty());
     }
 
     #[test]
