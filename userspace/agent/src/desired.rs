@@ -20,6 +20,7 @@ use k8s_openapi::api::{
 use petrel_datapath::{Frontend, Proto, inspect::names::FrontendName};
 
 pub use crate::node::NodeFacts;
+use crate::topology::{self, Decision, Hint};
 
 /// Label kube-proxy honours: a service handled by another proxy.
 pub const LABEL_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -124,6 +125,8 @@ pub struct Desired {
     pub health_checks: BTreeMap<ServiceRef, HealthCheck>,
     /// Services skipped, with why (for logs and netctl).
     pub skipped: Vec<(String, &'static str)>,
+    /// Services that ask for topology-aware routing but get every endpoint, with why.
+    pub topology_fallbacks: Vec<(String, topology::Fallback)>,
 }
 
 impl Desired {
@@ -349,12 +352,20 @@ fn add_service(
         .filter(|p| (1..=65535).contains(p) && kind == "LoadBalancer" && external_local)
         .map(|p| p as u16);
     let mut local_ready = BTreeSet::new();
+    let topology_request = topology::request(svc);
+    // kube-proxy's UsesClusterEndpoints: hints narrow the cluster-wide endpoints only; a service
+    // whose every frontend has a Local policy never consults them.
+    let externally_accessible = matches!(kind, "NodePort" | "LoadBalancer")
+        || !addrs.external.is_empty()
+        || !addrs.load_balancer.is_empty();
+    let uses_cluster = !internal_local || (externally_accessible && !external_local);
+    let mut fallbacks = BTreeSet::new();
     for port in spec.ports.iter().flatten() {
         let Some(proto) = proto(port.protocol.as_deref()) else {
             continue;
         };
         let port_name = port.name.clone().unwrap_or_default();
-        let endpoints = endpoints_for(
+        let hinted = endpoints_for(
             by_service
                 .get(&(ns, name))
                 .map(Vec::as_slice)
@@ -363,6 +374,43 @@ fn add_service(
             proto,
             node,
         );
+        let endpoints: Vec<EndpointPlan> = hinted.iter().map(|(e, _)| *e).collect();
+        let decision = if uses_cluster {
+            // kube-proxy counts every endpoint of a publishNotReadyAddresses service as ready.
+            let ready_hints = hinted
+                .iter()
+                .filter(|(e, _)| e.ready || publish_not_ready)
+                .map(|(_, h)| *h);
+            topology::decide(&topology_request, node.zone.as_deref(), ready_hints)
+        } else {
+            Decision::All
+        };
+        if let Decision::Fallback(why) = &decision {
+            fallbacks.insert(why.clone());
+        }
+        let zone_only = decision == Decision::Zone;
+        // The endpoints a frontend's plan carries. Hints narrow the cluster-wide set only:
+        // a Local policy's set (a ClusterIP with iTP Local; the outside scope of an eTP Local
+        // frontend) keeps every local endpoint, whatever zone it is hinted for, as kube-proxy's
+        // localEndpoints do. The datapath derives both scopes of an eTP Local frontend from
+        // one list, so its in-cluster scope (pods short-circuiting to every endpoint) also
+        // keeps local endpoints hinted for another zone: the one place petrel is wider than
+        // kube-proxy, and only by endpoints on this very node.
+        let for_frontend = |kind: FrontendKind| -> Vec<EndpointPlan> {
+            let keep_local = match kind {
+                FrontendKind::ClusterIp if internal_local => return endpoints.clone(),
+                FrontendKind::ClusterIp => false,
+                _ => external_local,
+            };
+            if !zone_only {
+                return endpoints.clone();
+            }
+            hinted
+                .iter()
+                .filter(|(e, h)| *h == Hint::ThisZone || (keep_local && e.local))
+                .map(|(e, _)| *e)
+                .collect()
+        };
         local_ready.extend(
             endpoints
                 .iter()
@@ -383,7 +431,7 @@ fn add_service(
             } else {
                 Vec::new()
             },
-            endpoints: endpoints.clone(),
+            endpoints: for_frontend(kind),
         };
         let svc_port = port.port as u16;
         let mut put = |ips: &[Ipv4Addr], port: u16, kind| {
@@ -406,6 +454,19 @@ fn add_service(
         if kind == "LoadBalancer" {
             put(&addrs.load_balancer, svc_port, FrontendKind::LoadBalancer);
         }
+    }
+    if !fallbacks.is_empty() {
+        let reasons: Vec<String> = fallbacks.iter().map(ToString::to_string).collect();
+        // Logged here, once per change of the service or of this node (the memo computes a
+        // service again only then), rather than on every sync.
+        tracing::warn!(
+            service = %id,
+            reason = reasons.join("; "),
+            "topology-aware routing requested but not applied: using every endpoint"
+        );
+        desired
+            .topology_fallbacks
+            .extend(fallbacks.into_iter().map(|f| (id.clone(), f)));
     }
     if let Some(port) = health_check_port {
         let svc = ServiceRef {
@@ -491,6 +552,9 @@ impl Memo {
                 .frontends
                 .extend(part.frontends.iter().map(|(fe, p)| (*fe, p.clone())));
             desired.skipped.extend(part.skipped.iter().cloned());
+            desired
+                .topology_fallbacks
+                .extend(part.topology_fallbacks.iter().cloned());
             desired.health_checks.extend(
                 part.health_checks
                     .iter()
@@ -504,13 +568,14 @@ impl Memo {
 }
 
 /// The endpoints of one service port: the slice port with the same name and protocol gives the
-/// target port (named target ports are resolved there, by the EndpointSlice controller).
+/// target port (named target ports are resolved there, by the EndpointSlice controller). Each
+/// with its zone hint relative to this node's zone.
 fn endpoints_for(
     slices: &[&EndpointSlice],
     port_name: &str,
     proto: Proto,
     node: &NodeFacts,
-) -> Vec<EndpointPlan> {
+) -> Vec<(EndpointPlan, Hint)> {
     let mut out = BTreeMap::new();
     for slice in slices {
         let target = slice.ports.iter().flatten().find(|p| {
@@ -527,19 +592,21 @@ fn endpoints_for(
             let serving = c.and_then(|c| c.serving).unwrap_or(ready);
             let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
             let local = ep.node_name.as_deref() == Some(node.name.as_str());
+            let hint = topology::hint(ep, node.zone.as_deref());
             for addr in ep.addresses.iter().filter_map(|a| ipv4(a)) {
                 let backend = BackendKey {
                     addr: SocketAddrV4::new(addr, target as u16),
                     proto,
                 };
                 // The same address in two slices (during a move): keep the first.
-                out.entry(backend).or_insert(EndpointPlan {
+                let plan = EndpointPlan {
                     backend,
                     local,
                     ready,
                     serving,
                     terminating,
-                });
+                };
+                out.entry(backend).or_insert((plan, hint));
             }
         }
     }
@@ -622,6 +689,7 @@ mod tests {
         NodeFacts {
             name: "n1".into(),
             ips: vec![Ipv4Addr::new(192, 0, 2, 1)],
+            zone: None,
         }
     }
 

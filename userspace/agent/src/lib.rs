@@ -20,3 +20,4 @@ pub mod service_health;
 pub mod sock_term;
 pub mod sources;
 pub mod sync;
+pub mod topology;

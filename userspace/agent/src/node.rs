@@ -12,20 +12,24 @@ pub struct NodeFacts {
     pub name: String,
     /// Addresses NodePorts are served on.
     pub ips: Vec<Ipv4Addr>,
+    /// The Node's `topology.kubernetes.io/zone` label (topology-aware routing), if set.
+    pub zone: Option<String>,
 }
 
 impl NodeFacts {
     /// The facts of node `name`: `ips` when given (the --node-ip flags), else the Node's
     /// InternalIPs.
     pub fn of<N: Borrow<Node>>(nodes: &[N], name: &str, ips: &[Ipv4Addr]) -> NodeFacts {
+        let node = find(nodes, name);
         let ips = if ips.is_empty() {
-            find(nodes, name).map(internal_ips).unwrap_or_default()
+            node.map(internal_ips).unwrap_or_default()
         } else {
             ips.to_vec()
         };
         NodeFacts {
             name: name.to_string(),
             ips,
+            zone: node.and_then(zone),
         }
     }
 }
@@ -48,6 +52,13 @@ pub fn internal_ips(node: &Node) -> Vec<Ipv4Addr> {
         .filter(|a| a.type_ == "InternalIP")
         .filter_map(|a| a.address.parse().ok())
         .collect()
+}
+
+/// The node's zone (`topology.kubernetes.io/zone`); an empty label is no zone.
+pub fn zone(node: &Node) -> Option<String> {
+    let labels = node.metadata.labels.as_ref()?;
+    let zone = labels.get(crate::topology::LABEL_ZONE)?;
+    (!zone.is_empty()).then(|| zone.clone())
 }
 
 /// The node's first IPv4 InternalIP.
@@ -103,11 +114,24 @@ mod tests {
             ..Default::default()
         };
         node.metadata.name = Some("n1".into());
+        node.metadata.labels = Some(
+            [(
+                crate::topology::LABEL_ZONE.to_string(),
+                "zone-a".to_string(),
+            )]
+            .into(),
+        );
         let nodes = [node];
         let found = NodeFacts::of(&nodes, "n1", &[]);
         assert_eq!(found.ips, [Ipv4Addr::new(192, 168, 1, 10)]);
+        assert_eq!(found.zone.as_deref(), Some("zone-a"));
         let given = NodeFacts::of(&nodes, "n1", &[Ipv4Addr::new(10, 0, 0, 1)]);
         assert_eq!(given.ips, [Ipv4Addr::new(10, 0, 0, 1)]);
         assert!(NodeFacts::of(&nodes, "n2", &[]).ips.is_empty());
+        assert_eq!(NodeFacts::of(&nodes, "n2", &[]).zone, None);
+        let mut unlabelled = nodes[0].clone();
+        unlabelled.metadata.labels =
+            Some([(crate::topology::LABEL_ZONE.to_string(), String::new())].into());
+        assert_eq!(zone(&unlabelled), None);
     }
 }
