@@ -639,7 +639,10 @@ fn api_server_outage_keeps_traffic_and_changes_after_it_are_applied() {
             .expect("replace slice");
         let fb = f.clone();
         tokio::task::spawn_blocking(move || {
-            fb.wait_only_b1(vip, "the change after the outage is applied", 60)
+            // Not a latency bound: each watch retries with client-go's backoff (up to 30 s,
+            // jittered), and a request sent while the server was still starting waits for it;
+            // seen here: the first event 92 s after the last failed attempt.
+            fb.wait_only_b1(vip, "the change after the outage is applied", 180)
         })
         .await
         .expect("after outage");
