@@ -140,24 +140,22 @@ pub enum Port {
     Alloc,
 }
 
-/// Stores a new connection: `fwd` for the packet's own tuple `key`, and its reply entry `rev`
-/// (whose key is `fwd`'s partner). Per `port`, the source port may be picked from the NAT
+/// Stores a new connection: `fwd` for the packet's own tuple `key`, and its reply entry (keyed by
+/// `fwd`'s partner, rewriting answers back to `key`'s tuple, otherwise as `fwd`). Per `port`, the source port may be picked from the NAT
 /// range (`fwd.src_port_be` and the reply key change together); `fwd` is updated to what was
 /// stored. The reply entry goes in first, with BPF_NOEXIST: it is the claim on the translated
 /// tuple. Refusals other than `Taken` are counted.
 #[inline(always)]
-pub fn create(
-    key: &CtKey,
-    fwd: &mut CtValue,
-    rev: &CtValue,
-    port: Port,
-    now: u32,
-) -> Result<(), Refused> {
+pub fn create(key: &CtKey, fwd: &mut CtValue, port: Port, now: u32) -> Result<(), Refused> {
     fwd.expires_s = now.wrapping_add(lifetime(key.proto, fwd.seen));
     let rev = CtValue {
+        src_addr_be: key.daddr_be,
+        src_port_be: key.dport_be,
+        dst_addr_be: key.saddr_be,
+        dst_port_be: key.sport_be,
         expires_s: now.wrapping_add(lifetime(key.proto, 0)),
         seen: 0,
-        ..*rev
+        ..*fwd
     };
     let rev_key = fwd.partner(key);
     let claimed = port != Port::Alloc && CONNTRACK.insert(rev_key, rev, BPF_NOEXIST).is_ok();

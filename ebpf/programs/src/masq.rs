@@ -76,15 +76,7 @@ pub fn egress(ctx: &mut TcContext, f: &Flow, key: &CtKey, now: u32) -> Result<i3
         seen: ct::seen_bits(f.tcp_flags),
         ..Default::default()
     };
-    let rev = CtValue {
-        src_addr_be: f.daddr_be,
-        src_port_be: f.dport_be,
-        dst_addr_be: f.saddr_be,
-        dst_port_be: f.sport_be,
-        seen: 0,
-        ..fwd
-    };
-    if ct::create(key, &mut fwd, &rev, Port::Alloc, now).is_err() {
+    if ct::create(key, &mut fwd, Port::Alloc, now).is_err() {
         return Ok(TC_ACT_SHOT);
     }
     count(stat::MASQUERADED);
@@ -106,15 +98,7 @@ pub fn note_inbound(f: &Flow, key: &CtKey, now: u32) {
         seen: ct::seen_bits(f.tcp_flags),
         ..Default::default()
     };
-    let rev = CtValue {
-        src_addr_be: f.daddr_be,
-        src_port_be: f.dport_be,
-        dst_addr_be: f.saddr_be,
-        dst_port_be: f.sport_be,
-        seen: 0,
-        ..fwd
-    };
-    let _ = ct::create(key, &mut fwd, &rev, Port::Fixed, now);
+    let _ = ct::create(key, &mut fwd, Port::Fixed, now);
 }
 
 /// A packet of a masqueraded flow. If the node's address changed meanwhile, the flow is

@@ -147,15 +147,7 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
                 // closing): then one of the NAT range, as netfilter remaps on a clash.
                 Port::Keep
             };
-            let rev = CtValue {
-                src_addr_be: f.daddr_be,
-                src_port_be: f.dport_be,
-                dst_addr_be: f.saddr_be,
-                dst_port_be: f.sport_be,
-                seen: 0,
-                ..fwd
-            };
-            if ct::create(&key, &mut fwd, &rev, port, now).is_err() {
+            if ct::create(&key, &mut fwd, port, now).is_err() {
                 return Ok(TC_ACT_SHOT);
             }
             if hairpin {
