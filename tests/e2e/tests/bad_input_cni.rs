@@ -783,24 +783,22 @@ fn del_and_gc_need_no_pod_cidr() {
     let file = env.files.path().join("pod-cidr");
     std::fs::write(&file, "10.251.2.0/24\n").expect("write");
     let conf = env.conf_file("1.1.0", &file);
-    let add = |cid: &str| {
-        env.call("ADD", cid, "eth0", Some(env.pod.path()), &conf)
-            .ok()
-    };
-    add("d1");
+    let second = NetNs::new(&unique("bp"));
+    let add = |cid: &str, pod: &NetNs| env.call("ADD", cid, "eth0", Some(pod.path()), &conf).ok();
+    add("d1", &env.pod);
     std::fs::write(&file, "").expect("empty the file");
     env.del("d1", "eth0", &conf).ok();
     assert_clean_but(&env, 0);
 
     std::fs::write(&file, "10.251.2.0/24\n").expect("write");
-    add("d2");
+    add("d2", &env.pod);
     std::fs::write(&file, "10.251.2.0/33 garbage\n").expect("corrupt the file");
     env.gc(&conf, &[]).ok();
     assert_clean_but(&env, 0);
 
     std::fs::write(&file, "10.251.2.0/24\n").expect("write");
-    add("d3");
-    add("d4");
+    add("d3", &env.pod);
+    add("d4", &second);
     std::fs::remove_file(&file).expect("rm");
     nix::unistd::mkfifo(&file, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
     let status = env.call("STATUS", "", "", None, &conf);
