@@ -868,6 +868,68 @@ mod tests {
     }
 
     #[test]
+    fn out_of_range_ports_are_left_out_never_wrapped() {
+        let mut np = port("http", 70000, "TCP");
+        np.node_port = Some(99999);
+        let mut ok = port("ok", 443, "TCP");
+        ok.node_port = Some(-1);
+        let s = svc(
+            "web",
+            ServiceSpec {
+                type_: Some("NodePort".into()),
+                cluster_ip: Some("10.96.0.10".into()),
+                ports: Some(vec![np, port("neg", -1, "TCP"), ok]),
+                ..Default::default()
+            },
+        );
+        let sl = slice(
+            "web",
+            &[("ok", 70000, "TCP")],
+            &[("10.244.1.5", Some("n1"), Some(true))],
+        );
+        let d = compute(&[s], &[sl], &node(), Options::default());
+        let ports: Vec<u16> = d.frontends.keys().map(|f| f.port).collect();
+        // 70000 would wrap to 4464, -1 to 65535, 99999 to 34463: none of them appears.
+        assert_eq!(ports, [443], "{:?}", d.frontends.keys());
+        let fe = d.frontends.values().next().expect("443");
+        assert!(fe.endpoints.is_empty(), "target port 70000 is not used");
+    }
+
+    #[test]
+    fn a_frontend_two_services_ask_for_stays_with_the_older() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let mk = |name: &str, port_no: i32, created: &str| {
+            let mut s = svc(
+                name,
+                ServiceSpec {
+                    cluster_ip: Some("10.96.0.10".into()),
+                    ports: Some(vec![port("http", port_no, "TCP")]),
+                    ..Default::default()
+                },
+            );
+            s.metadata.creation_timestamp = Some(Time(created.parse().expect("time")));
+            Arc::new(s)
+        };
+        let old = mk("old", 80, "2020-01-01T00:00:00Z");
+        let new = mk("new", 80, "2021-01-01T00:00:00Z");
+        let fe = Frontend {
+            addr: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            proto: Proto::Tcp,
+        };
+        for order in [vec![old.clone(), new.clone()], vec![new.clone(), old.clone()]] {
+            let d = compute(&order, &[] as &[EndpointSlice], &node(), Options::default());
+            assert_eq!(d.frontends[&fe].service, "default/old");
+            assert_eq!(
+                d.conflicts,
+                [(fe, "default/old".to_string(), "default/new".to_string())]
+            );
+            let mut memo = Memo::default();
+            assert_eq!(memo.compute(&order, &[], &node(), Options::default()), d);
+        }
+    }
+
+    #[test]
     fn cluster_ip_ports_resolve_target_ports_by_name() {
         let s = svc(
             "web",

@@ -566,3 +566,153 @@ pub fn admit_slices<T: std::borrow::Borrow<EndpointSlice>>(
         .filter_map(|((_, s), k)| k.then_some(s))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(yaml: &str) -> Service {
+        serde_yaml::from_str(yaml).expect("a Service")
+    }
+
+    fn origin(name: &str, place: &str) -> Origin {
+        Origin {
+            object: format!("Service default/{name}"),
+            place: place.to_string(),
+        }
+    }
+
+    const WEB: &str = "metadata: {name: web, namespace: default}\nspec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, protocol: TCP}]}";
+
+    #[test]
+    fn field_rules_are_the_api_servers() {
+        let rules = Rules::default();
+        assert_eq!(service(&svc(WEB), &rules), Vec::<String>::new());
+        let cases = [
+            ("metadata: {name: web}\nspec: {ports: [{port: 70000}]}", "spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive"),
+            ("metadata: {name: web}\nspec: {ports: [{port: 0}]}", "spec.ports[0].port: Invalid value: 0"),
+            ("metadata: {name: web}\nspec: {ports: [{port: -1}]}", "spec.ports[0].port: Invalid value: -1"),
+            ("metadata: {name: web}\nspec: {type: NodePort, ports: [{port: 80, nodePort: 99999}]}", "spec.ports[0].nodePort: Invalid value: 99999: provided port is not in the valid range. The range of valid ports is 30000-32767"),
+            ("metadata: {name: web}\nspec: {type: NodePort, ports: [{port: 80, nodePort: 8080}]}", "nodePort: Invalid value: 8080"),
+            ("metadata: {name: web}\nspec: {ports: [{port: 80, nodePort: 30080}]}", "may not be used when `type` is \"ClusterIP\""),
+            ("metadata: {name: web}\nspec: {ports: [{port: 80, protocol: ICMP}]}", "spec.ports[0].protocol: Unsupported value: \"ICMP\""),
+            ("metadata: {name: web}\nspec: {clusterIP: banana, ports: [{port: 80}]}", "spec.clusterIP: Invalid value: \"banana\": must be a valid IP address"),
+            ("metadata: {name: web}\nspec: {externalIPs: [300.1.1.1], ports: [{port: 80}]}", "spec.externalIPs[0]: Invalid value: \"300.1.1.1\""),
+            ("metadata: {name: web}\nspec: {externalIPs: [127.0.0.1], ports: [{port: 80}]}", "may not be unspecified, loopback"),
+            ("metadata: {}\nspec: {ports: [{port: 80}]}", "metadata.name: Required value"),
+            ("metadata: {name: Web}\nspec: {ports: [{port: 80}]}", "metadata.name: Invalid value: \"Web\""),
+            ("metadata: {name: 1web}\nspec: {ports: [{port: 80}]}", "RFC 1035"),
+            ("metadata: {name: web, namespace: My_NS}\nspec: {ports: [{port: 80}]}", "metadata.namespace: Invalid value: \"My_NS\""),
+            ("metadata: {name: web}\nspec: {ports: [{port: 80}, {port: 81}]}", "spec.ports[0].name: Required value"),
+            ("metadata: {name: web}\nspec: {ports: [{name: a, port: 80}, {name: b, port: 80}]}", "spec.ports[1]: Duplicate value: 80/TCP"),
+            ("metadata: {name: web}\nspec: {ports: [{port: 80, targetPort: 70000}]}", "spec.ports[0].targetPort: Invalid value: 70000"),
+            ("metadata: {name: web}\nspec: {ports: []}", "spec.ports: Required value"),
+            ("metadata: {name: web}\nspec: {type: Magic, ports: [{port: 80}]}", "spec.type: Unsupported value: \"Magic\""),
+            ("metadata: {name: web}\nspec: {sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}, ports: [{port: 80}]}", "timeoutSeconds: Invalid value: 0"),
+            ("metadata: {name: web}\nspec: {externalTrafficPolicy: Nearby, ports: [{port: 80}]}", "spec.externalTrafficPolicy: Unsupported value"),
+        ];
+        for (yaml, want) in cases {
+            let errs = service(&svc(yaml), &rules).join("; ");
+            assert!(errs.contains(want), "{yaml}\n  got: {errs}\n want: {want}");
+        }
+        // Headless and ExternalName services need no ports; the agent's range applies.
+        assert!(service(&svc("metadata: {name: h}\nspec: {clusterIP: None}"), &rules).is_empty());
+        let wide = Rules { node_ports: 8000..=9000 };
+        let np = svc("metadata: {name: web}\nspec: {type: NodePort, ports: [{port: 80, nodePort: 8080}]}");
+        assert!(service(&np, &wide).is_empty());
+    }
+
+    #[test]
+    fn endpoint_slice_rules() {
+        let slice = |yaml: &str| -> EndpointSlice { serde_yaml::from_str(yaml).expect("a slice") };
+        let ok = slice("metadata: {name: web-1.x}\naddressType: IPv4\nendpoints: [{addresses: [10.0.0.1]}]\nports: [{name: http, port: 8080}]");
+        assert!(endpoint_slice(&ok).is_empty());
+        for (yaml, want) in [
+            ("metadata: {name: w}\naddressType: IPv4\nendpoints: []\nports: [{port: 70000}]", "ports[0].port: Invalid value: 70000"),
+            ("metadata: {name: w}\naddressType: IPv4\nendpoints: [{addresses: [banana]}]", "endpoints[0].addresses[0]: Invalid value: \"banana\": must be a valid IPv4 address"),
+            ("metadata: {name: w}\naddressType: IPv5\nendpoints: []", "addressType: Unsupported value"),
+            ("metadata: {name: W}\naddressType: IPv4\nendpoints: []", "metadata.name: Invalid value"),
+            ("metadata: {name: w}\naddressType: IPv4\nendpoints: []\nports: [{port: 1, protocol: GRE}]", "ports[0].protocol: Unsupported value"),
+        ] {
+            let errs = endpoint_slice(&slice(yaml)).join("; ");
+            assert!(errs.contains(want), "{yaml}: {errs}");
+        }
+    }
+
+    #[test]
+    fn conflicts_name_both_objects_and_the_older_keeps_the_port() {
+        let rules = Rules::default();
+        let web = svc(WEB);
+        // Same ClusterIP:port/proto, a later file: refused, naming web.
+        let clash = svc("metadata: {name: clash}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}");
+        // Same ClusterIP, another port: fine.
+        let other_port = svc("metadata: {name: other}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 443}]}");
+        let dup_name = svc("metadata: {name: web}\nspec: {clusterIP: 10.96.0.11, ports: [{port: 80}]}");
+        let mut refused = Vec::new();
+        let kept = admit_services(
+            vec![
+                (origin("web", "a.yaml document 1"), web.clone()),
+                (origin("clash", "b.yaml document 1"), clash.clone()),
+                (origin("other", "b.yaml document 2"), other_port),
+                (origin("web", "c.yaml document 1"), dup_name),
+            ],
+            &rules,
+            &mut refused,
+        );
+        let names: Vec<_> = kept.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
+        assert_eq!(names, ["web", "other"]);
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert_eq!(refused[0].reason, Reason::DuplicatePort);
+        assert_eq!(refused[0].place, "b.yaml document 1");
+        assert!(
+            refused[0].message.contains("10.96.0.10:80/TCP belongs to Service default/web (a.yaml document 1)"),
+            "{}",
+            refused[0].message
+        );
+        assert_eq!(refused[1].reason, Reason::DuplicateName);
+        assert!(refused[1].message.contains("default/web already exists: Service default/web (a.yaml document 1) keeps it"));
+
+        // creationTimestamp decides before file order: the older one, in the later file, keeps it.
+        let stamped = |yaml: &str, t: &str| {
+            let mut s = svc(yaml);
+            s.metadata.creation_timestamp = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t.parse().expect("time")),
+            );
+            s
+        };
+        let mut refused = Vec::new();
+        let kept = admit_services(
+            vec![
+                (origin("clash", "a.yaml document 1"), stamped("metadata: {name: clash}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}", "2021-01-01T00:00:00Z")),
+                (origin("web", "b.yaml document 1"), stamped(WEB, "2020-01-01T00:00:00Z")),
+            ],
+            &rules,
+            &mut refused,
+        );
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].metadata.name.as_deref(), Some("web"));
+        assert_eq!(refused[0].object, "Service default/clash");
+
+        // nodePorts: one per port number across services, whatever the protocol.
+        let np = |name: &str, proto: &str| {
+            svc(&format!("metadata: {{name: {name}}}\nspec: {{type: NodePort, ports: [{{port: 80, protocol: {proto}, nodePort: 30080}}]}}"))
+        };
+        let mut refused = Vec::new();
+        let kept = admit_services(
+            vec![
+                (origin("a", "a.yaml document 1"), np("a", "TCP")),
+                (origin("b", "b.yaml document 1"), np("b", "UDP")),
+            ],
+            &rules,
+            &mut refused,
+        );
+        assert_eq!(kept.len(), 1);
+        assert_eq!(refused[0].reason, Reason::DuplicateNodePort);
+        assert!(refused[0].message.contains("nodePort 30080 belongs to Service default/a"));
+        // One service may use one nodePort for TCP and UDP.
+        let both = svc("metadata: {name: dns}\nspec: {type: NodePort, ports: [{name: u, port: 53, protocol: UDP, nodePort: 30053}, {name: t, port: 53, protocol: TCP, nodePort: 30053}]}");
+        let mut refused = Vec::new();
+        assert_eq!(admit_services(vec![(origin("dns", "d"), both)], &rules, &mut refused).len(), 1);
+        assert!(refused.is_empty(), "{refused:?}");
+    }
+}

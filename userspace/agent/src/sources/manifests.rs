@@ -415,4 +415,88 @@ ports: [{name: http, port: 8080, protocol: TCP}]
         assert_eq!(l.errors.len(), 1);
         assert!(l.errors[0].file.ends_with("bad.yaml"));
     }
+
+    #[test]
+    fn only_regular_files_are_read_and_never_past_the_limit() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        fs::write(d.join("good.yaml"), GOOD).expect("write");
+        std::os::unix::fs::symlink(d.join("good.yaml"), d.join("link.yaml")).expect("symlink");
+        std::os::unix::fs::symlink("/dev/zero", d.join("zero.yaml")).expect("symlink");
+        fs::create_dir(d.join("dir.yaml")).expect("mkdir");
+        let fifo = std::ffi::CString::new(d.join("fifo.yaml").as_os_str().as_bytes()).expect("c");
+        // SAFETY: a valid C string; mkfifo has no other precondition.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+        let big = fs::File::create(d.join("big.yaml")).expect("create");
+        big.set_len(MAX_FILE_BYTES + 1).expect("sparse file");
+        let read = |name: &str| read_manifest(&d.join(name), MAX_FILE_BYTES);
+        assert_eq!(read("link.yaml").expect("a symlink to a file"), GOOD);
+        for (name, want) in [
+            ("zero.yaml", "not a regular file (a character device)"),
+            ("dir.yaml", "not a regular file (a directory)"),
+            ("fifo.yaml", "not a regular file (a FIFO)"),
+            ("big.yaml", "over the limit of 4194304 bytes per manifest file"),
+        ] {
+            let e = read(name).expect_err(name);
+            assert!(e.reason.contains(want), "{name}: {e}");
+        }
+        assert!(
+            read_manifest(&d.join("good.yaml"), 10)
+                .expect_err("limit")
+                .reason
+                .contains("over the limit of 10 bytes")
+        );
+        let l = load_dir(d, &Rules::default()).expect("listed");
+        // good.yaml and link.yaml hold the same Service: the second is a duplicate.
+        assert_eq!(l.manifests.services.len(), 1);
+        assert_eq!(l.errors.len(), 4, "{:?}", l.errors);
+        assert_eq!(l.refused.len(), 2, "{:?}", l.refused);
+        assert!(l.refused.iter().all(|r| r.reason == Reason::DuplicateName));
+        assert!(load_dir(&d.join("absent"), &Rules::default()).is_err());
+        assert!(fingerprint(&d.join("absent")).is_err());
+    }
+
+    #[test]
+    fn invalid_objects_are_refused_with_their_file_and_the_rest_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("a.yaml"), GOOD).expect("write");
+        fs::write(
+            dir.path().join("b.yaml"),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: wrap}\nspec: {clusterIP: 10.96.0.11, ports: [{port: 70000}]}\n",
+        )
+        .expect("write");
+        let l = load_dir(dir.path(), &Rules::default()).expect("listed");
+        assert_eq!(l.manifests.services.len(), 1);
+        assert_eq!(l.manifests.slices.len(), 1);
+        assert_eq!(l.refused.len(), 1);
+        let r = &l.refused[0];
+        assert!(r.place.ends_with("b.yaml document 1"), "{r:?}");
+        assert_eq!(r.object, "Service default/wrap");
+        assert!(r.message.contains("spec.ports[0].port: Invalid value: 70000"), "{r:?}");
+    }
+
+    #[test]
+    fn a_vanished_folder_keeps_the_last_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = dir.path().join("m");
+        fs::create_dir(&m).expect("mkdir");
+        fs::write(m.join("a.yaml"), GOOD).expect("write");
+        let (tx, rx) = super::super::channel();
+        let metrics = Metrics::new();
+        let mut w = Watcher::default();
+        w.poll(&m, &Rules::default(), &tx, &metrics);
+        assert_eq!(metrics.manifest_source_ok.get(), 1);
+        let first = rx.borrow().clone().expect("published");
+        assert_eq!(first.services.len(), 1);
+        fs::rename(&m, dir.path().join("gone")).expect("rename");
+        w.poll(&m, &Rules::default(), &tx, &metrics);
+        assert_eq!(metrics.manifest_source_ok.get(), 0);
+        let kept = rx.borrow().clone().expect("still published");
+        assert!(Arc::ptr_eq(&first, &kept), "the last good state stays");
+        fs::rename(dir.path().join("gone"), &m).expect("rename back");
+        w.poll(&m, &Rules::default(), &tx, &metrics);
+        assert_eq!(metrics.manifest_source_ok.get(), 1);
+        assert_eq!(rx.borrow().clone().expect("published").services.len(), 1);
+    }
 }
