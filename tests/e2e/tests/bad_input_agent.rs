@@ -42,7 +42,12 @@ impl Tmpfs {
     fn new() -> Tmpfs {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "petrel-test", &dir.path().display().to_string()])
+            .args([
+                "-t",
+                "tmpfs",
+                "petrel-test",
+                &dir.path().display().to_string(),
+            ])
             .output()
             .expect("mount");
         assert!(out.status.success(), "mount tmpfs: {out:?}");
@@ -60,10 +65,16 @@ impl Drop for Tmpfs {
 fn pin_map(path: &Path) {
     let out = Command::new("bpftool")
         .args(["map", "create", &path.display().to_string()])
-        .args(["type", "hash", "key", "4", "value", "4", "entries", "4", "name", "foreign"])
+        .args([
+            "type", "hash", "key", "4", "value", "4", "entries", "4", "name", "foreign",
+        ])
         .output()
         .expect("bpftool");
-    assert!(out.status.success(), "bpftool map create {}: {out:?}", path.display());
+    assert!(
+        out.status.success(),
+        "bpftool map create {}: {out:?}",
+        path.display()
+    );
 }
 
 /// Runs `petrel-agent ARGS` in `ns` to its end: (exit code, log).
@@ -127,7 +138,10 @@ fn cleanup_refuses_what_is_not_petrels_and_removes_petrels_pins_by_name() {
 
     // Row: a file, not a folder.
     let file = plain.path().join("notes.txt");
-    let (code, log) = run_agent(&ns, &["--cleanup", "--bpffs-root", &file.display().to_string()]);
+    let (code, log) = run_agent(
+        &ns,
+        &["--cleanup", "--bpffs-root", &file.display().to_string()],
+    );
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains("it is not a directory"), "{log}");
     assert_eq!(std::fs::read(&file).expect("kept"), b"keep me");
@@ -143,7 +157,10 @@ fn cleanup_refuses_what_is_not_petrels_and_removes_petrels_pins_by_name() {
     let (code, log) = run_agent(&ns, &["--cleanup", "--bpffs-root", &root]);
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains("holds what petrel did not create"), "{log}");
-    assert!(log.contains("maps/OTHER_TOOL_MAP") && log.contains("cilium"), "{log}");
+    assert!(
+        log.contains("maps/OTHER_TOOL_MAP") && log.contains("cilium"),
+        "{log}"
+    );
     for kept in ["maps/SERVICES_V1", "maps/OTHER_TOOL_MAP", "cilium"] {
         assert!(bpf.0.join(kept).exists(), "{kept} was removed");
     }
@@ -162,7 +179,9 @@ fn cleanup_refuses_what_is_not_petrels_and_removes_petrels_pins_by_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("map SERVICES_V1 has key size 4, expected 12: pinned by another petrel version?"),
+        err.contains(
+            "map SERVICES_V1 has key size 4, expected 12: pinned by another petrel version?"
+        ),
         "{err}"
     );
     assert!(!err.contains("is petrel running"), "{err}");
@@ -194,14 +213,38 @@ fn out_of_range_settings_stop_the_agent_before_anything_is_pinned() {
     std::fs::write(&config, "sync-period: 0s\n").expect("write");
     let config = config.display().to_string();
     let rows: [(&[&str], &str); 9] = [
-        (&["--sync-period", "0s"], "--sync-period 0s is out of range: between 1s and 3600s"),
-        (&["--sync-period", "99999999999h"], "--sync-period 359999999996400s is out of range"),
-        (&["--min-sync-period", "1h", "--sync-period", "30s"], "--min-sync-period 3600s is out of range"),
-        (&["--ct-gc-interval", "0s"], "--ct-gc-interval 0s is out of range"),
-        (&["--ct-max-flows", "4294967295"], "--ct-max-flows 4294967295 is out of range"),
-        (&["--maglev-size", "16383"], "--maglev-size 16383 is not prime"),
-        (&["--pod-mtu", "100"], "--pod-mtu 100 is out of range: between 576 and 65535"),
-        (&["--vxlan-vni", "16777216"], "--vxlan-vni 16777216 is out of range"),
+        (
+            &["--sync-period", "0s"],
+            "--sync-period 0s is out of range: between 1s and 3600s",
+        ),
+        (
+            &["--sync-period", "99999999999h"],
+            "--sync-period 359999999996400s is out of range",
+        ),
+        (
+            &["--min-sync-period", "1h", "--sync-period", "30s"],
+            "--min-sync-period 3600s is out of range",
+        ),
+        (
+            &["--ct-gc-interval", "0s"],
+            "--ct-gc-interval 0s is out of range",
+        ),
+        (
+            &["--ct-max-flows", "4294967295"],
+            "--ct-max-flows 4294967295 is out of range",
+        ),
+        (
+            &["--maglev-size", "16383"],
+            "--maglev-size 16383 is not prime",
+        ),
+        (
+            &["--pod-mtu", "100"],
+            "--pod-mtu 100 is out of range: between 576 and 65535",
+        ),
+        (
+            &["--vxlan-vni", "16777216"],
+            "--vxlan-vni 16777216 is out of range",
+        ),
         (&["--config", &config], "--sync-period 0s is out of range"),
     ];
     for (flags, want) in rows {
@@ -261,8 +304,13 @@ fn http(ns: &NetNs, port: u16, path: &str) -> String {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
             return String::new();
         };
-        s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out
@@ -278,7 +326,11 @@ fn netctl(pins: &Path) -> Vec<serde_json::Value> {
         .args(["dump-services", "-o", "json"])
         .output()
         .expect("netctl");
-    assert!(out.status.success(), "netctl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "netctl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice::<serde_json::Value>(&out.stdout)
         .expect("json")
         .as_array()
@@ -292,7 +344,10 @@ fn frontends(pins: &Path) -> BTreeSet<(String, u64)> {
         .iter()
         .map(|s| {
             let fe = &s["frontend"];
-            (fe["addr"].as_str().unwrap_or_default().to_string(), fe["port"].as_u64().unwrap_or(0))
+            (
+                fe["addr"].as_str().unwrap_or_default().to_string(),
+                fe["port"].as_u64().unwrap_or(0),
+            )
         })
         .collect()
 }
@@ -310,7 +365,10 @@ fn bad_manifests_are_refused_alone_and_never_stop_the_agent() {
     std::fs::create_dir(&dir).expect("mkdir");
 
     // The good service, the oldest.
-    write_atomic(&dir.join("web.yaml"), &service("web", "10.96.0.50", "2020-01-01T00:00:00Z", ""));
+    write_atomic(
+        &dir.join("web.yaml"),
+        &service("web", "10.96.0.50", "2020-01-01T00:00:00Z", ""),
+    );
     // Rows that must be skipped without blocking or reading unbounded.
     let fifo = std::ffi::CString::new(format!("{}/fifo.yaml", dir.display())).expect("c");
     // SAFETY: a valid C string; mkfifo has no other precondition.
@@ -328,7 +386,10 @@ fn bad_manifests_are_refused_alone_and_never_stop_the_agent() {
     )
     .expect("write");
     // Sorted first, but created later: refused, and web keeps 10.96.0.50:80.
-    write_atomic(&dir.join("0-clash.yaml"), &service("clash", "10.96.0.50", "2021-01-01T00:00:00Z", ""));
+    write_atomic(
+        &dir.join("0-clash.yaml"),
+        &service("clash", "10.96.0.50", "2021-01-01T00:00:00Z", ""),
+    );
     // A podCIDR petrel-cni cannot use.
     write_atomic(&dir.join("node.yaml"), &node_manifest("10.244.5.0/31"));
 
@@ -386,7 +447,10 @@ fn bad_manifests_are_refused_alone_and_never_stop_the_agent() {
     // Nothing wrapped to 16 bits (70000 -> 4464, 99999 -> 34463), nothing from a refused object.
     let want_frontends = BTreeSet::from([("10.96.0.50".to_string(), 80)]);
     assert_eq!(frontends(pins.path()), want_frontends);
-    assert_eq!(netctl(pins.path())[0]["backends"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        netctl(pins.path())[0]["backends"].as_array().map(Vec::len),
+        Some(1)
+    );
     let log = agent.log();
     for want in [
         "not a regular file (a FIFO)",
@@ -404,7 +468,10 @@ fn bad_manifests_are_refused_alone_and_never_stop_the_agent() {
     assert!(!pod_cidr.exists(), "a /31 was written for petrel-cni");
 
     // A change elsewhere: the refusals are not logged again, the new service is served.
-    write_atomic(&dir.join("web2.yaml"), &service("web2", "10.96.0.52", "2020-06-01T00:00:00Z", ""));
+    write_atomic(
+        &dir.join("web2.yaml"),
+        &service("web2", "10.96.0.52", "2020-06-01T00:00:00Z", ""),
+    );
     write_atomic(&dir.join("node.yaml"), &node_manifest("10.244.5.0/24"));
     let vip2 = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 52), 80);
     eventually("the second service answers", 20, || get(vip2).is_ok());
@@ -413,8 +480,16 @@ fn bad_manifests_are_refused_alone_and_never_stop_the_agent() {
     });
     let log = agent.log();
     assert!(log.matches("manifests read").count() >= 2, "{log}");
-    for once in ["fifo.yaml", "Invalid value: 70000", "belongs to Service default/web"] {
-        assert_eq!(log.matches(once).count(), 1, "{once:?} logged once per change:\n{log}");
+    for once in [
+        "fifo.yaml",
+        "Invalid value: 70000",
+        "belongs to Service default/web",
+    ] {
+        assert_eq!(
+            log.matches(once).count(),
+            1,
+            "{once:?} logged once per change:\n{log}"
+        );
     }
     assert!(http(&node.ns, 10249, "/metrics").contains("petrel_pod_cidr_refused 0"));
 
@@ -423,13 +498,18 @@ fn bad_manifests_are_refused_alone_and_never_stop_the_agent() {
     eventually("the source reports the folder unreadable", 10, || {
         http(&node.ns, 10249, "/metrics").contains("petrel_manifest_source_ok 0")
     });
-    let both = BTreeSet::from([("10.96.0.50".to_string(), 80), ("10.96.0.52".to_string(), 80)]);
+    let both = BTreeSet::from([
+        ("10.96.0.50".to_string(), 80),
+        ("10.96.0.52".to_string(), 80),
+    ]);
     // Beyond a few polls of the source and a full sync period of the agent.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(frontends(pins.path()), both);
     assert!(get(vip).is_ok() && get(vip2).is_ok());
     assert!(
-        agent.log().contains("manifests folder cannot be read: keeping the last good state"),
+        agent
+            .log()
+            .contains("manifests folder cannot be read: keeping the last good state"),
         "{}",
         agent.log()
     );

@@ -87,7 +87,7 @@ pub struct Cli {
     #[arg(long, default_value = petrel_cni::contract::DEFAULT_POD_CIDR_FILE)]
     pub pod_cidr_file: PathBuf,
     /// The CNI conflist to write once the pod CIDR is known ("" to leave CNI config alone).
-    #[arg(long, default_value = "/etc/cni/net.d/05-petrel.conflist", value_parser = path_or_empty)]
+    #[arg(long, default_value = "/etc/cni/net.d/05-petrel.conflist", value_parser = path_or_empty())]
     pub cni_conf_file: PathBuf,
     /// MTU petrel-cni gives pod interfaces (in the written conflist); default: the uplink's MTU,
     /// less 50 bytes in VXLAN mode.
@@ -245,10 +245,11 @@ fn humantime_ms(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// A path, where "" is allowed (clap's own path parser refuses an empty value): "" means "leave
-/// this alone".
-fn path_or_empty(s: &str) -> Result<PathBuf, String> {
-    Ok(PathBuf::from(s))
+/// A path where "" is allowed (clap's own path parser refuses an empty value): "" means
+/// "leave this alone".
+fn path_or_empty() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::OsStringValueParser::new().map(PathBuf::from)
 }
 
 /// An inclusive port range, MIN-MAX.
@@ -415,7 +416,12 @@ impl Cli {
             }
             Ok(())
         };
-        within("sync-period", self.sync_period, Duration::from_secs(1), HOUR)?;
+        within(
+            "sync-period",
+            self.sync_period,
+            Duration::from_secs(1),
+            HOUR,
+        )?;
         within(
             "min-sync-period",
             self.min_sync_period,
@@ -433,7 +439,11 @@ impl Cli {
             }
             Ok(())
         };
-        count("services-map-size", self.services_map_size, SERVICES_MAP_SIZE)?;
+        count(
+            "services-map-size",
+            self.services_map_size,
+            SERVICES_MAP_SIZE,
+        )?;
         count("maglev-size", self.maglev_size, MAGLEV_SIZE)?;
         if !petrel_datapath::maglev::is_prime(self.maglev_size) {
             anyhow::bail!(
@@ -573,7 +583,10 @@ mod tests {
                 &["--sync-period", "0s"],
                 "--sync-period 0s is out of range: between 1s and 3600s",
             ),
-            (&["--sync-period", "2h"], "--sync-period 7200s is out of range"),
+            (
+                &["--sync-period", "2h"],
+                "--sync-period 7200s is out of range",
+            ),
             (
                 &["--sync-period", "18446744073709551615ms"],
                 "--sync-period",
@@ -584,23 +597,38 @@ mod tests {
             ),
             (&["--ct-gc-interval", "0s"], "--ct-gc-interval 0s"),
             (&["--ct-max-flows", "4294967295"], "--ct-max-flows"),
-            (&["--services-map-size", "0"], "--services-map-size 0 is out of range"),
-            (&["--maglev-size", "16383"], "--maglev-size 16383 is not prime"),
+            (
+                &["--services-map-size", "0"],
+                "--services-map-size 0 is out of range",
+            ),
+            (
+                &["--maglev-size", "16383"],
+                "--maglev-size 16383 is not prime",
+            ),
             (&["--maglev-size", "7"], "--maglev-size 7 is out of range"),
             (&["--maglev-rings", "0"], "--maglev-rings 0 is out of range"),
             (
                 &["--maglev-size", "131071", "--maglev-rings", "65536"],
                 "ring entries",
             ),
-            (&["--vxlan-vni", "16777216"], "--vxlan-vni 16777216 is out of range"),
-            (&["--pod-mtu", "100"], "--pod-mtu 100 is out of range: between 576 and 65535"),
+            (
+                &["--vxlan-vni", "16777216"],
+                "--vxlan-vni 16777216 is out of range",
+            ),
+            (
+                &["--pod-mtu", "100"],
+                "--pod-mtu 100 is out of range: between 576 and 65535",
+            ),
         ];
         for (args, want) in cases {
             let e = cli(args).check().expect_err(want).to_string();
             assert!(e.contains(want), "{args:?}: {e}");
         }
         let e = cli(&["--vxlan-port", "0"]).check().expect_err("port 0");
-        assert!(e.to_string().contains("--vxlan-port 0 is out of range"), "{e}");
+        assert!(
+            e.to_string().contains("--vxlan-port 0 is out of range"),
+            "{e}"
+        );
         for bad in ["0-100", "32767-30000", "30000"] {
             let parsed = Cli::try_parse_from(["petrel-agent", "--service-node-port-range", bad]);
             let e = parsed.expect_err(bad).to_string();
@@ -617,7 +645,10 @@ mod tests {
         let file = dir.path().join("config.yaml");
         std::fs::write(&file, "cni-conf-file: \"\"\nsync-period: 0s\n").expect("write");
         let flags = [
-            ("cni-conf-file".to_string(), crate::config_file::Kind::Single),
+            (
+                "cni-conf-file".to_string(),
+                crate::config_file::Kind::Single,
+            ),
             ("sync-period".to_string(), crate::config_file::Kind::Single),
         ];
         let args = crate::config_file::read_args(&file, &flags, |_| false).expect("reads");

@@ -63,7 +63,10 @@ impl CniFiles {
     fn usable_pod_cidr(&self, nodes: &[Arc<Node>], name: &str) -> Option<ipnet::Ipv4Net> {
         let cidr = node::find(nodes, name).and_then(node::pod_cidr);
         let problem = cidr.and_then(node::pod_cidr_problem);
-        let mut last = self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(m) = &self.metrics {
             m.pod_cidr_refused.set(i64::from(problem.is_some()));
         }

@@ -917,7 +917,10 @@ mod tests {
             port: 80,
             proto: Proto::Tcp,
         };
-        for order in [vec![old.clone(), new.clone()], vec![new.clone(), old.clone()]] {
+        for order in [
+            vec![old.clone(), new.clone()],
+            vec![new.clone(), old.clone()],
+        ] {
             let d = compute(&order, &[] as &[EndpointSlice], &node(), Options::default());
             assert_eq!(d.frontends[&fe].service, "default/old");
             assert_eq!(

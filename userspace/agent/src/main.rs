@@ -48,7 +48,11 @@ async fn cleanup(cli: &Cli) -> anyhow::Result<()> {
         .filter_map(|p| p.strip_prefix(root).ok())
         .map(|p| p.display().to_string())
         .collect();
-    let dirs: Vec<String> = removed.dirs.iter().map(|d| d.display().to_string()).collect();
+    let dirs: Vec<String> = removed
+        .dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
     tracing::info!(
         root = %root.display(),
         pins = pins.len(),

@@ -111,7 +111,12 @@ mod tests {
     #[test]
     fn pod_cidrs_petrel_cni_cannot_use_are_named() {
         let problem = |c: &str| pod_cidr_problem(c.parse().expect("cidr"));
-        for ok in ["10.244.3.0/24", "10.244.3.0/29", "192.168.0.0/16", "100.64.0.0/10"] {
+        for ok in [
+            "10.244.3.0/24",
+            "10.244.3.0/29",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+        ] {
             assert_eq!(problem(ok), None, "{ok}");
         }
         for (bad, why) in [

@@ -73,7 +73,8 @@ pub fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -93,7 +94,8 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
 fn is_iana_svc_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
-        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
         && s.bytes().any(|c| c.is_ascii_lowercase())
         && !s.starts_with('-')
         && !s.ends_with('-')
@@ -132,7 +134,11 @@ fn meta_errors(
 
 fn check_ip(field: &str, s: &str, errs: &mut Vec<String>) {
     if s.parse::<IpAddr>().is_err() {
-        errs.push(invalid(field, format!("{s:?}"), "must be a valid IP address"));
+        errs.push(invalid(
+            field,
+            format!("{s:?}"),
+            "must be a valid IP address",
+        ));
     }
 }
 
@@ -153,13 +159,20 @@ pub fn service(svc: &Service, rules: &Rules) -> Vec<String> {
         return errs;
     };
     let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
-    if !matches!(kind, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+    if !matches!(
+        kind,
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
         errs.push(format!(
             "spec.type: Unsupported value: {kind:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""
         ));
     }
     let headless = spec.cluster_ip.as_deref() == Some("None");
-    if let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "None") {
+    if let Some(ip) = spec
+        .cluster_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+    {
         check_ip("spec.clusterIP", ip, &mut errs);
     }
     for (i, ip) in spec.cluster_ips.iter().flatten().enumerate() {
@@ -182,7 +195,11 @@ pub fn service(svc: &Service, rules: &Rules) -> Vec<String> {
     for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
         let field = format!("spec.externalIPs[{i}]");
         match ip.parse::<IpAddr>() {
-            Err(_) => errs.push(invalid(&field, format!("{ip:?}"), "must be a valid IP address")),
+            Err(_) => errs.push(invalid(
+                &field,
+                format!("{ip:?}"),
+                "must be a valid IP address",
+            )),
             Ok(a) if a.is_unspecified() || a.is_loopback() || a.is_multicast() || link_local(a) => {
                 errs.push(invalid(
                     &field,
@@ -252,9 +269,7 @@ pub fn service(svc: &Service, rules: &Rules) -> Vec<String> {
                 np,
                 &format!("may not be used when `type` is {kind:?}"),
             )),
-            Some(np)
-                if !u16::try_from(np).is_ok_and(|np| rules.node_ports.contains(&np)) =>
-            {
+            Some(np) if !u16::try_from(np).is_ok_and(|np| rules.node_ports.contains(&np)) => {
                 errs.push(invalid(
                     &f("nodePort"),
                     np,
@@ -268,12 +283,21 @@ pub fn service(svc: &Service, rules: &Rules) -> Vec<String> {
             Some(_) => {}
         }
     }
-    if let Some(p) = spec.health_check_node_port.filter(|p| *p != 0 && !port_ok(*p)) {
+    if let Some(p) = spec
+        .health_check_node_port
+        .filter(|p| *p != 0 && !port_ok(*p))
+    {
         errs.push(invalid("spec.healthCheckNodePort", p, PORT_RANGE));
     }
     for (field, v) in [
-        ("spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref()),
-        ("spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref()),
+        (
+            "spec.externalTrafficPolicy",
+            spec.external_traffic_policy.as_deref(),
+        ),
+        (
+            "spec.internalTrafficPolicy",
+            spec.internal_traffic_policy.as_deref(),
+        ),
     ] {
         if let Some(v) = v.filter(|v| !matches!(*v, "Cluster" | "Local")) {
             errs.push(format!(
@@ -281,7 +305,11 @@ pub fn service(svc: &Service, rules: &Rules) -> Vec<String> {
             ));
         }
     }
-    if let Some(a) = spec.session_affinity.as_deref().filter(|a| !matches!(*a, "None" | "ClientIP")) {
+    if let Some(a) = spec
+        .session_affinity
+        .as_deref()
+        .filter(|a| !matches!(*a, "None" | "ClientIP"))
+    {
         errs.push(format!(
             "spec.sessionAffinity: Unsupported value: {a:?}: supported values: \"ClientIP\", \"None\""
         ));
@@ -298,7 +326,12 @@ pub fn service(svc: &Service, rules: &Rules) -> Vec<String> {
             "must be greater than 0 and less than 86400",
         ));
     }
-    for (i, r) in spec.load_balancer_source_ranges.iter().flatten().enumerate() {
+    for (i, r) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
         if r.trim().parse::<ipnet::IpNet>().is_err() {
             errs.push(invalid(
                 &format!("spec.loadBalancerSourceRanges[{i}]"),
@@ -351,7 +384,11 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Vec<String> {
                 _ => true,
             };
             if !ok {
-                errs.push(invalid(&field, format!("{a:?}"), &format!("must be a valid {at} address")));
+                errs.push(invalid(
+                    &field,
+                    format!("{a:?}"),
+                    &format!("must be a valid {at} address"),
+                ));
             }
         }
     }
@@ -360,10 +397,17 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Vec<String> {
         let f = |field: &str| format!("ports[{i}].{field}");
         let name = p.name.as_deref().unwrap_or("");
         if !name.is_empty() && !is_dns1123_label(name) {
-            errs.push(invalid(&f("name"), format!("{name:?}"), "must be a lowercase RFC 1123 label"));
+            errs.push(invalid(
+                &f("name"),
+                format!("{name:?}"),
+                "must be a lowercase RFC 1123 label",
+            ));
         }
         if let Some(j) = names.insert(name.to_string(), i) {
-            errs.push(format!("{}: Duplicate value: {name:?} (also ports[{j}])", f("name")));
+            errs.push(format!(
+                "{}: Duplicate value: {name:?} (also ports[{j}])",
+                f("name")
+            ));
         }
         if let Some(port) = p.port.filter(|p| !port_ok(*p)) {
             errs.push(invalid(&f("port"), port, PORT_RANGE));
@@ -452,7 +496,11 @@ pub fn admit_services<T: std::borrow::Borrow<Service>>(
             refuse(Reason::Invalid, errs.join("; "), refused);
             continue;
         }
-        let ns = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let ns = svc
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let name = svc.metadata.name.clone().unwrap_or_default();
         if let Some(&j) = names.get(&(ns.clone(), name.clone())) {
             refuse(
@@ -465,10 +513,21 @@ pub fn admit_services<T: std::borrow::Borrow<Service>>(
         let spec = svc.spec.as_ref().expect("validated: has a spec");
         let mut ips: Vec<IpAddr> = Vec::new();
         match &spec.cluster_ips {
-            Some(v) if !v.is_empty() => ips.extend(v.iter().filter_map(|s| s.parse::<IpAddr>().ok())),
-            _ => ips.extend(spec.cluster_ip.as_deref().and_then(|s| s.parse::<IpAddr>().ok())),
+            Some(v) if !v.is_empty() => {
+                ips.extend(v.iter().filter_map(|s| s.parse::<IpAddr>().ok()))
+            }
+            _ => ips.extend(
+                spec.cluster_ip
+                    .as_deref()
+                    .and_then(|s| s.parse::<IpAddr>().ok()),
+            ),
         }
-        ips.extend(spec.external_ips.iter().flatten().filter_map(|s| s.parse::<IpAddr>().ok()));
+        ips.extend(
+            spec.external_ips
+                .iter()
+                .flatten()
+                .filter_map(|s| s.parse::<IpAddr>().ok()),
+        );
         ips.sort();
         ips.dedup();
         let ports = spec.ports.as_deref().unwrap_or(&[]);
@@ -495,7 +554,11 @@ pub fn admit_services<T: std::borrow::Borrow<Service>>(
             }
         }
         if let Some((reason, why)) = clash {
-            refuse(reason, format!("{why}, created first; it keeps the port"), refused);
+            refuse(
+                reason,
+                format!("{why}, created first; it keeps the port"),
+                refused,
+            );
             continue;
         }
         names.insert((ns, name), i);
@@ -548,7 +611,11 @@ pub fn admit_slices<T: std::borrow::Borrow<EndpointSlice>>(
             refuse(Reason::Invalid, errs.join("; "));
             continue;
         }
-        let ns = s.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let ns = s
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let name = s.metadata.name.clone().unwrap_or_default();
         if let Some(&j) = names.get(&(ns.clone(), name.clone())) {
             refuse(
@@ -589,27 +656,90 @@ mod tests {
         let rules = Rules::default();
         assert_eq!(service(&svc(WEB), &rules), Vec::<String>::new());
         let cases = [
-            ("metadata: {name: web}\nspec: {ports: [{port: 70000}]}", "spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive"),
-            ("metadata: {name: web}\nspec: {ports: [{port: 0}]}", "spec.ports[0].port: Invalid value: 0"),
-            ("metadata: {name: web}\nspec: {ports: [{port: -1}]}", "spec.ports[0].port: Invalid value: -1"),
-            ("metadata: {name: web}\nspec: {type: NodePort, ports: [{port: 80, nodePort: 99999}]}", "spec.ports[0].nodePort: Invalid value: 99999: provided port is not in the valid range. The range of valid ports is 30000-32767"),
-            ("metadata: {name: web}\nspec: {type: NodePort, ports: [{port: 80, nodePort: 8080}]}", "nodePort: Invalid value: 8080"),
-            ("metadata: {name: web}\nspec: {ports: [{port: 80, nodePort: 30080}]}", "may not be used when `type` is \"ClusterIP\""),
-            ("metadata: {name: web}\nspec: {ports: [{port: 80, protocol: ICMP}]}", "spec.ports[0].protocol: Unsupported value: \"ICMP\""),
-            ("metadata: {name: web}\nspec: {clusterIP: banana, ports: [{port: 80}]}", "spec.clusterIP: Invalid value: \"banana\": must be a valid IP address"),
-            ("metadata: {name: web}\nspec: {externalIPs: [300.1.1.1], ports: [{port: 80}]}", "spec.externalIPs[0]: Invalid value: \"300.1.1.1\""),
-            ("metadata: {name: web}\nspec: {externalIPs: [127.0.0.1], ports: [{port: 80}]}", "may not be unspecified, loopback"),
-            ("metadata: {}\nspec: {ports: [{port: 80}]}", "metadata.name: Required value"),
-            ("metadata: {name: Web}\nspec: {ports: [{port: 80}]}", "metadata.name: Invalid value: \"Web\""),
-            ("metadata: {name: 1web}\nspec: {ports: [{port: 80}]}", "RFC 1035"),
-            ("metadata: {name: web, namespace: My_NS}\nspec: {ports: [{port: 80}]}", "metadata.namespace: Invalid value: \"My_NS\""),
-            ("metadata: {name: web}\nspec: {ports: [{port: 80}, {port: 81}]}", "spec.ports[0].name: Required value"),
-            ("metadata: {name: web}\nspec: {ports: [{name: a, port: 80}, {name: b, port: 80}]}", "spec.ports[1]: Duplicate value: 80/TCP"),
-            ("metadata: {name: web}\nspec: {ports: [{port: 80, targetPort: 70000}]}", "spec.ports[0].targetPort: Invalid value: 70000"),
-            ("metadata: {name: web}\nspec: {ports: []}", "spec.ports: Required value"),
-            ("metadata: {name: web}\nspec: {type: Magic, ports: [{port: 80}]}", "spec.type: Unsupported value: \"Magic\""),
-            ("metadata: {name: web}\nspec: {sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}, ports: [{port: 80}]}", "timeoutSeconds: Invalid value: 0"),
-            ("metadata: {name: web}\nspec: {externalTrafficPolicy: Nearby, ports: [{port: 80}]}", "spec.externalTrafficPolicy: Unsupported value"),
+            (
+                "metadata: {name: web}\nspec: {ports: [{port: 70000}]}",
+                "spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive",
+            ),
+            (
+                "metadata: {name: web}\nspec: {ports: [{port: 0}]}",
+                "spec.ports[0].port: Invalid value: 0",
+            ),
+            (
+                "metadata: {name: web}\nspec: {ports: [{port: -1}]}",
+                "spec.ports[0].port: Invalid value: -1",
+            ),
+            (
+                "metadata: {name: web}\nspec: {type: NodePort, ports: [{port: 80, nodePort: 99999}]}",
+                "spec.ports[0].nodePort: Invalid value: 99999: provided port is not in the valid range. The range of valid ports is 30000-32767",
+            ),
+            (
+                "metadata: {name: web}\nspec: {type: NodePort, ports: [{port: 80, nodePort: 8080}]}",
+                "nodePort: Invalid value: 8080",
+            ),
+            (
+                "metadata: {name: web}\nspec: {ports: [{port: 80, nodePort: 30080}]}",
+                "may not be used when `type` is \"ClusterIP\"",
+            ),
+            (
+                "metadata: {name: web}\nspec: {ports: [{port: 80, protocol: ICMP}]}",
+                "spec.ports[0].protocol: Unsupported value: \"ICMP\"",
+            ),
+            (
+                "metadata: {name: web}\nspec: {clusterIP: banana, ports: [{port: 80}]}",
+                "spec.clusterIP: Invalid value: \"banana\": must be a valid IP address",
+            ),
+            (
+                "metadata: {name: web}\nspec: {externalIPs: [300.1.1.1], ports: [{port: 80}]}",
+                "spec.externalIPs[0]: Invalid value: \"300.1.1.1\"",
+            ),
+            (
+                "metadata: {name: web}\nspec: {externalIPs: [127.0.0.1], ports: [{port: 80}]}",
+                "may not be unspecified, loopback",
+            ),
+            (
+                "metadata: {}\nspec: {ports: [{port: 80}]}",
+                "metadata.name: Required value",
+            ),
+            (
+                "metadata: {name: Web}\nspec: {ports: [{port: 80}]}",
+                "metadata.name: Invalid value: \"Web\"",
+            ),
+            (
+                "metadata: {name: 1web}\nspec: {ports: [{port: 80}]}",
+                "RFC 1035",
+            ),
+            (
+                "metadata: {name: web, namespace: My_NS}\nspec: {ports: [{port: 80}]}",
+                "metadata.namespace: Invalid value: \"My_NS\"",
+            ),
+            (
+                "metadata: {name: web}\nspec: {ports: [{port: 80}, {port: 81}]}",
+                "spec.ports[0].name: Required value",
+            ),
+            (
+                "metadata: {name: web}\nspec: {ports: [{name: a, port: 80}, {name: b, port: 80}]}",
+                "spec.ports[1]: Duplicate value: 80/TCP",
+            ),
+            (
+                "metadata: {name: web}\nspec: {ports: [{port: 80, targetPort: 70000}]}",
+                "spec.ports[0].targetPort: Invalid value: 70000",
+            ),
+            (
+                "metadata: {name: web}\nspec: {ports: []}",
+                "spec.ports: Required value",
+            ),
+            (
+                "metadata: {name: web}\nspec: {type: Magic, ports: [{port: 80}]}",
+                "spec.type: Unsupported value: \"Magic\"",
+            ),
+            (
+                "metadata: {name: web}\nspec: {sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}, ports: [{port: 80}]}",
+                "timeoutSeconds: Invalid value: 0",
+            ),
+            (
+                "metadata: {name: web}\nspec: {externalTrafficPolicy: Nearby, ports: [{port: 80}]}",
+                "spec.externalTrafficPolicy: Unsupported value",
+            ),
         ];
         for (yaml, want) in cases {
             let errs = service(&svc(yaml), &rules).join("; ");
@@ -617,22 +747,43 @@ mod tests {
         }
         // Headless and ExternalName services need no ports; the agent's range applies.
         assert!(service(&svc("metadata: {name: h}\nspec: {clusterIP: None}"), &rules).is_empty());
-        let wide = Rules { node_ports: 8000..=9000 };
-        let np = svc("metadata: {name: web}\nspec: {type: NodePort, ports: [{port: 80, nodePort: 8080}]}");
+        let wide = Rules {
+            node_ports: 8000..=9000,
+        };
+        let np = svc(
+            "metadata: {name: web}\nspec: {type: NodePort, ports: [{port: 80, nodePort: 8080}]}",
+        );
         assert!(service(&np, &wide).is_empty());
     }
 
     #[test]
     fn endpoint_slice_rules() {
         let slice = |yaml: &str| -> EndpointSlice { serde_yaml::from_str(yaml).expect("a slice") };
-        let ok = slice("metadata: {name: web-1.x}\naddressType: IPv4\nendpoints: [{addresses: [10.0.0.1]}]\nports: [{name: http, port: 8080}]");
+        let ok = slice(
+            "metadata: {name: web-1.x}\naddressType: IPv4\nendpoints: [{addresses: [10.0.0.1]}]\nports: [{name: http, port: 8080}]",
+        );
         assert!(endpoint_slice(&ok).is_empty());
         for (yaml, want) in [
-            ("metadata: {name: w}\naddressType: IPv4\nendpoints: []\nports: [{port: 70000}]", "ports[0].port: Invalid value: 70000"),
-            ("metadata: {name: w}\naddressType: IPv4\nendpoints: [{addresses: [banana]}]", "endpoints[0].addresses[0]: Invalid value: \"banana\": must be a valid IPv4 address"),
-            ("metadata: {name: w}\naddressType: IPv5\nendpoints: []", "addressType: Unsupported value"),
-            ("metadata: {name: W}\naddressType: IPv4\nendpoints: []", "metadata.name: Invalid value"),
-            ("metadata: {name: w}\naddressType: IPv4\nendpoints: []\nports: [{port: 1, protocol: GRE}]", "ports[0].protocol: Unsupported value"),
+            (
+                "metadata: {name: w}\naddressType: IPv4\nendpoints: []\nports: [{port: 70000}]",
+                "ports[0].port: Invalid value: 70000",
+            ),
+            (
+                "metadata: {name: w}\naddressType: IPv4\nendpoints: [{addresses: [banana]}]",
+                "endpoints[0].addresses[0]: Invalid value: \"banana\": must be a valid IPv4 address",
+            ),
+            (
+                "metadata: {name: w}\naddressType: IPv5\nendpoints: []",
+                "addressType: Unsupported value",
+            ),
+            (
+                "metadata: {name: W}\naddressType: IPv4\nendpoints: []",
+                "metadata.name: Invalid value",
+            ),
+            (
+                "metadata: {name: w}\naddressType: IPv4\nendpoints: []\nports: [{port: 1, protocol: GRE}]",
+                "ports[0].protocol: Unsupported value",
+            ),
         ] {
             let errs = endpoint_slice(&slice(yaml)).join("; ");
             assert!(errs.contains(want), "{yaml}: {errs}");
@@ -644,10 +795,13 @@ mod tests {
         let rules = Rules::default();
         let web = svc(WEB);
         // Same ClusterIP:port/proto, a later file: refused, naming web.
-        let clash = svc("metadata: {name: clash}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}");
+        let clash =
+            svc("metadata: {name: clash}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}");
         // Same ClusterIP, another port: fine.
-        let other_port = svc("metadata: {name: other}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 443}]}");
-        let dup_name = svc("metadata: {name: web}\nspec: {clusterIP: 10.96.0.11, ports: [{port: 80}]}");
+        let other_port =
+            svc("metadata: {name: other}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 443}]}");
+        let dup_name =
+            svc("metadata: {name: web}\nspec: {clusterIP: 10.96.0.11, ports: [{port: 80}]}");
         let mut refused = Vec::new();
         let kept = admit_services(
             vec![
@@ -659,18 +813,25 @@ mod tests {
             &rules,
             &mut refused,
         );
-        let names: Vec<_> = kept.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
+        let names: Vec<_> = kept
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect();
         assert_eq!(names, ["web", "other"]);
         assert_eq!(refused.len(), 2, "{refused:?}");
         assert_eq!(refused[0].reason, Reason::DuplicatePort);
         assert_eq!(refused[0].place, "b.yaml document 1");
         assert!(
-            refused[0].message.contains("10.96.0.10:80/TCP belongs to Service default/web (a.yaml document 1)"),
+            refused[0]
+                .message
+                .contains("10.96.0.10:80/TCP belongs to Service default/web (a.yaml document 1)"),
             "{}",
             refused[0].message
         );
         assert_eq!(refused[1].reason, Reason::DuplicateName);
-        assert!(refused[1].message.contains("default/web already exists: Service default/web (a.yaml document 1) keeps it"));
+        assert!(refused[1].message.contains(
+            "default/web already exists: Service default/web (a.yaml document 1) keeps it"
+        ));
 
         // creationTimestamp decides before file order: the older one, in the later file, keeps it.
         let stamped = |yaml: &str, t: &str| {
@@ -683,8 +844,17 @@ mod tests {
         let mut refused = Vec::new();
         let kept = admit_services(
             vec![
-                (origin("clash", "a.yaml document 1"), stamped("metadata: {name: clash}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}", "2021-01-01T00:00:00Z")),
-                (origin("web", "b.yaml document 1"), stamped(WEB, "2020-01-01T00:00:00Z")),
+                (
+                    origin("clash", "a.yaml document 1"),
+                    stamped(
+                        "metadata: {name: clash}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}",
+                        "2021-01-01T00:00:00Z",
+                    ),
+                ),
+                (
+                    origin("web", "b.yaml document 1"),
+                    stamped(WEB, "2020-01-01T00:00:00Z"),
+                ),
             ],
             &rules,
             &mut refused,
@@ -695,7 +865,9 @@ mod tests {
 
         // nodePorts: one per port number across services, whatever the protocol.
         let np = |name: &str, proto: &str| {
-            svc(&format!("metadata: {{name: {name}}}\nspec: {{type: NodePort, ports: [{{port: 80, protocol: {proto}, nodePort: 30080}}]}}"))
+            svc(&format!(
+                "metadata: {{name: {name}}}\nspec: {{type: NodePort, ports: [{{port: 80, protocol: {proto}, nodePort: 30080}}]}}"
+            ))
         };
         let mut refused = Vec::new();
         let kept = admit_services(
@@ -708,11 +880,20 @@ mod tests {
         );
         assert_eq!(kept.len(), 1);
         assert_eq!(refused[0].reason, Reason::DuplicateNodePort);
-        assert!(refused[0].message.contains("nodePort 30080 belongs to Service default/a"));
+        assert!(
+            refused[0]
+                .message
+                .contains("nodePort 30080 belongs to Service default/a")
+        );
         // One service may use one nodePort for TCP and UDP.
-        let both = svc("metadata: {name: dns}\nspec: {type: NodePort, ports: [{name: u, port: 53, protocol: UDP, nodePort: 30053}, {name: t, port: 53, protocol: TCP, nodePort: 30053}]}");
+        let both = svc(
+            "metadata: {name: dns}\nspec: {type: NodePort, ports: [{name: u, port: 53, protocol: UDP, nodePort: 30053}, {name: t, port: 53, protocol: TCP, nodePort: 30053}]}",
+        );
         let mut refused = Vec::new();
-        assert_eq!(admit_services(vec![(origin("dns", "d"), both)], &rules, &mut refused).len(), 1);
+        assert_eq!(
+            admit_services(vec![(origin("dns", "d"), both)], &rules, &mut refused).len(),
+            1
+        );
         assert!(refused.is_empty(), "{refused:?}");
     }
 }

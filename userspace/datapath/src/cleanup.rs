@@ -36,7 +36,10 @@ pub enum CleanupError {
         "refusing to clean up {root}: it holds what petrel did not create ({}); nothing was removed",
         list(.entries)
     )]
-    Foreign { root: PathBuf, entries: Vec<PathBuf> },
+    Foreign {
+        root: PathBuf,
+        entries: Vec<PathBuf>,
+    },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -84,8 +87,9 @@ pub fn is_link_pin(name: &str) -> bool {
         datapath::PROG_TC_EXTERNAL_INGRESS,
         datapath::PROG_TC_EXTERNAL_EGRESS,
     ];
-    name.split_once('@')
-        .is_some_and(|(prog, iface)| tc.contains(&prog) && !iface.is_empty() && !iface.contains('/'))
+    name.split_once('@').is_some_and(|(prog, iface)| {
+        tc.contains(&prog) && !iface.is_empty() && !iface.contains('/')
+    })
 }
 
 /// The pins petrel would remove under `root`, or why it refuses. Reads only.
@@ -145,7 +149,10 @@ fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, bool)>, CleanupError> {
     let mut out = Vec::new();
     for e in fs::read_dir(dir).map_err(io_err("listing", dir))? {
         let e = e.map_err(io_err("listing", dir))?;
-        let is_dir = e.file_type().map_err(io_err("reading", &e.path()))?.is_dir();
+        let is_dir = e
+            .file_type()
+            .map_err(io_err("reading", &e.path()))?
+            .is_dir();
         out.push((e.path(), is_dir));
     }
     Ok(out)
@@ -165,10 +172,9 @@ pub fn remove(root: &Path) -> Result<Removed, CleanupError> {
         }
     }
     for dir in [root.join("links"), root.join("maps"), root.to_path_buf()] {
-        match fs::remove_dir(&dir) {
-            Ok(()) => removed.dirs.push(dir),
-            // Missing, or not empty (something was pinned meanwhile): left alone.
-            Err(_) => {}
+        // Missing, or not empty (something was pinned meanwhile): left alone.
+        if fs::remove_dir(&dir).is_ok() {
+            removed.dirs.push(dir);
         }
     }
     Ok(removed)
@@ -186,10 +192,20 @@ mod tests {
         for bad in ["SERVICES_V9", "services_v1", "", "cilium_lb4_services_v2"] {
             assert!(!is_map_pin(bad), "{bad}");
         }
-        for ok in ["sock_connect4", "tc_pod_ingress@pet1a2b", "tc_external_egress@eth0%100"] {
+        for ok in [
+            "sock_connect4",
+            "tc_pod_ingress@pet1a2b",
+            "tc_external_egress@eth0%100",
+        ] {
             assert!(is_link_pin(ok), "{ok}");
         }
-        for bad in ["tc_pod_ingress@", "tc_other@eth0", "sock_connect6", "eth0", "x@y"] {
+        for bad in [
+            "tc_pod_ingress@",
+            "tc_other@eth0",
+            "sock_connect6",
+            "eth0",
+            "x@y",
+        ] {
             assert!(!is_link_pin(bad), "{bad}");
         }
     }
@@ -211,6 +227,9 @@ mod tests {
         let e = remove(&file).expect_err("a file");
         assert!(matches!(e, CleanupError::NotADirectory { .. }), "{e}");
         assert!(file.exists());
-        assert_eq!(remove(&dir.path().join("absent")).expect("absent"), Removed::default());
+        assert_eq!(
+            remove(&dir.path().join("absent")).expect("absent"),
+            Removed::default()
+        );
     }
 }

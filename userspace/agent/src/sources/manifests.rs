@@ -220,7 +220,12 @@ pub struct Loaded {
     pub refused: Vec<Refusal>,
 }
 
-fn origin(kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, file: &Path, doc: usize) -> Origin {
+fn origin(
+    kind: &str,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    file: &Path,
+    doc: usize,
+) -> Origin {
     Origin {
         object: format!(
             "{kind} {}/{}",
@@ -347,7 +352,10 @@ impl Watcher {
         self.logged = logged;
         for reason in Reason::ALL {
             let n = loaded.refused.iter().filter(|r| r.reason == reason).count();
-            metrics.manifest_refused.get_or_create(&label(reason)).set(n as i64);
+            metrics
+                .manifest_refused
+                .get_or_create(&label(reason))
+                .set(n as i64);
         }
         let m = loaded.manifests;
         tracing::info!(dir = %dir.display(), services = m.services.len(), endpointslices = m.slices.len(), skipped = loaded.errors.len(), refused = loaded.refused.len(), "manifests read");
@@ -436,7 +444,10 @@ ports: [{name: http, port: 8080, protocol: TCP}]
             ("zero.yaml", "not a regular file (a character device)"),
             ("dir.yaml", "not a regular file (a directory)"),
             ("fifo.yaml", "not a regular file (a FIFO)"),
-            ("big.yaml", "over the limit of 4194304 bytes per manifest file"),
+            (
+                "big.yaml",
+                "over the limit of 4194304 bytes per manifest file",
+            ),
         ] {
             let e = read(name).expect_err(name);
             assert!(e.reason.contains(want), "{name}: {e}");
@@ -473,7 +484,11 @@ ports: [{name: http, port: 8080, protocol: TCP}]
         let r = &l.refused[0];
         assert!(r.place.ends_with("b.yaml document 1"), "{r:?}");
         assert_eq!(r.object, "Service default/wrap");
-        assert!(r.message.contains("spec.ports[0].port: Invalid value: 70000"), "{r:?}");
+        assert!(
+            r.message
+                .contains("spec.ports[0].port: Invalid value: 70000"),
+            "{r:?}"
+        );
     }
 
     #[test]
