@@ -325,7 +325,7 @@ pub fn default_ct_max_flows() -> u32 {
 const CT_MAX_FLOWS: std::ops::RangeInclusive<u32> = 1024..=8 * 1024 * 1024;
 
 /// Bounds of --services-map-size (entries; one per frontend plus one per backend slot).
-const SERVICES_MAP_SIZE: std::ops::RangeInclusive<u32> = 1024..=64 * 1024 * 1024;
+const SERVICES_MAP_SIZE: std::ops::RangeInclusive<u32> = 1..=64 * 1024 * 1024;
 /// Bounds of --maglev-size (Cilium's smallest and largest table sizes).
 const MAGLEV_SIZE: std::ops::RangeInclusive<u32> = 251..=131_071;
 const MAGLEV_RINGS: std::ops::RangeInclusive<u32> = 1..=65_536;
