@@ -112,8 +112,22 @@ fn port(ctx: &TcContext, off: usize) -> Result<u16, i64> {
     if off == NO_PORT { Ok(0) } else { ctx.load(off) }
 }
 
+/// The packet's headers. A packet shorter than the headers it announces (a header cut short,
+/// an IHL past the end) is malformed: counted and passed untouched like one with a bad IHL,
+/// never dropped as a rewrite error.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Packet, i64> {
+pub fn parse(ctx: &TcContext) -> Packet {
+    match parse_headers(ctx) {
+        Ok(p) => p,
+        Err(_) => {
+            count(stat::MALFORMED);
+            Packet::Other
+        }
+    }
+}
+
+#[inline(always)]
+fn parse_headers(ctx: &TcContext) -> Result<Packet, i64> {
     let eth_proto: u16 = ctx.load(12)?;
     if eth_proto != ETH_P_IP_BE {
         return Ok(Packet::Other);
