@@ -175,7 +175,10 @@ fn lint(env: &setup::Env) -> anyhow::Result<()> {
         "cargo",
         &["fmt", "--manifest-path", fuzz_manifest, "--all", "--check"],
     )?;
-    let target_dir = env.target_dir.to_str().context("non-UTF-8 target dir")?;
+    // The main workspace's target folder (its own would be tests/fuzz/target).
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| env.target_dir.clone(), PathBuf::from);
+    let target_dir = target_dir.to_str().context("non-UTF-8 target dir")?;
     run(
         env,
         "cargo",

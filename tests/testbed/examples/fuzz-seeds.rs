@@ -146,7 +146,8 @@ fn cni_seeds(root: &Path) {
         c[k] = v;
         c.to_string()
     };
-    let bad: [(&str, Vec<(&str, &str)>, String); 12] = [
+    type Row<'a> = (&'a str, Vec<(&'a str, &'a str)>, String);
+    let bad: [Row; 12] = [
         ("bad-json", attach("ADD"), "{not json".into()),
         (
             "bad-version",
