@@ -114,8 +114,14 @@ fn run_one(env: &setup::Env, root: &Path, target: &str, secs: u64) -> anyhow::Re
             .find_map(|l| l.split("Test unit written to ").nth(1))
             .map(str::trim)
             .map(str::to_string);
-        let tail: Vec<&str> = text.lines().rev().take(40).collect();
-        eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        let lines: Vec<&str> = text.lines().collect();
+        // What failed (a panic's message, a sanitizer's report), then how libFuzzer ended.
+        for (i, l) in lines.iter().enumerate() {
+            if l.contains("panicked at") || l.contains("ERROR: AddressSanitizer") {
+                eprintln!("{}", lines[i..lines.len().min(i + 3)].join("\n"));
+            }
+        }
+        eprintln!("{}", lines[lines.len().saturating_sub(12)..].join("\n"));
         match crash {
             Some(input) => bail!(
                 "fuzz target {target} crashed ({status}); the input is {input} (reproduce: {} {input}); full log {}",
