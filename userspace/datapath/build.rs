@@ -34,7 +34,11 @@ fn main() -> anyhow::Result<()> {
     // aya-ebpf needs #![feature(asm_experimental_arch)]. RUSTC_BOOTSTRAP=1 would make aya-build add
     // `-Z build-std=core` (needs rust-src, which cannot be had here); naming only the crate that
     // needs the feature keeps aya-build on the prebuilt-sysroot path.
-    if std::env::var_os("RUSTC_BOOTSTRAP").is_none() {
+    // cargo-fuzz (tests/fuzz) builds with RUSTC_BOOTSTRAP=1 for its sanitizer flags, which reach
+    // this script too; the eBPF build still wants only the one gate (`--cfg fuzzing` tells).
+    println!("cargo:rerun-if-env-changed=RUSTC_BOOTSTRAP");
+    let fuzzing = std::env::var_os("CARGO_CFG_FUZZING").is_some();
+    if fuzzing || std::env::var_os("RUSTC_BOOTSTRAP").is_none() {
         // SAFETY: build scripts are single-threaded here.
         unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "aya_ebpf") };
     }

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the only place that knows how petrel is built and tested.
 //! Every command runs `setup` first, so a fresh machine needs nothing but these commands.
 
+mod fuzz;
 mod setup;
 
 use std::{
@@ -32,12 +33,23 @@ enum Cmd {
     Build,
     /// rustfmt and clippy (-D warnings) for the host crates and the eBPF crate.
     Lint,
-    /// Every test: lints, unit tests, then the privileged tests (root, network namespaces, real
-    /// kube-apiserver).
+    /// Every test: lints, unit tests, the privileged tests (root, network namespaces, real
+    /// kube-apiserver), then each fuzz target for 20 s.
     Test {
         /// Extra arguments for the privileged test binary (a test name filter, --nocapture, ...).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Fuzzing (tests/fuzz, libFuzzer with AddressSanitizer): builds the targets and runs each
+    /// for `--secs` on a copy of its seed corpus; fails on a crash, naming the input. The
+    /// tc_packets target needs root.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// One target (cni_config, manifests, tc_packets); all when left out.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS))]
+        target: Option<String>,
     },
     /// The main job on one machine: a throw-away simulated node in network namespaces with the
     /// datapath loaded, a service VIP answering, and everything removed at the end.
@@ -69,6 +81,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { args } => {
             let env = setup::run(&root, true)?;
             test(&env, &args)
+        }
+        Cmd::Fuzz { secs, target } => {
+            let env = setup::run(&root, false)?;
+            let targets: Vec<&str> = match &target {
+                Some(t) => vec![t.as_str()],
+                None => fuzz::TARGETS.to_vec(),
+            };
+            fuzz::run(&env, &root, secs, &targets)
         }
         Cmd::Demo => {
             let env = setup::run(&root, false)?;
@@ -148,6 +168,32 @@ fn lint(env: &setup::Env) -> anyhow::Result<()> {
             "warnings",
         ],
     )?;
+    // The fuzz targets: a workspace of their own (tests/fuzz), checked as a plain build.
+    let fuzz_manifest = "tests/fuzz/Cargo.toml";
+    run(
+        env,
+        "cargo",
+        &["fmt", "--manifest-path", fuzz_manifest, "--all", "--check"],
+    )?;
+    // The main workspace's target folder (its own would be tests/fuzz/target).
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| env.target_dir.clone(), PathBuf::from);
+    let target_dir = target_dir.to_str().context("non-UTF-8 target dir")?;
+    run(
+        env,
+        "cargo",
+        &[
+            "clippy",
+            "--manifest-path",
+            fuzz_manifest,
+            "--target-dir",
+            target_dir,
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
     // The eBPF crate with Debian's clippy (same compiler as its build) for the BPF target.
     // RUSTC_BOOTSTRAP names only aya_ebpf, the one crate that needs a feature gate (see
     // userspace/datapath/build.rs).
@@ -208,8 +254,13 @@ fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
     build_bins(env, &["petrel-testbed"], &["petrel-cni/test-hooks"])?;
     let mut args = vec!["test", "--release", "-p", "petrel-tests", "--"];
     args.extend(extra.iter().map(String::as_str));
-    run(env, "cargo", &args)
+    run(env, "cargo", &args)?;
+    // Each fuzz target briefly: a regression in a parser's robustness fails the run.
+    fuzz::run(env, &workspace_root(), FUZZ_SECS_IN_TEST, &fuzz::TARGETS)
 }
+
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SECS_IN_TEST: u64 = 20;
 
 /// The product's binaries (petrel-cni, petrel-agent, netctl) and those of `extra` packages, in
 /// release mode, with `features` on.

@@ -9,6 +9,8 @@
 //!   folder holding a single symlink (llvm-NN-dev is not needed);
 //! - Debian's rustc/cargo/clippy are linked as the rustup toolchain `debian-web`, which
 //!   userspace/datapath/build.rs hands to aya-build.
+//!
+//! cargo-fuzz is installed from the crates registry next to bpf-linker (`cargo xtask fuzz`).
 
 use std::{
     fs,
@@ -21,6 +23,9 @@ use anyhow::{Context as _, bail};
 
 pub const EBPF_TOOLCHAIN: &str = "debian-web";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// `cargo fuzz` (libFuzzer driver) for `cargo xtask fuzz`; runs on the stable toolchain (the
+/// fuzz build sets RUSTC_BOOTSTRAP=1 for AddressSanitizer's `-Zsanitizer`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Debian packages, each with why it is needed.
 const PACKAGES: &[(&str, &str)] = &[
@@ -109,6 +114,7 @@ pub fn run(root: &Path, with_kube: bool) -> anyhow::Result<Env> {
     };
     debian_packages()?;
     bpf_linker(&env.tools)?;
+    cargo_fuzz(&env.tools)?;
     toolchain_link(&env.tools)?;
     bpffs()?;
     if with_kube {
@@ -216,6 +222,28 @@ fn bpf_linker(tools: &Path) -> anyhow::Result<()> {
         bail!("cargo install bpf-linker failed ({status})");
     }
     fs::write(&stamp_path, stamp)?;
+    Ok(())
+}
+
+fn cargo_fuzz(tools: &Path) -> anyhow::Result<()> {
+    let bin = tools.join("bin/cargo-fuzz");
+    let installed = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION));
+    if installed {
+        return Ok(());
+    }
+    eprintln!("==> setup: cargo install cargo-fuzz@{CARGO_FUZZ_VERSION} (about a minute)");
+    let status = Command::new("cargo")
+        .args(["install", "--locked", "--quiet", "--root"])
+        .arg(tools)
+        .arg(format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"))
+        .status()
+        .context("running cargo install")?;
+    if !status.success() {
+        bail!("cargo install cargo-fuzz failed ({status})");
+    }
     Ok(())
 }
 

@@ -29,7 +29,7 @@ use crate::{
 #[inline(always)]
 pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
     count(stat::TC_SEEN);
-    let f = match nat::parse(ctx)? {
+    let f = match nat::parse(ctx) {
         Packet::Flow(f) => f,
         Packet::IcmpError(e) => return icmp_error(ctx, &e),
         Packet::Other => return Ok(TC_ACT_OK),
@@ -227,17 +227,17 @@ fn icmp_error(ctx: &mut TcContext, e: &IcmpError) -> Result<i32, i64> {
 /// CIDR that reaches the pod however it got here (routed, DNATed by netfilter for a hostPort,
 /// SNATed by another node) is tracked as inbound, so the pod's answers are never masqueraded.
 #[inline(always)]
-pub fn handle_pod_egress(ctx: &mut TcContext) -> Result<i32, i64> {
-    let Packet::Flow(f) = nat::parse(ctx)? else {
-        return Ok(TC_ACT_OK);
+pub fn handle_pod_egress(ctx: &mut TcContext) -> i32 {
+    let Packet::Flow(f) = nat::parse(ctx) else {
+        return TC_ACT_OK;
     };
     if !masq::applies(f.daddr_be, f.saddr_be) {
-        return Ok(TC_ACT_OK);
+        return TC_ACT_OK;
     }
     let now = ct::now_s();
     let key = nat::key(&f, CT_DIR_FORWARD);
     if ct::hit(&key, ct::seen_bits(f.tcp_flags), now).is_some() {
-        return Ok(TC_ACT_OK);
+        return TC_ACT_OK;
     }
     // Answers on connections petrel translated (a masqueraded flow's replies, NodePort traffic
     // kept from its client) already have entries: the pod's side of them is their reply key.
@@ -245,10 +245,10 @@ pub fn handle_pod_egress(ctx: &mut TcContext) -> Result<i32, i64> {
     if unsafe { CONNTRACK.get(nat::reversed(&f, CT_DIR_REPLY)) }.is_some()
         || unsafe { CONNTRACK.get(nat::reversed(&f, CT_DIR_FORWARD)) }.is_some()
     {
-        return Ok(TC_ACT_OK);
+        return TC_ACT_OK;
     }
     masq::note_inbound(&f, &key, now);
-    Ok(TC_ACT_OK)
+    TC_ACT_OK
 }
 
 /// Egress of the node's external interfaces: answers of a host-network backend on this node
@@ -256,7 +256,7 @@ pub fn handle_pod_egress(ctx: &mut TcContext) -> Result<i32, i64> {
 /// without passing any pod veth; make them come from the frontend.
 #[inline(always)]
 pub fn handle_egress(ctx: &mut TcContext) -> Result<i32, i64> {
-    let Packet::Flow(f) = nat::parse(ctx)? else {
+    let Packet::Flow(f) = nat::parse(ctx) else {
         return Ok(TC_ACT_OK);
     };
     let key = nat::key(&f, CT_DIR_REPLY);

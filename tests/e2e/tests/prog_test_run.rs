@@ -384,6 +384,36 @@ fn udp_without_checksum_keeps_it_zero() {
     });
 }
 
+/// Found by the tc_packets fuzz target: a packet cut short inside the headers its IPv4 header
+/// announces was dropped as a rewrite error (17 bytes of TCP: up to the flags, not the
+/// checksum). It is malformed: counted, and passed untouched.
+#[test]
+fn a_packet_shorter_than_its_headers_passes_as_malformed() {
+    isolated(|| {
+        let mut f = Fixture::new();
+        let whole = tcp(sa(CLIENT, 40200), sa([10, 96, 0, 1], 80), SYN);
+        let mut cases = Vec::new();
+        for l4_len in [2usize, 6, 12, 17] {
+            // TCP header cut after `l4_len` bytes, the IPv4 total length saying so.
+            let mut p = whole[..34 + l4_len].to_vec();
+            p[16..18].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+            cases.push(p);
+        }
+        let mut ihl = whole.clone();
+        ihl[14] = 0x4f; // a 60-byte IPv4 header in a 54-byte frame
+        cases.push(ihl);
+        for p in &cases {
+            for external in [false, true] {
+                let malformed = f.stat("malformed");
+                let (verdict, output) = f.run(external, p);
+                assert_eq!((verdict, &output), (OK, p), "passed untouched: {p:02x?}");
+                assert_eq!(f.stat("malformed"), malformed + 1, "counted: {p:02x?}");
+            }
+        }
+        assert_eq!(f.stat("drop_rewrite_error"), 0);
+    });
+}
+
 #[test]
 fn non_ipv4_passes_untouched() {
     isolated(|| {

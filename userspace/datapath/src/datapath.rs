@@ -336,6 +336,16 @@ impl Datapath {
         } else {
             PROG_TC_POD_INGRESS
         };
+        self.test_run_tc_program(name, packet)
+    }
+
+    /// `test_run_tc` for any of the four TC programs by name (`PROG_TC_*`): the fuzz target
+    /// runs the egress ones too.
+    pub fn test_run_tc_program(
+        &mut self,
+        name: &'static str,
+        packet: &[u8],
+    ) -> Result<(u32, Vec<u8>), DatapathError> {
         let prog: &mut SchedClassifier = self.program(name)?;
         let mut out = vec![0u8; packet.len().max(128) + 64];
         let mut opts = aya::TestRunOptions::new();
