@@ -33,4 +33,11 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends iproute2 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ /usr/local/bin/
+# deploy/image-contents lists every file the image must hold; `cargo xtask image` (the test
+# cluster's registry-less image, tests/realnode/image.sh) packs exactly that list, so the two
+# images have the same files. Refuse to build an image lacking one.
+COPY deploy/image-contents /usr/local/share/petrel/image-contents
+RUN awk '!/^#/ && NF {print $1}' /usr/local/share/petrel/image-contents | while read -r f; do \
+      test -x "$f" || { echo "the image lacks $f (deploy/image-contents)" >&2; exit 1; }; \
+    done
 ENTRYPOINT ["/usr/local/bin/petrel-agent"]
