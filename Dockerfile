@@ -27,8 +27,8 @@ RUN cargo build --release --locked -p petrel-agent -p petrel-netctl -p petrel-cn
  && install -m 0755 target/release/petrel-agent target/release/netctl target/release/petrel-cni /out/
 
 FROM debian:bookworm-slim
-# iproute2 (ip, tc, bridge) to look at what the agent programmed from inside the pod; mount and
-# mountpoint (the bpffs init container) are in util-linux, which the slim image has.
+# iproute2 (ip, tc, bridge) to look at what the agent programmed from inside the pod; sh and
+# mount (the bpffs init container) are in the slim image.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends iproute2 \
  && rm -rf /var/lib/apt/lists/*

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real Kubernetes v1.20.2 cluster on this machine, for `cargo xtask cluster` and the real-cluster
 # tests (tests/e2e/tests/realnode.rs). No kube-proxy and no CNI: petrel is installed on it with
-# `kubectl apply -k deploy/overlays/test-cluster`.
+# `kubectl apply -k tests/realnode/overlay`.
 #
 #   cluster.sh up [NODES]     control plane + NODES nodes (default 2); waits until every node
 #                             registered (they stay NotReady until a CNI writes its conflist)

@@ -2,7 +2,7 @@
 //! machine (tests/realnode/cluster.sh: control plane, and per node a network and mount namespace
 //! with its own containerd and kubelet), petrel's image built without a registry
 //! (tests/realnode/image.sh) and imported into every node, and petrel installed the way users
-//! install it: `kubectl apply -k deploy/overlays/test-cluster`.
+//! install it: `kubectl apply -k tests/realnode/overlay`.
 
 use std::{
     path::{Path, PathBuf},
@@ -82,7 +82,7 @@ pub fn up(env: &Env, root: &Path, nodes: u32, petrel: bool) -> anyhow::Result<()
     args.extend(archives.iter().map(String::as_str));
     cluster_sh(env, root, &args)?;
     if petrel {
-        let overlay = root.join("deploy/overlays/test-cluster");
+        let overlay = root.join("tests/realnode/overlay");
         let overlay = overlay.to_str().context("non-UTF-8 repository path")?;
         cluster_sh(env, root, &["kubectl", "apply", "-k", overlay])?;
         cluster_sh(

@@ -66,7 +66,7 @@ enum Cmd {
 #[derive(Subcommand)]
 enum ClusterCmd {
     /// Builds what is missing, brings the cluster up, imports the images and installs petrel
-    /// with `kubectl apply -k deploy/overlays/test-cluster`.
+    /// with `kubectl apply -k tests/realnode/overlay`.
     Up {
         /// How many nodes (the first also runs the control plane).
         #[arg(long, default_value_t = 2)]
