@@ -344,7 +344,7 @@ case ${1:-} in
   up) shift; cmd_up "$@" ;;
   down) cmd_down ;;
   import) shift; import_images "$@" ;;
-  kubectl) shift; kc "$@" ;;
+  kubectl) shift; exec nsenter --net="/run/netns/$(node 1)" "$KUBE_BIN/kubectl" --kubeconfig "$W/cp/kubeconfig" "$@" ;;
   status) kc get nodes -o wide; kc get pods -A -o wide ;;
   *) die "usage: cluster.sh up [NODES] | import TAR... | down | kubectl ARGS | status" ;;
 esac
