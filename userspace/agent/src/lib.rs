@@ -21,3 +21,4 @@ pub mod sock_term;
 pub mod sources;
 pub mod sync;
 pub mod topology;
+pub mod uninstall;
