@@ -26,8 +26,15 @@ pub const PLUGIN_TYPE: &str = "petrel-cni";
 /// The network name of the conflist the agent writes.
 pub const NETWORK_NAME: &str = "petrel";
 
-/// The `cniVersion` of the conflist the agent writes.
-pub const CONFLIST_CNI_VERSION: &str = "1.1.0";
+/// The `cniVersion` of the conflist the agent writes unless told otherwise: the newest that the
+/// common runtimes read. containerd 1.6 (libcni 1.1) and CRI-O 1.2x read up to 1.0.0, and so do
+/// Debian's reference plugins (portmap is second in the list); a 1.1.0 conflist makes them fail
+/// every pod ("incompatible CNI versions").
+pub const CONFLIST_CNI_VERSION: &str = "1.0.0";
+
+/// The `cniVersion`s the agent can write a conflist in: those petrel-cni and portmap both
+/// answer and that carry what the conflist needs (chained `prevResult`, CHECK from 0.4.0).
+pub const CONFLIST_CNI_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
 
 /// petrel-cni's entry of a conflist: the fields that are ours. The runtime adds `cniVersion`,
 /// `name`, `prevResult` and the GC attachments when it calls the plugin (see `config::NetConf`).
@@ -73,11 +80,11 @@ impl PluginConf {
 /// hostPort.
 ///
 /// Panics if `pod_cidr_file` is not UTF-8 (JSON cannot carry it), as the agent always has.
-pub fn conflist(pod_cidr_file: &Path, mtu: u32) -> serde_json::Value {
+pub fn conflist(pod_cidr_file: &Path, mtu: u32, cni_version: &str) -> serde_json::Value {
     let plugin = serde_json::to_value(PluginConf::for_agent(pod_cidr_file, mtu))
         .expect("the pod CIDR file path is UTF-8");
     serde_json::json!({
-        "cniVersion": CONFLIST_CNI_VERSION,
+        "cniVersion": cni_version,
         "name": NETWORK_NAME,
         "plugins": [
             plugin,
@@ -87,8 +94,9 @@ pub fn conflist(pod_cidr_file: &Path, mtu: u32) -> serde_json::Value {
 }
 
 /// The conflist file's contents, byte for byte what the agent writes (pretty JSON, final newline).
-pub fn conflist_text(pod_cidr_file: &Path, mtu: u32) -> String {
-    serde_json::to_string_pretty(&conflist(pod_cidr_file, mtu)).expect("serialisable") + "\n"
+pub fn conflist_text(pod_cidr_file: &Path, mtu: u32, cni_version: &str) -> String {
+    serde_json::to_string_pretty(&conflist(pod_cidr_file, mtu, cni_version)).expect("serialisable")
+        + "\n"
 }
 
 #[cfg(test)]
@@ -111,13 +119,18 @@ mod tests {
     #[test]
     fn conflist_is_byte_for_byte_what_the_agent_wrote() {
         let f = Path::new("/var/lib/petrel/cni/pod-cidr");
-        assert_eq!(conflist_text(f, 1450), untyped(f, 1450));
-        assert_eq!(conflist_text(f, 65535), untyped(f, 65535));
+        assert_eq!(conflist_text(f, 1450, "1.1.0"), untyped(f, 1450));
+        assert_eq!(conflist_text(f, 65535, "1.1.0"), untyped(f, 65535));
+        // Only the version changes with the setting.
+        assert_eq!(
+            conflist_text(f, 1450, CONFLIST_CNI_VERSION),
+            untyped(f, 1450).replace("\"1.1.0\"", "\"1.0.0\"")
+        );
     }
 
     #[test]
     fn the_plugin_entry_round_trips() {
-        let c = conflist(Path::new(DEFAULT_POD_CIDR_FILE), 1500);
+        let c = conflist(Path::new(DEFAULT_POD_CIDR_FILE), 1500, CONFLIST_CNI_VERSION);
         let p: PluginConf = serde_json::from_value(c["plugins"][0].clone()).expect("parse");
         assert_eq!(
             p,

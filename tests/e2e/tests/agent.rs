@@ -415,6 +415,8 @@ fn follows_services_and_endpointslices_from_the_api_server() {
             )
             .expect("json");
             assert_eq!(conf["plugins"][0]["type"], "petrel-cni");
+            // The default version: what containerd 1.6 and the reference plugins read.
+            assert_eq!(conf["cniVersion"], "1.0.0");
             assert_eq!(
                 conf["plugins"][0]["podCIDRFile"],
                 cni.join("pod-cidr").display().to_string()
@@ -534,6 +536,17 @@ where
 
 /// Node n1, a service `web` (port 80 -> 8080) and its slice with `backends`; returns the VIP.
 async fn create_web(client: &kube::Client, backends: &[Ipv4Addr]) -> SocketAddrV4 {
+    let vip = create_web_service(client).await;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    slices
+        .create(&PostParams::default(), &slice(backends))
+        .await
+        .expect("slice");
+    vip
+}
+
+/// Node n1 and the service `web` (port 80 -> 8080), no slice; returns the VIP.
+async fn create_web_service(client: &kube::Client) -> SocketAddrV4 {
     let nodes: Api<Node> = Api::all(client.clone());
     let node = Node {
         metadata: ObjectMeta {
@@ -580,12 +593,105 @@ async fn create_web(client: &kube::Client, backends: &[Ipv4Addr]) -> SocketAddrV
         .expect("clusterIP")
         .parse()
         .expect("v4");
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    slices
-        .create(&PostParams::default(), &slice(backends))
-        .await
-        .expect("slice");
     SocketAddrV4::new(ip, 80)
+}
+
+/// The slice of `web` as a 1.20 EndpointSlice controller writes it: discovery.k8s.io/v1beta1,
+/// the node in `topology`.
+fn slice_v1beta1(backends: &[Ipv4Addr]) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1beta1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "web-1", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": backends.iter().map(|b| serde_json::json!({
+            "addresses": [b.to_string()],
+            "conditions": {"ready": true},
+            "topology": {"kubernetes.io/hostname": "n1"},
+        })).collect::<Vec<_>>(),
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    })
+}
+
+#[test]
+fn a_1_20_server_feeds_the_agent_v1beta1_endpointslices() {
+    use kube::{
+        api::{ApiResource, DynamicObject, GroupVersionKind},
+        core::ObjectList,
+    };
+    let f = Arc::new(Fixture::new());
+    in_node(&f, |f| async move {
+        let server = KubeApiServer::start_v1beta1().await;
+        let client = server.client().await;
+        // The server really is a 1.20 one: no v1 EndpointSlices.
+        let v1: Api<EndpointSlice> = Api::all(client.clone());
+        assert!(v1.list(&Default::default()).await.is_err());
+        let gvk = GroupVersionKind::gvk("discovery.k8s.io", "v1beta1", "EndpointSlice");
+        let ar = ApiResource::from_gvk_with_plural(&gvk, "endpointslices");
+        let slices: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+        let vip = create_web_service(&client).await;
+        let obj: DynamicObject =
+            serde_json::from_value(slice_v1beta1(&[B0, B1])).expect("dynamic object");
+        slices
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("create v1beta1 slice");
+        let listed: ObjectList<DynamicObject> =
+            slices.list(&Default::default()).await.expect("list");
+        assert_eq!(listed.items.len(), 1);
+
+        let agent = f.agent(&[
+            "--kubeconfig".into(),
+            server.kubeconfig().display().to_string(),
+        ]);
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("the VIP answers", 30, || fb.get(vip).is_ok());
+            assert_eq!(
+                fb.servers(vip, 16),
+                BTreeSet::from(["b0".to_string(), "b1".to_string()])
+            );
+        })
+        .await
+        .expect("traffic");
+        assert!(
+            agent.log().contains("V1beta1"),
+            "the agent says which version it reads:\n{}",
+            agent.log()
+        );
+
+        // A change of the v1beta1 slice reaches the datapath.
+        let mut current = slices.get("web-1").await.expect("get");
+        let mut changed: DynamicObject =
+            serde_json::from_value(slice_v1beta1(&[B1])).expect("dynamic object");
+        changed.metadata.resource_version = current.metadata.resource_version.take();
+        slices
+            .replace("web-1", &PostParams::default(), &changed)
+            .await
+            .expect("replace");
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || fb.wait_only_b1(vip, "only b1 is left", 15))
+            .await
+            .expect("update");
+        // And its deletion: no backend, the VIP refuses.
+        slices
+            .delete("web-1", &DeleteParams::default())
+            .await
+            .expect("delete");
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("no backend left", 15, || {
+                fb.frontend(vip)
+                    .is_some_and(|s| s["backends"].as_array().is_some_and(|b| b.is_empty()))
+            });
+            assert!(fb.get(vip).is_err());
+        })
+        .await
+        .expect("delete");
+        drop(agent);
+        drop(server);
+    });
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //! v1.20 has no built-in discovery.k8s.io/v1, so the server starts with the v1beta1 group off and
 //! EndpointSlice v1 is served by a CRD (tests/testbed/fixtures/endpointslice-v1-crd.yaml). No
 //! controller-manager runs: tests create Services, EndpointSlices and Nodes themselves.
+//! `start_v1beta1` starts it as a 1.20 cluster really is: built-in discovery.k8s.io/v1beta1
+//! EndpointSlices, no v1.
 
 use std::{
     fs,
@@ -26,6 +28,15 @@ use kube::{
 
 const CRD: &str = include_str!("../fixtures/endpointslice-v1-crd.yaml");
 const TOKEN: &str = "petrel-test-token";
+
+/// Which EndpointSlice API the server serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slices {
+    /// discovery.k8s.io/v1 from the CRD, the built-in v1beta1 off.
+    V1Crd,
+    /// The built-in discovery.k8s.io/v1beta1 only (what 1.20 serves).
+    V1beta1,
+}
 
 pub struct KubeApiServer {
     dir: tempfile::TempDir,
@@ -89,6 +100,15 @@ impl KubeApiServer {
     /// namespace, so that simulated nodes in other namespaces can reach it); etcd stays on
     /// 127.0.0.1. Processes started here live in the calling thread's namespace.
     pub async fn start_on(addr: Ipv4Addr) -> KubeApiServer {
+        Self::start_with(addr, Slices::V1Crd).await
+    }
+
+    /// As `start`, serving EndpointSlices as a 1.20 server does: discovery.k8s.io/v1beta1 only.
+    pub async fn start_v1beta1() -> KubeApiServer {
+        Self::start_with(Ipv4Addr::LOCALHOST, Slices::V1beta1).await
+    }
+
+    async fn start_with(addr: Ipv4Addr, slices: Slices) -> KubeApiServer {
         let bin = bin_dir().join("kube-apiserver");
         assert!(
             bin.exists(),
@@ -181,7 +201,7 @@ impl KubeApiServer {
             "--quota-backend-bytes=8589934592".into(),
         ];
         let etcd = spawn(Path::new("etcd"), &etcd_args, &d.join("etcd.log"));
-        let api_args: Vec<String> = vec![
+        let mut api_args: Vec<String> = vec![
             format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
             format!("--bind-address={addr}"),
             format!("--advertise-address={addr}"),
@@ -199,9 +219,11 @@ impl KubeApiServer {
             "--disable-admission-plugins=ServiceAccount".into(),
             "--endpoint-reconciler-type=none".into(),
             "--allow-privileged=true".into(),
-            // 1.20 serves EndpointSlice only as v1beta1: switch it off so the v1 CRD can serve.
-            "--runtime-config=discovery.k8s.io/v1beta1=false".into(),
         ];
+        if slices == Slices::V1Crd {
+            // 1.20 serves EndpointSlice only as v1beta1: switch it off so the v1 CRD can serve.
+            api_args.push("--runtime-config=discovery.k8s.io/v1beta1=false".into());
+        }
         let apiserver = spawn(&bin, &api_args, &d.join("apiserver.log"));
         fs::write(
             d.join("kubeconfig"),
@@ -219,7 +241,7 @@ impl KubeApiServer {
             args: api_args,
             port,
         };
-        server.wait_ready().await;
+        server.wait_ready(slices).await;
         server
     }
 
@@ -241,7 +263,7 @@ impl KubeApiServer {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self, slices: Slices) {
         let deadline = Instant::now() + Duration::from_secs(90);
         let client = self.client().await;
         // 1. Services can be listed and the bootstrap `kubernetes` service exists.
@@ -263,6 +285,9 @@ impl KubeApiServer {
                 self.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if slices == Slices::V1beta1 {
+            return;
         }
         // 2. The EndpointSlice v1 CRD is established and listable.
         let crd: CustomResourceDefinition = serde_yaml::from_str(CRD).expect("CRD fixture parses");

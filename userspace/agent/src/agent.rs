@@ -165,6 +165,7 @@ impl Agent {
             cni_files: CniFiles {
                 pod_cidr_file: cli.pod_cidr_file.clone(),
                 conf_file: cli.cni_conf_file.clone(),
+                cni_version: cli.cni_version.clone(),
             },
             state_dir: cli.state_dir.clone(),
             routes: RouteSync::default(),

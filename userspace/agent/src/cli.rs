@@ -89,6 +89,11 @@ pub struct Cli {
     /// The CNI conflist to write once the pod CIDR is known ("" to leave CNI config alone).
     #[arg(long, default_value = "/etc/cni/net.d/05-petrel.conflist")]
     pub cni_conf_file: PathBuf,
+    /// The `cniVersion` of the written conflist. 1.0.0 is what containerd 1.6, CRI-O and the
+    /// reference plugins read; 1.1.0 (STATUS, GC) needs containerd 2.0 or a libcni 1.2 runtime.
+    #[arg(long, default_value = petrel_cni::contract::CONFLIST_CNI_VERSION,
+          value_parser = clap::builder::PossibleValuesParser::new(petrel_cni::contract::CONFLIST_CNI_VERSIONS))]
+    pub cni_version: String,
     /// MTU petrel-cni gives pod interfaces (in the written conflist); default: the uplink's MTU,
     /// less 50 bytes in VXLAN mode.
     #[arg(long)]

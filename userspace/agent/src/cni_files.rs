@@ -19,6 +19,8 @@ pub struct CniFiles {
     pub pod_cidr_file: PathBuf,
     /// Empty: the CNI configuration is left alone.
     pub conf_file: PathBuf,
+    /// The conflist's `cniVersion` (one of `contract::CONFLIST_CNI_VERSIONS`).
+    pub cni_version: String,
 }
 
 impl CniFiles {
@@ -44,7 +46,10 @@ impl CniFiles {
             return;
         }
         let file = &self.conf_file;
-        match write_if_changed(file, &contract::conflist_text(&self.pod_cidr_file, mtu)) {
+        match write_if_changed(
+            file,
+            &contract::conflist_text(&self.pod_cidr_file, mtu, &self.cni_version),
+        ) {
             Ok(true) => tracing::info!(file = %file.display(), "CNI conflist written"),
             Ok(false) => {}
             Err(e) => {
@@ -128,6 +133,7 @@ mod tests {
         let files = CniFiles {
             pod_cidr_file: dir.path().join("cni/pod-cidr"),
             conf_file: dir.path().join("net.d/05-petrel.conflist"),
+            cni_version: contract::CONFLIST_CNI_VERSION.into(),
         };
         let mut node = Node {
             spec: Some(k8s_openapi::api::core::v1::NodeSpec {
@@ -146,6 +152,7 @@ mod tests {
         files.write(&nodes, "n1", Some(1450));
         let text = std::fs::read_to_string(&files.conf_file).expect("conflist");
         let c: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(c["cniVersion"], "1.0.0");
         let plugin: contract::PluginConf =
             serde_json::from_value(c["plugins"][0].clone()).expect("petrel-cni's entry");
         assert_eq!(

@@ -1,15 +1,22 @@
 //! Services, EndpointSlices and Nodes from an API server: one reflector store each (watchers
 //! retry with backoff and re-list after the API server returns; meanwhile the stores, and so the
 //! datapath, keep the last state), a snapshot published after every event.
+//!
+//! EndpointSlices are read as discovery.k8s.io/v1 where the server has it (Kubernetes 1.21+) and
+//! as v1beta1 otherwise (1.19, 1.20: their EndpointSlice controller writes only v1beta1), each
+//! v1beta1 object converted to v1 on arrival.
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use futures::StreamExt as _;
+use futures::{StreamExt as _, stream::BoxStream};
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
 };
-use kube::runtime::{WatchStreamExt as _, reflector, watcher};
+use kube::{
+    api::{ApiResource, DynamicObject, GroupVersionKind},
+    runtime::{WatchStreamExt as _, reflector, watcher},
+};
 use tokio::sync::Notify;
 
 use super::{Publisher, Snapshot};
@@ -27,7 +34,7 @@ pub async fn watch(kubeconfig: Option<std::path::PathBuf>, node: String, out: Pu
     );
     let slice_events = reflector(
         slice_writer,
-        watcher(kube::Api::all(client.clone()), watcher::Config::default()).default_backoff(),
+        slice_watch(&client, slice_version(&client).await),
     );
     // Every Node: the others' podCIDRs and addresses are what routing needs. Only spec and
     // addresses are kept: images and managed fields can be most of a Node's size.
@@ -68,6 +75,118 @@ pub async fn watch(kubeconfig: Option<std::path::PathBuf>, node: String, out: Pu
     }
 }
 
+/// The EndpointSlice API versions petrel reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SliceVersion {
+    V1,
+    V1beta1,
+}
+
+/// v1 when the server serves it, else v1beta1 when it serves that; v1 (and a warning) when it
+/// serves neither or cannot say, so the watch retries until one appears.
+async fn slice_version(client: &kube::Client) -> SliceVersion {
+    let served = match client.list_api_groups().await {
+        Ok(groups) => groups
+            .groups
+            .into_iter()
+            .find(|g| g.name == "discovery.k8s.io")
+            .map(|g| g.versions.into_iter().map(|v| v.version).collect())
+            .unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the API groups: reading EndpointSlices as v1");
+            Vec::new()
+        }
+    };
+    let version = pick_slice_version(&served);
+    if version == SliceVersion::V1 && !served.iter().any(|v| v == "v1") {
+        tracing::warn!(
+            ?served,
+            "the API server serves no discovery.k8s.io/v1 or v1beta1: no EndpointSlices until it does"
+        );
+    }
+    tracing::info!(?version, "reading discovery.k8s.io EndpointSlices");
+    version
+}
+
+/// The version to read among those `served` of discovery.k8s.io.
+pub fn pick_slice_version(served: &[String]) -> SliceVersion {
+    if !served.iter().any(|v| v == "v1") && served.iter().any(|v| v == "v1beta1") {
+        SliceVersion::V1beta1
+    } else {
+        SliceVersion::V1
+    }
+}
+
+type SliceEvents = BoxStream<'static, Result<watcher::Event<EndpointSlice>, watcher::Error>>;
+
+/// EndpointSlice events as v1 objects, whichever version the server serves.
+fn slice_watch(client: &kube::Client, version: SliceVersion) -> SliceEvents {
+    match version {
+        SliceVersion::V1 => watcher(kube::Api::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .boxed(),
+        SliceVersion::V1beta1 => {
+            let gvk = GroupVersionKind::gvk("discovery.k8s.io", "v1beta1", "EndpointSlice");
+            let resource = ApiResource::from_gvk_with_plural(&gvk, "endpointslices");
+            let api = kube::Api::<DynamicObject>::all_with(client.clone(), &resource);
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .filter_map(|event| futures::future::ready(event.map(to_v1_event).transpose()))
+                .boxed()
+        }
+    }
+}
+
+/// One v1beta1 event as a v1 event; None (logged) when its object cannot be read as a slice.
+fn to_v1_event(event: watcher::Event<DynamicObject>) -> Option<watcher::Event<EndpointSlice>> {
+    use watcher::Event as E;
+    let convert = |o: DynamicObject| {
+        let name = format!(
+            "{}/{}",
+            o.metadata.namespace.as_deref().unwrap_or_default(),
+            o.metadata.name.as_deref().unwrap_or_default()
+        );
+        serde_json::to_value(o)
+            .map_err(|e| e.to_string())
+            .and_then(v1beta1_to_v1)
+            .map_err(|error| tracing::warn!(slice = %name, %error, "skipping an unreadable v1beta1 EndpointSlice"))
+            .ok()
+    };
+    Some(match event {
+        E::Apply(o) => E::Apply(convert(o)?),
+        E::Delete(o) => E::Delete(convert(o)?),
+        E::InitApply(o) => E::InitApply(convert(o)?),
+        E::Init => E::Init,
+        E::InitDone => E::InitDone,
+    })
+}
+
+/// A discovery.k8s.io/v1beta1 EndpointSlice (as JSON) as the v1 object the API server would
+/// serve for it: the endpoints' `topology` map becomes `nodeName` and `zone` (the v1beta1 ->
+/// v1 conversion of Kubernetes 1.21), everything else has the same shape.
+pub fn v1beta1_to_v1(mut slice: serde_json::Value) -> Result<EndpointSlice, String> {
+    use serde_json::Value;
+    let obj = slice.as_object_mut().ok_or("not a JSON object")?;
+    obj.insert("apiVersion".into(), "discovery.k8s.io/v1".into());
+    obj.insert("kind".into(), "EndpointSlice".into());
+    if let Some(endpoints) = obj.get_mut("endpoints").and_then(Value::as_array_mut) {
+        for ep in endpoints.iter_mut().filter_map(Value::as_object_mut) {
+            let Some(Value::Object(topology)) = ep.remove("topology") else {
+                continue;
+            };
+            for (label, field) in [
+                ("kubernetes.io/hostname", "nodeName"),
+                ("topology.kubernetes.io/zone", "zone"),
+            ] {
+                if let Some(v) = topology.get(label).filter(|_| !ep.contains_key(field)) {
+                    ep.insert(field.into(), v.clone());
+                }
+            }
+        }
+    }
+    serde_json::from_value(slice).map_err(|e| e.to_string())
+}
+
 /// A stream callback that only wakes whoever waits on `notify`.
 fn wake<T>(notify: Arc<Notify>) -> impl FnMut(T) -> futures::future::Ready<()> {
     move |_| {
@@ -106,4 +225,63 @@ async fn client(
     let client = kube::Client::try_from(config)?;
     client.apiserver_version().await?;
     Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_is_read_where_served_and_v1beta1_only_without_it() {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(pick_slice_version(&v(&["v1", "v1beta1"])), SliceVersion::V1);
+        assert_eq!(pick_slice_version(&v(&["v1"])), SliceVersion::V1);
+        assert_eq!(pick_slice_version(&v(&["v1beta1"])), SliceVersion::V1beta1);
+        assert_eq!(pick_slice_version(&v(&[])), SliceVersion::V1);
+    }
+
+    #[test]
+    fn a_v1beta1_slice_reads_as_its_v1_conversion() {
+        // As a 1.20 EndpointSlice controller writes it.
+        let beta = serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1beta1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": "web-abcde", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [
+                {"addresses": ["10.244.1.5"], "conditions": {"ready": true},
+                 "topology": {"kubernetes.io/hostname": "node-a",
+                              "topology.kubernetes.io/zone": "z1"},
+                 "targetRef": {"kind": "Pod", "name": "web-1", "namespace": "default"}},
+                {"addresses": ["10.244.2.7"], "conditions": {"ready": false},
+                 "nodeName": "node-b", "topology": {"kubernetes.io/hostname": "ignored"}},
+                {"addresses": ["10.244.3.9"]}
+            ],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        });
+        let s = v1beta1_to_v1(beta).expect("converts");
+        assert_eq!(s.metadata.name.as_deref(), Some("web-abcde"));
+        assert_eq!(s.address_type, "IPv4");
+        let ep = &s.endpoints;
+        assert_eq!(ep.len(), 3);
+        assert_eq!(ep[0].addresses, ["10.244.1.5"]);
+        assert_eq!(ep[0].node_name.as_deref(), Some("node-a"));
+        assert_eq!(ep[0].zone.as_deref(), Some("z1"));
+        assert_eq!(ep[0].conditions.as_ref().and_then(|c| c.ready), Some(true));
+        // An explicit nodeName wins over the topology label.
+        assert_eq!(ep[1].node_name.as_deref(), Some("node-b"));
+        assert_eq!(ep[1].conditions.as_ref().and_then(|c| c.ready), Some(false));
+        assert_eq!(ep[2].node_name, None);
+        let port = &s.ports.as_ref().expect("ports")[0];
+        assert_eq!(
+            (port.name.as_deref(), port.port),
+            (Some("http"), Some(8080))
+        );
+        assert!(v1beta1_to_v1(serde_json::json!([1])).is_err());
+        assert!(
+            v1beta1_to_v1(serde_json::json!({"metadata": {"name": "x"}, "endpoints": "no"}))
+                .is_err()
+        );
+    }
 }
