@@ -178,7 +178,10 @@ impl Session {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("kubectl exec");
-        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("reading the session");
+        assert_eq!(line.trim(), "ok connected", "the session did not start");
         Session { child, out }
     }
 
