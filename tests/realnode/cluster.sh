@@ -6,6 +6,8 @@
 #   cluster.sh up [NODES]     control plane + NODES nodes (default 2); waits until every node
 #                             registered (they stay NotReady until a CNI writes its conflist)
 #   cluster.sh import TAR...  imports docker-archive images into every node's containerd
+#   cluster.sh tag SRC DST    names image SRC also DST on every node
+#   cluster.sh restart-kubelet I   stops node I's kubelet and starts it again
 #   cluster.sh down           removes everything `up` made; safe to re-run
 #   cluster.sh kubectl ARGS   kubectl against the cluster
 #   cluster.sh status         nodes and pods
@@ -340,11 +342,33 @@ cmd_down() {
   log "down: nothing of cluster $CLUSTER left"
 }
 
+# restart_kubelet I: stops node I's kubelet (the process `up` started, by its PID) and starts
+# it again; pods and containers keep running meanwhile, as on a real node.
+restart_kubelet() {
+  local i=$1 pidf pid
+  pidf=$W/node$i/kubelet/kubelet.pid
+  pid=$(cat "$pidf")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && die "kubelet $pid did not stop"
+  up_kubelet "$i"
+}
+
+# tag SRC DST: gives image SRC the name DST too, on every node (a "new image" with the same files).
+tag_images() {
+  local i
+  for i in $(nodes); do
+    ctr --address "$W/node$i/containerd/containerd.sock" -n k8s.io images tag --force "$1" "$2" >/dev/null
+  done
+}
+
 case ${1:-} in
   up) shift; cmd_up "$@" ;;
   down) cmd_down ;;
   import) shift; import_images "$@" ;;
+  tag) shift; tag_images "$@" ;;
+  restart-kubelet) shift; restart_kubelet "$@" ;;
   kubectl) shift; exec nsenter --net="/run/netns/$(node 1)" "$KUBE_BIN/kubectl" --kubeconfig "$W/cp/kubeconfig" "$@" ;;
   status) kc get nodes -o wide; kc get pods -A -o wide ;;
-  *) die "usage: cluster.sh up [NODES] | import TAR... | down | kubectl ARGS | status" ;;
+  *) die "usage: cluster.sh up [NODES] | import TAR... | tag SRC DST | restart-kubelet I | down | kubectl ARGS | status" ;;
 esac

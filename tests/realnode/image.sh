@@ -87,7 +87,7 @@ Q=$W/pod
 newroot "$Q"
 copy "$Q" /usr/local/bin/petrel-pod "$REL/petrel-pod"
 install -D -m 0755 /bin/busybox "$Q/usr/bin/busybox"
-for a in sh wget nc cat ls sleep ip ps; do ln -s busybox "$Q/usr/bin/$a"; done
+for a in sh wget nc cat ls sleep ip ps touch seq; do ln -s busybox "$Q/usr/bin/$a"; done
 mkimage petrel.test/pod:dev "$Q" "$OUT/pod.tar" '["/usr/local/bin/petrel-pod"]'
 
 # --- pause ---

@@ -116,7 +116,9 @@ pub fn run(root: &Path, with_kube: bool) -> anyhow::Result<Env> {
     let env = Env {
         tools: cache.join("tools"),
         kube_bin: cache.join("kube/bin"),
-        target_dir: root.join("target"),
+        // cargo's own choice, so the binaries the commands run are the ones cargo built.
+        target_dir: std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| root.join("target"), PathBuf::from),
     };
     debian_packages()?;
     bpf_linker(&env.tools)?;

@@ -193,7 +193,10 @@ impl Session {
         let mut line = String::new();
         self.out.read_line(&mut line).expect("reading the session");
         assert!(line.starts_with("ok "), "request failed: {line:?}");
-        line.split_whitespace().nth(1).unwrap_or_default().to_string()
+        line.split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -241,7 +244,11 @@ fn petrel_installed_by_its_daemonset_serves_a_real_cluster() {
     ]);
     for i in 1..=c.nodes() {
         let conf = c.on_node(i, "cat", &["/etc/cni/net.d/05-petrel.conflist"]);
-        assert!(conf.status.success(), "conflist on node {i}: {}", text(&conf));
+        assert!(
+            conf.status.success(),
+            "conflist on node {i}: {}",
+            text(&conf)
+        );
         let bin = c.on_node(i, "test", &["-x", "/opt/cni/bin/petrel-cni"]);
         assert!(bin.status.success(), "petrel-cni installed on node {i}");
     }
@@ -269,47 +276,88 @@ fn petrel_installed_by_its_daemonset_serves_a_real_cluster() {
             "pod {name} on {node}: {ip} not in {cidr}"
         );
         let i = if *node == n1 { 1 } else { 2 };
-        let r = c.on_node(i, "test", &["-f", &format!("/var/lib/petrel/ipam/petrel/{ip}")]);
+        let r = c.on_node(
+            i,
+            "test",
+            &["-f", &format!("/var/lib/petrel/ipam/petrel/{ip}")],
+        );
         assert!(r.status.success(), "no IPAM reservation of {ip} on {node}");
     }
-    let (web1, _, web1_ip) = pods.iter().find(|p| p.1 == n1).expect("a web pod on node 1").clone();
-    let (web2, _, _) = pods.iter().find(|p| p.1 == n2).expect("a web pod on node 2").clone();
+    let (web1, _, web1_ip) = pods
+        .iter()
+        .find(|p| p.1 == n1)
+        .expect("a web pod on node 1")
+        .clone();
+    let (web2, _, _) = pods
+        .iter()
+        .find(|p| p.1 == n2)
+        .expect("a web pod on node 2")
+        .clone();
     let client_ip = get(&c, &["pod", "client"], "{.status.podIP}");
     let vip = get(&c, &["svc", "web"], "{.spec.clusterIP}");
     let node_port = get(&c, &["svc", "web"], "{.spec.ports[0].nodePort}");
 
     eprintln!("step: ClusterIP from a pod on node 2 reaches both backends, one across nodes");
     c.wait("the service programmed on node 2", LONG, || {
-        let o = c.kubectl(&["exec", "client", "--", "/usr/local/bin/petrel-pod", "get", "tcp", &format!("{vip}:80")]);
+        let o = c.kubectl(&[
+            "exec",
+            "client",
+            "--",
+            "/usr/local/bin/petrel-pod",
+            "get",
+            "tcp",
+            &format!("{vip}:80"),
+        ]);
         o.status.success().then_some(())
     });
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..30 {
         let (server, client_seen, peer) = get_in_pod(&c, "client", "tcp", &format!("{vip}:80"));
         assert!(server == web1 || server == web2, "answer from {server}");
-        assert_eq!(client_seen, client_ip, "the backend sees the client pod's own address");
-        assert_eq!(peer, format!("{vip}:80"), "the client sees the VIP as its peer");
+        assert_eq!(
+            client_seen, client_ip,
+            "the backend sees the client pod's own address"
+        );
+        assert_eq!(
+            peer,
+            format!("{vip}:80"),
+            "the client sees the VIP as its peer"
+        );
         seen.insert(server);
         if seen.len() == 2 {
             break;
         }
     }
-    assert_eq!(seen.len(), 2, "both backends answer through the ClusterIP: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        2,
+        "both backends answer through the ClusterIP: {seen:?}"
+    );
     let (server, _, _) = get_in_pod(&c, "client", "udp", &format!("{vip}:80"));
     assert!(server == web1 || server == web2, "UDP answer from {server}");
 
     eprintln!("step: pod to pod across nodes");
     let (server, client_seen, _) = get_in_pod(&c, "client", "tcp", &format!("{web1_ip}:8080"));
-    assert_eq!((server.as_str(), client_seen.as_str()), (web1.as_str(), client_ip.as_str()));
+    assert_eq!(
+        (server.as_str(), client_seen.as_str()),
+        (web1.as_str(), client_ip.as_str())
+    );
 
     eprintln!("step: NodePort from outside the cluster, on each node");
     for i in 1..=c.nodes() {
         let target = format!("{}:{node_port}", c.node_ip(i));
         let o = c.outside(&pod_bin, &["get", "tcp", &target]);
-        assert!(o.status.success(), "NodePort {target} from outside: {}", text(&o));
+        assert!(
+            o.status.success(),
+            "NodePort {target} from outside: {}",
+            text(&o)
+        );
         let s = String::from_utf8_lossy(&o.stdout);
         let server = s.split_whitespace().next().unwrap_or_default();
-        assert!(server == web1 || server == web2, "NodePort answer from {server}");
+        assert!(
+            server == web1 || server == web2,
+            "NodePort answer from {server}"
+        );
     }
 
     eprintln!("step: the agent pod on node 2 killed: a connected socket keeps its backend");
@@ -328,7 +376,11 @@ fn petrel_installed_by_its_daemonset_serves_a_real_cluster() {
     ]);
     let mut requests = 0;
     let new_agent = c.wait("a new Ready agent pod on node 2", LONG, || {
-        assert_eq!(session.request(), backend, "the connected socket changed backend");
+        assert_eq!(
+            session.request(),
+            backend,
+            "the connected socket changed backend"
+        );
         requests += 1;
         let (_, _, _) = get_in_pod(&c, "client", "tcp", &format!("{vip}:80"));
         agent_pod_on(&c, &n2).filter(|(name, ready)| *name != old_agent && *ready)
@@ -346,40 +398,167 @@ fn petrel_installed_by_its_daemonset_serves_a_real_cluster() {
     assert_eq!(session.request(), backend);
     drop(session);
 
+    eprintln!("step: the DaemonSet rolled to a new image under load: no connection fails");
+    c.tag_image("petrel.test/petrel:dev", "petrel.test/petrel:dev2");
+    // New connections through the VIP from the client pod, one after another, until told to
+    // stop; one line each.
+    let script = format!(
+        "while [ ! -e /tmp/stop ]; do if /usr/local/bin/petrel-pod get tcp {vip}:80 >/dev/null; \
+         then echo ok; else echo fail; fi; done"
+    );
+    let load = c
+        .kubectl_command(&["exec", "client", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("kubectl exec");
+    let mut session = Session::start(&c, "client", &format!("{vip}:80"));
+    let backend = session.request();
+    c.kubectl_ok(&[
+        "-n",
+        "petrel-system",
+        "set",
+        "image",
+        "ds/petrel-agent",
+        "agent=petrel.test/petrel:dev2",
+        "mount-bpf-fs=petrel.test/petrel:dev2",
+        "install-cni=petrel.test/petrel:dev2",
+    ]);
+    let mut from_outside = 0;
+    c.wait("the DaemonSet rolled out", LONG, || {
+        for i in 1..=c.nodes() {
+            let target = format!("{}:{node_port}", c.node_ip(i));
+            let o = c.outside(&pod_bin, &["get", "tcp", &target]);
+            assert!(
+                o.status.success(),
+                "NodePort {target} during the rollout: {}",
+                text(&o)
+            );
+            from_outside += 1;
+        }
+        assert_eq!(
+            session.request(),
+            backend,
+            "the connected socket changed backend"
+        );
+        let status = c.kubectl(&[
+            "-n",
+            "petrel-system",
+            "rollout",
+            "status",
+            "ds/petrel-agent",
+            "--timeout=1s",
+        ]);
+        status.status.success().then_some(())
+    });
+    let images = get(
+        &c,
+        &["pods", "-n", "petrel-system"],
+        "{.items[*].spec.containers[0].image}",
+    );
+    assert_eq!(
+        images,
+        ["petrel.test/petrel:dev2"; 2].join(" "),
+        "every agent runs the new image"
+    );
+    c.kubectl_ok(&["exec", "client", "--", "sh", "-c", ": >/tmp/stop"]);
+    let load = load.wait_with_output().expect("the load loop");
+    let lines = String::from_utf8_lossy(&load.stdout);
+    let ok = lines.lines().filter(|l| *l == "ok").count();
+    let failed = lines.lines().filter(|l| *l != "ok").count();
+    eprintln!(
+        "  {ok} connections through the VIP, {failed} failed; {from_outside} NodePort connections"
+    );
+    assert!(ok > 0, "no connection was made during the rollout");
+    assert_eq!(failed, 0, "connections failed during the rollout");
+    drop(session);
+
+    eprintln!("step: node 2's kubelet restarted: its pods keep their addresses");
+    let before = get(
+        &c,
+        &["pods", "--field-selector", &format!("spec.nodeName={n2}")],
+        r#"{range .items[*]}{.metadata.name} {.status.podIP} {.status.containerStatuses[0].containerID} {.status.containerStatuses[0].restartCount}{"\n"}{end}"#,
+    );
+    c.restart_kubelet(2);
+    // A pod made after the restart proves kubelet (and petrel-cni through it) works again.
+    c.apply(&client_pod(&n2).replace("name: client}", "name: client2}"));
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/client2",
+        "--timeout=240s",
+    ]);
+    let after = get(
+        &c,
+        &["pods", "--field-selector", &format!("spec.nodeName={n2}")],
+        r#"{range .items[*]}{.metadata.name} {.status.podIP} {.status.containerStatuses[0].containerID} {.status.containerStatuses[0].restartCount}{"\n"}{end}"#,
+    );
+    let after_old: Vec<&str> = after
+        .lines()
+        .filter(|l| !l.starts_with("client2 "))
+        .collect();
+    assert_eq!(
+        after_old,
+        before.lines().collect::<Vec<_>>(),
+        "pods on node 2 kept addresses and containers"
+    );
+    let (server, _, _) = get_in_pod(&c, "client2", "tcp", &format!("{vip}:80"));
+    assert!(server == web1 || server == web2, "answer from {server}");
+    let (_, seen, _) = get_in_pod(&c, "client", "tcp", &format!("{vip}:80"));
+    assert_eq!(seen, client_ip);
+
     eprintln!("step: a deleted pod's address and interface are released");
     let dev = {
         let o = c.on_node(1, "ip", &["-o", "route", "get", &web1_ip]);
         assert!(o.status.success(), "{}", text(&o));
         let s = String::from_utf8_lossy(&o.stdout).into_owned();
         let f: Vec<&str> = s.split_whitespace().collect();
-        let at = f.iter().position(|w| *w == "dev").expect("dev in route get");
+        let at = f
+            .iter()
+            .position(|w| *w == "dev")
+            .expect("dev in route get");
         f[at + 1].to_string()
     };
     assert!(dev.starts_with("pet"), "the pod's host interface: {dev}");
     c.kubectl_ok(&["scale", "deploy/web", "--replicas=1"]);
     c.kubectl_ok(&["delete", "pod", &web1, "--wait=true", "--timeout=120s"]);
-    c.wait("the reservation and interface of the deleted pod to go", LONG, || {
-        let reserved = c
-            .on_node(1, "test", &["-e", &format!("/var/lib/petrel/ipam/petrel/{web1_ip}")])
-            .status
-            .success();
-        let link = c.on_node(1, "ip", &["link", "show", &dev]).status.success();
-        (!reserved && !link).then_some(())
-    });
+    c.wait(
+        "the reservation and interface of the deleted pod to go",
+        LONG,
+        || {
+            let reserved = c
+                .on_node(
+                    1,
+                    "test",
+                    &["-e", &format!("/var/lib/petrel/ipam/petrel/{web1_ip}")],
+                )
+                .status
+                .success();
+            let link = c.on_node(1, "ip", &["link", "show", &dev]).status.success();
+            (!reserved && !link).then_some(())
+        },
+    );
 
     eprintln!("step: kubectl delete -k: petrel leaves the nodes as it found them");
     c.kubectl_ok(&["delete", "-k", &overlay(), "--wait=true", "--timeout=180s"]);
     for i in 1..=c.nodes() {
-        c.wait(&format!("petrel's pins, routes and conflist gone from node {i}"), LONG, || {
-            let pins = c.on_node(i, "test", &["-e", "/sys/fs/bpf/petrel"]).status.success();
-            let conf = c
-                .on_node(i, "test", &["-e", "/etc/cni/net.d/05-petrel.conflist"])
-                .status
-                .success();
-            let routes = c.on_node(i, "ip", &["route", "show", "proto", "112"]);
-            let routes = String::from_utf8_lossy(&routes.stdout).trim().to_string();
-            (!pins && !conf && routes.is_empty()).then_some(())
-        });
+        c.wait(
+            &format!("petrel's pins, routes and conflist gone from node {i}"),
+            LONG,
+            || {
+                let pins = c
+                    .on_node(i, "test", &["-e", "/sys/fs/bpf/petrel"])
+                    .status
+                    .success();
+                let conf = c
+                    .on_node(i, "test", &["-e", "/etc/cni/net.d/05-petrel.conflist"])
+                    .status
+                    .success();
+                let routes = c.on_node(i, "ip", &["route", "show", "proto", "112"]);
+                let routes = String::from_utf8_lossy(&routes.stdout).trim().to_string();
+                (!pins && !conf && routes.is_empty()).then_some(())
+            },
+        );
         let cg = c.node_cgroup(i);
         let o = std::process::Command::new("bpftool")
             .args(["cgroup", "show"])

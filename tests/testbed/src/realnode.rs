@@ -88,6 +88,16 @@ impl RealCluster {
         run_ok(&mut self.script_cmd(args))
     }
 
+    /// Stops node `i`'s kubelet and starts it again (its pods keep running meanwhile).
+    pub fn restart_kubelet(&self, i: u32) {
+        self.script(&["restart-kubelet", &i.to_string()]);
+    }
+
+    /// Names image `src` also `dst` on every node.
+    pub fn tag_image(&self, src: &str, dst: &str) {
+        self.script(&["tag", src, dst]);
+    }
+
     /// The name of node `i` (1-based), as in its Node object.
     pub fn node(&self, i: u32) -> String {
         format!("{}-node{i}", self.name)
@@ -183,7 +193,12 @@ impl RealCluster {
 
     /// Waits until `check` returns Some, at most `timeout`; panics with `what` and the last
     /// value otherwise.
-    pub fn wait<T>(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    pub fn wait<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
         let start = Instant::now();
         loop {
             if let Some(v) = check() {

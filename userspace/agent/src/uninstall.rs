@@ -88,7 +88,9 @@ impl Watch {
         let slot = w.client.clone();
         tokio::spawn(async move {
             let client = crate::sources::kube::connect(kubeconfig.as_deref()).await;
-            *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(client.clone());
+            *slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(client.clone());
             let api = kube::Api::<DaemonSet>::namespaced(client, &owner.namespace);
             let mut seen = false;
             let mut first_list = true;
@@ -207,9 +209,9 @@ mod tests {
     fn ds(deleting: bool) -> DaemonSet {
         let mut d = DaemonSet::default();
         if deleting {
-            d.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                Default::default(),
-            ));
+            d.metadata.deletion_timestamp = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
+            );
         }
         d
     }
@@ -232,12 +234,24 @@ mod tests {
     fn deletion_is_a_delete_event_a_deletion_timestamp_or_a_relist_without_it() {
         let mut seen = false;
         assert_eq!(verdict(&watcher::Event::Init, &mut seen), None);
-        assert_eq!(verdict(&watcher::Event::InitApply(ds(false)), &mut seen), Some(false));
+        assert_eq!(
+            verdict(&watcher::Event::InitApply(ds(false)), &mut seen),
+            Some(false)
+        );
         assert_eq!(verdict(&watcher::Event::InitDone, &mut seen), None);
-        assert_eq!(verdict(&watcher::Event::Apply(ds(true)), &mut seen), Some(true));
-        assert_eq!(verdict(&watcher::Event::Delete(ds(false)), &mut seen), Some(true));
+        assert_eq!(
+            verdict(&watcher::Event::Apply(ds(true)), &mut seen),
+            Some(true)
+        );
+        assert_eq!(
+            verdict(&watcher::Event::Delete(ds(false)), &mut seen),
+            Some(true)
+        );
         // Re-created (same name): present again.
-        assert_eq!(verdict(&watcher::Event::Apply(ds(false)), &mut seen), Some(false));
+        assert_eq!(
+            verdict(&watcher::Event::Apply(ds(false)), &mut seen),
+            Some(false)
+        );
         // A re-list that no longer has it.
         assert_eq!(verdict(&watcher::Event::Init, &mut seen), None);
         assert_eq!(verdict(&watcher::Event::InitDone, &mut seen), Some(true));
