@@ -51,12 +51,20 @@ in_net() { local ns=$1; shift; nsenter --net="/run/netns/$ns" "$@"; }
 in_node() { local i=$1; shift; nsenter --net="/run/netns/$(node "$i")" --mount="$W/ns/node$i" "$@"; }
 kc() { in_net "$(node 1)" "$KUBE_BIN/kubectl" --kubeconfig "$W/cp/kubeconfig" "$@"; }
 
-# spawn CGROUP2_DIR LOG PIDFILE CMD...: CMD in the background in that cgroup2 folder.
+# spawn CGROUP2_DIR LOG PIDFILE CMD...: CMD in the background in that cgroup2 folder, with no
+# file descriptor of ours but its log: a daemon must not keep a lock its caller holds (e.g. the
+# `flock` a test runner takes around `cluster.sh up`) for as long as the cluster runs.
 spawn() {
   local cg=$1 out=$2 pidf=$3; shift 3
   mkdir -p "$cg"
-  # shellcheck disable=SC2016
-  setsid sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$cg" "$@" >"$out" 2>&1 </dev/null &
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+    done
+    # shellcheck disable=SC2016
+    exec setsid sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$cg" "$@" >"$out" 2>&1 </dev/null
+  ) &
   echo $! >"$pidf"
 }
 
