@@ -615,6 +615,45 @@ fn slice_v1beta1(backends: &[Ipv4Addr]) -> serde_json::Value {
 }
 
 #[test]
+fn the_node_is_wired_before_services_finish_listing() {
+    let f = Arc::new(Fixture::new());
+    in_node(&f, |f| async move {
+        // No EndpointSlice API: the agent's list of slices never completes, as a very large
+        // cluster's takes long. The Node's podCIDR must reach petrel-cni all the same.
+        let server = KubeApiServer::start_without_slices().await;
+        let client = server.client().await;
+        let vip = create_web_service(&client).await;
+        let agent = f.agent(&[
+            "--kubeconfig".into(),
+            server.kubeconfig().display().to_string(),
+            "--sync-period=5m".into(),
+        ]);
+        let cni = f.state.path().join("cni");
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            eventually("conflist written", 20, || {
+                cni.join("05-petrel.conflist").exists()
+            });
+            assert_eq!(
+                std::fs::read_to_string(cni.join("pod-cidr")).expect("pod CIDR file"),
+                "10.244.7.0/24\n"
+            );
+            // Nothing of the services is programmed from a partial view.
+            assert!(fb.frontend(vip).is_none(), "{}", fb.netctl());
+        })
+        .await
+        .expect("wiring");
+        assert!(
+            agent.log().contains("Nodes listed: wiring the node"),
+            "{}",
+            agent.log()
+        );
+        drop(agent);
+        drop(server);
+    });
+}
+
+#[test]
 fn a_1_20_server_feeds_the_agent_v1beta1_endpointslices() {
     use kube::{
         api::{ApiResource, DynamicObject, GroupVersionKind},

@@ -36,6 +36,8 @@ enum Slices {
     V1Crd,
     /// The built-in discovery.k8s.io/v1beta1 only (what 1.20 serves).
     V1beta1,
+    /// No EndpointSlice API at all: a list of them never completes.
+    None,
 }
 
 pub struct KubeApiServer {
@@ -106,6 +108,12 @@ impl KubeApiServer {
     /// As `start`, serving EndpointSlices as a 1.20 server does: discovery.k8s.io/v1beta1 only.
     pub async fn start_v1beta1() -> KubeApiServer {
         Self::start_with(Ipv4Addr::LOCALHOST, Slices::V1beta1).await
+    }
+
+    /// As `start`, with no EndpointSlice API: a client's list of them never completes (as a
+    /// list that takes very long).
+    pub async fn start_without_slices() -> KubeApiServer {
+        Self::start_with(Ipv4Addr::LOCALHOST, Slices::None).await
     }
 
     async fn start_with(addr: Ipv4Addr, slices: Slices) -> KubeApiServer {
@@ -220,7 +228,7 @@ impl KubeApiServer {
             "--endpoint-reconciler-type=none".into(),
             "--allow-privileged=true".into(),
         ];
-        if slices == Slices::V1Crd {
+        if slices != Slices::V1beta1 {
             // 1.20 serves EndpointSlice only as v1beta1: switch it off so the v1 CRD can serve.
             api_args.push("--runtime-config=discovery.k8s.io/v1beta1=false".into());
         }
@@ -286,7 +294,7 @@ impl KubeApiServer {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if slices == Slices::V1beta1 {
+        if slices != Slices::V1Crd {
             return;
         }
         // 2. The EndpointSlice v1 CRD is established and listable.

@@ -187,13 +187,9 @@ impl Agent {
         self.pods.attach_new(&mut self.dp);
     }
 
-    /// One sync: routes, CNI files, pod interfaces, then the service maps.
-    pub async fn tick(&mut self, inputs: &Snapshot) {
-        let iteration = Instant::now();
-        let node = NodeFacts::of(&inputs.nodes, &self.node_name, &self.node_ips);
-        let desired = self
-            .memo
-            .compute(&inputs.services, &inputs.slices, &node, self.options);
+    /// Routes to other nodes, petrel-cni's files and pod interfaces: what the node needs before
+    /// any service. Returns the node's address, once known.
+    async fn wire_node(&mut self, inputs: &Snapshot, node: &NodeFacts) -> Option<Ipv4Addr> {
         let node_ip = node.ips.first().copied();
         if let Some(ip) = node_ip {
             let plan = routing::plan(&inputs.nodes, &node.name, Some(self.cluster_cidr));
@@ -206,6 +202,23 @@ impl Agent {
         self.cni_files
             .write(&inputs.nodes, &self.node_name, pod_mtu);
         self.attach_pods();
+        node_ip
+    }
+
+    /// Only the node's wiring (`wire_node`), for a snapshot with the Nodes alone.
+    pub async fn tick_node(&mut self, inputs: &Snapshot) {
+        let node = NodeFacts::of(&inputs.nodes, &self.node_name, &self.node_ips);
+        self.wire_node(inputs, &node).await;
+    }
+
+    /// One sync: routes, CNI files, pod interfaces, then the service maps.
+    pub async fn tick(&mut self, inputs: &Snapshot) {
+        let iteration = Instant::now();
+        let node = NodeFacts::of(&inputs.nodes, &self.node_name, &self.node_ips);
+        let desired = self
+            .memo
+            .compute(&inputs.services, &inputs.slices, &node, self.options);
+        let node_ip = self.wire_node(inputs, &node).await;
         if let Some(ip) = node_ip {
             let _ = self.syncer.maps_mut().set_node_ip(ip);
         }
@@ -312,7 +325,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 continue;
             };
             h.sync_node(node::find(&snapshot.nodes, &name));
-            h.queued();
+            if !snapshot.nodes_only {
+                h.queued();
+            }
         }
     });
     match &cli.manifests {
@@ -355,7 +370,12 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             // Not every source has listed yet: programming now would briefly drop services.
             continue;
         };
-        agent.tick(&snapshot).await;
+        if snapshot.nodes_only {
+            // Services still listing: wire the node now, program services once all is listed.
+            agent.tick_node(&snapshot).await;
+        } else {
+            agent.tick(&snapshot).await;
+        }
         runner.ran(agent.retry_in());
     }
     if let Some(owner) = owner

@@ -6,7 +6,14 @@
 //! as v1beta1 otherwise (1.19, 1.20: their EndpointSlice controller writes only v1beta1), each
 //! v1beta1 object converted to v1 on arrival.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::{StreamExt as _, stream::BoxStream};
 use k8s_openapi::api::{
@@ -60,16 +67,38 @@ pub async fn watch(kubeconfig: Option<std::path::PathBuf>, node: String, out: Pu
     tokio::spawn(svc_events.for_each(wake(changed.clone())));
     tokio::spawn(slice_events.for_each(wake(changed.clone())));
     tokio::spawn(node_events.for_each(wake(changed.clone())));
-    let _ = services.wait_until_ready().await;
-    let _ = slices.wait_until_ready().await;
+    // The Node list alone lets the node be wired (routes, petrel-cni's pod CIDR and conflist, so
+    // kubelet can start pods) while a large cluster's Services and EndpointSlices still list.
+    let listed = Arc::new(AtomicBool::new(false));
+    {
+        let (services, slices, listed, changed) = (
+            services.clone(),
+            slices.clone(),
+            listed.clone(),
+            changed.clone(),
+        );
+        tokio::spawn(async move {
+            let _ = services.wait_until_ready().await;
+            let _ = slices.wait_until_ready().await;
+            listed.store(true, Ordering::Release);
+            changed.notify_one();
+        });
+    }
     let _ = nodes.wait_until_ready().await;
-    tracing::info!(%node, "Services, EndpointSlices and Nodes listed: programming");
+    tracing::info!(%node, "Nodes listed: wiring the node");
+    let mut announced = false;
     loop {
+        let all = listed.load(Ordering::Acquire);
+        if all && !announced {
+            tracing::info!(%node, "Services, EndpointSlices and Nodes listed: programming");
+            announced = true;
+        }
         out.send_replace(Some(Arc::new(Snapshot {
-            services: services.state(),
-            slices: slices.state(),
+            services: if all { services.state() } else { Vec::new() },
+            slices: if all { slices.state() } else { Vec::new() },
             nodes: nodes.state(),
             manifest_errors: 0,
+            nodes_only: !all,
         })));
         changed.notified().await;
     }

@@ -166,6 +166,7 @@ pub async fn watch(dir: PathBuf, out: Publisher) {
                 slices: m.slices.into_iter().map(Into::into).collect(),
                 nodes: m.nodes.into_iter().map(Into::into).collect(),
                 manifest_errors: errors.len(),
+                nodes_only: false,
             })));
             last = Some(fp);
         }

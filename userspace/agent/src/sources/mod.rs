@@ -23,6 +23,10 @@ pub struct Snapshot {
     pub nodes: Vec<Arc<Node>>,
     /// Manifests skipped as invalid (standalone mode).
     pub manifest_errors: usize,
+    /// Only the Nodes are listed yet (Services and EndpointSlices are still listing, and are
+    /// empty here): enough to wire the node (routes, petrel-cni's files), not to program
+    /// services.
+    pub nodes_only: bool,
 }
 
 /// The sending side: None until every source has listed once.
