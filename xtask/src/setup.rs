@@ -69,6 +69,7 @@ const PACKAGES: &[(&str, &str)] = &[
         "the real cluster's container runtime (one per node, cargo xtask cluster)",
     ),
     ("runc", "containerd's OCI runtime"),
+    ("curl", "the real cluster waits for its API server with it"),
     (
         "busybox-static",
         "sh, wget and nc in the real cluster's test workload image",

@@ -215,6 +215,27 @@ fn petrel_installed_by_its_daemonset_serves_a_real_cluster() {
     let c = RealCluster::up(2, &release);
     let (n1, n2) = (c.node(1), c.node(2));
 
+    // What an earlier install or another CNI left: a stale petrel-cni on node 1 (replaced by the
+    // init container), another network's conflist on node 2 (petrel's 05- sorts first, so the
+    // runtime takes petrel's; the other file is not petrel's and stays).
+    let stale = c.on_node(
+        1,
+        "sh",
+        &["-c", "printf '#!/bin/sh\nexit 1\n' >/opt/cni/bin/petrel-cni && chmod +x /opt/cni/bin/petrel-cni"],
+    );
+    assert!(stale.status.success(), "{}", text(&stale));
+    let other =
+        r#"{"cniVersion": "0.4.0", "name": "other", "plugins": [{"type": "host-local-net"}]}"#;
+    let o = c.on_node(
+        2,
+        "sh",
+        &[
+            "-c",
+            &format!("echo '{other}' >/etc/cni/net.d/10-other.conflist"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+
     // Installed as users install it; every node becomes Ready only through petrel's conflist.
     eprintln!("step: kubectl apply -k {OVERLAY}");
     c.kubectl_ok(&["apply", "-k", &overlay()]);
@@ -249,8 +270,19 @@ fn petrel_installed_by_its_daemonset_serves_a_real_cluster() {
             "conflist on node {i}: {}",
             text(&conf)
         );
-        let bin = c.on_node(i, "test", &["-x", "/opt/cni/bin/petrel-cni"]);
-        assert!(bin.status.success(), "petrel-cni installed on node {i}");
+        let bin = c.on_node(
+            i,
+            "cmp",
+            &[
+                "/opt/cni/bin/petrel-cni",
+                &release.join("petrel-cni").to_string_lossy(),
+            ],
+        );
+        assert!(
+            bin.status.success(),
+            "the image's petrel-cni installed on node {i}: {}",
+            text(&bin)
+        );
     }
 
     eprintln!("step: a Deployment, a NodePort Service and a client pod");
@@ -558,6 +590,13 @@ fn petrel_installed_by_its_daemonset_serves_a_real_cluster() {
                 let routes = String::from_utf8_lossy(&routes.stdout).trim().to_string();
                 (!pins && !conf && routes.is_empty()).then_some(())
             },
+        );
+        let left = c.on_node(i, "ls", &["/etc/cni/net.d"]);
+        let want = if i == 2 { "10-other.conflist" } else { "" };
+        assert_eq!(
+            String::from_utf8_lossy(&left.stdout).trim(),
+            want,
+            "node {i}'s conflists after uninstalling: only what petrel did not write"
         );
         let cg = c.node_cgroup(i);
         let o = std::process::Command::new("bpftool")
