@@ -1,8 +1,35 @@
 //! The plugin's environment (CNI_COMMAND and friends) as a typed command, checked per verb.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{collections::HashMap, ffi::OsString, path::PathBuf};
 
 use crate::error::{CniError, Result};
+
+/// The process environment as text. A `CNI_*` variable whose value is not UTF-8 is refused
+/// (code 4, naming it): the plugin cannot act on a value it cannot read. Any other variable that
+/// is not UTF-8 (name or value) is not the plugin's business and is left out.
+pub fn from_os(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for (k, v) in vars {
+        let Ok(k) = k.into_string() else {
+            continue;
+        };
+        match v.into_string() {
+            Ok(v) => {
+                out.insert(k, v);
+            }
+            Err(v) if k.starts_with("CNI_") => {
+                return Err(CniError::env(format!(
+                    "{k} is not valid UTF-8: {:?}",
+                    v.to_string_lossy()
+                )));
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(out)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verb {
@@ -12,6 +39,20 @@ pub enum Verb {
     Version,
     Status,
     Gc,
+}
+
+impl Verb {
+    /// The verb as CNI_COMMAND spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verb::Add => "ADD",
+            Verb::Del => "DEL",
+            Verb::Check => "CHECK",
+            Verb::Version => "VERSION",
+            Verb::Status => "STATUS",
+            Verb::Gc => "GC",
+        }
+    }
 }
 
 /// The container an ADD, DEL or CHECK is about.
@@ -43,7 +84,10 @@ pub fn validate_container_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Linux interface names: 1 to 15 bytes, no '/', no whitespace, not "." or "..".
+/// Interface names as the kernel takes them (`dev_valid_name`): 1 to 15 bytes, no '/', ':' or
+/// whitespace, not "." or "..". Also no '%': the kernel reads "eth%d" as a template and picks
+/// the number itself, so the interface would not be called what the result says. No control
+/// characters either (they make logs and `ip link` output lie).
 pub fn validate_ifname(name: &str) -> Result<()> {
     let bad = name.is_empty()
         || name.len() > 15
@@ -51,10 +95,10 @@ pub fn validate_ifname(name: &str) -> Result<()> {
         || name == ".."
         || name
             .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+            .any(|c| matches!(c, '/' | ':' | '%') || c.is_whitespace() || c.is_control());
     if bad {
         return Err(CniError::env(format!(
-            "CNI_IFNAME {name:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)"
+            "CNI_IFNAME {name:?} is not a valid interface name (1 to 15 bytes; no '/', ':', '%' or whitespace; not \".\" or \"..\")"
         )));
     }
     Ok(())
@@ -147,6 +191,62 @@ mod tests {
         assert!(validate_ifname("0123456789abcdef").is_err());
         assert!(validate_ifname("eth0").is_ok());
         assert!(validate_ifname("a/b").is_err());
+    }
+
+    #[test]
+    fn ifnames_as_the_kernel_takes_them() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "eth%d",
+            "a:b",
+            "a b",
+            "a\tb",
+            "a\nb",
+            "a/b",
+            "0123456789abcdef",
+        ] {
+            let e = validate_ifname(bad).unwrap_err();
+            assert_eq!(e.code(), 4, "{bad:?}");
+            assert!(e.msg().starts_with("CNI_IFNAME"), "{}", e.msg());
+        }
+        for good in [
+            "eth0",
+            "net1",
+            "0123456789abcde",
+            "a.b",
+            "a-b_c",
+            "...",
+            "é",
+        ] {
+            validate_ifname(good).unwrap_or_else(|e| panic!("{good:?}: {}", e.msg()));
+        }
+    }
+
+    #[test]
+    fn non_utf8_cni_values_are_refused_by_name_and_others_ignored() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let bad = || OsString::from_vec(vec![b'e', 0xff, b'0']);
+        let e = from_os([
+            ("CNI_COMMAND".into(), "ADD".into()),
+            ("CNI_IFNAME".into(), bad()),
+        ])
+        .unwrap_err();
+        assert_eq!(e.code(), 4);
+        assert!(
+            e.msg().starts_with("CNI_IFNAME is not valid UTF-8"),
+            "{}",
+            e.msg()
+        );
+        let env = from_os([
+            ("CNI_COMMAND".into(), "VERSION".into()),
+            ("LANG".into(), bad()),
+            (bad(), "x".into()),
+        ])
+        .expect("other variables are ignored");
+        assert_eq!(env.len(), 1);
+        assert_eq!(env["CNI_COMMAND"], "VERSION");
     }
 
     #[test]

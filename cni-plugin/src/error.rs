@@ -28,8 +28,21 @@ pub mod code {
 pub enum CniError {
     #[error("unsupported cniVersion {version:?}")]
     IncompatibleVersion { version: String, supported: String },
-    #[error("invalid network configuration JSON")]
-    Decode(#[source] serde_json::Error),
+    /// A verb the config's version does not define (CHECK before 0.4.0, STATUS and GC before
+    /// 1.1.0): code 1, as the reference skel answers.
+    #[error("incompatible CNI version: config version {version} does not allow {verb}")]
+    VerbNotInVersion {
+        verb: &'static str,
+        version: String,
+        since: &'static str,
+    },
+    /// `what` failed to decode ("invalid network configuration JSON", "prevResult is malformed").
+    #[error("{what}")]
+    Decode {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{0}")]
     InvalidEnv(String),
     #[error("{0}")]
@@ -63,6 +76,13 @@ impl CniError {
         CniError::InvalidConfig(msg.into())
     }
 
+    pub fn decode(what: impl Into<String>, source: serde_json::Error) -> CniError {
+        CniError::Decode {
+            what: what.into(),
+            source,
+        }
+    }
+
     pub fn io(what: impl Into<String>, source: io::Error) -> CniError {
         CniError::Io {
             what: what.into(),
@@ -72,8 +92,10 @@ impl CniError {
 
     pub fn code(&self) -> u32 {
         match self {
-            CniError::IncompatibleVersion { .. } => code::INCOMPATIBLE_VERSION,
-            CniError::Decode(_) => code::DECODE,
+            CniError::IncompatibleVersion { .. } | CniError::VerbNotInVersion { .. } => {
+                code::INCOMPATIBLE_VERSION
+            }
+            CniError::Decode { .. } => code::DECODE,
             CniError::InvalidEnv(_) => code::INVALID_ENV,
             CniError::InvalidConfig(_) => code::INVALID_CONFIG,
             CniError::Io { .. } => code::IO,
@@ -94,7 +116,10 @@ impl CniError {
     pub fn details(&self) -> String {
         match self {
             CniError::IncompatibleVersion { supported, .. } => format!("supported: {supported}"),
-            CniError::Decode(e) => e.to_string(),
+            CniError::VerbNotInVersion { verb, since, .. } => {
+                format!("{verb} needs cniVersion {since} or later")
+            }
+            CniError::Decode { source, .. } => source.to_string(),
             CniError::Io { source, .. } => source.to_string(),
             CniError::Netlink(e) => e.source.to_string(),
             CniError::PoolExhausted { size, .. } => format!("{size} addresses, all reserved"),

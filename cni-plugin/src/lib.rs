@@ -9,9 +9,11 @@ pub mod config;
 pub mod contract;
 pub mod env;
 pub mod error;
+pub mod fsio;
 pub mod ipam;
 pub mod link;
+pub mod netns;
 pub mod plugin;
 pub mod result;
 
-pub use plugin::run;
+pub use plugin::{run, run_os};

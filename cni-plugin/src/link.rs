@@ -4,7 +4,7 @@
 //! plugin's own) and one in the pod's, opened by a short thread that enters the namespace and
 //! leaves (a socket stays in the namespace it was opened in).
 
-use std::{io, net::Ipv4Addr, path::Path};
+use std::{io, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use petrel_netlink::{
@@ -42,8 +42,8 @@ pub struct PodNs {
 }
 
 impl PodNs {
-    pub fn open(path: &Path) -> Result<PodNs> {
-        let netns = Netns::open(path).map_err(as_io)?;
+    /// A socket inside `netns` (opened and checked by `crate::netns::open`).
+    pub fn new(netns: Netns) -> Result<PodNs> {
         let sock = netns.socket().map_err(as_io)?;
         Ok(PodNs { netns, sock })
     }

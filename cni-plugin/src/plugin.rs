@@ -1,14 +1,15 @@
 //! The verbs. Each validates everything first, then acts; ADD rolls back every step it took
 //! when a later one fails (`AddTxn`).
 
-use std::{collections::HashMap, io::Write, net::Ipv4Addr, path::Path};
+use std::{collections::HashMap, ffi::OsString, io::Write, net::Ipv4Addr};
 
 use crate::{
     config::{self, NetConf},
-    env::{Attachment, Command, Verb},
+    env::{self, Attachment, Command, Verb},
     error::{CniError, Result},
     ipam::{self, Store},
     link::{self, PodNs},
+    netns,
     result::{CniResult, Interface, IpConfig, Route},
 };
 
@@ -19,7 +20,24 @@ const PAUSE_ENV: &str = "PETREL_CNI_TEST_PAUSE_AT";
 
 /// Runs one plugin invocation and returns the process exit code.
 pub fn run(env: &HashMap<String, String>, stdin: &[u8], stdout: &mut dyn Write) -> i32 {
-    match dispatch(env, stdin) {
+    answer(dispatch(env, stdin), stdin, stdout)
+}
+
+/// `run` on the process environment as the OS gives it (`std::env::vars_os`): a `CNI_*` value
+/// that is not UTF-8 is answered with code 4, other such variables are ignored.
+pub fn run_os(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+    stdin: &[u8],
+    stdout: &mut dyn Write,
+) -> i32 {
+    match env::from_os(vars) {
+        Ok(env) => run(&env, stdin, stdout),
+        Err(e) => answer(Err(e), stdin, stdout),
+    }
+}
+
+fn answer(r: Result<Option<String>>, stdin: &[u8], stdout: &mut dyn Write) -> i32 {
+    match r {
         Ok(Some(out)) => {
             let _ = writeln!(stdout, "{out}");
             0
@@ -101,6 +119,7 @@ fn dispatch(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<String
         return Ok(Some(version(stdin)));
     }
     let conf = NetConf::parse(stdin)?;
+    config::check_verb_version(cmd.verb, &conf.cni_version)?;
     match (cmd.verb, cmd.attachment) {
         (Verb::Add, Some(a)) => add(env, &conf, &a).map(Some),
         (Verb::Del, Some(a)) => del(&conf, &a).map(|()| None),
@@ -121,30 +140,58 @@ fn version(stdin: &[u8]) -> String {
     .to_string()
 }
 
-fn existing_netns(a: &Attachment) -> Result<&Path> {
+/// CNI_NETNS, open, once checked to be a network namespace other than the plugin's own.
+fn pod_netns(a: &Attachment) -> Result<petrel_netlink::Netns> {
     let ns = a
         .netns
         .as_deref()
         .ok_or_else(|| CniError::env("CNI_NETNS is required"))?;
-    if !ns.exists() {
-        return Err(CniError::env(format!(
-            "CNI_NETNS {} does not exist",
-            ns.display()
-        )));
+    netns::open(ns)
+}
+
+/// The earlier plugins' result: absent is fine, present but not a result is not.
+fn prev_result(conf: &NetConf) -> Result<Option<CniResult>> {
+    conf.prev_result
+        .as_ref()
+        .map(|v| {
+            serde_json::from_value(v.clone())
+                .map_err(|e| CniError::decode("prevResult is malformed", e))
+        })
+        .transpose()
+}
+
+/// One interface per pod: the pod's default route goes via the gateway on the first
+/// interface's link, and a second /32 with a second default route cannot be wired the same
+/// way. Refused before anything is reserved or created.
+fn refuse_second_interface(store: &Store, a: &Attachment) -> Result<()> {
+    let others: Vec<String> = store
+        .reservations()?
+        .into_iter()
+        .filter(|(_, r)| r.container_id == a.container_id && r.ifname != a.ifname)
+        .map(|(_, r)| r.ifname)
+        .collect();
+    match others.first() {
+        None => Ok(()),
+        Some(first) => Err(CniError::env(format!(
+            "CNI_IFNAME {}: container {} already has interface {first} from petrel-cni, and \
+             petrel-cni wires one interface per pod",
+            a.ifname, a.container_id
+        ))),
     }
-    Ok(ns)
 }
 
 fn add(env: &HashMap<String, String>, conf: &NetConf, a: &Attachment) -> Result<String> {
     // Validate everything before touching anything.
-    let netns = existing_netns(a)?;
+    let ns = pod_netns(a)?;
     let range = conf.require_pod_cidr()?;
-    let mut pod = PodNs::open(netns)?;
+    let prev = prev_result(conf)?;
+    let mut pod = PodNs::new(ns)?;
     link::ensure_absent(&mut pod, &a.ifname)?;
     let host = link::host_socket()?;
 
     let store = Store::open(&conf.data_dir, &conf.name)?;
     pause_at(env, "locked");
+    refuse_second_interface(&store, a)?;
     let ip = store.reserve(range, &a.container_id, &a.ifname)?;
     let host_if = link::host_ifname(&a.container_id, &a.ifname);
     let mut txn = AddTxn {
@@ -171,11 +218,7 @@ fn add(env: &HashMap<String, String>, conf: &NetConf, a: &Attachment) -> Result<
         &format!("ADD {} {}: {ip} via {host_if}", a.container_id, a.ifname),
     );
 
-    let mut result = conf
-        .prev_result
-        .as_ref()
-        .and_then(CniResult::from_prev)
-        .unwrap_or_default();
+    let mut result = prev.unwrap_or_default();
     let base = result.interfaces.len();
     result.interfaces.push(Interface {
         name: host_if,
@@ -187,7 +230,7 @@ fn add(env: &HashMap<String, String>, conf: &NetConf, a: &Attachment) -> Result<
         name: a.ifname.clone(),
         mac: wired.container_mac,
         mtu: Some(conf.mtu),
-        sandbox: Some(netns.display().to_string()),
+        sandbox: Some(pod.netns.path().display().to_string()),
     });
     result.ips.push(IpConfig {
         version: None,
@@ -219,11 +262,7 @@ fn del(conf: &NetConf, a: &Attachment) -> Result<()> {
 }
 
 fn prev_ip(conf: &NetConf) -> Result<Ipv4Addr> {
-    let prev = conf
-        .prev_result
-        .as_ref()
-        .and_then(CniResult::from_prev)
-        .ok_or_else(|| CniError::config("CHECK needs prevResult"))?;
+    let prev = prev_result(conf)?.ok_or_else(|| CniError::config("CHECK needs prevResult"))?;
     prev.ips
         .iter()
         .find_map(|ip| ip.address.split('/').next()?.parse().ok())
@@ -231,7 +270,7 @@ fn prev_ip(conf: &NetConf) -> Result<Ipv4Addr> {
 }
 
 fn check(conf: &NetConf, a: &Attachment) -> Result<()> {
-    let netns = existing_netns(a)?;
+    let ns = pod_netns(a)?;
     let ip = prev_ip(conf)?;
     let range = conf.require_pod_cidr()?;
     let store = Store::open(&conf.data_dir, &conf.name)?;
@@ -248,7 +287,7 @@ fn check(conf: &NetConf, a: &Attachment) -> Result<()> {
             )]));
         }
     }
-    let mut pod = PodNs::open(netns)?;
+    let mut pod = PodNs::new(ns)?;
     link::check(&mut pod, &a.ifname, ip, ipam::gateway(range))
 }
 
@@ -256,7 +295,9 @@ fn status(conf: &NetConf) -> Result<()> {
     let unavailable = CniError::NotAvailable;
     let range = conf.require_pod_cidr().map_err(|e| unavailable(e.msg()))?;
     let store = Store::open(&conf.data_dir, &conf.name).map_err(|e| unavailable(e.full()))?;
-    store.writable().map_err(|e| unavailable(e.full()))?;
+    store
+        .can_write_reservation()
+        .map_err(|e| unavailable(e.full()))?;
     if !store.has_free(range)? {
         return Err(unavailable(format!("address pool {range} is exhausted")));
     }

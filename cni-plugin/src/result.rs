@@ -47,11 +47,6 @@ pub struct CniResult {
 }
 
 impl CniResult {
-    /// A result from an earlier plugin of the chain, if it decodes as one.
-    pub fn from_prev(prev: &serde_json::Value) -> Option<CniResult> {
-        serde_json::from_value(prev.clone()).ok()
-    }
-
     /// Sets the version and the per-version fields (0.3.x/0.4.0 carry `"version": "4"` on ips).
     pub fn in_version(mut self, version: &str) -> CniResult {
         let legacy = version.starts_with("0.");

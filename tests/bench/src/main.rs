@@ -52,7 +52,9 @@ fn sweep() {
                     e.path().display()
                 );
                 let _ = if pins {
-                    petrel_datapath::Datapath::remove(&e.path()).map_err(drop)
+                    petrel_datapath::Datapath::remove(&e.path())
+                        .map(drop)
+                        .map_err(drop)
                 } else {
                     std::fs::remove_dir(e.path()).map_err(drop)
                 };

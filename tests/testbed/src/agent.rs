@@ -62,6 +62,25 @@ impl Agent {
         crate::stop_child(&mut child, signal, Duration::from_secs(10));
     }
 
+    /// Waits up to `secs` seconds for the agent to exit by itself and returns its exit code
+    /// (None: killed by a signal). Panics if it is still running then (drop stops it).
+    pub fn wait_exit(&mut self, secs: u64) -> Option<i32> {
+        let child = self.child.as_mut().expect("the agent was started");
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for petrel-agent") {
+                self.child = None;
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "petrel-agent still running after {secs} s; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn exited(&mut self) -> bool {
         self.child
             .as_mut()

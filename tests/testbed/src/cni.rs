@@ -73,6 +73,19 @@ pub struct Call<'a> {
 impl Call<'_> {
     /// Starts the call inside `node` (the plugin's "host" namespace).
     pub fn spawn(&self, node: &NetNs, stdin: &str) -> Child {
+        let mut child = self.command(node).spawn().expect("spawn plugin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        child
+    }
+
+    /// The call as a process not yet started (stdin, stdout and stderr piped), for a test that
+    /// sets what `Call` cannot (a variable that is not UTF-8).
+    pub fn command(&self, node: &NetNs) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", node.path().display()))
             .arg("--")
@@ -92,14 +105,7 @@ impl Call<'_> {
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn plugin");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("write stdin");
-        child
+        cmd
     }
 
     pub fn run(&self, node: &NetNs, stdin: &str) -> Outcome {

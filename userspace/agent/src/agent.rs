@@ -150,6 +150,13 @@ impl Agent {
         } else {
             cli.node_ips.iter().map(|ip| (*ip).into()).collect()
         };
+        let cni_files = CniFiles {
+            pod_cidr_file: cli.pod_cidr_file.clone(),
+            conf_file: cli.cni_conf_file.clone(),
+            cni_version: cli.cni_version.clone(),
+            refused: std::sync::Mutex::default(),
+            metrics: Some(metrics.clone()),
+        };
         Ok(Agent {
             dp,
             syncer,
@@ -162,11 +169,7 @@ impl Agent {
             cluster_cidr: cli.cluster_cidr,
             options: cli.options(),
             route_settings: cli.route_settings(),
-            cni_files: CniFiles {
-                pod_cidr_file: cli.pod_cidr_file.clone(),
-                conf_file: cli.cni_conf_file.clone(),
-                cni_version: cli.cni_version.clone(),
-            },
+            cni_files,
             state_dir: cli.state_dir.clone(),
             routes: RouteSync::default(),
             memo: Memo::default(),
@@ -293,6 +296,8 @@ impl Agent {
 /// names, and syncs whenever the bounded-frequency runner says so. On exit the datapath stays in
 /// place (pinned) and keeps serving; the next agent adopts it.
 pub async fn run(cli: &Cli) -> anyhow::Result<()> {
+    // Every range first: a bad value stops the agent before anything is loaded or written.
+    cli.check()?;
     if cli.manifests.is_none() && cli.node_name.is_none() {
         anyhow::bail!("--node-name (or NODE_NAME) is required when watching an API server");
     }
@@ -331,13 +336,21 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
     });
     match &cli.manifests {
-        Some(dir) => tokio::spawn(sources::manifests::watch(dir.clone(), publisher)),
-        None => tokio::spawn(sources::kube::watch(
-            cli.kubeconfig.clone(),
-            agent.node_name.clone(),
-            publisher,
-        )),
-    };
+        Some(dir) => {
+            let rules = crate::validate::Rules {
+                node_ports: cli.service_node_port_range.min..=cli.service_node_port_range.max,
+            };
+            sources::manifests::spawn(dir.clone(), rules, publisher, metrics.clone())
+                .context("starting the manifests thread")?;
+        }
+        None => {
+            tokio::spawn(sources::kube::watch(
+                cli.kubeconfig.clone(),
+                agent.node_name.clone(),
+                publisher,
+            ));
+        }
+    }
     let owner = match (&cli.owner_daemonset, &cli.manifests) {
         (Some(owner), None) => Some(crate::uninstall::Watch::start(
             cli.kubeconfig.clone(),

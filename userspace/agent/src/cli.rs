@@ -87,7 +87,7 @@ pub struct Cli {
     #[arg(long, default_value = petrel_cni::contract::DEFAULT_POD_CIDR_FILE)]
     pub pod_cidr_file: PathBuf,
     /// The CNI conflist to write once the pod CIDR is known ("" to leave CNI config alone).
-    #[arg(long, default_value = "/etc/cni/net.d/05-petrel.conflist")]
+    #[arg(long, default_value = "/etc/cni/net.d/05-petrel.conflist", value_parser = path_or_empty())]
     pub cni_conf_file: PathBuf,
     /// The `cniVersion` of the written conflist. 1.0.0 is what containerd 1.6, CRI-O and the
     /// reference plugins read; 1.1.0 (STATUS, GC) needs containerd 2.0 or a libcni 1.2 runtime.
@@ -142,6 +142,11 @@ pub struct Cli {
     /// sockets would otherwise take ports petrel hands out.
     #[arg(long, value_parser = port_range, default_value = "61000-65535")]
     pub nat_port_range: PortRange,
+    /// The node port range of the cluster (kube-apiserver's --service-node-port-range):
+    /// nodePorts of manifests outside it are refused (standalone mode; an API server checks its
+    /// own).
+    #[arg(long, value_parser = node_port_range, default_value = "30000-32767")]
+    pub service_node_port_range: PortRange,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -251,6 +256,13 @@ fn humantime_ms(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// A path where "" is allowed (clap's own path parser refuses an empty value): "" means
+/// "leave this alone".
+fn path_or_empty() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::OsStringValueParser::new().map(PathBuf::from)
+}
+
 /// An inclusive port range, MIN-MAX.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortRange {
@@ -289,6 +301,19 @@ fn port_range(s: &str) -> Result<PortRange, String> {
     Ok(PortRange { min, max })
 }
 
+/// "30000-32767" -> PortRange: ports 1..=65535, MIN <= MAX (kube-apiserver's
+/// --service-node-port-range, which takes any range).
+fn node_port_range(s: &str) -> Result<PortRange, String> {
+    let bad = || format!("bad port range {s:?}: want MIN-MAX within 1-65535, e.g. 30000-32767");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let min: u16 = a.trim().parse().map_err(|_| bad())?;
+    let max: u16 = b.trim().parse().map_err(|_| bad())?;
+    if min == 0 || min > max {
+        return Err(bad());
+    }
+    Ok(PortRange { min, max })
+}
+
 /// The conntrack settings, range-checked (`Cli::conntrack`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conntrack {
@@ -309,6 +334,23 @@ pub fn default_ct_max_flows() -> u32 {
 /// Bounds of --ct-max-flows: below, a handful of clients fill the map; above, the preallocated
 /// map (two entries per connection) takes gigabytes.
 const CT_MAX_FLOWS: std::ops::RangeInclusive<u32> = 1024..=8 * 1024 * 1024;
+
+/// Bounds of --services-map-size (entries; one per frontend plus one per backend slot).
+const SERVICES_MAP_SIZE: std::ops::RangeInclusive<u32> = 1..=64 * 1024 * 1024;
+/// Bounds of --maglev-size (Cilium's smallest and largest table sizes).
+const MAGLEV_SIZE: std::ops::RangeInclusive<u32> = 251..=131_071;
+const MAGLEV_RINGS: std::ops::RangeInclusive<u32> = 1..=65_536;
+/// The Maglev map holds size x rings u32 entries: at most 256 MiB of them.
+const MAGLEV_ENTRIES: u64 = 64 * 1024 * 1024;
+
+/// A duration as the flags write it.
+fn show(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
 
 /// `d` in whole seconds within `range` (both in seconds), or why not.
 fn seconds(flag: &str, d: Duration, range: std::ops::RangeInclusive<u64>) -> anyhow::Result<u32> {
@@ -366,6 +408,78 @@ impl Cli {
             gc_interval: Duration::from_secs(u64::from(gc)),
             nat_ports: self.nat_port_range,
         })
+    }
+
+    /// Every value with a range, checked before anything is loaded or written (a bad value
+    /// changes nothing): the sync periods, the conntrack settings (`conntrack`), the map sizes,
+    /// the Maglev table, the overlay's VNI and port, the pod MTU. The --config file's values go
+    /// through here too (they become arguments).
+    pub fn check(&self) -> anyhow::Result<()> {
+        const HOUR: Duration = Duration::from_secs(3600);
+        let within = |flag: &str, d: Duration, min: Duration, max: Duration| {
+            if d < min || d > max {
+                anyhow::bail!(
+                    "--{flag} {} is out of range: between {} and {}",
+                    show(d),
+                    show(min),
+                    show(max)
+                );
+            }
+            Ok(())
+        };
+        within(
+            "sync-period",
+            self.sync_period,
+            Duration::from_secs(1),
+            HOUR,
+        )?;
+        within(
+            "min-sync-period",
+            self.min_sync_period,
+            Duration::ZERO,
+            self.sync_period.min(HOUR),
+        )?;
+        self.conntrack()?;
+        let count = |flag: &str, n: u32, range: std::ops::RangeInclusive<u32>| {
+            if !range.contains(&n) {
+                anyhow::bail!(
+                    "--{flag} {n} is out of range: between {} and {}",
+                    range.start(),
+                    range.end()
+                );
+            }
+            Ok(())
+        };
+        count(
+            "services-map-size",
+            self.services_map_size,
+            SERVICES_MAP_SIZE,
+        )?;
+        count("maglev-size", self.maglev_size, MAGLEV_SIZE)?;
+        if !petrel_datapath::maglev::is_prime(self.maglev_size) {
+            anyhow::bail!(
+                "--maglev-size {} is not prime (e.g. 251, 1021, 4093, 16381, 65521, 131071)",
+                self.maglev_size
+            );
+        }
+        count("maglev-rings", self.maglev_rings, MAGLEV_RINGS)?;
+        let ring_entries = u64::from(self.maglev_size) * u64::from(self.maglev_rings);
+        if ring_entries > MAGLEV_ENTRIES {
+            anyhow::bail!(
+                "--maglev-size {} x --maglev-rings {} = {ring_entries} ring entries: at most {MAGLEV_ENTRIES} (4 bytes each)",
+                self.maglev_size,
+                self.maglev_rings
+            );
+        }
+        count("vxlan-vni", self.vxlan_vni, 1..=(1 << 24) - 1)?;
+        if self.vxlan_port == 0 {
+            anyhow::bail!("--vxlan-port 0 is out of range: between 1 and 65535");
+        }
+        if let Some(mtu) = self.pod_mtu {
+            // petrel-cni's own bounds for the conflist's mtu.
+            count("pod-mtu", mtu, 576..=65535)?;
+        }
+        Ok(())
     }
 
     /// What the datapath is loaded with.
@@ -470,6 +584,91 @@ mod tests {
             let e = cli(args).conntrack().expect_err(want).to_string();
             assert!(e.contains(want), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused_with_the_flag_and_the_range() {
+        cli(&[]).check().expect("the defaults are valid");
+        let cases: [(&[&str], &str); 13] = [
+            (
+                &["--sync-period", "0s"],
+                "--sync-period 0s is out of range: between 1s and 3600s",
+            ),
+            (
+                &["--sync-period", "2h"],
+                "--sync-period 7200s is out of range",
+            ),
+            (
+                &["--sync-period", "18446744073709551615ms"],
+                "--sync-period",
+            ),
+            (
+                &["--min-sync-period", "1m", "--sync-period", "30s"],
+                "--min-sync-period 60s is out of range: between 0s and 30s",
+            ),
+            (&["--ct-gc-interval", "0s"], "--ct-gc-interval 0s"),
+            (&["--ct-max-flows", "4294967295"], "--ct-max-flows"),
+            (
+                &["--services-map-size", "0"],
+                "--services-map-size 0 is out of range",
+            ),
+            (
+                &["--maglev-size", "16383"],
+                "--maglev-size 16383 is not prime",
+            ),
+            (&["--maglev-size", "7"], "--maglev-size 7 is out of range"),
+            (&["--maglev-rings", "0"], "--maglev-rings 0 is out of range"),
+            (
+                &["--maglev-size", "131071", "--maglev-rings", "65536"],
+                "ring entries",
+            ),
+            (
+                &["--vxlan-vni", "16777216"],
+                "--vxlan-vni 16777216 is out of range",
+            ),
+            (
+                &["--pod-mtu", "100"],
+                "--pod-mtu 100 is out of range: between 576 and 65535",
+            ),
+        ];
+        for (args, want) in cases {
+            let e = cli(args).check().expect_err(want).to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+        let e = cli(&["--vxlan-port", "0"]).check().expect_err("port 0");
+        assert!(
+            e.to_string().contains("--vxlan-port 0 is out of range"),
+            "{e}"
+        );
+        for bad in ["0-100", "32767-30000", "30000"] {
+            let parsed = Cli::try_parse_from(["petrel-agent", "--service-node-port-range", bad]);
+            let e = parsed.expect_err(bad).to_string();
+            assert!(e.contains("bad port range"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_empty_cni_conf_file_means_leave_cni_config_alone() {
+        let c = cli(&["--cni-conf-file", ""]);
+        assert!(c.cni_conf_file.as_os_str().is_empty());
+        c.check().expect("valid");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "cni-conf-file: \"\"\nsync-period: 0s\n").expect("write");
+        let flags = [
+            (
+                "cni-conf-file".to_string(),
+                crate::config_file::Kind::Single,
+            ),
+            ("sync-period".to_string(), crate::config_file::Kind::Single),
+        ];
+        let args = crate::config_file::read_args(&file, &flags, |_| false).expect("reads");
+        let mut all = vec!["petrel-agent".to_string()];
+        all.extend(args);
+        let c = Cli::try_parse_from(all).expect("parses");
+        assert!(c.cni_conf_file.as_os_str().is_empty());
+        let e = c.check().expect_err("0s from the file").to_string();
+        assert!(e.contains("--sync-period 0s is out of range"), "{e}");
     }
 
     #[test]

@@ -14,13 +14,15 @@ use petrel_cni::contract;
 use crate::node;
 
 /// The files the agent writes for petrel-cni.
-#[derive(Clone, Debug)]
 pub struct CniFiles {
     pub pod_cidr_file: PathBuf,
     /// Empty: the CNI configuration is left alone.
     pub conf_file: PathBuf,
     /// The conflist's `cniVersion` (one of `contract::CONFLIST_CNI_VERSIONS`).
     pub cni_version: String,
+    /// The pod CIDR problem logged last (logged again only when it changes).
+    pub refused: std::sync::Mutex<Option<String>>,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl CniFiles {
@@ -28,7 +30,7 @@ impl CniFiles {
     /// The conflist waits for the MTU (known once the uplink is found): pods made with a wrong
     /// one would keep it.
     pub fn write(&self, nodes: &[Arc<Node>], name: &str, pod_mtu: Option<u32>) {
-        let Some(cidr) = node::find(nodes, name).and_then(node::pod_cidr) else {
+        let Some(cidr) = self.usable_pod_cidr(nodes, name) else {
             return;
         };
         let file = &self.pod_cidr_file;
@@ -56,6 +58,33 @@ impl CniFiles {
                 tracing::warn!(file = %file.display(), error = %e, "cannot write the CNI conflist")
             }
         }
+    }
+}
+
+impl CniFiles {
+    /// The Node's pod CIDR when petrel-cni can use it. One it cannot (`node::pod_cidr_problem`)
+    /// is logged once per change, raises `petrel_pod_cidr_refused`, and is not written: the
+    /// file keeps what it had, so petrel-cni never gets a range that fails every ADD.
+    fn usable_pod_cidr(&self, nodes: &[Arc<Node>], name: &str) -> Option<ipnet::Ipv4Net> {
+        let cidr = node::find(nodes, name).and_then(node::pod_cidr);
+        let problem = cidr.and_then(node::pod_cidr_problem);
+        let mut last = self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(m) = &self.metrics {
+            m.pod_cidr_refused.set(i64::from(problem.is_some()));
+        }
+        if problem.is_some() && *last != problem {
+            tracing::error!(
+                node = name,
+                reason = problem.as_deref().unwrap_or_default(),
+                file = %self.pod_cidr_file.display(),
+                "the Node's podCIDR is refused: petrel-cni cannot use it, so it is not written for petrel-cni (fix spec.podCIDR; no Event is posted: petrel's ClusterRole is read-only)"
+            );
+        }
+        *last = problem.clone();
+        cidr.filter(|_| problem.is_none())
     }
 }
 
@@ -134,6 +163,8 @@ mod tests {
             pod_cidr_file: dir.path().join("cni/pod-cidr"),
             conf_file: dir.path().join("net.d/05-petrel.conflist"),
             cni_version: contract::CONFLIST_CNI_VERSION.into(),
+            refused: std::sync::Mutex::default(),
+            metrics: None,
         };
         let mut node = Node {
             spec: Some(k8s_openapi::api::core::v1::NodeSpec {
@@ -165,5 +196,40 @@ mod tests {
             std::fs::read_to_string(&files.conf_file).expect("same"),
             text
         );
+    }
+
+    #[test]
+    fn a_pod_cidr_petrel_cni_cannot_use_is_not_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let files = CniFiles {
+            pod_cidr_file: dir.path().join("cni/pod-cidr"),
+            conf_file: dir.path().join("net.d/05-petrel.conflist"),
+            cni_version: contract::CONFLIST_CNI_VERSION.into(),
+            refused: std::sync::Mutex::default(),
+            metrics: Some(metrics.clone()),
+        };
+        let node = |cidr: &str| {
+            let mut n = Node {
+                spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+                    pod_cidr: Some(cidr.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            n.metadata.name = Some("n1".into());
+            [Arc::new(n)]
+        };
+        files.write(&node("10.244.3.0/24"), "n1", Some(1450));
+        for bad in ["10.244.3.0/31", "0.0.0.0/0", "224.1.0.0/16"] {
+            files.write(&node(bad), "n1", Some(1450));
+            assert_eq!(metrics.pod_cidr_refused.get(), 1, "{bad}");
+            let kept = std::fs::read_to_string(&files.pod_cidr_file).expect("pod cidr");
+            assert_eq!(kept, "10.244.3.0/24\n", "{bad} must not be written");
+        }
+        files.write(&node("10.244.4.0/24"), "n1", Some(1450));
+        assert_eq!(metrics.pod_cidr_refused.get(), 0);
+        let now = std::fs::read_to_string(&files.pod_cidr_file).expect("pod cidr");
+        assert_eq!(now, "10.244.4.0/24\n");
     }
 }

@@ -220,7 +220,7 @@ pub fn exposed_ports(nat: PortRange, local: PortRange, reserved: &[PortRange]) -
         }
         if u32::from(r.min) > next {
             out.push(PortRange {
-                min: next as u16,
+                min: u16::try_from(next).expect("below r.min, a u16"),
                 max: r.min - 1,
             });
         }
@@ -228,7 +228,7 @@ pub fn exposed_ports(nat: PortRange, local: PortRange, reserved: &[PortRange]) -
     }
     if next <= u32::from(overlap.max) {
         out.push(PortRange {
-            min: next as u16,
+            min: u16::try_from(next).expect("at most overlap.max, a u16"),
             max: overlap.max,
         });
     }

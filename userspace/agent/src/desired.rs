@@ -127,6 +127,9 @@ pub struct Desired {
     pub skipped: Vec<(String, &'static str)>,
     /// Services that ask for topology-aware routing but get every endpoint, with why.
     pub topology_fallbacks: Vec<(String, topology::Fallback)>,
+    /// Frontends two services ask for: (frontend, the older service that keeps it, the newer
+    /// one that does not get it).
+    pub conflicts: Vec<(Frontend, String, String)>,
 }
 
 impl Desired {
@@ -221,9 +224,72 @@ pub fn compute<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
     let mut desired = Desired::default();
     for svc in services {
         let svc: &Service = svc.borrow();
-        add_service(svc, &by_service, node, opts, &mut desired);
+        let mut part = Desired::default();
+        add_service(svc, &by_service, node, opts, &mut part);
+        merge(&mut desired, &part, |id| {
+            services
+                .iter()
+                .map(|s| -> &Service { s.borrow() })
+                .find(|s| service_id(s) == id)
+                .map(age)
+        });
     }
     desired
+}
+
+/// The age order of services, as the API server's allocators decide who keeps a port: the
+/// older creationTimestamp, then namespace/name.
+type Age = (bool, Option<String>, String);
+
+fn age(svc: &Service) -> Age {
+    let t = svc
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string());
+    (t.is_none(), t, service_id(svc))
+}
+
+fn service_id(svc: &Service) -> String {
+    key(
+        svc.metadata.namespace.as_deref().unwrap_or("default"),
+        svc.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// Adds one service's part of the desired state. A frontend another service already has stays
+/// with the older of the two (`age`, looked up by service id), and the conflict is recorded;
+/// never silently the later one.
+fn merge(desired: &mut Desired, part: &Desired, age_of: impl Fn(&str) -> Option<Age>) {
+    for (fe, plan) in &part.frontends {
+        match desired.frontends.get(fe) {
+            Some(have) if have.service != plan.service => {
+                let (old, new) = (age_of(&have.service), age_of(&plan.service));
+                if new < old {
+                    desired
+                        .conflicts
+                        .push((*fe, plan.service.clone(), have.service.clone()));
+                    desired.frontends.insert(*fe, plan.clone());
+                } else {
+                    desired
+                        .conflicts
+                        .push((*fe, have.service.clone(), plan.service.clone()));
+                }
+            }
+            _ => {
+                desired.frontends.insert(*fe, plan.clone());
+            }
+        }
+    }
+    desired.skipped.extend(part.skipped.iter().cloned());
+    desired
+        .topology_fallbacks
+        .extend(part.topology_fallbacks.iter().cloned());
+    desired.health_checks.extend(
+        part.health_checks
+            .iter()
+            .map(|(svc, hc)| (svc.clone(), *hc)),
+    );
 }
 
 /// A service's IPv4 addresses, by kind of frontend.
@@ -349,8 +415,8 @@ fn add_service(
     // kube-proxy (apiservice.NeedsHealthCheck): LoadBalancer services with eTP Local only.
     let health_check_port = spec
         .health_check_node_port
-        .filter(|p| (1..=65535).contains(p) && kind == "LoadBalancer" && external_local)
-        .map(|p| p as u16);
+        .filter(|_| kind == "LoadBalancer" && external_local)
+        .and_then(|p| u16::try_from(p).ok().filter(|p| *p != 0));
     let mut local_ready = BTreeSet::new();
     let topology_request = topology::request(svc);
     // kube-proxy's UsesClusterEndpoints: hints narrow the cluster-wide endpoints only; a service
@@ -433,7 +499,12 @@ fn add_service(
             },
             endpoints: for_frontend(kind),
         };
-        let svc_port = port.port as u16;
+        // Never wrapped to 16 bits: a port out of range is left out, and said (once per change
+        // of the service: the memo computes it again only then).
+        let Some(svc_port) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
+            tracing::warn!(service = %id, port = port.port, "service port out of range 1-65535: not programmed");
+            continue;
+        };
         let mut put = |ips: &[Ipv4Addr], port: u16, kind| {
             for ip in ips {
                 let fe = Frontend {
@@ -446,8 +517,14 @@ fn add_service(
         };
         put(&addrs.cluster, svc_port, FrontendKind::ClusterIp);
         if matches!(kind, "NodePort" | "LoadBalancer") {
-            if let Some(np) = port.node_port.filter(|p| *p > 0) {
-                put(&node.ips, np as u16, FrontendKind::NodePort);
+            match port.node_port.filter(|p| *p != 0).map(u16::try_from) {
+                Some(Ok(np)) => put(&node.ips, np, FrontendKind::NodePort),
+                Some(Err(_)) => tracing::warn!(
+                    service = %id,
+                    node_port = port.node_port,
+                    "nodePort out of range 1-65535: not programmed"
+                ),
+                None => {}
             }
         }
         put(&addrs.external, svc_port, FrontendKind::ExternalIp);
@@ -489,6 +566,8 @@ fn add_service(
 pub struct Memo {
     context: Option<(NodeFacts, bool)>,
     services: HashMap<String, Remembered>,
+    /// The conflicts logged at the last call: each is logged once, when it appears.
+    conflicts: BTreeSet<(Frontend, String, String)>,
 }
 
 struct Remembered {
@@ -547,22 +626,23 @@ impl Memo {
                 };
                 self.services.insert(id.clone(), r);
             }
-            let part = &self.services[&id].part;
-            desired
-                .frontends
-                .extend(part.frontends.iter().map(|(fe, p)| (*fe, p.clone())));
-            desired.skipped.extend(part.skipped.iter().cloned());
-            desired
-                .topology_fallbacks
-                .extend(part.topology_fallbacks.iter().cloned());
-            desired.health_checks.extend(
-                part.health_checks
-                    .iter()
-                    .map(|(svc, hc)| (svc.clone(), *hc)),
-            );
+            let services = &self.services;
+            merge(&mut desired, &services[&id].part, |id| {
+                services.get(id).map(|r| age(&r.service))
+            });
             present.insert(id);
         }
         self.services.retain(|id, _| present.contains(id));
+        let now: BTreeSet<_> = desired.conflicts.iter().cloned().collect();
+        for (fe, keeps, refused) in now.difference(&self.conflicts) {
+            tracing::warn!(
+                frontend = %fe,
+                keeps = %keeps,
+                refused = %refused,
+                "two services ask for one frontend: the older keeps it, as the API server's allocator would"
+            );
+        }
+        self.conflicts = now;
         desired
     }
 }
@@ -585,6 +665,14 @@ fn endpoints_for(
         let Some(target) = target.and_then(|p| p.port) else {
             continue;
         };
+        let Some(target) = u16::try_from(target).ok().filter(|p| *p != 0) else {
+            tracing::warn!(
+                slice = slice.metadata.name.as_deref().unwrap_or_default(),
+                port = target,
+                "EndpointSlice port out of range 1-65535: its endpoints are not used"
+            );
+            continue;
+        };
         for ep in &slice.endpoints {
             let c = ep.conditions.as_ref();
             // EndpointSlice v1: ready unset means ready; serving unset means ready.
@@ -595,7 +683,7 @@ fn endpoints_for(
             let hint = topology::hint(ep, node.zone.as_deref());
             for addr in ep.addresses.iter().filter_map(|a| ipv4(a)) {
                 let backend = BackendKey {
-                    addr: SocketAddrV4::new(addr, target as u16),
+                    addr: SocketAddrV4::new(addr, target),
                     proto,
                 };
                 // The same address in two slices (during a move): keep the first.
@@ -776,6 +864,71 @@ mod tests {
                 d.frontends.len(),
                 t.elapsed()
             );
+        }
+    }
+
+    #[test]
+    fn out_of_range_ports_are_left_out_never_wrapped() {
+        let mut np = port("http", 70000, "TCP");
+        np.node_port = Some(99999);
+        let mut ok = port("ok", 443, "TCP");
+        ok.node_port = Some(-1);
+        let s = svc(
+            "web",
+            ServiceSpec {
+                type_: Some("NodePort".into()),
+                cluster_ip: Some("10.96.0.10".into()),
+                ports: Some(vec![np, port("neg", -1, "TCP"), ok]),
+                ..Default::default()
+            },
+        );
+        let sl = slice(
+            "web",
+            &[("ok", 70000, "TCP")],
+            &[("10.244.1.5", Some("n1"), Some(true))],
+        );
+        let d = compute(&[s], &[sl], &node(), Options::default());
+        let ports: Vec<u16> = d.frontends.keys().map(|f| f.port).collect();
+        // 70000 would wrap to 4464, -1 to 65535, 99999 to 34463: none of them appears.
+        assert_eq!(ports, [443], "{:?}", d.frontends.keys());
+        let fe = d.frontends.values().next().expect("443");
+        assert!(fe.endpoints.is_empty(), "target port 70000 is not used");
+    }
+
+    #[test]
+    fn a_frontend_two_services_ask_for_stays_with_the_older() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let mk = |name: &str, port_no: i32, created: &str| {
+            let mut s = svc(
+                name,
+                ServiceSpec {
+                    cluster_ip: Some("10.96.0.10".into()),
+                    ports: Some(vec![port("http", port_no, "TCP")]),
+                    ..Default::default()
+                },
+            );
+            s.metadata.creation_timestamp = Some(Time(created.parse().expect("time")));
+            Arc::new(s)
+        };
+        let old = mk("old", 80, "2020-01-01T00:00:00Z");
+        let new = mk("new", 80, "2021-01-01T00:00:00Z");
+        let fe = Frontend {
+            addr: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            proto: Proto::Tcp,
+        };
+        for order in [
+            vec![old.clone(), new.clone()],
+            vec![new.clone(), old.clone()],
+        ] {
+            let d = compute(&order, &[] as &[EndpointSlice], &node(), Options::default());
+            assert_eq!(d.frontends[&fe].service, "default/old");
+            assert_eq!(
+                d.conflicts,
+                [(fe, "default/old".to_string(), "default/new".to_string())]
+            );
+            let mut memo = Memo::default();
+            assert_eq!(memo.compute(&order, &[], &node(), Options::default()), d);
         }
     }
 

@@ -22,3 +22,4 @@ pub mod sources;
 pub mod sync;
 pub mod topology;
 pub mod uninstall;
+pub mod validate;

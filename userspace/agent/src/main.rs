@@ -35,10 +35,31 @@ fn install_cni(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Uninstalling: every pin (so every attached program), the routes and the overlay device.
+/// Uninstalling: petrel's pins (so every attached program), the routes and the overlay device.
+/// The bpffs root is checked first (bpffs, petrel's layout only: see petrel_datapath::cleanup);
+/// a refusal exits non-zero before anything, routes included, is removed.
 async fn cleanup(cli: &Cli) -> anyhow::Result<()> {
-    Datapath::remove(&cli.bpffs_root)?;
-    tracing::info!(root = %cli.bpffs_root.display(), "removed every petrel pin: programs detached, maps freed");
+    let root = &cli.bpffs_root;
+    petrel_datapath::cleanup::plan(root)?;
+    let removed = Datapath::remove(root)?;
+    let pins: Vec<String> = removed
+        .pins
+        .iter()
+        .filter_map(|p| p.strip_prefix(root).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    let dirs: Vec<String> = removed
+        .dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
+    tracing::info!(
+        root = %root.display(),
+        pins = pins.len(),
+        removed = pins.join(" "),
+        dirs_removed = dirs.join(" "),
+        "removed petrel's pins by name: programs detached, maps freed"
+    );
     let routes = tokio::task::spawn_blocking(routes::remove_all)
         .await
         .context("removing petrel's routes")?
@@ -46,7 +67,7 @@ async fn cleanup(cli: &Cli) -> anyhow::Result<()> {
     tracing::info!(
         routes,
         device = routes::VXLAN_IFNAME,
-        "removed petrel's routes and overlay device"
+        "removed petrel's routes (protocol 112) and overlay device"
     );
     Ok(())
 }

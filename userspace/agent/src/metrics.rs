@@ -60,6 +60,12 @@ pub struct Metrics {
     pub sync_errors: Counter,
     pub refused: Gauge,
     pub manifest_errors: Gauge,
+    /// Manifest objects refused (invalid, or in conflict with an older one), by reason.
+    pub manifest_refused: Family<ReasonLabel, Gauge>,
+    /// 1 while the manifests folder can be read, 0 while the last good state is kept.
+    pub manifest_source_ok: Gauge,
+    /// 1 while this Node's podCIDR is one petrel-cni cannot use (not written for it).
+    pub pod_cidr_refused: Gauge,
     pub node_routes: Gauge,
     pub ct_entries: Gauge,
     pub ct_fill: Gauge<f64, AtomicU64>,
@@ -94,6 +100,9 @@ impl Metrics {
             sync_errors: Counter::default(),
             refused: Gauge::default(),
             manifest_errors: Gauge::default(),
+            manifest_refused: Family::default(),
+            manifest_source_ok: Gauge::default(),
+            pod_cidr_refused: Gauge::default(),
             node_routes: Gauge::default(),
             ct_entries: Gauge::default(),
             ct_fill: Gauge::default(),
@@ -157,6 +166,21 @@ impl Metrics {
             "petrel_manifest_errors",
             "Manifest files skipped at the last read (standalone mode)",
             m.manifest_errors.clone(),
+        );
+        registry.register(
+            "petrel_manifest_refused",
+            "Manifest objects refused at the last read, by reason (invalid, duplicate_name, duplicate_port, duplicate_node_port)",
+            m.manifest_refused.clone(),
+        );
+        registry.register(
+            "petrel_manifest_source_ok",
+            "1 while the manifests folder can be read; 0 while it cannot and the last good state is kept",
+            m.manifest_source_ok.clone(),
+        );
+        registry.register(
+            "petrel_pod_cidr_refused",
+            "1 while this Node's podCIDR is one petrel-cni cannot use (not IPv4 unicast, or longer than /29): it is not written for petrel-cni",
+            m.pod_cidr_refused.clone(),
         );
         registry.register(
             "petrel_node_routes",

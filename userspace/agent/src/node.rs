@@ -73,11 +73,67 @@ pub fn pod_cidr(node: &Node) -> Option<Ipv4Net> {
     all.filter_map(|c| c.parse::<Ipv4Net>().ok()).next()
 }
 
+/// Why petrel-cni cannot use `cidr` as a node's pod range, or None: it must be an IPv4 unicast
+/// range (not 0.0.0.0/8, loopback, link-local, multicast, reserved or broadcast), not
+/// 0.0.0.0/0, and hold at least 8 addresses (/29: network, gateway, broadcast and pods).
+pub fn pod_cidr_problem(cidr: Ipv4Net) -> Option<String> {
+    let net = cidr.network();
+    if cidr.prefix_len() == 0 {
+        return Some(format!("{cidr} is every address"));
+    }
+    if cidr.prefix_len() > 29 {
+        return Some(format!(
+            "{cidr} is narrower than /29 (petrel-cni needs the network, gateway and broadcast addresses besides the pods')"
+        ));
+    }
+    let last = cidr.broadcast();
+    let bad = |a: std::net::Ipv4Addr| {
+        a.octets()[0] == 0
+            || a.is_loopback()
+            || a.is_link_local()
+            || a.is_multicast()
+            || a.octets()[0] >= 240
+    };
+    if bad(net) || bad(last) {
+        return Some(format!(
+            "{cidr} is not IPv4 unicast (0.0.0.0/8, loopback, link-local, multicast and reserved ranges are not pod ranges)"
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{NodeAddress, NodeSpec, NodeStatus};
 
     use super::*;
+
+    #[test]
+    fn pod_cidrs_petrel_cni_cannot_use_are_named() {
+        let problem = |c: &str| pod_cidr_problem(c.parse().expect("cidr"));
+        for ok in [
+            "10.244.3.0/24",
+            "10.244.3.0/29",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+        ] {
+            assert_eq!(problem(ok), None, "{ok}");
+        }
+        for (bad, why) in [
+            ("0.0.0.0/0", "every address"),
+            ("10.244.3.0/31", "narrower than /29"),
+            ("10.244.3.8/30", "narrower than /29"),
+            ("224.0.0.0/24", "not IPv4 unicast"),
+            ("127.0.0.0/8", "not IPv4 unicast"),
+            ("169.254.0.0/16", "not IPv4 unicast"),
+            ("240.0.0.0/4", "not IPv4 unicast"),
+            ("0.0.0.0/8", "not IPv4 unicast"),
+            ("192.0.0.0/2", "not IPv4 unicast"),
+        ] {
+            let p = problem(bad).unwrap_or_default();
+            assert!(p.contains(why), "{bad}: {p:?}");
+        }
+    }
 
     #[test]
     fn pod_cidr_prefers_the_first_ipv4_of_pod_cidrs() {

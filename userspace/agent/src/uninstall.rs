@@ -165,7 +165,9 @@ pub async fn remove_from_node(cli: &Cli) -> anyhow::Result<()> {
     };
     note(
         "removing the pins",
-        Datapath::remove(&cli.bpffs_root).map_err(Into::into),
+        Datapath::remove(&cli.bpffs_root)
+            .map(drop)
+            .map_err(Into::into),
     );
     let routes = tokio::task::spawn_blocking(routes::remove_all).await;
     note(

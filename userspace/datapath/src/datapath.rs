@@ -346,13 +346,10 @@ impl Datapath {
         Ok((r.return_value, out))
     }
 
-    /// Removes every pin under `root`: links detach and maps are freed once nothing holds them.
-    /// Succeeds when the root is already gone.
-    pub fn remove(root: &Path) -> Result<(), DatapathError> {
-        match fs::remove_dir_all(root) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", root)(e)),
-            _ => Ok(()),
-        }
+    /// Removes petrel's pins under `root` by name, and the folders once empty; refuses (removing
+    /// nothing) a root that is not on bpffs or holds anything else. See `cleanup`.
+    pub fn remove(root: &Path) -> Result<crate::cleanup::Removed, crate::cleanup::CleanupError> {
+        crate::cleanup::remove(root)
     }
 }
 

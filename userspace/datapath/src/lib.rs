@@ -5,6 +5,7 @@
 //! sockets on removed backends. The domain types are in `model`; the Kubernetes side lives in
 //! petrel-agent.
 
+pub mod cleanup;
 pub mod conntrack;
 pub mod datapath;
 pub mod inspect;

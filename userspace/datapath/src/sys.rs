@@ -7,9 +7,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+/// statfs f_type of a bpffs mount (linux/magic.h).
+pub const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
-fn statfs_type(path: &Path) -> io::Result<i64> {
+/// The statfs filesystem type (magic) of the filesystem holding `path`.
+pub fn statfs_type(path: &Path) -> io::Result<i64> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: zeroed statfs is a valid out-parameter.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };

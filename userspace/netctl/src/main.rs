@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use petrel_datapath::{Frontend, Proto, ServiceMaps, inspect::ProgrammedBackend};
+use petrel_datapath::{Frontend, Proto, ServiceMaps, inspect::ProgrammedBackend, maps::MapsError};
 
 #[derive(Parser)]
 #[command(name = "netctl", version, about = "Inspect petrel's datapath")]
@@ -91,12 +91,20 @@ fn list(backends: &[ProgrammedBackend]) -> String {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let maps = ServiceMaps::open(&cli.bpffs_root.join("maps")).with_context(|| {
-        format!(
-            "is petrel running? no datapath pinned under {}",
-            cli.bpffs_root.display()
-        )
-    })?;
+    let maps = match ServiceMaps::open(&cli.bpffs_root.join("maps")) {
+        Ok(m) => m,
+        // A pin of the wrong shape: petrel is running, another version pinned the maps; say
+        // what is wrong rather than ask.
+        Err(e @ (MapsError::Shape { .. } | MapsError::WrongType { .. })) => {
+            return Err(anyhow::Error::new(e));
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "is petrel running? no datapath pinned under {}",
+                cli.bpffs_root.display()
+            )));
+        }
+    };
     let json = cli.json || matches!(cli.output, Output::Json);
     match cli.command {
         Command::DumpServices => dump_services(&maps, &cli.state_dir, json),

@@ -33,6 +33,14 @@ impl Netns {
         })
     }
 
+    /// A namespace file the caller already opened (and checked); `path` is what messages name.
+    pub fn from_file(file: File, path: &Path) -> Netns {
+        Netns {
+            file,
+            path: path.to_path_buf(),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

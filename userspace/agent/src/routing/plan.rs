@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 
-use crate::node::{internal_ip, pod_cidr};
+use crate::node::{internal_ip, pod_cidr, pod_cidr_problem};
 
 /// Another node's pods, reachable through that node.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,6 +54,11 @@ pub fn plan<N: Borrow<Node>>(nodes: &[N], me: &str, cluster_cidr: Option<Ipv4Net
                 .push(format!("node {name} has no IPv4 podCIDR yet: no route"));
             continue;
         };
+        if let Some(why) = pod_cidr_problem(cidr) {
+            out.problems
+                .push(format!("node {name}'s podCIDR {why}: no route"));
+            continue;
+        }
         let Some(node_ip) = internal_ip(node) else {
             out.problems.push(format!(
                 "node {name} has no IPv4 InternalIP: no route to {cidr}"

@@ -40,6 +40,21 @@ pub const SOCK_REVNAT: &str = "SOCK_REVNAT_V1";
 pub const SOCK_CT: &str = "SOCK_CT_V2";
 pub const CONFIG: &str = "CONFIG_V2";
 pub const SRC_RANGES: &str = "SRC_RANGES_V1";
+/// Every map this release pins, by name (what `--cleanup` may remove, with `OBSOLETE`).
+pub const ALL: [&str; 12] = [
+    SERVICES,
+    BACKENDS,
+    REV_NAT,
+    CONNTRACK,
+    FRAGS,
+    STATS,
+    AFFINITY,
+    MAGLEV,
+    SOCK_REVNAT,
+    SOCK_CT,
+    CONFIG,
+    SRC_RANGES,
+];
 /// Pins of maps earlier releases had and this one does not (replaced by a new layout): removed
 /// at load, so an upgrade leaves nothing behind.
 pub const OBSOLETE: [&str; 5] = ["CT_V1", "REV_CT_V1", "STATS_V1", "CONFIG_V1", "SOCK_CT_V1"];
@@ -51,6 +66,24 @@ pub enum MapsError {
         path: PathBuf,
         #[source]
         source: MapError,
+    },
+    #[error(
+        "map {map} has {what} size {pinned}, expected {expected}: pinned by another petrel version? ({path})"
+    )]
+    Shape {
+        map: &'static str,
+        path: PathBuf,
+        what: &'static str,
+        pinned: usize,
+        expected: usize,
+    },
+    #[error(
+        "map {map} is of another map type (kernel type {map_type}) than this petrel pins: pinned by another petrel version or another tool? ({path})"
+    )]
+    WrongType {
+        map: &'static str,
+        path: PathBuf,
+        map_type: u32,
     },
     #[error("{op} in map {map}: {source}")]
     Op {

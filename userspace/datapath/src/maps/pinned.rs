@@ -38,8 +38,38 @@ fn open_pin(dir: &Path, name: &'static str) -> Result<Map, MapsError> {
 }
 
 /// Opens pin `name` in `dir` as the typed map `T`.
+/// A pin of the wrong shape (another key or value size, another map type) is said as such: it
+/// was pinned under petrel's name by another petrel version (or another tool), and reading it as
+/// this version's layout would be wrong.
 fn open<T: TryFrom<Map, Error = MapError>>(dir: &Path, name: &'static str) -> Result<T, MapsError> {
-    op("open", name, T::try_from(open_pin(dir, name)?))
+    let path = dir.join(name);
+    // aya's `size` is this build's type, `expected` the pinned map's.
+    T::try_from(open_pin(dir, name)?).map_err(|source| match source {
+        MapError::InvalidKeySize { size, expected } => MapsError::Shape {
+            map: name,
+            path,
+            what: "key",
+            pinned: expected,
+            expected: size,
+        },
+        MapError::InvalidValueSize { size, expected } => MapsError::Shape {
+            map: name,
+            path,
+            what: "value",
+            pinned: expected,
+            expected: size,
+        },
+        MapError::InvalidMapType { map_type } => MapsError::WrongType {
+            map: name,
+            path,
+            map_type,
+        },
+        source => MapsError::Op {
+            op: "open",
+            map: name,
+            source,
+        },
+    })
 }
 
 fn op<T>(op: &'static str, map: &'static str, r: Result<T, MapError>) -> Result<T, MapsError> {
