@@ -27,10 +27,17 @@ RUN cargo build --release --locked -p petrel-agent -p petrel-netctl -p petrel-cn
  && install -m 0755 target/release/petrel-agent target/release/netctl target/release/petrel-cni /out/
 
 FROM debian:bookworm-slim
-# iproute2 (ip, tc, bridge) to look at what the agent programmed from inside the pod; mount and
-# mountpoint (the bpffs init container) are in util-linux, which the slim image has.
+# iproute2 (ip, tc, bridge) to look at what the agent programmed from inside the pod; sh and
+# mount (the bpffs init container) are in the slim image.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends iproute2 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ /usr/local/bin/
+# deploy/image-contents lists every file the image must hold; `cargo xtask image` (the test
+# cluster's registry-less image, tests/realnode/image.sh) packs exactly that list, so the two
+# images have the same files. Refuse to build an image lacking one.
+COPY deploy/image-contents /usr/local/share/petrel/image-contents
+RUN awk '!/^#/ && NF {print $1}' /usr/local/share/petrel/image-contents | while read -r f; do \
+      test -x "$f" || { echo "the image lacks $f (deploy/image-contents)" >&2; exit 1; }; \
+    done
 ENTRYPOINT ["/usr/local/bin/petrel-agent"]

@@ -1,61 +1,97 @@
 #!/usr/bin/env bash
-# Builds the real kube-apiserver and kube-proxy v1.20.2 offline from Debian's own `kubernetes`
-# source package (bookworm-security), whose orig tarball ships vendor/. Called by
-# `cargo xtask setup`; idempotent: exits at once when OUT_DIR already holds both binaries.
+# Builds the real Kubernetes v1.20.2 binaries offline from Debian's own `kubernetes` source
+# package (bookworm-security), whose orig tarball ships vendor/. Called by `cargo xtask setup`;
+# idempotent: exits at once when OUT_DIR already holds every binary asked for.
 #
-# Usage: build-kube.sh OUT_DIR WORK_DIR
+# Usage: build-kube.sh OUT_DIR WORK_DIR [WHAT...]
+#   WHAT defaults to the fixture and real-cluster set: kube-apiserver kube-proxy kubelet
+#   kube-controller-manager kube-scheduler kubectl.
 #
-# Two pitfalls handled here:
+# The unpacked tree and Go's build cache stay in WORK_DIR/kubernetes-1.20.2 and WORK_DIR/gocache,
+# so a later WHAT (e2e.test, agnhost) builds incrementally instead of from scratch.
+#
+# Pitfalls handled here:
 # - the vendored modern-go/reflect2 1.0.1 crashes under Go >= 1.18 ("fatal error: fault" in
 #   mapiterinit); Debian's reflect2 1.0.2 is API-compatible and is swapped in.
 # - the source package is fetched with a private deb-src list so /etc/apt is never touched.
+# - kubelet 1.20 sets host-wide sysctls (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops)
+#   at start; on a shared test machine that must not happen, and protectKernelDefaults=true makes
+#   it refuse to start instead. A three-line test patch: with KUBELET_KERNEL_TUNABLES=warn in its
+#   environment kubelet only warns (unset, it behaves as upstream).
 set -euo pipefail
 OUT=$1
 WORK=$2
+shift 2
+WHAT=${*:-cmd/kube-apiserver cmd/kube-proxy cmd/kubelet cmd/kube-controller-manager cmd/kube-scheduler cmd/kubectl}
 ORIG=kubernetes_1.20.5+really1.20.2.orig.tar.gz
 ORIG_SHA256=b83c0780efb182d928dc63d46488a847f161f04e40a94b96bf5247dd671ecdfc
-WHAT="cmd/kube-apiserver cmd/kube-proxy"
+PATCH_MARK=KUBELET_KERNEL_TUNABLES
 mkdir -p "$OUT" "$WORK"
+# One build at a time per cache (two setups started together wait for each other).
+exec 9>"$WORK/.build.lock"
+flock 9
 
-built=1
-for t in $WHAT; do "$OUT/${t##*/}" --version 2>/dev/null | grep -q 'v1.20.2' || built=0; done
-[ "$built" = 1 ] && exit 0
+# Whether OUT holds a v1.20.2 build of $1 (kubelet: the patched one).
+built() {
+  local b=$OUT/$1
+  [ -x "$b" ] || return 1
+  case $1 in
+    kubectl) "$b" version --client --short 2>/dev/null | grep -q 'v1.20.2' ;;
+    kubelet) "$b" --version 2>/dev/null | grep -q 'v1.20.2' && grep -qa "$PATCH_MARK" "$b" ;;
+    *.test | agnhost | petrel-kubedns) true ;;
+    *) "$b" --version 2>/dev/null | grep -q 'v1.20.2' ;;
+  esac
+}
+todo=""
+for t in $WHAT; do built "${t##*/}" || todo="$todo $t"; done
+[ -z "$todo" ] && exit 0
 
-A=$WORK/apt
-mkdir -p "$A/lists/partial" "$A/cache/archives/partial" "$A/parts"
-found=0
-for f in /etc/apt/sources.list.d/*.sources; do
-  [ -e "$f" ] || continue
-  if grep -q '^Types: deb$' "$f"; then
-    sed 's/^Types: deb$/Types: deb-src/' "$f" > "$A/parts/$(basename "$f")"
-    found=1
+T=$WORK/kubernetes-1.20.2
+if [ ! -f "$T/.petrel-unpacked" ]; then
+  A=$WORK/apt
+  mkdir -p "$A/lists/partial" "$A/cache/archives/partial" "$A/parts"
+  found=0
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -e "$f" ] || continue
+    if grep -q '^Types: deb$' "$f"; then
+      sed 's/^Types: deb$/Types: deb-src/' "$f" > "$A/parts/$(basename "$f")"
+      found=1
+    fi
+  done
+  if [ "$found" = 0 ] && [ -f /etc/apt/sources.list ]; then
+    sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > "$A/parts/bookworm.list"
   fi
-done
-if [ "$found" = 0 ] && [ -f /etc/apt/sources.list ]; then
-  sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > "$A/parts/bookworm.list"
+  O=(-o APT::Sandbox::User=root -o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$A/parts"
+     -o "Dir::State::Lists=$A/lists" -o "Dir::Cache=$A/cache")
+  cd "$WORK"
+  if [ ! -f "$ORIG" ]; then
+    echo "  fetching Debian source package kubernetes" >&2
+    apt-get "${O[@]}" update -qq
+    apt-get "${O[@]}" source --download-only kubernetes >/dev/null
+  fi
+  echo "$ORIG_SHA256  $ORIG" | sha256sum -c --quiet
+  rm -rf "$T"
+  tar xzf "$ORIG"
+  V=$T/vendor/github.com/modern-go/reflect2
+  R=/usr/share/gocode/src/github.com/modern-go/reflect2
+  rm -f "$V"/*.go "$V"/*.s
+  cp "$R"/*.go "$R"/*.s "$V"/
+  touch "$T/.petrel-unpacked"
 fi
-O=(-o APT::Sandbox::User=root -o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$A/parts"
-   -o "Dir::State::Lists=$A/lists" -o "Dir::Cache=$A/cache")
-cd "$WORK"
-if [ ! -f "$ORIG" ]; then
-  echo "  fetching Debian source package kubernetes" >&2
-  apt-get "${O[@]}" update -qq
-  apt-get "${O[@]}" source --download-only kubernetes >/dev/null
+cd "$T"
+
+p=pkg/kubelet/cm/container_manager_linux.go
+if ! grep -q "$PATCH_MARK" "$p"; then
+  old=$'\tb := KernelTunableModify\n\tif cm.GetNodeConfig().ProtectKernelDefaults {'
+  new=$'\tb := KernelTunableModify\n\tif os.Getenv("KUBELET_KERNEL_TUNABLES") == "warn" { // petrel test patch: leave host-wide sysctls alone\n\t\tb = KernelTunableWarn\n\t}\n\tif cm.GetNodeConfig().ProtectKernelDefaults {'
+  src=$(cat "$p")
+  [[ $src == *"$old"* ]] || { echo "build-kube.sh: kubelet patch does not apply to $p" >&2; exit 1; }
+  printf '%s\n' "${src/"$old"/"$new"}" > "$p"
 fi
-echo "$ORIG_SHA256  $ORIG" | sha256sum -c --quiet
-rm -rf kubernetes-1.20.2
-tar xzf "$ORIG"
-cd kubernetes-1.20.2
 
-V=vendor/github.com/modern-go/reflect2
-R=/usr/share/gocode/src/github.com/modern-go/reflect2
-rm -f "$V"/*.go "$V"/*.s
-cp "$R"/*.go "$R"/*.s "$V"/
-
-echo "  make WHAT=\"$WHAT\" (about 6 minutes on 2 cores)" >&2
+echo "  make WHAT=\"${todo# }\" (about 10 minutes on 2 cores from nothing)" >&2
 export GOCACHE="$WORK/gocache" GOPROXY=off GOFLAGS=
 unset GOPATH
-make WHAT="$WHAT" >"$WORK/make.log" 2>&1 || { tail -40 "$WORK/make.log" >&2; exit 1; }
-for t in $WHAT; do install -m 0755 "_output/bin/${t##*/}" "$OUT/${t##*/}"; done
-cd "$WORK"
-rm -rf "$WORK/kubernetes-1.20.2" "$WORK/gocache"
+make WHAT="${todo# }" >"$WORK/make.log" 2>&1 || { tail -40 "$WORK/make.log" >&2; exit 1; }
+for t in $todo; do install -m 0755 "_output/bin/${t##*/}" "$OUT/${t##*/}"; done
+for t in $WHAT; do built "${t##*/}" || { echo "build-kube.sh: ${t##*/} missing after the build" >&2; exit 1; }; done

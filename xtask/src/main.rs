@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the only place that knows how petrel is built and tested.
 //! Every command runs `setup` first, so a fresh machine needs nothing but these commands.
 
+mod cluster;
 mod fuzz;
 mod setup;
 
@@ -62,6 +63,37 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// A real Kubernetes v1.20.2 cluster on this machine: control plane, and nodes in network
+    /// namespaces with their own containerd and kubelet; petrel installed by its DaemonSet.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
+    /// petrel's image, the test workload's and pause as docker archives in
+    /// target/realnode-images (no registry, no container engine); imported into the running
+    /// cluster's nodes.
+    Image,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Builds what is missing, brings the cluster up, imports the images and installs petrel
+    /// with `kubectl apply -k tests/realnode/overlay`.
+    Up {
+        /// How many nodes (the first also runs the control plane).
+        #[arg(long, default_value_t = 2)]
+        nodes: u32,
+        /// Leave petrel out (the nodes stay NotReady: no CNI).
+        #[arg(long)]
+        no_petrel: bool,
+    },
+    /// Removes everything `up` made.
+    Down,
+    /// kubectl against the cluster (e.g. `cargo xtask cluster kubectl get pods -A`).
+    Kubectl {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,6 +130,18 @@ fn main() -> anyhow::Result<()> {
             // The service benchmark runs the real kube-apiserver and kube-proxy.
             let env = setup::run(&root, true)?;
             bench(&env, quick)
+        }
+        Cmd::Cluster { command } => {
+            let env = setup::run(&root, !matches!(command, ClusterCmd::Down))?;
+            match command {
+                ClusterCmd::Up { nodes, no_petrel } => cluster::up(&env, &root, nodes, !no_petrel),
+                ClusterCmd::Down => cluster::down(&env, &root),
+                ClusterCmd::Kubectl { args } => cluster::kubectl(&env, &root, &args),
+            }
+        }
+        Cmd::Image => {
+            let env = setup::run(&root, false)?;
+            cluster::image(&env, &root)
         }
     }
 }
@@ -221,7 +265,7 @@ fn lint(env: &setup::Env) -> anyhow::Result<()> {
     )
 }
 
-fn require_root(why: &str) -> anyhow::Result<()> {
+pub fn require_root(why: &str) -> anyhow::Result<()> {
     if !setup::is_root() {
         bail!("{why} needs root (CAP_BPF, CAP_NET_ADMIN, network namespaces): run as root");
     }
@@ -264,7 +308,7 @@ const FUZZ_SECS_IN_TEST: u64 = 20;
 
 /// The product's binaries (petrel-cni, petrel-agent, netctl) and those of `extra` packages, in
 /// release mode, with `features` on.
-fn build_bins(env: &setup::Env, extra: &[&str], features: &[&str]) -> anyhow::Result<()> {
+pub fn build_bins(env: &setup::Env, extra: &[&str], features: &[&str]) -> anyhow::Result<()> {
     let mut args = vec!["build", "--release", "--bins"];
     for p in ["petrel-cni", "petrel-agent", "petrel-netctl"]
         .iter()

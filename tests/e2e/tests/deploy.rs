@@ -180,6 +180,8 @@ fn every_manifest_passes_a_server_side_dry_run_and_keeps_every_field() {
                 "ConfigMap",
                 "DaemonSet",
                 "Namespace",
+                "Role",
+                "RoleBinding",
                 "ServiceAccount"
             ]
         );

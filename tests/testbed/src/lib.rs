@@ -17,6 +17,7 @@ pub mod netns;
 pub mod objects;
 pub mod packet;
 pub mod pod;
+pub mod realnode;
 pub mod signal;
 pub mod stats;
 

@@ -351,6 +351,13 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             ));
         }
     }
+    let owner = match (&cli.owner_daemonset, &cli.manifests) {
+        (Some(owner), None) => Some(crate::uninstall::Watch::start(
+            cli.kubeconfig.clone(),
+            owner.clone(),
+        )),
+        _ => None,
+    };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut runner = BoundedFrequency::new(cli.min_sync_period, cli.sync_period);
     // New pod veths are picked up within a second, between syncs.
@@ -383,6 +390,12 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             agent.tick(&snapshot).await;
         }
         runner.ran(agent.retry_in());
+    }
+    if let Some(owner) = owner
+        && owner.deleted().await
+    {
+        drop(agent);
+        return crate::uninstall::remove_from_node(cli).await;
     }
     tracing::info!("exiting; the datapath stays in place (pinned) and keeps serving");
     Ok(())

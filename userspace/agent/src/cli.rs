@@ -162,6 +162,12 @@ pub struct Cli {
     /// file renamed into place) and exit: the DaemonSet's init container.
     #[arg(long)]
     pub install_cni: bool,
+    /// The DaemonSet this agent runs in, NAMESPACE/NAME. When it is deleted (uninstall:
+    /// `kubectl delete -k deploy/`), the agent that stops removes what petrel put on the node:
+    /// the pins (so every program), routes, the overlay device, the CNI conflist and the pod CIDR
+    /// file. While it exists (restarts, rolling updates) everything stays. Unset: never.
+    #[arg(long, env = "PETREL_OWNER_DAEMONSET")]
+    pub owner_daemonset: Option<crate::uninstall::Owner>,
     /// Where container runtimes look for CNI plugins.
     #[arg(long, default_value = "/opt/cni/bin")]
     pub cni_bin_dir: PathBuf,

@@ -21,4 +21,5 @@ pub mod sock_term;
 pub mod sources;
 pub mod sync;
 pub mod topology;
+pub mod uninstall;
 pub mod validate;

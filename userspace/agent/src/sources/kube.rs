@@ -226,7 +226,7 @@ fn wake<T>(notify: Arc<Notify>) -> impl FnMut(T) -> futures::future::Ready<()> {
 
 /// A client of a reachable API server: an unreachable one at start is retried with backoff, not
 /// a crash.
-async fn connect(kubeconfig: Option<&Path>) -> kube::Client {
+pub(crate) async fn connect(kubeconfig: Option<&Path>) -> kube::Client {
     let mut delay = Duration::from_millis(500);
     loop {
         match client(kubeconfig).await {
