@@ -149,8 +149,8 @@ fn pod_netns(a: &Attachment) -> Result<petrel_netlink::Netns> {
     netns::open(ns)
 }
 
-/// The earlier plugins' result: absent is fine, present but not a result is not.
-fn prev_result(conf: &NetConf) -> Result<Option<CniResult>> {
+/// The earlier plugins' result: absent is fine, present but not a result is not (code 6).
+pub fn prev_result(conf: &NetConf) -> Result<Option<CniResult>> {
     conf.prev_result
         .as_ref()
         .map(|v| {

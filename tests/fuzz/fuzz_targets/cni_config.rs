@@ -18,7 +18,7 @@ use petrel_cni::{
     config::{self, NetConf},
     env::Command,
     error::CniError,
-    result::CniResult,
+    plugin,
 };
 
 const POD_CIDR_KEY: &str = "@podCIDRFile";
@@ -157,13 +157,13 @@ fuzz_target!(|data: &[u8]| {
                 Ok(net) => assert!(net.prefix_len() <= 29 && net.network() == net.addr()),
                 Err(e) => check_error(&e, &stdin),
             }
-            let result = conf
-                .prev_result
-                .as_ref()
-                .and_then(CniResult::from_prev)
-                .unwrap_or_default()
-                .in_version(&conf.cni_version);
-            serde_json::to_string(&result).expect("a result serialises");
+            match plugin::prev_result(&conf) {
+                Ok(prev) => {
+                    let result = prev.unwrap_or_default().in_version(&conf.cni_version);
+                    serde_json::to_string(&result).expect("a result serialises");
+                }
+                Err(e) => check_error(&e, &stdin),
+            }
         }
         Err(e) => check_error(&e, &stdin),
     }
