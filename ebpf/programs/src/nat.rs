@@ -467,7 +467,11 @@ pub fn reject(ctx: &mut TcContext, f: &Flow) -> Result<i32, i64> {
     // The offending IP header and the first 8 bytes of its payload go into the ICMP message.
     // Fixed-size loads: `load_bytes` clamps its length to the packet, which the verifier
     // rejects as a possibly zero-sized read.
-    let orig: [u8; 28] = ctx.load(ETH_HLEN)?;
+    // A packet too short to quote (a later fragment of a few bytes: tc_packets fuzz finding)
+    // is dropped, as when the answer cannot be built.
+    let Ok(orig) = ctx.load::<[u8; 28]>(ETH_HLEN) else {
+        return Ok(TC_ACT_SHOT);
+    };
     let macs: [u8; 12] = ctx.load(0)?;
 
     // SAFETY: the context's skb is valid for the program's run.

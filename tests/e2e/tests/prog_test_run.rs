@@ -414,6 +414,26 @@ fn a_packet_shorter_than_its_headers_passes_as_malformed() {
     });
 }
 
+/// Found by the tc_packets fuzz target: a later fragment too short to quote, of a datagram to a
+/// service without endpoints, failed building the ICMP answer (a rewrite error). It is dropped.
+#[test]
+fn a_tiny_later_fragment_to_a_service_without_endpoints_is_dropped() {
+    isolated(|| {
+        let mut f = Fixture::new();
+        let mut first = tcp(sa(CLIENT, 40300), sa([10, 96, 0, 3], 80), SYN);
+        first[20] = 0x20; // more fragments
+        let (verdict, _) = f.run(false, &first);
+        assert_eq!(verdict, REDIRECT, "the first fragment is answered port-unreachable");
+        let mut later = first[..34 + 5].to_vec();
+        later[16..18].copy_from_slice(&25u16.to_be_bytes());
+        later[20..22].copy_from_slice(&1u16.to_be_bytes()); // offset 8 bytes, last fragment
+        let errors = f.stat("drop_rewrite_error");
+        let (verdict, _) = f.run(false, &later);
+        assert_eq!(verdict, SHOT);
+        assert_eq!(f.stat("drop_rewrite_error"), errors, "not a rewrite error");
+    });
+}
+
 #[test]
 fn non_ipv4_passes_untouched() {
     isolated(|| {
