@@ -423,7 +423,10 @@ fn a_tiny_later_fragment_to_a_service_without_endpoints_is_dropped() {
         let mut first = tcp(sa(CLIENT, 40300), sa([10, 96, 0, 3], 80), SYN);
         first[20] = 0x20; // more fragments
         let (verdict, _) = f.run(false, &first);
-        assert_eq!(verdict, REDIRECT, "the first fragment is answered port-unreachable");
+        assert_eq!(
+            verdict, REDIRECT,
+            "the first fragment is answered port-unreachable"
+        );
         let mut later = first[..34 + 5].to_vec();
         later[16..18].copy_from_slice(&25u16.to_be_bytes());
         later[20..22].copy_from_slice(&1u16.to_be_bytes()); // offset 8 bytes, last fragment
