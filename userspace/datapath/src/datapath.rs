@@ -23,7 +23,10 @@ use aya::{
     sys::SyscallError,
 };
 
-use crate::{maps, sys};
+use crate::{
+    maps,
+    sys::{self, sys_bpf},
+};
 
 /// The eBPF object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/petrel-ebpf"));
@@ -461,17 +464,8 @@ where
         .map_err(|e| io_err("pinning link at", path)(io::Error::other(e.to_string())))
 }
 
-// aya 0.14 has no BPF_LINK_UPDATE for cgroup links: the two commands are issued directly.
-fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
-    // SAFETY: attr is a zero-initialised bpf_attr-sized buffer that outlives the call.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
+// aya 0.14 has no BPF_LINK_UPDATE for cgroup links: the two commands are issued directly
+// (`sys::sys_bpf`).
 fn bpf_obj_get(path: &Path) -> Result<OwnedFd, DatapathError> {
     const BPF_OBJ_GET: libc::c_long = 7;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())

@@ -1,4 +1,5 @@
-//! Host facts the datapath depends on: bpffs, the cgroup v2 root, the memlock limit.
+//! Host facts the datapath depends on: bpffs, the cgroup v2 root, the memlock limit; and the
+//! raw bpf(2) call for the commands aya 0.14 does not issue.
 
 use std::{
     ffi::CString,
@@ -82,6 +83,19 @@ pub fn raise_memlock() {
     };
     // SAFETY: valid rlimit pointer. Failure is harmless on memcg-accounting kernels.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
+
+/// bpf(2) with a `union bpf_attr`-sized buffer (16 u64s: every command petrel issues fits),
+/// for the commands aya 0.14 has no API for (BPF_OBJ_GET of links, BPF_LINK_UPDATE,
+/// BPF_MAP_LOOKUP_BATCH).
+pub(crate) fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a zero-initialised bpf_attr-sized buffer that outlives the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }
 
 #[cfg(test)]

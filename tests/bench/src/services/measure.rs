@@ -2,6 +2,7 @@
 //! latency, and the datapath variants' connection rates and latencies.
 
 use std::{
+    collections::BTreeMap,
     io::BufRead as _,
     net::{Ipv4Addr, SocketAddrV4},
     path::Path,
@@ -322,6 +323,10 @@ pub(super) struct Figures {
     pub(super) rr_p99: Vec<f64>,
     pub(super) errors: u64,
     pub(super) backends: usize,
+    /// New connections counted over every round, and the client stack's TCP counters
+    /// (petrel-load's `tcp`) summed over those rounds: what a latency tail is made of.
+    pub(super) conn_ops: u64,
+    pub(super) conn_tcp: BTreeMap<String, u64>,
 }
 
 impl Figures {
@@ -336,6 +341,19 @@ impl Figures {
         self.errors += conn["errors"].as_u64().unwrap_or(0) + rr["errors"].as_u64().unwrap_or(0);
         let answered = conn["backends"].as_object().map_or(0, |m| m.len());
         self.backends = self.backends.max(answered);
+        self.conn_ops += conn["ops"].as_u64().unwrap_or(0);
+        for (k, v) in conn["tcp"].as_object().into_iter().flatten() {
+            *self.conn_tcp.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
+        }
+    }
+
+    /// TCP retransmissions (loss probes included) the client sent per 1000 new connections.
+    pub(super) fn conn_retrans_per_1k(&self) -> f64 {
+        let retrans = self.conn_tcp.get("Tcp:RetransSegs").copied().unwrap_or(0);
+        if self.conn_ops == 0 {
+            return f64::NAN;
+        }
+        retrans as f64 * 1000.0 / self.conn_ops as f64
     }
 
     pub(super) fn json(&self) -> Value {
@@ -345,6 +363,8 @@ impl Figures {
             "rr_p50_ms": median(&self.rr_p50), "rr_p99_ms": median(&self.rr_p99),
             "errors": self.errors, "backends_answered": self.backends,
             "conn_per_sec_rounds": self.conn_rate, "rr_per_sec_rounds": self.rr_rate,
+            "conn_ops": self.conn_ops, "conn_tcp": self.conn_tcp,
+            "conn_retrans_per_1k": self.conn_retrans_per_1k(),
         })
     }
 }

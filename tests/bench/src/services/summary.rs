@@ -36,9 +36,10 @@ fn datapath_md(steps: &[Step], opts: &Opts) -> String {
         "New connections (connect, one request and answer, close) and round trips on kept \
          connections from a client pod through a ClusterIP to 10 pods on the same node, {CONCURRENCY} \
          at a time, {} s each, median of {} interleaved rounds; p50/p99 per operation. kube-proxy \
-         runs iptables-{}.\n\n\
-         | services | variant | conn/s | vs direct | conn p50 ms | conn p99 ms | rr/s | rr p50 ms | rr p99 ms | errors | backends |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         runs iptables-{}. `retrans/1k` is the TCP segments the client retransmitted (loss probes \
+         included) per 1000 new connections: a tail made of lost packets shows there.\n\n\
+         | services | variant | conn/s | vs direct | conn p50 ms | conn p99 ms | retrans/1k | rr/s | rr p50 ms | rr p99 ms | errors | backends |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
         opts.secs,
         opts.rounds,
         opts.xtables.name()
@@ -48,13 +49,14 @@ fn datapath_md(steps: &[Step], opts: &Opts) -> String {
         for (v, f) in VARIANTS.iter().zip(&s.figures) {
             let rate = median(&f.conn_rate);
             md.push_str(&format!(
-                "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {:.2} | {} | {} | {:.1} | {} | {} | {} | {} | {} |\n",
                 s.services,
                 v.name,
                 num(rate),
                 rate / direct,
                 num(median(&f.conn_p50)),
                 num(median(&f.conn_p99)),
+                f.conn_retrans_per_1k(),
                 num(median(&f.rr_rate)),
                 num(median(&f.rr_p50)),
                 num(median(&f.rr_p99)),

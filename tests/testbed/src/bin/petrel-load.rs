@@ -14,6 +14,10 @@
 //!
 //! ADDRS is a comma-separated list of ip:port, used in turn (the direct path spreads over the
 //! same pods a service would).
+//!
+//! `conn` and `rr` also report what the client's TCP stack did meanwhile (`tcp`: deltas of the
+//! network namespace's retransmission counters from /proc/net/snmp and /proc/net/netstat), so a
+//! latency tail can be told apart: a lost packet shows as a loss probe or a retransmit.
 
 use std::{
     collections::BTreeMap,
@@ -236,7 +240,42 @@ fn sorted_us_percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
     petrel_testbed::stats::nearest_rank(sorted_us, p).map_or(f64::NAN, |us| f64::from(us) / 1000.0)
 }
 
+/// The TCP counters `conn` and `rr` report: how a stack recovers from a lost or late packet.
+const TCP_COUNTERS: [&str; 8] = [
+    "Tcp:RetransSegs",
+    "TcpExt:TCPSynRetrans",
+    "TcpExt:TCPLossProbes",
+    "TcpExt:TCPTimeouts",
+    "TcpExt:TCPFastRetrans",
+    "TcpExt:TCPSpuriousRTOs",
+    "TcpExt:TCPOFOQueue",
+    "TcpExt:TCPAbortOnData",
+];
+
+/// This network namespace's TCP counters by `Group:Name` (each file holds pairs of lines: the
+/// names, then the values, both starting with the group).
+fn tcp_counters() -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for file in ["/proc/net/snmp", "/proc/net/netstat"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.chunks_exact(2) {
+            let (mut names, values) = (pair[0].split_whitespace(), pair[1].split_whitespace());
+            let Some(group) = names.next() else { continue };
+            for (name, value) in names.zip(values.skip(1)) {
+                if let Ok(v) = value.parse() {
+                    out.insert(format!("{group}{name}"), v);
+                }
+            }
+        }
+    }
+    out
+}
+
 async fn load(l: Load, kept: bool) -> ExitCode {
+    let before = tcp_counters();
     let start = Instant::now() + Duration::from_secs_f64(l.warmup);
     let end = start + Duration::from_secs_f64(l.secs);
     let tasks: Vec<_> = (0..l.concurrency)
@@ -254,6 +293,17 @@ async fn load(l: Load, kept: bool) -> ExitCode {
             *all.backends.entry(k).or_default() += v;
         }
     }
+    let after = tcp_counters();
+    let tcp: BTreeMap<&str, u64> = TCP_COUNTERS
+        .iter()
+        .map(|k| {
+            let delta = after
+                .get(*k)
+                .unwrap_or(&0)
+                .saturating_sub(*before.get(*k).unwrap_or(&0));
+            (*k, delta)
+        })
+        .collect();
     let secs = end.saturating_duration_since(start).as_secs_f64();
     all.latencies_us.sort_unstable();
     let n = all.latencies_us.len();
@@ -265,6 +315,7 @@ async fn load(l: Load, kept: bool) -> ExitCode {
         "errors": all.errors,
         "first_error": all.first_error,
         "backends": all.backends,
+        "tcp": tcp,
     });
     println!("{out}");
     ExitCode::SUCCESS

@@ -17,6 +17,7 @@ use petrel_common::{
 
 use crate::model::Frontend;
 
+mod batch;
 pub mod codec;
 pub mod fake;
 mod maglev;

@@ -11,7 +11,7 @@ use petrel_common::{
 
 use super::{
     AFFINITY, BACKENDS, CONFIG, CONNTRACK, MAGLEV, MapStore, MapsError, REV_NAT, SERVICES,
-    SOCK_REVNAT, SRC_RANGES, STATS, codec,
+    SOCK_REVNAT, SRC_RANGES, STATS, batch, codec,
 };
 
 /// The maps userspace reads and writes, opened from a datapath's `maps/` folder.
@@ -199,6 +199,9 @@ impl MapStore for PinnedMaps {
     }
 
     fn ct_entries(&self, limit: usize) -> Result<Vec<(CtKey, CtValue)>, MapsError> {
+        if let Some(all) = op("read", CONNTRACK, batch::lookup_all(self.ct.map(), limit))? {
+            return Ok(all);
+        }
         self.ct
             .iter()
             .take(limit)
@@ -222,6 +225,13 @@ impl MapStore for PinnedMaps {
         &self,
         limit: usize,
     ) -> Result<Vec<(AffinityKey, AffinityValue)>, MapsError> {
+        if let Some(all) = op(
+            "read",
+            AFFINITY,
+            batch::lookup_all(self.affinity.map(), limit),
+        )? {
+            return Ok(all);
+        }
         self.affinity
             .iter()
             .take(limit)
