@@ -8,6 +8,10 @@
 #   cluster.sh import TAR...  imports docker-archive images into every node's containerd
 #   cluster.sh tag SRC DST    names image SRC also DST on every node
 #   cluster.sh restart-kubelet I   stops node I's kubelet and starts it again
+#   cluster.sh baseline       the conformance baseline instead of petrel: Debian's bridge +
+#                             host-local CNI plugins and kube-proxy (iptables) on every node
+#   cluster.sh e2e DIR FOCUS SKIP   the upstream e2e.test ($KUBE_BIN/e2e.test) against the
+#                             cluster, from node 1; JUnit report and log in DIR
 #   cluster.sh down           removes everything `up` made; safe to re-run
 #   cluster.sh kubectl ARGS   kubectl against the cluster
 #   cluster.sh status         nodes and pods
@@ -34,6 +38,10 @@
 #   and pods only, never the machine's root cgroup).
 # - /opt/cni/bin starts with Debian's reference plugins (loopback, portmap, ...) as the
 #   kubernetes-cni package puts them on a kubeadm node; /etc/cni/net.d starts empty.
+# - cluster DNS: petrel-kubedns (tests/realnode/kubedns, built by `cargo xtask setup`) in node 1's
+#   namespace on 10.200.0.1:53, behind Service kube-system/kube-dns 10.96.0.10 (no selector, its
+#   Endpoints written here); every kubelet has --cluster-dns 10.96.0.10, so pods resolve
+#   <service>.<namespace>.svc.cluster.local once a service proxy (petrel) serves that Service.
 set -euo pipefail
 CLUSTER=${CLUSTER:-petrel}
 W=${CLUSTER_DIR:-/tmp/$CLUSTER-cluster}
@@ -41,6 +49,7 @@ KUBE_BIN=${KUBE_BIN:-$HOME/.cache/petrel/kube/bin}
 HUB=$CLUSTER-hub
 CP_IP=10.200.0.1
 TOKEN_FILE=$W/cp/token
+DNS_IP=10.96.0.10
 CG2=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)
 
 log() { echo "cluster: $*" >&2; }
@@ -144,6 +153,29 @@ KC
     --authentication-kubeconfig="$R/kubeconfig" --authorization-kubeconfig="$R/kubeconfig" \
     --leader-elect=false --bind-address=127.0.0.1 --port=0
   wait_for 300 "the default ServiceAccount" kc get serviceaccount default
+  up_dns
+}
+
+# The cluster DNS (see the header): the server, and the Service pods find it by.
+up_dns() {
+  local R=$W/cp ns; ns=$(node 1)
+  spawn "$CG2/$CLUSTER-controlplane" "$R/kubedns.log" "$R/kubedns.pid" nsenter --net="/run/netns/$ns" \
+    "$KUBE_BIN/petrel-kubedns" --kubeconfig="$R/kubeconfig" --listen="$CP_IP:53" --domain=cluster.local
+  kc apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec:
+  clusterIP: $DNS_IP
+  ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: kube-dns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+subsets:
+- addresses: [{ip: $CP_IP}]
+  ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]
+YAML
 }
 
 # The node's network namespace, wired to the hub.
@@ -259,6 +291,7 @@ readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
 clusterDomain: cluster.local
+clusterDNS: [$DNS_IP]
 authentication: {anonymous: {enabled: true}, webhook: {enabled: false}}
 authorization: {mode: AlwaysAllow}
 imageGCHighThresholdPercent: 100
@@ -282,7 +315,7 @@ YAML
 cmd_up() {
   local count=${1:-2} i
   [ -n "$CG2" ] || die "no cgroup2 hierarchy mounted"
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl; do
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl petrel-kubedns; do
     [ -x "$KUBE_BIN/$b" ] || die "$KUBE_BIN/$b missing: run \`cargo xtask setup\`"
   done
   command -v containerd >/dev/null || die "containerd missing: run \`cargo xtask setup\`"
@@ -370,13 +403,80 @@ tag_images() {
   done
 }
 
+# The baseline petrel is compared with (`cargo xtask conformance`): on every node Debian's bridge
+# + host-local plugins (a /24 bridge per node from its Node's podCIDR, portmap for hostPorts),
+# routes to the other nodes' pod CIDRs over the underlay, and kube-proxy v1.20.2 in iptables mode.
+cmd_baseline() {
+  local i j n cidr
+  for i in $(nodes); do
+    n=$(node "$i")
+    cidr=$(kc get node "$n" -o 'jsonpath={.spec.podCIDR}')
+    [ -n "$cidr" ] || die "node $n has no podCIDR"
+    for p in bridge host-local loopback portmap; do in_node "$i" cp "/usr/lib/cni/$p" /opt/cni/bin/; done
+    in_node "$i" sh -c 'cat >/etc/cni/net.d/10-bridge.conflist' <<JSON
+{
+  "cniVersion": "0.4.0",
+  "name": "baseline",
+  "plugins": [
+    {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": "$cidr"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+    {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
+  ]
+}
+JSON
+    for j in $(nodes); do
+      [ "$j" = "$i" ] && continue
+      cidr=$(kc get node "$(node "$j")" -o 'jsonpath={.spec.podCIDR}')
+      ip -n "$n" route replace "$cidr" via "10.200.0.$j" dev eth0
+    done
+    in_node "$i" sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward'
+    spawn "$CG2/$n/runtime" "$W/node$i/kube-proxy.log" "$W/node$i/kube-proxy.pid" \
+      nsenter --net="/run/netns/$n" --mount="$W/ns/node$i" "$KUBE_BIN/kube-proxy" \
+      --kubeconfig="$W/cp/kubeconfig" --hostname-override="$n" --bind-address="10.200.0.$i" \
+      --cluster-cidr=10.244.0.0/16 --proxy-mode=iptables --conntrack-max-per-core=0 \
+      --conntrack-tcp-timeout-established=0 --conntrack-tcp-timeout-close-wait=0 \
+      --metrics-bind-address=127.0.0.1:10249 --healthz-bind-address=0.0.0.0:10256 --v=2
+  done
+  kc wait --for=condition=Ready node --all --timeout=180s >/dev/null
+  log "baseline: bridge + host-local and kube-proxy on $(nodes | wc -l) nodes"
+}
+
+# e2e DIR FOCUS SKIP: e2e.test from node 1's network namespace and cgroup (it reaches the API
+# server, the nodes, NodePorts and ClusterIPs as a process on that node would: petrel's
+# socket-LB covers the node's cgroup, kube-proxy's OUTPUT rules the node's network namespace). The Networking tests first fetch http://google.com from the runner:
+# with no internet here, a web server in the hub namespace stands in, and only the e2e process
+# sees a private /etc/hosts naming it (unshare -m and a bind mount; the machine's is untouched).
+cmd_e2e() {
+  local dir=$1 focus=$2 skip=$3 web=$W/cp/web
+  [ -x "$KUBE_BIN/e2e.test" ] || die "$KUBE_BIN/e2e.test missing (cargo xtask conformance builds it)"
+  mkdir -p "$dir" "$web/www"
+  echo ok >"$web/www/index.html"
+  if ! { [ -f "$web/httpd.pid" ] && kill -0 "$(cat "$web/httpd.pid")" 2>/dev/null; }; then
+    spawn "$CG2/$CLUSTER-controlplane" "$web/httpd.log" "$web/httpd.pid" \
+      nsenter --net="/run/netns/$HUB" busybox httpd -f -p 10.200.0.254:80 -h "$web/www"
+  fi
+  { cat /etc/hosts; echo "10.200.0.254 google.com www.google.com"; } >"$web/hosts"
+  local cg=$CG2/$(node 1)/e2e
+  mkdir -p "$cg"
+  # shellcheck disable=SC2016
+  PATH=$KUBE_BIN:$PATH unshare -m sh -c 'echo $$ >"$1/cgroup.procs" && mount --bind "$0" /etc/hosts && shift && exec "$@"' "$web/hosts" "$cg" \
+    nsenter --net="/run/netns/$(node 1)" "$KUBE_BIN/e2e.test" \
+    --kubeconfig="$W/cp/kubeconfig" --provider=local --minStartupPods=0 \
+    --ginkgo.focus="$focus" --ginkgo.skip="$skip" --ginkgo.noColor --ginkgo.succinct=false \
+    --dump-logs-on-failure=false --report-dir="$dir" >"$dir/e2e.log" 2>&1 </dev/null || true
+  [ -f "$dir/junit_01.xml" ] || die "e2e.test wrote no report (log: $dir/e2e.log)"
+  grep -E '^(Ran|SUCCESS|FAIL)' "$dir/e2e.log" >&2 || true
+}
+
 case ${1:-} in
   up) shift; cmd_up "$@" ;;
   down) cmd_down ;;
   import) shift; import_images "$@" ;;
   tag) shift; tag_images "$@" ;;
   restart-kubelet) shift; restart_kubelet "$@" ;;
+  baseline) cmd_baseline ;;
+  e2e) shift; cmd_e2e "$@" ;;
   kubectl) shift; exec nsenter --net="/run/netns/$(node 1)" "$KUBE_BIN/kubectl" --kubeconfig "$W/cp/kubeconfig" "$@" ;;
   status) kc get nodes -o wide; kc get pods -A -o wide ;;
-  *) die "usage: cluster.sh up [NODES] | import TAR... | tag SRC DST | restart-kubelet I | down | kubectl ARGS | status" ;;
+  *) die "usage: cluster.sh up [NODES] | import TAR... | tag SRC DST | restart-kubelet I | baseline | e2e DIR FOCUS SKIP | down | kubectl ARGS | status" ;;
 esac

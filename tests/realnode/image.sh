@@ -6,10 +6,15 @@
 #   petrel.test/pod:dev        the test workload: petrel-pod (tests/testbed) + busybox (sh, wget, nc)
 #   k8s.gcr.io/pause:3.2       the sandbox image containerd and kubelet 1.20 expect (a static C
 #                              pause: the name is the one they ask for, so nothing is pulled)
+#   k8s.gcr.io/e2e-test-images/agnhost:2.21   only with AGNHOST=<static agnhost binary>: the
+#                              upstream e2e tests' workload under the name e2e.test v1.20.2 asks
+#                              for, with what its tests run in it: Debian's netcat-openbsd (nc -v
+#                              -t -u -z, which busybox's nc lacks), GNU wget (busybox-static's
+#                              crashes here), curl, ip, ss, dash as /bin/sh and bash
 # Called by `cargo xtask image`. Layers are reproducible (sorted, numeric owners, fixed times):
 # the same files give the same image ID.
 #
-# Usage: image.sh OUT_DIR RELEASE_DIR REPO_ROOT
+# Usage: [AGNHOST=FILE [AGNHOST_PORTER_DIR=DIR]] image.sh OUT_DIR RELEASE_DIR REPO_ROOT
 set -euo pipefail
 OUT=$1
 REL=$2
@@ -106,3 +111,31 @@ int main(void) {
 C
 gcc -static -O2 -s -o "$R/pause" "$W/pause.c"
 mkimage k8s.gcr.io/pause:3.2 "$R" "$OUT/pause.tar" '["/pause"]'
+
+# --- agnhost (for `cargo xtask conformance`) ---
+if [ -n "${AGNHOST:-}" ]; then
+  A=$W/agnhost
+  newroot "$A"
+  install -D -m 0755 "$AGNHOST" "$A/agnhost"
+  ln -s agnhost "$A/agnhost-2"
+  mkdir -p "$A/uploads" "$A/root" "$A/etc/ssl/certs"
+  # porter's TLS pair (test/images/agnhost/porter in the tree), at the path it opens.
+  if [ -n "${AGNHOST_PORTER_DIR:-}" ]; then cp "$AGNHOST_PORTER_DIR"/localhost.{crt,key} "$A/"; fi
+  install -D -m 0755 /bin/busybox "$A/usr/bin/busybox"
+  # The packages' files, not the host's (the host need not have them installed).
+  D=$W/debs
+  mkdir -p "$D"
+  (cd "$D" && apt-get download -qq -o APT::Sandbox::User=root netcat-openbsd wget >/dev/null)
+  for deb in "$D"/*.deb; do dpkg -x "$deb" "$D/x"; done
+  copy "$A" /usr/bin/nc "$D/x/bin/nc.openbsd"
+  copy "$A" /usr/bin/wget "$D/x/usr/bin/wget"
+  for b in curl ip ss bash; do copy "$A" "/usr/bin/$b" "$(readlink -f "$(command -v $b)")"; done
+  copy "$A" /usr/bin/sh /bin/dash
+  # Everything else the tests' shell snippets call (cat, sleep, seq, hostname, ...).
+  for a in $(busybox --list); do
+    [ -e "$A/usr/bin/$a" ] || [ -L "$A/usr/bin/$a" ] || ln -s busybox "$A/usr/bin/$a"
+  done
+  cp /etc/ssl/certs/ca-certificates.crt "$A/etc/ssl/certs/" 2>/dev/null || true
+  echo 'nobody:x:65534:65534:nobody:/:/bin/false' >>"$A/etc/passwd"
+  mkimage k8s.gcr.io/e2e-test-images/agnhost:2.21 "$A" "$OUT/agnhost.tar" '["/agnhost"]' '["pause"]'
+fi

@@ -5,7 +5,10 @@
 #
 # Usage: build-kube.sh OUT_DIR WORK_DIR [WHAT...]
 #   WHAT defaults to the fixture and real-cluster set: kube-apiserver kube-proxy kubelet
-#   kube-controller-manager kube-scheduler kubectl.
+#   kube-controller-manager kube-scheduler kubectl petrel-kubedns (the cluster's DNS). `cargo xtask conformance` asks for
+#   test/e2e/e2e.test test/images/agnhost cmd/petrel-kubedns (agnhost linked statically, as in its
+#   image; petrel-kubedns is tests/realnode/kubedns/main.go, copied into the tree to build against
+#   its vendored client-go and miekg/dns).
 #
 # The unpacked tree and Go's build cache stay in WORK_DIR/kubernetes-1.20.2 and WORK_DIR/gocache,
 # so a later WHAT (e2e.test, agnhost) builds incrementally instead of from scratch.
@@ -22,10 +25,11 @@ set -euo pipefail
 OUT=$1
 WORK=$2
 shift 2
-WHAT=${*:-cmd/kube-apiserver cmd/kube-proxy cmd/kubelet cmd/kube-controller-manager cmd/kube-scheduler cmd/kubectl}
+WHAT=${*:-cmd/kube-apiserver cmd/kube-proxy cmd/kubelet cmd/kube-controller-manager cmd/kube-scheduler cmd/kubectl cmd/petrel-kubedns}
 ORIG=kubernetes_1.20.5+really1.20.2.orig.tar.gz
 ORIG_SHA256=b83c0780efb182d928dc63d46488a847f161f04e40a94b96bf5247dd671ecdfc
 PATCH_MARK=KUBELET_KERNEL_TUNABLES
+KUBEDNS_SRC=$(cd "$(dirname "$0")/../.." && pwd)/tests/realnode/kubedns/main.go
 mkdir -p "$OUT" "$WORK"
 # One build at a time per cache (two setups started together wait for each other).
 exec 9>"$WORK/.build.lock"
@@ -38,7 +42,8 @@ built() {
   case $1 in
     kubectl) "$b" version --client --short 2>/dev/null | grep -q 'v1.20.2' ;;
     kubelet) "$b" --version 2>/dev/null | grep -q 'v1.20.2' && grep -qa "$PATCH_MARK" "$b" ;;
-    *.test | agnhost | petrel-kubedns) true ;;
+    petrel-kubedns) cmp -s "$KUBEDNS_SRC" "$OUT/.petrel-kubedns.go" ;;
+    *.test | agnhost) true ;;
     *) "$b" --version 2>/dev/null | grep -q 'v1.20.2' ;;
   esac
 }
@@ -89,9 +94,16 @@ if ! grep -q "$PATCH_MARK" "$p"; then
   printf '%s\n' "${src/"$old"/"$new"}" > "$p"
 fi
 
+if [[ " $todo " == *" cmd/petrel-kubedns "* ]]; then
+  mkdir -p cmd/petrel-kubedns
+  cp "$KUBEDNS_SRC" cmd/petrel-kubedns/main.go
+fi
+# agnhost runs in an image without a libc of its own.
+export KUBE_STATIC_OVERRIDES=agnhost
 echo "  make WHAT=\"${todo# }\" (about 10 minutes on 2 cores from nothing)" >&2
 export GOCACHE="$WORK/gocache" GOPROXY=off GOFLAGS=
 unset GOPATH
 make WHAT="${todo# }" >"$WORK/make.log" 2>&1 || { tail -40 "$WORK/make.log" >&2; exit 1; }
 for t in $todo; do install -m 0755 "_output/bin/${t##*/}" "$OUT/${t##*/}"; done
+if [[ " $todo " == *" cmd/petrel-kubedns "* ]]; then cp "$KUBEDNS_SRC" "$OUT/.petrel-kubedns.go"; fi
 for t in $WHAT; do built "${t##*/}" || { echo "build-kube.sh: ${t##*/} missing after the build" >&2; exit 1; }; done

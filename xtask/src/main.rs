@@ -2,6 +2,7 @@
 //! Every command runs `setup` first, so a fresh machine needs nothing but these commands.
 
 mod cluster;
+mod conformance;
 mod fuzz;
 mod setup;
 
@@ -73,6 +74,11 @@ enum Cmd {
     /// target/realnode-images (no registry, no container engine); imported into the running
     /// cluster's nodes.
     Image,
+    /// The upstream `[sig-network] Services` and `[sig-network] Networking` e2e tests (e2e.test
+    /// v1.20.2) on two real 2-node clusters at once, one with petrel, one with kube-proxy and
+    /// bridge + host-local; results side by side in results/conformance.md and .json, and the
+    /// README's table. About 25 minutes; not part of `cargo xtask test`.
+    Conformance,
 }
 
 #[derive(Subcommand)]
@@ -143,6 +149,10 @@ fn main() -> anyhow::Result<()> {
             let env = setup::run(&root, false)?;
             cluster::image(&env, &root)
         }
+        Cmd::Conformance => {
+            let env = setup::run(&root, true)?;
+            conformance::run(&env, &root)
+        }
     }
 }
 
@@ -179,6 +189,18 @@ pub fn run_with(
     }
     eprintln!("    ({:.1}s)", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The trimmed standard output of a command that must succeed.
+pub fn output_of(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("starting {program}"))?;
+    if !out.status.success() {
+        bail!("`{program} {}` failed ({})", args.join(" "), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn build(env: &setup::Env) -> anyhow::Result<()> {

@@ -323,7 +323,8 @@ fn bpffs() -> anyhow::Result<()> {
 }
 
 /// The Kubernetes v1.20.2 binaries: kube-apiserver and kube-proxy (the fixture and the benchmark's
-/// baseline), kubelet, kube-controller-manager, kube-scheduler and kubectl (the real cluster),
+/// baseline), kubelet, kube-controller-manager, kube-scheduler, kubectl and petrel-kubedns (the
+/// real cluster and its DNS, tests/realnode/kubedns),
 /// built once from Debian's source into `~/.cache/petrel/kube/bin`. The script is a fast no-op
 /// when every binary is there; it keeps the unpacked tree and Go's cache for later builds.
 fn kube_fixture(root: &Path, cache: &Path) -> anyhow::Result<()> {

@@ -106,7 +106,10 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
             backend,
             svc,
         } => {
-            let hairpin = backend.addr_be == f.saddr_be;
+            // A pod reaching itself through a frontend. Only pod traffic: from outside, a
+            // client with the backend's address is the backend's node (or a pod there,
+            // masqueraded to it), whose answer must come back here, so SNAT below.
+            let hairpin = internal && backend.addr_be == f.saddr_be;
             // External traffic (policy Cluster) to another node's backend, so the reply comes
             // back through this node; or a pod reaching a backend outside the cluster (the
             // `kubernetes` Service's API server), masqueraded like any pod egress.

@@ -643,6 +643,30 @@ fn nodeport_snat_takes_a_nat_port_and_clients_sharing_a_source_port_stay_apart()
     });
 }
 
+/// The backend's own node as the NodePort's client (a process on node A, or a pod there
+/// masqueraded to node A's address, reaching node B's NodePort, whose backend is a host-network
+/// pod of node A): SNAT to this node, as any external client, not the hairpin address, which
+/// node A could not route back here (upstream e2e "Networking Granular Checks: Services should
+/// function for service endpoints using hostNetwork").
+#[test]
+fn a_nodeport_client_on_the_backends_own_node_is_snated_to_this_node_not_hairpinned() {
+    isolated(|| {
+        let mut f = Fixture::new();
+        let nodeport = sa(NODE_IP, 30081);
+        let backend = sa([10, 244, 9, 9], 8080);
+        let client = sa([10, 244, 9, 9], 41003);
+        let (verdict, output) = f.run(true, &tcp(client, nodeport, SYN));
+        assert_eq!(verdict, OK);
+        let p = packet::parse(&output);
+        assert_eq!((*p.src.ip(), p.dst), (Ipv4Addr::from(NODE_IP), backend));
+        assert!(nat_port(p.src.port()), "SNAT port {}", p.src.port());
+        let (verdict, output) = f.run(true, &tcp(backend, p.src, SYN | ACK));
+        assert_eq!(verdict, REDIRECT);
+        assert_eq!(packet::parse(&output), out(TCP, nodeport, client).unwrap());
+        assert_eq!((f.stat("snat"), f.stat("hairpin")), (1, 0));
+    });
+}
+
 #[test]
 fn a_taken_backend_tuple_remaps_the_source_port_and_replies_find_their_frontend() {
     isolated(|| {

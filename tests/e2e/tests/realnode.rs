@@ -217,7 +217,8 @@ fn petrel_installed_by_its_daemonset_serves_a_real_cluster() {
 
     // What an earlier install or another CNI left: a stale petrel-cni on node 1 (replaced by the
     // init container), another network's conflist on node 2 (petrel's 05- sorts first, so the
-    // runtime takes petrel's; the other file is not petrel's and stays).
+    // runtime takes petrel's; the other file is not petrel's and stays), and on node 1 one that
+    // sorts before petrel's (the runtime would take it: the agent says so and is not Ready).
     let stale = c.on_node(
         1,
         "sh",
@@ -235,10 +236,45 @@ fn petrel_installed_by_its_daemonset_serves_a_real_cluster() {
         ],
     );
     assert!(o.status.success(), "{}", text(&o));
+    let first = format!("echo '{}' >/etc/cni/net.d/00-other.conflist", other);
+    let o = c.on_node(1, "sh", &["-c", &first]);
+    assert!(o.status.success(), "{}", text(&o));
 
     // Installed as users install it; every node becomes Ready only through petrel's conflist.
     eprintln!("step: kubectl apply -k {OVERLAY}");
     c.kubectl_ok(&["apply", "-k", &overlay()]);
+
+    eprintln!("step: a conflist sorting before petrel's on node 1: the agent there is not Ready");
+    let shadowed = "another CNI config sorts before petrel's";
+    let agent1 = c.wait("node 1's agent to report the other conflist", LONG, || {
+        let (pod, ready) = agent_pod_on(&c, &n1)?;
+        let logs = c.kubectl(&["-n", "petrel-system", "logs", &pod, "-c", "agent"]);
+        let logs = String::from_utf8_lossy(&logs.stdout).into_owned();
+        logs.lines()
+            .find(|l| l.contains(shadowed))
+            .map(|l| (pod, ready, l.to_string()))
+    });
+    assert!(
+        agent1.2.contains("00-other.conflist"),
+        "the log names the file: {}",
+        agent1.2
+    );
+    // Readiness is probed every 5 s: a while after the report, still not Ready.
+    std::thread::sleep(Duration::from_secs(12));
+    let (pod, ready) = agent_pod_on(&c, &n1).expect("node 1's agent");
+    assert_eq!(pod, agent1.0);
+    assert!(
+        !ready,
+        "node 1's agent is Ready while another conflist takes its pods"
+    );
+    assert!(
+        c.on_node(1, "test", &["-e", "/etc/cni/net.d/00-other.conflist"])
+            .status
+            .success(),
+        "without cni-exclusive the other conflist is left in place"
+    );
+    let o = c.on_node(1, "rm", &["/etc/cni/net.d/00-other.conflist"]);
+    assert!(o.status.success(), "{}", text(&o));
     c.kubectl_ok(&[
         "-n",
         "petrel-system",
@@ -368,6 +404,23 @@ fn petrel_installed_by_its_daemonset_serves_a_real_cluster() {
     let (server, _, _) = get_in_pod(&c, "client", "udp", &format!("{vip}:80"));
     assert!(server == web1 || server == web2, "UDP answer from {server}");
 
+    eprintln!("step: the Service by its DNS name (cluster DNS through petrel's kube-dns VIP)");
+    for name in ["web.default.svc.cluster.local:80", "web:80"] {
+        for proto in ["tcp", "udp"] {
+            let (server, client_seen, peer) = get_in_pod(&c, "client", proto, name);
+            assert!(
+                server == web1 || server == web2,
+                "{proto} {name}: answer from {server}"
+            );
+            assert_eq!(client_seen, client_ip, "{proto} {name}");
+            assert_eq!(
+                peer,
+                format!("{vip}:80"),
+                "{name} resolves to the ClusterIP"
+            );
+        }
+    }
+
     eprintln!("step: pod to pod across nodes");
     let (server, client_seen, _) = get_in_pod(&c, "client", "tcp", &format!("{web1_ip}:8080"));
     assert_eq!(
@@ -446,15 +499,22 @@ fn petrel_installed_by_its_daemonset_serves_a_real_cluster() {
         .expect("kubectl exec");
     let mut session = Session::start(&c, "client", &format!("{vip}:80"));
     let backend = session.request();
+    // The new image, and cni-exclusive on (used after the rollout).
+    let image = "petrel.test/petrel:dev2";
+    let patch = format!(
+        r#"[{{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "{image}"}},
+            {{"op": "replace", "path": "/spec/template/spec/initContainers/0/image", "value": "{image}"}},
+            {{"op": "replace", "path": "/spec/template/spec/initContainers/1/image", "value": "{image}"}},
+            {{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--cni-exclusive"}}]"#
+    );
     c.kubectl_ok(&[
         "-n",
         "petrel-system",
-        "set",
-        "image",
+        "patch",
         "ds/petrel-agent",
-        "agent=petrel.test/petrel:dev2",
-        "mount-bpf-fs=petrel.test/petrel:dev2",
-        "install-cni=petrel.test/petrel:dev2",
+        "--type=json",
+        "-p",
+        &patch,
     ]);
     let mut from_outside = 0;
     c.wait("the DaemonSet rolled out", LONG, || {
@@ -504,6 +564,31 @@ fn petrel_installed_by_its_daemonset_serves_a_real_cluster() {
     assert!(ok > 0, "no connection was made during the rollout");
     assert_eq!(failed, 0, "connections failed during the rollout");
     drop(session);
+
+    eprintln!("step: with cni-exclusive, a conflist sorting before petrel's is renamed aside");
+    let o = c.on_node(2, "sh", &["-c", &first]);
+    assert!(o.status.success(), "{}", text(&o));
+    c.wait(
+        "node 2's agent to rename 00-other.conflist aside",
+        LONG,
+        || {
+            let gone = !c
+                .on_node(2, "test", &["-e", "/etc/cni/net.d/00-other.conflist"])
+                .status
+                .success();
+            let aside = c
+                .on_node(
+                    2,
+                    "test",
+                    &["-f", "/etc/cni/net.d/00-other.conflist.petrel_bak"],
+                )
+                .status
+                .success();
+            (gone && aside).then_some(())
+        },
+    );
+    let (_, ready) = agent_pod_on(&c, &n2).expect("node 2's agent");
+    assert!(ready, "node 2's agent stays Ready");
 
     eprintln!("step: node 2's kubelet restarted: its pods keep their addresses");
     let before = get(
@@ -592,7 +677,12 @@ fn petrel_installed_by_its_daemonset_serves_a_real_cluster() {
             },
         );
         let left = c.on_node(i, "ls", &["/etc/cni/net.d"]);
-        let want = if i == 2 { "10-other.conflist" } else { "" };
+        // What petrel moved aside stays for the operator (README: cni-exclusive).
+        let want = if i == 2 {
+            "00-other.conflist.petrel_bak\n10-other.conflist"
+        } else {
+            ""
+        };
         assert_eq!(
             String::from_utf8_lossy(&left.stdout).trim(),
             want,

@@ -156,6 +156,9 @@ impl Agent {
             cni_version: cli.cni_version.clone(),
             refused: std::sync::Mutex::default(),
             metrics: Some(metrics.clone()),
+            exclusive: cli.cni_exclusive,
+            shadowing: std::sync::Mutex::default(),
+            health: Some(health.clone()),
         };
         Ok(Agent {
             dp,

@@ -89,6 +89,13 @@ pub struct Cli {
     /// The CNI conflist to write once the pod CIDR is known ("" to leave CNI config alone).
     #[arg(long, default_value = "/etc/cni/net.d/05-petrel.conflist", value_parser = path_or_empty())]
     pub cni_conf_file: PathBuf,
+    /// Another CNI config in the conflist's folder that sorts before petrel's (the runtime takes
+    /// the first by name): off, petrel reports it (error log, `petrel_cni_config_shadowed`,
+    /// /healthz 503 so the agent pod is not Ready) and leaves it; on, petrel renames it to
+    /// `<name>.petrel_bak` (never read by runtimes; not restored on uninstall), as Cilium's
+    /// --cni-exclusive.
+    #[arg(long)]
+    pub cni_exclusive: bool,
     /// The `cniVersion` of the written conflist. 1.0.0 is what containerd 1.6, CRI-O and the
     /// reference plugins read; 1.1.0 (STATUS, GC) needs containerd 2.0 or a libcni 1.2 runtime.
     #[arg(long, default_value = petrel_cni::contract::CONFLIST_CNI_VERSION,

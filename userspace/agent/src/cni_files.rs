@@ -1,6 +1,13 @@
 //! What petrel-cni needs from the agent: the node's pod CIDR (from the Node's `spec.podCIDR(s)`)
 //! in the file the plugin reads when its config has no `podCIDR`, and the CNI conflist that makes
 //! the container runtime call petrel-cni. Both written atomically, only when they change.
+//!
+//! A runtime reads only the first CNI config of its folder by name (libcni sorts the `.conf`,
+//! `.conflist` and `.json` files; containerd's `max_conf_num = 1`, CRI-O, kubelet's dockershim).
+//! Another network's config sorting before petrel's would silently give every new pod that
+//! network: at every sync the agent looks, and either reports it (error log, gauge
+//! `petrel_cni_config_shadowed`, /healthz 503 so its pod is not Ready and a rollout stops there)
+//! or, with --cni-exclusive, renames it to `<name>.petrel_bak` (as Cilium's `.cilium_bak`).
 
 use std::{
     io,
@@ -23,6 +30,11 @@ pub struct CniFiles {
     /// The pod CIDR problem logged last (logged again only when it changes).
     pub refused: std::sync::Mutex<Option<String>>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Rename other configs that sort before petrel's (--cni-exclusive) instead of reporting.
+    pub exclusive: bool,
+    /// The other configs reported last (logged again only when they change).
+    pub shadowing: std::sync::Mutex<Vec<String>>,
+    pub health: Option<Arc<crate::health::ProxierHealth>>,
 }
 
 impl CniFiles {
@@ -47,6 +59,7 @@ impl CniFiles {
         if self.conf_file.as_os_str().is_empty() {
             return;
         }
+        self.guard_conf_dir();
         let file = &self.conf_file;
         match write_if_changed(
             file,
@@ -62,6 +75,62 @@ impl CniFiles {
 }
 
 impl CniFiles {
+    /// Other configs that would win over petrel's: renamed aside (`exclusive`) or reported.
+    fn guard_conf_dir(&self) {
+        let found = match shadowing_configs(&self.conf_file) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(file = %self.conf_file.display(), error = %e, "cannot list the CNI config folder");
+                return;
+            }
+        };
+        let mut left = vec![];
+        for path in found {
+            if !self.exclusive {
+                left.push(path);
+                continue;
+            }
+            let mut aside = path.clone().into_os_string();
+            aside.push(BACKUP_SUFFIX);
+            match std::fs::rename(&path, &aside) {
+                Ok(()) => tracing::warn!(
+                    file = %path.display(),
+                    moved_to = %Path::new(&aside).display(),
+                    petrel = %self.conf_file.display(),
+                    "another CNI config sorted before petrel's: renamed aside (--cni-exclusive)"
+                ),
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "cannot rename another CNI config aside");
+                    left.push(path);
+                }
+            }
+        }
+        let names: Vec<String> = left.iter().map(|p| p.display().to_string()).collect();
+        if let Some(m) = &self.metrics {
+            m.cni_config_shadowed
+                .set(i64::try_from(names.len()).unwrap_or(i64::MAX));
+        }
+        if let Some(h) = &self.health {
+            h.set_cni_shadowed(!names.is_empty());
+        }
+        let mut last = self
+            .shadowing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *last != names {
+            if names.is_empty() {
+                tracing::info!(file = %self.conf_file.display(), "no other CNI config sorts before petrel's any more");
+            } else {
+                tracing::error!(
+                    files = names.join(" "),
+                    petrel = %self.conf_file.display(),
+                    "another CNI config sorts before petrel's: the container runtime gives new pods that network, not petrel's. This agent reports not ready (/healthz 503) until it is gone: remove it, or set cni-exclusive to have petrel rename it to <name>.petrel_bak"
+                );
+            }
+        }
+        *last = names;
+    }
+
     /// The Node's pod CIDR when petrel-cni can use it. One it cannot (`node::pod_cidr_problem`)
     /// is logged once per change, raises `petrel_pod_cidr_refused`, and is not written: the
     /// file keeps what it had, so petrel-cni never gets a range that fails every ADD.
@@ -86,6 +155,39 @@ impl CniFiles {
         *last = problem.clone();
         cidr.filter(|_| problem.is_none())
     }
+}
+
+/// What --cni-exclusive appends to the name of a config it moves aside.
+pub const BACKUP_SUFFIX: &str = ".petrel_bak";
+
+/// The other CNI configs in `conf_file`'s folder that a runtime takes before it: libcni's
+/// (`ConfFiles`) files ending in .conf, .conflist or .json, not folders, sorting by name (bytes)
+/// before `conf_file`'s. A folder that does not exist yet holds none.
+pub fn shadowing_configs(conf_file: &Path) -> io::Result<Vec<PathBuf>> {
+    let (Some(dir), Some(own)) = (conf_file.parent(), conf_file.file_name()) else {
+        return Ok(vec![]);
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    let mut found = vec![];
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let is_config = path
+            .extension()
+            .is_some_and(|x| ["conf", "conflist", "json"].iter().any(|e| x == *e));
+        if is_config
+            && entry.file_name().as_encoded_bytes() < own.as_encoded_bytes()
+            && !path.is_dir()
+        {
+            found.push(path);
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// Writes `contents` to `path` through a temporary file and a rename, unless it is already there.
@@ -148,6 +250,135 @@ mod tests {
     }
 
     #[test]
+    fn install_binary_makes_a_missing_bin_dir_and_refuses_one_that_is_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("petrel-cni.new");
+        std::fs::write(&src, b"v1").expect("src");
+        // The agent pod started before anything made /opt/cni/bin.
+        let bin = dir.path().join("opt/cni/bin");
+        let dst = install_binary(&src, &bin).expect("install into a missing folder");
+        assert_eq!(dst, bin.join("petrel-cni"));
+        assert_eq!(std::fs::read(&dst).expect("read"), b"v1");
+        // A file where the folder should be: refused, the file left as it was.
+        let not_dir = dir.path().join("not-a-dir");
+        std::fs::write(&not_dir, b"x").expect("file");
+        let e = install_binary(&src, &not_dir).expect_err("a file is no bin dir");
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory
+            ),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&not_dir).expect("kept"), b"x");
+    }
+
+    fn shadow_fixture(
+        exclusive: bool,
+    ) -> (
+        tempfile::TempDir,
+        CniFiles,
+        Arc<crate::metrics::Metrics>,
+        Arc<crate::health::ProxierHealth>,
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let health = Arc::new(crate::health::ProxierHealth::new(
+            std::time::Duration::from_secs(60),
+        ));
+        health.updated();
+        let files = CniFiles {
+            pod_cidr_file: dir.path().join("cni/pod-cidr"),
+            conf_file: dir.path().join("net.d/05-petrel.conflist"),
+            cni_version: contract::CONFLIST_CNI_VERSION.into(),
+            refused: std::sync::Mutex::default(),
+            metrics: Some(metrics.clone()),
+            exclusive,
+            shadowing: std::sync::Mutex::default(),
+            health: Some(health.clone()),
+        };
+        std::fs::create_dir_all(dir.path().join("net.d")).expect("net.d");
+        (dir, files, metrics, health)
+    }
+
+    fn one_node() -> [Arc<Node>; 1] {
+        let mut node = Node {
+            spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+                pod_cidr: Some("10.244.3.0/24".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        node.metadata.name = Some("n1".into());
+        [Arc::new(node)]
+    }
+
+    #[test]
+    fn a_config_sorting_before_petrels_is_reported_and_makes_healthz_fail() {
+        let (dir, files, metrics, health) = shadow_fixture(false);
+        let net_d = dir.path().join("net.d");
+        // Configs the runtime would not take before petrel's: after it, other extensions,
+        // a folder, petrel's own temporary file.
+        std::fs::write(net_d.join("10-later.conflist"), "{}").expect("later");
+        std::fs::write(net_d.join("00-notes.txt"), "x").expect("txt");
+        std::fs::create_dir(net_d.join("00-dir.conf")).expect("dir");
+        std::fs::write(net_d.join("00-other.conflist.petrel_bak"), "{}").expect("bak");
+        files.write(&one_node(), "n1", Some(1450));
+        assert_eq!(metrics.cni_config_shadowed.get(), 0);
+        assert_eq!(health.healthz().status, hyper::StatusCode::OK);
+        for name in ["00-other.conflist", "04-x.conf", "01-y.json"] {
+            std::fs::write(net_d.join(name), "{}").expect("other");
+        }
+        files.write(&one_node(), "n1", Some(1450));
+        assert_eq!(metrics.cni_config_shadowed.get(), 3);
+        let r = health.healthz();
+        assert_eq!(r.status, hyper::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.body.contains("\"cniConfigShadowed\": true"), "{}", r.body);
+        assert_eq!(
+            health.livez().status,
+            hyper::StatusCode::OK,
+            "a restart fixes nothing"
+        );
+        // Left where they are; petrel's own conflist is written all the same.
+        assert!(net_d.join("00-other.conflist").exists());
+        assert!(files.conf_file.exists());
+        let listed: Vec<String> = shadowing_configs(&files.conf_file)
+            .expect("list")
+            .iter()
+            .map(|p| p.file_name().expect("name").to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(listed, ["00-other.conflist", "01-y.json", "04-x.conf"]);
+        // Removed by the operator: ready again at the next sync.
+        for name in ["00-other.conflist", "04-x.conf", "01-y.json"] {
+            std::fs::remove_file(net_d.join(name)).expect("rm");
+        }
+        files.write(&one_node(), "n1", Some(1450));
+        assert_eq!(metrics.cni_config_shadowed.get(), 0);
+        assert_eq!(health.healthz().status, hyper::StatusCode::OK);
+    }
+
+    #[test]
+    fn cni_exclusive_renames_configs_sorting_before_petrels_aside() {
+        let (dir, files, metrics, health) = shadow_fixture(true);
+        let net_d = dir.path().join("net.d");
+        std::fs::write(net_d.join("00-other.conflist"), "{\"name\": \"other\"}").expect("other");
+        std::fs::write(net_d.join("10-later.conflist"), "{}").expect("later");
+        files.write(&one_node(), "n1", Some(1450));
+        assert!(!net_d.join("00-other.conflist").exists());
+        assert_eq!(
+            std::fs::read_to_string(net_d.join("00-other.conflist.petrel_bak")).expect("aside"),
+            "{\"name\": \"other\"}"
+        );
+        assert!(
+            net_d.join("10-later.conflist").exists(),
+            "one sorting after petrel's stays"
+        );
+        assert!(files.conf_file.exists());
+        assert_eq!(metrics.cni_config_shadowed.get(), 0);
+        assert_eq!(health.healthz().status, hyper::StatusCode::OK);
+    }
+
+    #[test]
     fn writes_only_on_change() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("a/pod-cidr");
@@ -165,6 +396,9 @@ mod tests {
             cni_version: contract::CONFLIST_CNI_VERSION.into(),
             refused: std::sync::Mutex::default(),
             metrics: None,
+            exclusive: false,
+            shadowing: std::sync::Mutex::default(),
+            health: None,
         };
         let mut node = Node {
             spec: Some(k8s_openapi::api::core::v1::NodeSpec {
@@ -208,6 +442,9 @@ mod tests {
             cni_version: contract::CONFLIST_CNI_VERSION.into(),
             refused: std::sync::Mutex::default(),
             metrics: Some(metrics.clone()),
+            exclusive: false,
+            shadowing: std::sync::Mutex::default(),
+            health: None,
         };
         let node = |cidr: &str| {
             let mut n = Node {

@@ -8,7 +8,9 @@
 //! (petrel_frontends_refused, a log line) and must not fail every node's health, which would
 //! restart agents through the liveness probe and drain every node behind load balancers that
 //! probe :10256. `/healthz` is also 503 while the Node is being deleted or carries the cluster
-//! autoscaler's ToBeDeletedByClusterAutoscaler taint (KEP-3836); `/livez` ignores the Node.
+//! autoscaler's ToBeDeletedByClusterAutoscaler taint (KEP-3836), and while another CNI config
+//! sorts before petrel's conflist (the node's new pods would not get petrel's network; see
+//! `cni_files`); `/livez` ignores both (restarting the agent fixes neither).
 
 use std::{
     sync::Mutex,
@@ -26,6 +28,7 @@ struct State {
     last_updated: Option<SystemTime>,
     oldest_pending: Option<SystemTime>,
     node_eligible: bool,
+    cni_shadowed: bool,
 }
 
 /// What the sync loop reports (`queued`, `updated`) and the HTTP handlers read.
@@ -52,6 +55,7 @@ impl ProxierHealth {
                 oldest_pending: None,
                 // Eligible while starting, until the Node says otherwise (as kube-proxy).
                 node_eligible: true,
+                cni_shadowed: false,
             }),
         }
     }
@@ -89,6 +93,11 @@ impl ProxierHealth {
         }
     }
 
+    /// Whether another CNI config takes the node's pods (see `cni_files`).
+    pub fn set_cni_shadowed(&self, shadowed: bool) {
+        self.lock().cni_shadowed = shadowed;
+    }
+
     /// The proxier's own health, without the Node's state (what health check node ports report
     /// as serviceProxyHealthy, and /livez).
     pub fn is_healthy_at(&self, now: SystemTime) -> bool {
@@ -103,17 +112,22 @@ impl ProxierHealth {
     /// /healthz: the proxier's health and the Node's eligibility.
     pub fn healthz_at(&self, now: SystemTime) -> Reply {
         let s = self.lock();
-        let ok = healthy(s.oldest_pending, now, self.timeout) && s.node_eligible;
+        let ok = healthy(s.oldest_pending, now, self.timeout) && s.node_eligible && !s.cni_shadowed;
         // kube-proxy reports lastUpdated as the current time while healthy (compatibility with
         // releases where it was the last run of the sync loop).
         let last = if ok { Some(now) } else { s.last_updated };
         Reply {
             status: status(ok),
             body: format!(
-                "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\", \"nodeEligible\": {}}}",
+                "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\", \"nodeEligible\": {}{}}}",
                 go_time(last),
                 go_time(Some(now)),
-                s.node_eligible
+                s.node_eligible,
+                if s.cni_shadowed {
+                    ", \"cniConfigShadowed\": true"
+                } else {
+                    ""
+                }
             ),
         }
     }

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub manifest_source_ok: Gauge,
     /// 1 while this Node's podCIDR is one petrel-cni cannot use (not written for it).
     pub pod_cidr_refused: Gauge,
+    /// Other CNI configs sorting before petrel's conflist (the runtime would use them).
+    pub cni_config_shadowed: Gauge,
     pub node_routes: Gauge,
     pub ct_entries: Gauge,
     pub ct_fill: Gauge<f64, AtomicU64>,
@@ -103,6 +105,7 @@ impl Metrics {
             manifest_refused: Family::default(),
             manifest_source_ok: Gauge::default(),
             pod_cidr_refused: Gauge::default(),
+            cni_config_shadowed: Gauge::default(),
             node_routes: Gauge::default(),
             ct_entries: Gauge::default(),
             ct_fill: Gauge::default(),
@@ -181,6 +184,11 @@ impl Metrics {
             "petrel_pod_cidr_refused",
             "1 while this Node's podCIDR is one petrel-cni cannot use (not IPv4 unicast, or longer than /29): it is not written for petrel-cni",
             m.pod_cidr_refused.clone(),
+        );
+        registry.register(
+            "petrel_cni_config_shadowed",
+            "Other CNI configs in the conflist's folder that sort before petrel's, so the container runtime would give pods their network (0 when petrel's is the one used)",
+            m.cni_config_shadowed.clone(),
         );
         registry.register(
             "petrel_node_routes",

@@ -1,6 +1,6 @@
 //! A test pod's workload, as a process: `petrel-pod serve NAME ADDR:PORT` answers TCP and UDP
 //! requests with "NAME CLIENT_IP"; `petrel-pod get tcp|udp ADDR:PORT` makes one request and prints
-//! the answer (exit 1 with the error otherwise); `petrel-pod session ADDR:PORT...` keeps one
+//! the answer (exit 1 with the error otherwise; ADDR may be a DNS name); `petrel-pod session ADDR:PORT...` keeps one
 //! connected UDP socket per address and, per line on stdin, `x N` makes one request on socket N
 //! and `r N` connects it anew, printing one line each ("ok SERVER CLIENT PEER", "ok connected",
 //! "err ERRNO TEXT"): a long-lived client for tests of what happens to connected sockets.
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
             }
         }
         ["get", proto, addr] => {
-            let addr: SocketAddrV4 = match addr.parse() {
+            let addr = match resolve(addr) {
                 Ok(a) => a,
                 Err(e) => return fail(&format!("bad address {addr}: {e}")),
             };
@@ -56,9 +56,23 @@ fn main() -> ExitCode {
             session(&targets)
         }
         _ => fail(
-            "usage: petrel-pod serve NAME ADDR:PORT | petrel-pod get tcp|udp ADDR:PORT | petrel-pod session ADDR:PORT...",
+            "usage: petrel-pod serve NAME ADDR:PORT | petrel-pod get tcp|udp ADDR|NAME:PORT | petrel-pod session ADDR:PORT...",
         ),
     }
+}
+
+/// ADDR:PORT, or NAME:PORT resolved by the system's resolver (in a pod: the cluster DNS, with
+/// the search domains kubelet wrote), its first IPv4 address.
+fn resolve(addr: &str) -> std::io::Result<SocketAddrV4> {
+    if let Ok(a) = addr.parse() {
+        return Ok(a);
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(addr)?
+        .find_map(|a| match a {
+            std::net::SocketAddr::V4(a) => Some(a),
+            std::net::SocketAddr::V6(_) => None,
+        })
+        .ok_or_else(|| std::io::Error::other("no IPv4 address"))
 }
 
 fn connect(to: SocketAddrV4) -> std::io::Result<UdpSocket> {
