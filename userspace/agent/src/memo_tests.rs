@@ -42,7 +42,7 @@ fn event() -> impl Strategy<Value = Event> {
         4 => (0..SERVICES, any::<bool>(), any::<bool>(), 0..3u8)
             .prop_map(|(i, np, p, y)| Event::Service(i, np, p, y)),
         1 => (0..SERVICES).prop_map(Event::DeleteService),
-        6 => (0..SERVICES, 0..2u8, [ep.clone(), ep.clone(), ep.clone(), ep])
+        6 => (0..SERVICES, 0..2u8, [ep, ep, ep, ep])
             .prop_map(|(i, j, e)| Event::Slice(i, j, e)),
         1 => (0..SERVICES, 0..2u8).prop_map(|(i, j)| Event::DeleteSlice(i, j)),
         1 => (1..3u8).prop_map(Event::NodeIp),

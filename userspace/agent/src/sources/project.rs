@@ -112,6 +112,10 @@ mod tests {
 
     use super::*;
 
+    #[expect(
+        clippy::unnecessary_wraps,
+        reason = "compared with and stored in ObjectMeta's Option fields"
+    )]
     fn labels(kv: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
         Some(
             kv.iter()
