@@ -852,3 +852,151 @@ fn a_service_that_would_overflow_is_refused_whole_and_cleanup_removes_everything
         f.get(web).is_err()
     });
 }
+
+/// `kubeproxy_sync_proxy_rules_duration_seconds_count`: how many syncs of the maps ran.
+fn syncs(f: &Fixture) -> u64 {
+    f.http(10249, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix("kubeproxy_sync_proxy_rules_duration_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("sync count in /metrics")
+}
+
+#[test]
+fn labelled_services_are_never_sent_and_node_heartbeats_do_not_sync() {
+    use kube::api::{Patch, PatchParams};
+    let f = Arc::new(Fixture::new());
+    in_node(&f, |f| async move {
+        let server = KubeApiServer::start().await;
+        let client = server.client().await;
+        let vip = create_web(&client, &[B0]).await;
+        // A service another proxy handles, and its slice (the EndpointSlice controller copies
+        // the label onto it).
+        let proxy_name = || {
+            Some(
+                [(
+                    "service.kubernetes.io/service-proxy-name".to_string(),
+                    "other-proxy".to_string(),
+                )]
+                .into(),
+            )
+        };
+        let services: Api<Service> = Api::namespaced(client.clone(), "default");
+        let mut other = services.get("web").await.expect("web");
+        other.metadata = ObjectMeta {
+            labels: proxy_name(),
+            ..meta("other")
+        };
+        if let Some(spec) = other.spec.as_mut() {
+            spec.cluster_ip = None;
+            spec.cluster_ips = None;
+        }
+        let other = services
+            .create(&PostParams::default(), &other)
+            .await
+            .expect("other service");
+        let other_vip = SocketAddrV4::new(
+            other
+                .spec
+                .and_then(|s| s.cluster_ip)
+                .expect("clusterIP")
+                .parse()
+                .expect("v4"),
+            80,
+        );
+        let mut other_slice = slice(&[B1]);
+        other_slice.metadata = ObjectMeta {
+            labels: Some(
+                [
+                    (
+                        "kubernetes.io/service-name".to_string(),
+                        "other".to_string(),
+                    ),
+                    (
+                        "service.kubernetes.io/service-proxy-name".to_string(),
+                        "other-proxy".to_string(),
+                    ),
+                ]
+                .into(),
+            ),
+            ..meta("other-1")
+        };
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+        slices
+            .create(&PostParams::default(), &other_slice)
+            .await
+            .expect("other slice");
+        let agent = f.agent(&[
+            "--kubeconfig".into(),
+            server.kubeconfig().display().to_string(),
+            "--sync-period=1h".into(),
+        ]);
+        let fb = f.clone();
+        let quiet = tokio::task::spawn_blocking(move || {
+            eventually("the VIP answers", 30, || fb.get(vip).is_ok());
+            assert!(fb.frontend(other_vip).is_none(), "{}", fb.netctl());
+            // Settled: no sync for two seconds.
+            let mut last = syncs(&fb);
+            eventually("syncs settle", 20, || {
+                std::thread::sleep(Duration::from_secs(2));
+                let now = syncs(&fb);
+                std::mem::replace(&mut last, now) == now
+            });
+            last
+        })
+        .await
+        .expect("programmed");
+
+        // Kubelet's heartbeats: status updates that change nothing petrel reads.
+        let nodes: Api<Node> = Api::all(client.clone());
+        for i in 0..5 {
+            let beat = k8s_openapi::jiff::Timestamp::now().to_string();
+            let status = serde_json::json!({"status": {"conditions": [{
+                "type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": format!("heartbeat {i}"),
+                "lastHeartbeatTime": beat, "lastTransitionTime": beat,
+            }]}});
+            nodes
+                .patch_status("n1", &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .expect("heartbeat");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A change to the labelled service's slice is not sent either.
+        let mut current = slices.get("other-1").await.expect("other slice");
+        current.endpoints = slice(&[B0, B1]).endpoints;
+        slices
+            .replace("other-1", &PostParams::default(), &current)
+            .await
+            .expect("replace other slice");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            assert_eq!(
+                syncs(&fb),
+                quiet,
+                "a heartbeat or a foreign slice woke the sync"
+            );
+        })
+        .await
+        .expect("no sync");
+
+        // The control: a change petrel reads does sync, and the labelled service stays out.
+        let mut current = slices.get("web-1").await.expect("web slice");
+        current.endpoints = slice(&[B1]).endpoints;
+        slices
+            .replace("web-1", &PostParams::default(), &current)
+            .await
+            .expect("replace web slice");
+        let fb = f.clone();
+        tokio::task::spawn_blocking(move || {
+            fb.wait_only_b1(vip, "only b1 is left", 15);
+            assert!(syncs(&fb) > quiet);
+            assert!(fb.frontend(other_vip).is_none(), "{}", fb.netctl());
+        })
+        .await
+        .expect("control");
+        drop(agent);
+        drop(server);
+    });
+}

@@ -15,7 +15,7 @@ use crate::{
     cli::Cli,
     cni_files::CniFiles,
     conntrack,
-    desired::{Memo, Options},
+    desired::{Memo, Options, frontend_name},
     health::ProxierHealth,
     metrics::{Metrics, ProgrammingLatency},
     node::{self, NodeFacts},
@@ -50,8 +50,13 @@ pub struct Agent {
     /// Desired state per service, computed again only for services whose objects changed.
     memo: Memo,
     latency: ProgrammingLatency,
-    /// netctl's names are written at the first sync and whenever the datapath changed.
-    names_published: bool,
+    /// Slices new since the last sync that programmed everything: their trigger times are
+    /// observed once it does.
+    unobserved: Vec<Arc<k8s_openapi::api::discovery::v1::EndpointSlice>>,
+    /// A sync refused something (or none ran yet): the next one is a full sync.
+    needs_full: bool,
+    /// netctl's names: rewritten at full syncs, appended to for the frontends that change.
+    names: names::Journal,
     /// Asks the conntrack garbage collector for a sweep.
     gc: conntrack::Kick,
     /// Destroys connected UDP sockets on removed backends (with socket-LB only).
@@ -177,7 +182,9 @@ impl Agent {
             routes: RouteSync::default(),
             memo: Memo::default(),
             latency: ProgrammingLatency::default(),
-            names_published: false,
+            unobserved: Vec::new(),
+            needs_full: true,
+            names: names::Journal::new(&cli.state_dir),
             gc,
             term,
         })
@@ -217,21 +224,40 @@ impl Agent {
         self.wire_node(inputs, &node).await;
     }
 
-    /// One sync: routes, CNI files, pod interfaces, then the service maps.
-    pub async fn tick(&mut self, inputs: &Snapshot) {
+    /// One sync: routes, CNI files, pod interfaces, then the service maps. `full`: the maps
+    /// are compared whole with the desired state (the periodic resync, a retry); otherwise
+    /// only the frontends of services whose objects changed are written (after a sync that
+    /// refused something, the next one is full whatever `full` says).
+    pub async fn tick(&mut self, inputs: &Snapshot, full: bool) {
         let iteration = Instant::now();
         let node = NodeFacts::of(&inputs.nodes, &self.node_name, &self.node_ips);
-        let desired = self
-            .memo
-            .compute(&inputs.services, &inputs.slices, &node, self.options);
+        let changes = off_runtime(|| {
+            self.memo
+                .update(&inputs.services, &inputs.slices, &node, self.options)
+        });
+        if self.unobserved.len() < 1 << 16 {
+            self.unobserved.extend(changes.fresh_slices.iter().cloned());
+        }
         let node_ip = self.wire_node(inputs, &node).await;
         if let Some(ip) = node_ip {
             let _ = self.syncer.maps_mut().set_node_ip(ip);
         }
+        let full = full || changes.all || self.needs_full;
         let computed = iteration.elapsed();
         let started = Instant::now();
-        let mut report = self.syncer.sync(&desired);
+        let desired = self.memo.desired();
+        // The map writes are system calls, many at a full sync: a blocking section, so the
+        // runtime's other tasks (the watches, /healthz) move to another worker meanwhile.
+        let syncer = &mut self.syncer;
+        let mut report = off_runtime(|| {
+            if full {
+                syncer.sync(desired)
+            } else {
+                syncer.sync_changed(desired, &changes.frontends)
+            }
+        });
         let took = started.elapsed();
+        self.needs_full = !report.refused.is_empty();
         let m = &self.metrics;
         m.sync_duration.observe(took.as_secs_f64());
         m.refused.set(report.refused.len() as i64);
@@ -246,7 +272,8 @@ impl Agent {
                     .unwrap_or_default()
                     .as_secs_f64(),
             );
-            self.latency.observe(m, &inputs.slices);
+            self.latency.observe(m, &self.unobserved);
+            self.unobserved.clear();
         } else {
             m.sync_errors.inc();
         }
@@ -265,16 +292,10 @@ impl Agent {
             // they are destroyed, so the application reconnects to a current backend.
             t.terminate(std::mem::take(&mut report.udp_departed));
         }
+        self.publish_names(full, &changes.frontends);
         let changed = report.upserted + report.removed > 0;
-        if changed || !self.names_published {
-            match names::write(&self.state_dir, &desired.frontend_names()) {
-                Ok(()) => self.names_published = true,
-                Err(e) => {
-                    tracing::warn!(dir = %self.state_dir.display(), error = %e, "cannot publish service names for netctl")
-                }
-            }
-        }
         tracing::debug!(
+            full,
             upserted = report.upserted,
             removed = report.removed,
             unchanged = report.unchanged,
@@ -284,6 +305,7 @@ impl Agent {
         );
         if changed {
             tracing::info!(
+                full,
                 upserted = report.upserted,
                 removed = report.removed,
                 took_ms = took.as_millis() as u64,
@@ -292,6 +314,50 @@ impl Agent {
                 "datapath updated"
             );
         }
+    }
+
+    /// netctl's names: the changed frontends' appended, or every name at a full sync (and
+    /// whenever the journal is due for compaction or cannot be appended to).
+    fn publish_names(
+        &mut self,
+        full: bool,
+        changed: &std::collections::BTreeSet<petrel_datapath::Frontend>,
+    ) {
+        let desired = self.memo.desired();
+        let appended = !full
+            && !self.names.wants_rewrite()
+            && (changed.is_empty() || {
+                let lines: Vec<(String, Option<names::FrontendName>)> = changed
+                    .iter()
+                    .map(|fe| (fe.to_string(), desired.frontends.get(fe).map(frontend_name)))
+                    .collect();
+                self.names.append(&lines, desired.frontends.len()).is_ok()
+            });
+        if appended {
+            return;
+        }
+        let all: Vec<(String, names::FrontendName)> = desired
+            .frontends
+            .iter()
+            .map(|(fe, p)| (fe.to_string(), frontend_name(p)))
+            .collect();
+        if let Err(e) = self
+            .names
+            .rewrite(all.iter().map(|(fe, n)| (fe.clone(), n)))
+        {
+            tracing::warn!(dir = %self.state_dir.display(), error = %e, "cannot publish service names for netctl");
+        }
+    }
+}
+
+/// Runs `f`, a stretch of synchronous work, as a blocking section of a multi-threaded runtime
+/// (its other tasks move to another worker meanwhile); directly elsewhere.
+fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
@@ -372,15 +438,15 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 std::future::pending::<()>().await;
             }
         };
-        tokio::select! {
-            _ = runner.wait(changed) => {}
+        let trigger = tokio::select! {
+            t = runner.wait(changed) => t,
             _ = link_scan.tick() => {
                 agent.attach_pods();
                 continue;
             }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-        }
+        };
         runner.throttle().await;
         let Some(snapshot) = inputs.borrow_and_update().clone() else {
             // Not every source has listed yet: programming now would briefly drop services.
@@ -390,7 +456,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             // Services still listing: wire the node now, program services once all is listed.
             agent.tick_node(&snapshot).await;
         } else {
-            agent.tick(&snapshot).await;
+            agent
+                .tick(&snapshot, trigger != crate::runner::Trigger::Changed)
+                .await;
         }
         runner.ran(agent.retry_in());
     }

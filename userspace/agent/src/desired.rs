@@ -7,9 +7,8 @@
 
 use std::{
     borrow::Borrow,
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{Ipv4Addr, SocketAddrV4},
-    sync::Arc,
 };
 
 use k8s_openapi::api::{
@@ -19,6 +18,7 @@ use k8s_openapi::api::{
 
 use petrel_datapath::{Frontend, Proto, inspect::names::FrontendName};
 
+pub use crate::memo::Memo;
 pub use crate::node::NodeFacts;
 use crate::topology::{self, Decision, Hint};
 
@@ -143,30 +143,32 @@ impl Desired {
 
     /// The names behind each frontend, as netctl shows them.
     pub fn frontend_names(&self) -> BTreeMap<String, FrontendName> {
-        let policy = |local: bool| if local { "Local" } else { "Cluster" }.to_string();
         self.frontends
             .iter()
-            .map(|(fe, p)| {
-                let kind = match p.kind {
-                    FrontendKind::ClusterIp => "ClusterIP",
-                    FrontendKind::NodePort => "NodePort",
-                    FrontendKind::ExternalIp => "ExternalIP",
-                    FrontendKind::LoadBalancer => "LoadBalancer",
-                };
-                let name = FrontendName {
-                    service: p.service.clone(),
-                    port_name: p.port_name.clone(),
-                    kind: kind.to_string(),
-                    external_traffic_policy: policy(p.external_local),
-                    internal_traffic_policy: policy(p.internal_local),
-                };
-                (fe.to_string(), name)
-            })
+            .map(|(fe, p)| (fe.to_string(), frontend_name(p)))
             .collect()
     }
 }
 
-fn key(ns: &str, name: &str) -> String {
+/// The names behind a frontend, as netctl shows them.
+pub fn frontend_name(p: &FrontendPlan) -> FrontendName {
+    let policy = |local: bool| if local { "Local" } else { "Cluster" }.to_string();
+    let kind = match p.kind {
+        FrontendKind::ClusterIp => "ClusterIP",
+        FrontendKind::NodePort => "NodePort",
+        FrontendKind::ExternalIp => "ExternalIP",
+        FrontendKind::LoadBalancer => "LoadBalancer",
+    };
+    FrontendName {
+        service: p.service.clone(),
+        port_name: p.port_name.clone(),
+        kind: kind.to_string(),
+        external_traffic_policy: policy(p.external_local),
+        internal_traffic_policy: policy(p.internal_local),
+    }
+}
+
+pub(crate) fn key(ns: &str, name: &str) -> String {
     format!("{ns}/{name}")
 }
 
@@ -209,39 +211,62 @@ pub fn compute<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
     node: &NodeFacts,
     opts: Options,
 ) -> Desired {
-    // Slices by owning service (as Memo groups them).
+    // Slices by owning service, each service's in name order (as Memo groups them).
     let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
         let s: &EndpointSlice = s.borrow();
-        if s.address_type != "IPv4" {
-            continue;
-        }
         if let Some(o) = owner(s) {
             by_service.entry(o).or_default().push(s);
         }
     }
-
-    let mut desired = Desired::default();
-    for svc in services {
-        let svc: &Service = svc.borrow();
-        let mut part = Desired::default();
-        add_service(svc, &by_service, node, opts, &mut part);
-        merge(&mut desired, &part, |id| {
-            services
-                .iter()
-                .map(|s| -> &Service { s.borrow() })
-                .find(|s| service_id(s) == id)
-                .map(age)
-        });
+    for v in by_service.values_mut() {
+        sort_slices(v);
     }
-    desired
+    let parts: Vec<(Age, Desired)> = services
+        .iter()
+        .map(|svc| {
+            let svc: &Service = svc.borrow();
+            let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+            let name = svc.metadata.name.as_deref().unwrap_or_default();
+            let own = by_service.get(&(ns, name)).map_or(&[][..], Vec::as_slice);
+            (age(svc), service_part(svc, own, node, opts))
+        })
+        .collect();
+    assemble(parts.iter().map(|(a, p)| (a, p)))
+}
+
+/// Slices in the order their endpoints are read (of an address in two slices, the first one's
+/// conditions are used): by name, whatever order the cache hands them out in.
+pub(crate) fn sort_slices<E: Borrow<EndpointSlice>>(slices: &mut [E]) {
+    let name = |s: &E| Borrow::<EndpointSlice>::borrow(s).metadata.name.clone();
+    slices.sort_by_key(name);
+}
+
+/// One service's part of the desired state, from its own slices (any order of addressType).
+pub(crate) fn service_part<E: Borrow<EndpointSlice>>(
+    svc: &Service,
+    own: &[E],
+    node: &NodeFacts,
+    opts: Options,
+) -> Desired {
+    let own: Vec<&EndpointSlice> = own
+        .iter()
+        .map(Borrow::<EndpointSlice>::borrow)
+        .filter(|s| s.address_type == "IPv4")
+        .collect();
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+    let name = svc.metadata.name.as_deref().unwrap_or_default();
+    let by_service = HashMap::from([((ns, name), own)]);
+    let mut part = Desired::default();
+    add_service(svc, &by_service, node, opts, &mut part);
+    part
 }
 
 /// The age order of services, as the API server's allocators decide who keeps a port: the
-/// older creationTimestamp, then namespace/name.
-type Age = (bool, Option<String>, String);
+/// older creationTimestamp, then namespace/name (the last element: the service's id).
+pub(crate) type Age = (bool, Option<String>, String);
 
-fn age(svc: &Service) -> Age {
+pub(crate) fn age(svc: &Service) -> Age {
     let t = svc
         .metadata
         .creation_timestamp
@@ -250,46 +275,48 @@ fn age(svc: &Service) -> Age {
     (t.is_none(), t, service_id(svc))
 }
 
-fn service_id(svc: &Service) -> String {
+pub(crate) fn service_id(svc: &Service) -> String {
     key(
         svc.metadata.namespace.as_deref().unwrap_or("default"),
         svc.metadata.name.as_deref().unwrap_or_default(),
     )
 }
 
-/// Adds one service's part of the desired state. A frontend another service already has stays
-/// with the older of the two (`age`, looked up by service id), and the conflict is recorded;
-/// never silently the later one.
-fn merge(desired: &mut Desired, part: &Desired, age_of: impl Fn(&str) -> Option<Age>) {
-    for (fe, plan) in &part.frontends {
-        match desired.frontends.get(fe) {
-            Some(have) if have.service != plan.service => {
-                let (old, new) = (age_of(&have.service), age_of(&plan.service));
-                if new < old {
-                    desired
-                        .conflicts
-                        .push((*fe, plan.service.clone(), have.service.clone()));
-                    desired.frontends.insert(*fe, plan.clone());
-                } else {
-                    desired
-                        .conflicts
-                        .push((*fe, have.service.clone(), plan.service.clone()));
-                }
-            }
-            _ => {
-                desired.frontends.insert(*fe, plan.clone());
-            }
+/// The desired state made of every service's part. A frontend two services ask for stays with
+/// the older (`age`), and the conflict is recorded, (frontend, keeper, refused) for each service
+/// refused; never silently the later one. Every list sorted, so the result does not depend on
+/// the order the parts come in (Memo builds the same state change by change).
+pub(crate) fn assemble<'a>(parts: impl Iterator<Item = (&'a Age, &'a Desired)>) -> Desired {
+    let mut claims: BTreeMap<Frontend, Vec<(&Age, &FrontendPlan)>> = BTreeMap::new();
+    let mut desired = Desired::default();
+    for (age, part) in parts {
+        for (fe, plan) in &part.frontends {
+            claims.entry(*fe).or_default().push((age, plan));
         }
+        desired.skipped.extend(part.skipped.iter().cloned());
+        desired
+            .topology_fallbacks
+            .extend(part.topology_fallbacks.iter().cloned());
+        desired.health_checks.extend(
+            part.health_checks
+                .iter()
+                .map(|(svc, hc)| (svc.clone(), *hc)),
+        );
     }
-    desired.skipped.extend(part.skipped.iter().cloned());
+    for (fe, mut claimants) in claims {
+        claimants.sort_by(|a, b| a.0.cmp(b.0));
+        let (_, keeper) = claimants[0];
+        for (_, refused) in &claimants[1..] {
+            desired
+                .conflicts
+                .push((fe, keeper.service.clone(), refused.service.clone()));
+        }
+        desired.frontends.insert(fe, keeper.clone());
+    }
+    desired.skipped.sort();
+    desired.topology_fallbacks.sort();
+    desired.conflicts.sort();
     desired
-        .topology_fallbacks
-        .extend(part.topology_fallbacks.iter().cloned());
-    desired.health_checks.extend(
-        part.health_checks
-            .iter()
-            .map(|(svc, hc)| (svc.clone(), *hc)),
-    );
 }
 
 /// A service's IPv4 addresses, by kind of frontend.
@@ -558,93 +585,10 @@ fn add_service(
     }
 }
 
-/// `compute`, remembered per service: a service whose object and slices are the very ones of
-/// the last call (the same `Arc`s, as a watch cache hands out for objects that did not change) is
-/// not computed again, so a sync after one change costs a pointer comparison per service rather
-/// than a computation. Gives what `compute` gives over the same inputs.
-#[derive(Default)]
-pub struct Memo {
-    context: Option<(NodeFacts, bool)>,
-    services: HashMap<String, Remembered>,
-    /// The conflicts logged at the last call: each is logged once, when it appears.
-    conflicts: BTreeSet<(Frontend, String, String)>,
-}
-
-struct Remembered {
-    service: Arc<Service>,
-    slices: Vec<Arc<EndpointSlice>>,
-    part: Desired,
-}
-
 /// (namespace, service name) an EndpointSlice belongs to.
-fn owner(s: &EndpointSlice) -> Option<(&str, &str)> {
+pub(crate) fn owner(s: &EndpointSlice) -> Option<(&str, &str)> {
     let svc = s.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
     Some((s.metadata.namespace.as_deref().unwrap_or("default"), svc))
-}
-
-impl Memo {
-    pub fn compute(
-        &mut self,
-        services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
-        node: &NodeFacts,
-        opts: Options,
-    ) -> Desired {
-        let context = (node.clone(), opts.maglev);
-        if self.context.as_ref() != Some(&context) {
-            self.services.clear();
-            self.context = Some(context);
-        }
-        let mut by_service: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
-        for s in slices {
-            if let Some(o) = owner(s) {
-                by_service.entry(o).or_default().push(s);
-            }
-        }
-        let mut desired = Desired::default();
-        let mut present = HashSet::new();
-        for svc in services {
-            let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-            let name = svc.metadata.name.as_deref().unwrap_or_default();
-            let own = by_service
-                .get(&(ns, name))
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
-            let id = key(ns, name);
-            let same = self.services.get(&id).is_some_and(|r| {
-                Arc::ptr_eq(&r.service, svc)
-                    && r.slices.len() == own.len()
-                    && r.slices.iter().zip(own).all(|(a, b)| Arc::ptr_eq(a, b))
-            });
-            if !same {
-                let own: Vec<Arc<EndpointSlice>> = own.iter().map(|s| Arc::clone(s)).collect();
-                let part = compute(std::slice::from_ref(svc), &own, node, opts);
-                let r = Remembered {
-                    service: svc.clone(),
-                    slices: own,
-                    part,
-                };
-                self.services.insert(id.clone(), r);
-            }
-            let services = &self.services;
-            merge(&mut desired, &services[&id].part, |id| {
-                services.get(id).map(|r| age(&r.service))
-            });
-            present.insert(id);
-        }
-        self.services.retain(|id, _| present.contains(id));
-        let now: BTreeSet<_> = desired.conflicts.iter().cloned().collect();
-        for (fe, keeps, refused) in now.difference(&self.conflicts) {
-            tracing::warn!(
-                frontend = %fe,
-                keeps = %keeps,
-                refused = %refused,
-                "two services ask for one frontend: the older keeps it, as the API server's allocator would"
-            );
-        }
-        self.conflicts = now;
-        desired
-    }
 }
 
 /// The endpoints of one service port: the slice port with the same name and protocol gives the
@@ -703,6 +647,8 @@ fn endpoints_for(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use k8s_openapi::{
         api::{
             core::v1::{ServicePort, ServiceSpec},
@@ -828,7 +774,7 @@ mod tests {
         // The node's name changes which endpoints are local: everything is computed again.
         n.name = "n2".into();
         check(&mut memo, &services, &slices, &n);
-        assert_eq!(memo.services.len(), services.len());
+        assert_eq!(memo.len(), services.len());
     }
 
     /// Not a test of correctness: how long one computation over 10,000 services x 10 endpoints

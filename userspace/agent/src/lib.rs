@@ -11,6 +11,9 @@ pub mod conntrack;
 pub mod desired;
 pub mod health;
 pub mod logging;
+pub mod memo;
+#[cfg(test)]
+mod memo_tests;
 pub mod metrics;
 pub mod node;
 pub mod pods;

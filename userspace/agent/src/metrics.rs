@@ -2,7 +2,7 @@
 //! and the HTTP endpoints kube-proxy has: `/metrics` and `/proxyMode` (127.0.0.1:10249 by
 //! default), `/healthz` and `/livez` (port 10256; their semantics are `health`'s).
 
-use std::{collections::BTreeSet, convert::Infallible, sync::Arc, sync::atomic::AtomicU64};
+use std::{convert::Infallible, sync::Arc, sync::atomic::AtomicU64};
 
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
@@ -364,35 +364,53 @@ impl Metrics {
     }
 }
 
+/// Set by the EndpointSlice controller on each slice it writes: when the change that caused the
+/// write happened (a pod became ready, a service changed).
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
 /// kubeproxy_network_programming_duration_seconds: from each EndpointSlice change's trigger time
-/// (annotation set by the EndpointSlice controller) to the sync that programmed it.
-#[derive(Debug, Default)]
+/// (annotation set by the EndpointSlice controller) to the sync that programmed it. Each slice
+/// version is observed once because `Memo::update` hands out only the slices it had not seen
+/// (nothing here grows with the cluster); trigger times from before this agent started are not
+/// observed (kube-proxy's trackerStartTime rule: after a restart they measure the downtime, not
+/// programming).
+#[derive(Debug)]
 pub struct ProgrammingLatency {
-    /// (uid, resourceVersion) of the slices already observed.
-    seen: BTreeSet<(String, String)>,
+    since: k8s_openapi::jiff::Timestamp,
+}
+
+impl Default for ProgrammingLatency {
+    fn default() -> Self {
+        ProgrammingLatency {
+            since: k8s_openapi::jiff::Timestamp::now(),
+        }
+    }
 }
 
 impl ProgrammingLatency {
-    pub fn observe(&mut self, metrics: &Metrics, slices: &[Arc<EndpointSlice>]) {
-        const TRIGGER: &str = "endpoints.kubernetes.io/last-change-trigger-time";
-        for s in slices {
-            let Some(t) = s.metadata.annotations.as_ref().and_then(|a| a.get(TRIGGER)) else {
-                continue;
-            };
-            let key = (
-                s.metadata.uid.clone().unwrap_or_default(),
-                s.metadata.resource_version.clone().unwrap_or_default(),
-            );
-            if !self.seen.insert(key) {
-                continue;
-            }
-            if let Ok(ts) = t.parse::<k8s_openapi::jiff::Timestamp>() {
-                let ms = k8s_openapi::jiff::Timestamp::now().as_millisecond() - ts.as_millisecond();
-                if ms >= 0 {
-                    metrics.network_programming.observe(ms as f64 / 1000.0);
-                }
+    /// Observes the slices programmed now, `fresh` ones only (new objects or versions).
+    pub fn observe(&self, metrics: &Metrics, fresh: &[Arc<EndpointSlice>]) {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        for s in fresh {
+            if let Some(secs) = self.latency(s, now) {
+                metrics.network_programming.observe(secs);
             }
         }
+    }
+
+    /// Seconds from `slice`'s trigger time to `now`; None without one, or for one before the
+    /// agent started or after `now`.
+    pub fn latency(&self, slice: &EndpointSlice, now: k8s_openapi::jiff::Timestamp) -> Option<f64> {
+        let t = slice
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(TRIGGER_TIME_ANNOTATION)?;
+        let ts = t.parse::<k8s_openapi::jiff::Timestamp>().ok()?;
+        if ts < self.since || ts > now {
+            return None;
+        }
+        Some((now.as_millisecond() - ts.as_millisecond()) as f64 / 1000.0)
     }
 }
 
@@ -404,6 +422,26 @@ mod tests {
         use http_body_util::BodyExt as _;
         let bytes = r.into_body().collect().await.expect("body").to_bytes();
         String::from_utf8(bytes.to_vec()).expect("utf-8")
+    }
+
+    #[test]
+    fn programming_latency_counts_changes_since_the_start_only() {
+        use k8s_openapi::jiff::{SignedDuration, Timestamp};
+        let start = Timestamp::now();
+        let l = ProgrammingLatency { since: start };
+        let at = |t: Timestamp| {
+            let mut s = EndpointSlice::default();
+            s.metadata.annotations =
+                Some([(TRIGGER_TIME_ANNOTATION.to_string(), t.to_string())].into());
+            s
+        };
+        let now = start + SignedDuration::from_millis(500);
+        let ms = |t: Timestamp| l.latency(&at(t), now).map(|s| (s * 1000.0).round() as i64);
+        assert_eq!(ms(start + SignedDuration::from_millis(200)), Some(300));
+        // A change from before the restart: its time says how long the agent was down.
+        assert_eq!(ms(start - SignedDuration::from_secs(3600)), None);
+        assert_eq!(ms(now + SignedDuration::from_secs(1)), None, "clock skew");
+        assert_eq!(l.latency(&EndpointSlice::default(), now), None);
     }
 
     #[tokio::test]

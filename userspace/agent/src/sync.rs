@@ -6,7 +6,7 @@
 //! a fault at every write): kept beside the code whose order they pin down.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddrV4,
 };
 
@@ -98,6 +98,10 @@ pub struct Syncer<S: MapStore = PinnedMaps> {
     /// Frontends found in the maps at start that nothing has claimed yet.
     adopted: BTreeSet<Frontend>,
     capacity: usize,
+    /// SERVICES entries the applied frontends use.
+    in_use: usize,
+    /// How many applied endpoint slots name each backend id (ids named by none are absent).
+    refs: HashMap<u32, usize>,
 }
 
 impl<S: MapStore> Syncer<S> {
@@ -120,6 +124,8 @@ impl<S: MapStore> Syncer<S> {
             applied_backends: BTreeMap::new(),
             adopted: BTreeSet::new(),
             capacity,
+            in_use: 0,
+            refs: HashMap::new(),
         };
         for svc in s.maps.dump()? {
             s.rev_ids.insert(svc.frontend, svc.rev_nat_id);
@@ -169,7 +175,7 @@ impl<S: MapStore> Syncer<S> {
 
     /// SERVICES entries in use and the map's capacity.
     pub fn fill(&self) -> (usize, usize) {
-        (self.applied.values().map(entries).sum(), self.capacity)
+        (self.in_use, self.capacity)
     }
 
     fn backend_id(&mut self, key: BackendKey) -> u32 {
@@ -233,18 +239,108 @@ impl<S: MapStore> Syncer<S> {
     /// it.
     pub fn sync(&mut self, desired: &Desired) -> SyncReport {
         let mut report = SyncReport::default();
-        let wanted = self.sync_backends(desired);
-        self.sync_frontends(desired, &mut report);
-        self.remove_stale_frontends(desired, &mut report);
-        self.remove_unreferenced_backends(&wanted, &mut report);
+        let wanted = self.sync_backends(desired.frontends.values());
+        for (fe, plan) in &desired.frontends {
+            self.sync_frontend(*fe, plan, &mut report);
+        }
+        let stale: Vec<Frontend> = self
+            .applied
+            .keys()
+            .chain(self.adopted.iter())
+            .filter(|fe| !desired.frontends.contains_key(fe))
+            .copied()
+            .collect();
+        self.remove_frontends(stale, &mut report);
+        let unreferenced: Vec<(BackendKey, u32)> = self
+            .backend_ids
+            .iter()
+            .filter(|(_, id)| !self.refs.contains_key(id) && !wanted.contains_key(id))
+            .map(|(k, id)| (*k, *id))
+            .collect();
+        self.remove_backends(unreferenced, &mut report);
         report
     }
 
+    /// `sync` for the frontends in `changed` alone (`Memo::update` says which): writes what
+    /// they need and removes what only they used, in the same order, in time proportional to
+    /// the change. The other frontends must be applied already (a full `sync` ran, and every
+    /// sync since reported nothing refused); a refused frontend is left to the next full sync.
+    pub fn sync_changed(&mut self, desired: &Desired, changed: &BTreeSet<Frontend>) -> SyncReport {
+        let mut report = SyncReport::default();
+        // The backends the changed frontends named: candidates for removal at the end.
+        let before: BTreeSet<u32> = changed
+            .iter()
+            .filter_map(|fe| self.applied.get(fe))
+            .flat_map(|e| e.endpoints.iter().map(|ep| ep.id))
+            .collect();
+        let plans: Vec<(Frontend, &FrontendPlan)> = changed
+            .iter()
+            .filter_map(|fe| desired.frontends.get(fe).map(|p| (*fe, p)))
+            .collect();
+        let wanted = self.sync_backends(plans.iter().map(|(_, p)| *p));
+        for (fe, plan) in &plans {
+            self.sync_frontend(*fe, plan, &mut report);
+        }
+        let stale: Vec<Frontend> = changed
+            .iter()
+            .filter(|fe| !desired.frontends.contains_key(fe))
+            .filter(|fe| self.applied.contains_key(fe) || self.adopted.contains(fe))
+            .copied()
+            .collect();
+        self.remove_frontends(stale, &mut report);
+        let unreferenced: Vec<(BackendKey, u32)> = before
+            .into_iter()
+            .filter(|id| !self.refs.contains_key(id) && !wanted.contains_key(id))
+            .filter_map(|id| {
+                let b = self.applied_backends.get(&id)?;
+                Some((
+                    BackendKey {
+                        addr: b.addr,
+                        proto: b.proto,
+                    },
+                    id,
+                ))
+            })
+            .collect();
+        self.remove_backends(unreferenced, &mut report);
+        report
+    }
+
+    /// Records `entry` as what the maps hold for `fe` (None: nothing), keeping the SERVICES
+    /// entry count and the backends' reference counts.
+    fn set_applied(&mut self, fe: Frontend, entry: Option<ServiceEntry>) -> Option<ServiceEntry> {
+        if let Some(e) = &entry {
+            self.in_use += entries(e);
+            for ep in &e.endpoints {
+                *self.refs.entry(ep.id).or_default() += 1;
+            }
+        }
+        let old = match entry {
+            Some(e) => self.applied.insert(fe, e),
+            None => self.applied.remove(&fe),
+        };
+        if let Some(o) = &old {
+            self.in_use -= entries(o);
+            for ep in &o.endpoints {
+                if let Some(n) = self.refs.get_mut(&ep.id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.refs.remove(&ep.id);
+                    }
+                }
+            }
+        }
+        old
+    }
+
     /// Step 1: backends first, so every slot written below names an existing backend. Returns
-    /// every backend `desired` uses.
-    fn sync_backends(&mut self, desired: &Desired) -> BTreeMap<u32, BackendSpec> {
+    /// every backend the `plans` use.
+    fn sync_backends<'a>(
+        &mut self,
+        plans: impl Iterator<Item = &'a FrontendPlan>,
+    ) -> BTreeMap<u32, BackendSpec> {
         let mut wanted_backends: BTreeMap<u32, BackendSpec> = BTreeMap::new();
-        for plan in desired.frontends.values() {
+        for plan in plans {
             for e in &plan.endpoints {
                 let id = self.backend_id(e.backend);
                 let spec = BackendSpec {
@@ -272,58 +368,54 @@ impl<S: MapStore> Syncer<S> {
         wanted_backends
     }
 
-    /// Step 2, frontends: each written slots-first, master last (ServiceMaps::upsert_service), and
+    /// Step 2, one frontend: written slots-first, master last (ServiceMaps::upsert_service), and
     /// recorded as applied only once its writes succeeded.
-    fn sync_frontends(&mut self, desired: &Desired, report: &mut SyncReport) {
-        let mut in_use: usize = self.applied.values().map(entries).sum();
-        for (fe, plan) in &desired.frontends {
-            let entry = self.entry(*fe, plan);
-            if self.applied.get(fe) == Some(&entry) {
-                report.unchanged += 1;
-                continue;
-            }
-            if entry
-                .endpoints
-                .iter()
-                .any(|e| !self.applied_backends.contains_key(&e.id))
-            {
-                report
-                    .refused
-                    .push((*fe, "a backend could not be programmed".into()));
-                continue;
-            }
-            let before = self.applied.get(fe).map_or(0, entries);
-            let after = entries(&entry);
-            if in_use - before + after > self.capacity {
-                let why = format!(
-                    "SERVICES map full ({in_use} of {} entries in use, {after} needed)",
-                    self.capacity
-                );
-                tracing::warn!(frontend = %fe, service = %plan.service, "{why}: refused");
-                report.refused.push((*fe, why));
-                continue;
-            }
-            match self.maps.upsert_service(&entry) {
-                Ok(()) => {
-                    if let Some(old) = self.applied.get(fe) {
-                        let ids = |e: &ServiceEntry| {
-                            e.endpoints
-                                .iter()
-                                .map(|ep| ep.id)
-                                .collect::<BTreeSet<u32>>()
-                        };
-                        report.released |= !ids(old).is_subset(&ids(&entry));
-                        self.departed(old, Some(&entry), &mut report.udp_departed);
-                    }
-                    in_use = in_use - before + after;
-                    self.applied.insert(*fe, entry);
-                    self.adopted.remove(fe);
-                    report.upserted += 1;
+    fn sync_frontend(&mut self, fe: Frontend, plan: &FrontendPlan, report: &mut SyncReport) {
+        let entry = self.entry(fe, plan);
+        if self.applied.get(&fe) == Some(&entry) {
+            report.unchanged += 1;
+            return;
+        }
+        if entry
+            .endpoints
+            .iter()
+            .any(|e| !self.applied_backends.contains_key(&e.id))
+        {
+            report
+                .refused
+                .push((fe, "a backend could not be programmed".into()));
+            return;
+        }
+        let before = self.applied.get(&fe).map_or(0, entries);
+        let after = entries(&entry);
+        if self.in_use - before + after > self.capacity {
+            let why = format!(
+                "SERVICES map full ({} of {} entries in use, {after} needed)",
+                self.in_use, self.capacity
+            );
+            tracing::warn!(frontend = %fe, service = %plan.service, "{why}: refused");
+            report.refused.push((fe, why));
+            return;
+        }
+        match self.maps.upsert_service(&entry) {
+            Ok(()) => {
+                if let Some(old) = self.applied.get(&fe) {
+                    let ids = |e: &ServiceEntry| {
+                        e.endpoints
+                            .iter()
+                            .map(|ep| ep.id)
+                            .collect::<BTreeSet<u32>>()
+                    };
+                    report.released |= !ids(old).is_subset(&ids(&entry));
+                    self.departed(old, Some(&entry), &mut report.udp_departed);
                 }
-                Err(e) => {
-                    tracing::warn!(frontend = %fe, service = %plan.service, error = %e, "programming frontend failed");
-                    report.refused.push((*fe, e.to_string()));
-                }
+                self.set_applied(fe, Some(entry));
+                self.adopted.remove(&fe);
+                report.upserted += 1;
+            }
+            Err(e) => {
+                tracing::warn!(frontend = %fe, service = %plan.service, error = %e, "programming frontend failed");
+                report.refused.push((fe, e.to_string()));
             }
         }
     }
@@ -354,21 +446,14 @@ impl<S: MapStore> Syncer<S> {
     }
 
     /// Step 3: frontends no longer wanted (including ones adopted from the maps at start).
-    fn remove_stale_frontends(&mut self, desired: &Desired, report: &mut SyncReport) {
-        let stale: BTreeSet<Frontend> = self
-            .applied
-            .keys()
-            .chain(self.adopted.iter())
-            .filter(|fe| !desired.frontends.contains_key(fe))
-            .copied()
-            .collect();
+    fn remove_frontends(&mut self, stale: Vec<Frontend>, report: &mut SyncReport) {
         for fe in stale {
             match self.maps.remove_service(fe) {
                 Ok(()) => {
                     if let Some(old) = self.applied.get(&fe) {
                         self.departed(old, None, &mut report.udp_departed);
                     }
-                    self.applied.remove(&fe);
+                    self.set_applied(fe, None);
                     self.adopted.remove(&fe);
                     if let Some(id) = self.rev_ids.remove(&fe) {
                         self.rev_pool.release(id);
@@ -385,22 +470,7 @@ impl<S: MapStore> Syncer<S> {
     }
 
     /// Step 4: backends nothing references any more: flows pinned to them re-balance.
-    fn remove_unreferenced_backends(
-        &mut self,
-        wanted: &BTreeMap<u32, BackendSpec>,
-        report: &mut SyncReport,
-    ) {
-        let referenced: BTreeSet<u32> = self
-            .applied
-            .values()
-            .flat_map(|e| e.endpoints.iter().map(|ep| ep.id))
-            .collect();
-        let unreferenced: Vec<(BackendKey, u32)> = self
-            .backend_ids
-            .iter()
-            .filter(|(_, id)| !referenced.contains(id) && !wanted.contains_key(id))
-            .map(|(k, id)| (*k, *id))
-            .collect();
+    fn remove_backends(&mut self, unreferenced: Vec<(BackendKey, u32)>, report: &mut SyncReport) {
         for (key, id) in unreferenced {
             match self.maps.remove_backend(id) {
                 Ok(()) => {

@@ -26,7 +26,7 @@ use kube::{
 };
 use tokio::sync::Notify;
 
-use super::{Publisher, Snapshot};
+use super::{Publisher, Snapshot, project};
 
 /// Watches the API server named by `kubeconfig` (in-cluster configuration when None) and
 /// publishes snapshots of what it holds, the first once every kind has listed.
@@ -35,30 +35,30 @@ pub async fn watch(kubeconfig: Option<std::path::PathBuf>, node: String, out: Pu
     let (services, svc_writer) = reflector::store::<Service>();
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
     let (nodes, node_writer) = reflector::store::<Node>();
+    // Each object is projected on arrival to what petrel reads (`project`): the stores hold no
+    // managedFields, no foreign annotations, no pod references.
     let svc_events = reflector(
         svc_writer,
-        watcher(kube::Api::all(client.clone()), watcher::Config::default()).default_backoff(),
+        watcher(kube::Api::all(client.clone()), watch_config())
+            .default_backoff()
+            .modify(project::service),
     );
     let slice_events = reflector(
         slice_writer,
-        slice_watch(&client, slice_version(&client).await),
+        slice_watch(&client, slice_version(&client).await).modify(project::slice),
     );
-    // Every Node: the others' podCIDRs and addresses are what routing needs. Only spec and
-    // addresses are kept: images and managed fields can be most of a Node's size.
+    // Every Node: the others' podCIDRs and addresses are what routing needs. A Node event that
+    // changes nothing of its projection (a status heartbeat, a condition, images) is dropped
+    // before the store: it does not wake the sync.
     let node_events = reflector(
         node_writer,
-        watcher(kube::Api::<Node>::all(client), watcher::Config::default())
-            .default_backoff()
-            .modify(|n| {
-                n.metadata.managed_fields = None;
-                n.metadata.annotations = None;
-                if let Some(s) = n.status.as_mut() {
-                    s.images = None;
-                    s.conditions = None;
-                    s.volumes_attached = None;
-                    s.volumes_in_use = None;
-                }
-            }),
+        watcher(
+            kube::Api::<Node>::all(client),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .modify(project::node)
+        .filter(changes_store(nodes.clone())),
     );
     // Every event (already applied to its store when the stream yields it) wakes the loop
     // below, which snapshots the stores: a change reaches the datapath as soon as the sync
@@ -101,6 +101,37 @@ pub async fn watch(kubeconfig: Option<std::path::PathBuf>, node: String, out: Pu
             nodes_only: !all,
         })));
         changed.notified().await;
+    }
+}
+
+/// kube-proxy's selector for Services and EndpointSlices (the EndpointSlice controller copies a
+/// service's labels onto its slices and adds the headless one): objects of services another
+/// proxy handles, and of headless services, are never sent. An object that stops matching (the
+/// label added later) arrives as a deletion. Lists are served from the API server's watch cache
+/// (resourceVersion 0), not from etcd.
+pub const SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().labels(SELECTOR).any_semantic()
+}
+
+/// A stream filter that lets through every event except an `Apply` whose object the store
+/// already holds unchanged (after projection).
+fn changes_store<K>(
+    store: reflector::Store<K>,
+) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) -> futures::future::Ready<bool>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + PartialEq + 'static,
+{
+    move |event| {
+        let unchanged = match event {
+            Ok(watcher::Event::Apply(obj)) => store
+                .get(&reflector::ObjectRef::from_obj(obj))
+                .is_some_and(|held| *held == *obj),
+            _ => false,
+        };
+        futures::future::ready(!unchanged)
     }
 }
 
@@ -151,14 +182,14 @@ type SliceEvents = BoxStream<'static, Result<watcher::Event<EndpointSlice>, watc
 /// EndpointSlice events as v1 objects, whichever version the server serves.
 fn slice_watch(client: &kube::Client, version: SliceVersion) -> SliceEvents {
     match version {
-        SliceVersion::V1 => watcher(kube::Api::all(client.clone()), watcher::Config::default())
+        SliceVersion::V1 => watcher(kube::Api::all(client.clone()), watch_config())
             .default_backoff()
             .boxed(),
         SliceVersion::V1beta1 => {
             let gvk = GroupVersionKind::gvk("discovery.k8s.io", "v1beta1", "EndpointSlice");
             let resource = ApiResource::from_gvk_with_plural(&gvk, "endpointslices");
             let api = kube::Api::<DynamicObject>::all_with(client.clone(), &resource);
-            watcher(api, watcher::Config::default())
+            watcher(api, watch_config())
                 .default_backoff()
                 .filter_map(|event| futures::future::ready(event.map(to_v1_event).transpose()))
                 .boxed()
@@ -259,6 +290,60 @@ async fn client(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_event_that_changes_nothing_petrel_reads_is_dropped() {
+        use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+        let (store, mut writer) = reflector::store::<Node>();
+        let heartbeat = |second: i64, rv: &str, taint: bool| {
+            let mut n = Node::default();
+            n.metadata.name = Some("n1".into());
+            n.metadata.resource_version = Some(rv.into());
+            n.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+                pod_cidr: Some("10.244.1.0/24".into()),
+                unschedulable: taint.then_some(true),
+                taints: taint.then(|| vec![Default::default()]),
+                ..Default::default()
+            });
+            n.status = Some(NodeStatus {
+                conditions: Some(vec![NodeCondition {
+                    last_heartbeat_time: Some(
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                            k8s_openapi::jiff::Timestamp::from_second(second).expect("time"),
+                        ),
+                    ),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            });
+            project::node(&mut n);
+            n
+        };
+        let mut passes = changes_store(store);
+        let mut run = |e: watcher::Event<Node>| {
+            let pass = passes(&Ok(e.clone())).into_inner();
+            if pass {
+                writer.apply_watcher_event(&e);
+            }
+            pass
+        };
+        assert!(run(watcher::Event::Apply(heartbeat(1, "1", false))), "new");
+        assert!(
+            !run(watcher::Event::Apply(heartbeat(2, "2", false))),
+            "heartbeat"
+        );
+        assert!(
+            !run(watcher::Event::Apply(heartbeat(3, "3", false))),
+            "heartbeat"
+        );
+        assert!(
+            run(watcher::Event::Apply(heartbeat(4, "4", true))),
+            "tainted"
+        );
+        // A relist and a deletion always pass.
+        assert!(run(watcher::Event::InitApply(heartbeat(5, "5", true))));
+        assert!(run(watcher::Event::Delete(heartbeat(6, "6", true))));
+    }
 
     #[test]
     fn v1_is_read_where_served_and_v1beta1_only_without_it() {

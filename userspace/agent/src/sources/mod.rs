@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 pub mod kube;
 pub mod manifests;
+pub mod project;
 
 /// Everything the sources have seen, as shared pointers into their caches: a snapshot copies no
 /// object.
