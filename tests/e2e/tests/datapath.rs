@@ -884,7 +884,11 @@ fn socket_lb_hostns_only_leaves_pods_to_the_tc_path() {
     let r = get(&f.node.ns.path()).expect("host process to the VIP");
     assert!(r.server.starts_with('b'), "{r:?}");
     assert_eq!(r.peer, "10.96.0.27:80");
-    assert_eq!(f.stat("sock_translated"), sock_before + 1, "the host's socket");
+    assert_eq!(
+        f.stat("sock_translated"),
+        sock_before + 1,
+        "the host's socket"
+    );
 
     // Off again: pods' sockets are translated once more.
     f.maps().set_socket_lb_netns(None).expect("everywhere");
@@ -898,8 +902,7 @@ fn socket_lb_hostns_only_leaves_pods_to_the_tc_path() {
 /// backend sees the node's address; a backend on this node answers through it anyway and sees
 /// the client.
 #[test]
-fn an_off_cluster_client_routed_to_a_cluster_ip_reaches_a_remote_backend_from_the_node_address()
-{
+fn an_off_cluster_client_routed_to_a_cluster_ip_reaches_a_remote_backend_from_the_node_address() {
     let f = Fixture::new();
     f.maps()
         .set_cluster_cidr(Some("10.244.0.0/16".parse().expect("cidr")))

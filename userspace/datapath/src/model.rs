@@ -377,7 +377,10 @@ mod tests {
         // as kube-proxy's ClusterIP rule jumps to the internal policy chain whatever the source.
         let s = entry(false, false, true).scopes();
         assert_eq!((s.external, s.internal), (vec![1], None));
-        assert!(s.external_filtered, "filtered by the Local policy: empty would drop");
+        assert!(
+            s.external_filtered,
+            "filtered by the Local policy: empty would drop"
+        );
     }
 
     #[test]
@@ -393,10 +396,20 @@ mod tests {
             ..entry(external, external_local, internal_local)
         };
         let s = remote_only(true, true, false).scopes();
-        assert!(s.external.is_empty() && s.external_filtered, "eTP Local: drop");
+        assert!(
+            s.external.is_empty() && s.external_filtered,
+            "eTP Local: drop"
+        );
         let s = remote_only(false, false, true).scopes();
-        assert!(s.external.is_empty() && s.external_filtered, "iTP Local: drop");
-        for (x, el, il) in [(true, true, false), (false, false, true), (true, true, true)] {
+        assert!(
+            s.external.is_empty() && s.external_filtered,
+            "iTP Local: drop"
+        );
+        for (x, el, il) in [
+            (true, true, false),
+            (false, false, true),
+            (true, true, true),
+        ] {
             let s = none(x, el, il).scopes();
             assert!(s.external.is_empty());
             assert!(
