@@ -53,8 +53,9 @@ pub const SVC_F_EXTERNAL: u16 = 1 << 2;
 pub const SVC_F_LOCAL_EXTERNAL: u16 = 1 << 3;
 /// `ServiceValue::flags`: pick backends with the Maglev ring `maglev_ring`.
 pub const SVC_F_MAGLEV: u16 = 1 << 4;
-/// `ServiceValue::flags`: this scope is filtered by a Local traffic policy; when it has no
-/// backend, drop (as kube-proxy does) instead of rejecting.
+/// `ServiceValue::flags`: this scope is filtered by a Local traffic policy and the service has
+/// usable endpoints on other nodes; when it has no backend, drop (kube-proxy's "has no local
+/// endpoints") instead of rejecting (its "has no endpoints", for a service with none anywhere).
 pub const SVC_F_DROP_EMPTY: u16 = 1 << 5;
 /// `ServiceValue::flags` (both scopes' masters): a LoadBalancer frontend with
 /// loadBalancerSourceRanges: a client whose address is in none of its SRC_RANGES prefixes (keyed
@@ -400,6 +401,10 @@ pub mod config {
     /// (NodePort SNAT, masquerade, clash remapping) is taken from it. 0: the default range.
     pub const NAT_PORT_MIN: u32 = 8;
     pub const NAT_PORT_MAX: u32 = 9;
+    /// `--socket-lb-hostns-only`: the network namespace cookie (low and high 32 bits) socket-LB
+    /// translates in, the host's; both 0: every namespace.
+    pub const SOCK_LB_NETNS_LO: u32 = 10;
+    pub const SOCK_LB_NETNS_HI: u32 = 11;
     pub const COUNT: u32 = 16;
 }
 

@@ -110,6 +110,13 @@ pub fn select(fe: &Frontend, internal: bool, client: &Client) -> Lookup {
     let Some((svc, scope)) = service(fe, internal) else {
         return Lookup::NotService;
     };
+    // No usable endpoint anywhere: rejected whoever asks, before the source ranges (kube-proxy
+    // builds its firewall chain only for a service with endpoints; without, its filter rule
+    // REJECTs every client).
+    if svc.count == 0 && svc.flags & SVC_F_DROP_EMPTY == 0 {
+        count(stat::REJECTED);
+        return Lookup::Reject;
+    }
     if svc.flags & SVC_F_SRC_RANGES != 0 {
         if client.saddr_be == 0 {
             return Lookup::NotService;
@@ -128,12 +135,10 @@ pub fn select(fe: &Frontend, internal: bool, client: &Client) -> Lookup {
         }
     }
     if svc.count == 0 {
-        if svc.flags & SVC_F_DROP_EMPTY != 0 {
-            count(stat::DROP_POLICY_EMPTY);
-            return Lookup::Drop;
-        }
-        count(stat::REJECTED);
-        return Lookup::Reject;
+        // A Local policy's set is empty while other nodes have endpoints: dropped, as
+        // kube-proxy's "has no local endpoints" rule.
+        count(stat::DROP_POLICY_EMPTY);
+        return Lookup::Drop;
     }
     let affinity_key = AffinityKey {
         client: client.id,

@@ -4,6 +4,8 @@
 //!
 //! * `sock_connect4`, `sock_sendmsg4`, `sock_recvmsg4`, `sock_getpeername4` (cgroup sock_addr):
 //!   socket-level load balancing, translated once per socket; the application sees the VIP.
+//!   `sock_connect6`, `sock_sendmsg6`, `sock_recvmsg6`, `sock_getpeername6`: the same for
+//!   AF_INET6 sockets given IPv4-mapped addresses (other IPv6 addresses pass untouched).
 //! * `tc_pod_ingress` (TCX ingress of each pod's host-side veth): per-packet load balancing of
 //!   in-cluster traffic that socket-LB did not translate, reverse NAT of backend replies, and
 //!   masquerading of pod egress that leaves the cluster CIDR.
@@ -64,22 +66,42 @@ pub fn tc_external_egress(mut ctx: TcContext) -> i32 {
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    sock::translate(&ctx, false)
+    sock::translate::<false>(&ctx, false)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::translate(&ctx, true)
+    sock::translate::<false>(&ctx, true)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx)
+    sock::reverse::<false>(&ctx)
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx)
+    sock::reverse::<false>(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock::translate::<true>(&ctx, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::translate::<true>(&ctx, true)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::reverse::<true>(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::reverse::<true>(&ctx)
 }
 
 #[cfg(not(test))]

@@ -38,6 +38,16 @@ pub fn applies(saddr_be: u32, daddr_be: u32) -> bool {
     saddr_be & mask == cidr && daddr_be & mask != cidr && crate::maps::config(config::NODE_IP) != 0
 }
 
+/// Whether `addr_be` is outside the cluster CIDR (false when none is configured: then, as
+/// kube-proxy without a local-traffic detector, nothing is known to be off-cluster).
+#[inline(always)]
+pub fn outside_cluster(addr_be: u32) -> bool {
+    let mask = crate::maps::config(config::CLUSTER_MASK);
+    mask != 0
+        && addr_be & mask != crate::maps::config(config::CLUSTER_CIDR)
+        && crate::maps::config(config::NODE_IP) != 0
+}
+
 /// Whether both addresses are inside the cluster CIDR (false when none is configured): pod to
 /// pod. The CIDR is read once for the two.
 #[inline(always)]

@@ -1,6 +1,16 @@
 //! Socket-level load balancing (cgroup sock_addr hooks): a connect() or an unconnected UDP
 //! sendmsg() to a frontend goes to a backend directly, translated once per socket; recvmsg()
 //! and getpeername() show the application the frontend, never the backend.
+//!
+//! The same logic serves AF_INET sockets (the `*4` hooks) and AF_INET6 sockets given an
+//! IPv4-mapped address (`::ffff:10.96.0.10`, the `*6` hooks: many JVMs and dual-stack programs
+//! open AF_INET6 sockets for everything, and the kernel runs only the `*6` hooks for them; as
+//! Cilium's `sock6_xlate_v4_in_v6`). Other IPv6 addresses pass untouched (IPv6 services are not
+//! served yet). An unconnected AF_INET6 UDP socket sending to a mapped address runs `sendmsg4`
+//! (the kernel hands the datagram to the IPv4 code first); `sendmsg6` handles the mapped case
+//! anyway, as Cilium's does, and `recvmsg6` shows the frontend either way. `V6` picks which
+//! context fields are read and written: the kernel refuses `user_ip4` in an IPv6 hook and
+//! `user_ip6` in an IPv4 one, and the constant removes the other branch at compile time.
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
@@ -44,6 +54,43 @@ fn client_addr(netns: u64) -> u32 {
     }
 }
 
+/// Whether socket-LB translates for a socket in network namespace `netns`: everywhere, or with
+/// `--socket-lb-hostns-only` (Cilium's bpf-lb-sock-hostns-only) only in the host's namespace,
+/// whose cookie userspace wrote; pods' traffic is then left to the TC path, so a service mesh's
+/// sidecar redirect sees the service, not a backend, as the original destination.
+#[inline(always)]
+fn translates_in(netns: u64) -> bool {
+    let lo = crate::maps::config(config::SOCK_LB_NETNS_LO);
+    let hi = crate::maps::config(config::SOCK_LB_NETNS_HI);
+    (lo == 0 && hi == 0) || netns == ((u64::from(hi) << 32) | u64::from(lo))
+}
+
+/// The IPv4 destination of the call (network order) and its port, or None for an IPv6 address
+/// that is not IPv4-mapped.
+#[inline(always)]
+fn read_dst<const V6: bool>(ctx: &SockAddrContext) -> Option<(u32, u16)> {
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel hands a valid bpf_sock_addr; 4-byte reads of the fields this hook
+    // allows (user_ip6 in the IPv6 hooks, user_ip4 in the IPv4 ones).
+    unsafe {
+        let port = (*sa).user_port as u16;
+        if V6 {
+            let a = core::ptr::read_volatile(&raw const (*sa).user_ip6[0]);
+            let b = core::ptr::read_volatile(&raw const (*sa).user_ip6[1]);
+            let c = core::ptr::read_volatile(&raw const (*sa).user_ip6[2]);
+            if a != 0 || b != 0 || c != V4_MAPPED_BE {
+                return None;
+            }
+            Some((core::ptr::read_volatile(&raw const (*sa).user_ip6[3]), port))
+        } else {
+            Some(((*sa).user_ip4, port))
+        }
+    }
+}
+
+/// `::ffff:0:0/96`'s third word in network order.
+const V4_MAPPED_BE: u32 = 0x0000_ffffu32.to_be();
+
 /// Fails the syscall with `errno` (bpf_set_retval: Linux 5.18+).
 #[inline(always)]
 fn fail(errno: i32) -> i32 {
@@ -52,12 +99,17 @@ fn fail(errno: i32) -> i32 {
     DENY
 }
 
+/// Rewrites the destination; an IPv4-mapped address keeps its `::ffff:` prefix.
 #[inline(always)]
-fn write_dst(ctx: &SockAddrContext, addr_be: u32, port_be: u16) {
-    // Writes to user_ip4/user_port must be full 4-byte stores.
+fn write_dst<const V6: bool>(ctx: &SockAddrContext, addr_be: u32, port_be: u16) {
+    // Writes to user_ip4/user_ip6/user_port must be full 4-byte stores.
     // SAFETY: valid context pointer; the fields are writable in these hooks.
     unsafe {
-        core::ptr::write_volatile(&raw mut (*ctx.sock_addr).user_ip4, addr_be);
+        if V6 {
+            core::ptr::write_volatile(&raw mut (*ctx.sock_addr).user_ip6[3], addr_be);
+        } else {
+            core::ptr::write_volatile(&raw mut (*ctx.sock_addr).user_ip4, addr_be);
+        }
         core::ptr::write_volatile(&raw mut (*ctx.sock_addr).user_port, u32::from(port_be));
     }
 }
@@ -65,19 +117,24 @@ fn write_dst(ctx: &SockAddrContext, addr_be: u32, port_be: u16) {
 /// Translates the destination of a connect() or sendmsg(). `sticky`: unconnected UDP, where every
 /// datagram passes here and should keep its socket's backend.
 #[inline(always)]
-pub fn translate(ctx: &SockAddrContext, sticky: bool) -> i32 {
-    let sa = ctx.sock_addr;
-    // SAFETY: the kernel hands a valid bpf_sock_addr; narrow reads are allowed.
-    let (addr_be, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
+pub fn translate<const V6: bool>(ctx: &SockAddrContext, sticky: bool) -> i32 {
+    // SAFETY: the kernel hands a valid bpf_sock_addr.
+    let proto = unsafe { (*ctx.sock_addr).protocol };
     if sticky && proto as u8 != IPPROTO_UDP {
         return ALLOW;
     }
+    let Some((addr_be, port_be)) = read_dst::<V6>(ctx) else {
+        return ALLOW;
+    };
     let fe = Frontend {
         addr_be,
-        port_be: port as u16,
+        port_be,
         proto: proto as u8,
     };
     let (sock, netns) = cookies(ctx);
+    if !translates_in(netns) {
+        return ALLOW;
+    }
     let ct_key = SockKey {
         cookie: sock,
         addr_be,
@@ -91,7 +148,7 @@ pub fn translate(ctx: &SockAddrContext, sticky: bool) -> i32 {
             // another service's backend after churn.
             match lb::backend(v.backend_id) {
                 Some(b) if b.addr_be == v.addr_be && b.port_be == v.port_be => {
-                    write_dst(ctx, b.addr_be, b.port_be);
+                    write_dst::<V6>(ctx, b.addr_be, b.port_be);
                     count(stat::SOCK_TRANSLATED);
                     return ALLOW;
                 }
@@ -140,7 +197,7 @@ pub fn translate(ctx: &SockAddrContext, sticky: bool) -> i32 {
                 };
                 let _ = SOCK_CT.insert(ct_key, chosen, 0);
             }
-            write_dst(ctx, backend.addr_be, backend.port_be);
+            write_dst::<V6>(ctx, backend.addr_be, backend.port_be);
             count(stat::SOCK_TRANSLATED);
             ALLOW
         }
@@ -149,20 +206,20 @@ pub fn translate(ctx: &SockAddrContext, sticky: bool) -> i32 {
 
 /// recvmsg()/getpeername(): show the frontend in place of the backend this socket talks to.
 #[inline(always)]
-pub fn reverse(ctx: &SockAddrContext) -> i32 {
-    let sa = ctx.sock_addr;
-    // SAFETY: valid context pointer.
-    let (addr_be, port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
+pub fn reverse<const V6: bool>(ctx: &SockAddrContext) -> i32 {
+    let Some((addr_be, port_be)) = read_dst::<V6>(ctx) else {
+        return ALLOW;
+    };
     let (sock, _) = cookies(ctx);
     let key = SockKey {
         cookie: sock,
         addr_be,
-        port_be: port as u16,
+        port_be,
         _pad: [0; 2],
     };
     // SAFETY: copied out at once.
     if let Some(v) = unsafe { SOCK_REVNAT.get(key) }.copied() {
-        write_dst(ctx, v.addr_be, v.port_be);
+        write_dst::<V6>(ctx, v.addr_be, v.port_be);
     }
     ALLOW
 }

@@ -111,14 +111,17 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
             // masqueraded to it), whose answer must come back here, so SNAT below.
             let hairpin = internal && backend.addr_be == f.saddr_be;
             // External traffic (policy Cluster) to another node's backend, so the reply comes
-            // back through this node; or a pod reaching a backend outside the cluster (the
+            // back through this node; an off-cluster client routed to a ClusterIP (kube-proxy's
+            // KUBE-MARK-MASQ for `! -s clusterCIDR -d clusterIP`) whose backend is on another
+            // node, for the same reason (a local backend answers through this node anyway, and
+            // keeps the client's address); or a pod reaching a backend outside the cluster (the
             // `kubernetes` Service's API server), masqueraded like any pod egress.
             let snat_to_node = if internal {
                 masq::applies(f.saddr_be, backend.addr_be)
+            } else if svc.flags & SVC_F_EXTERNAL != 0 {
+                svc.flags & SVC_F_LOCAL_EXTERNAL == 0 && backend.flags & BACKEND_F_REMOTE != 0
             } else {
-                svc.flags & SVC_F_EXTERNAL != 0
-                    && svc.flags & SVC_F_LOCAL_EXTERNAL == 0
-                    && backend.flags & BACKEND_F_REMOTE != 0
+                backend.flags & BACKEND_F_REMOTE != 0 && masq::outside_cluster(f.saddr_be)
             };
             let mut fwd = CtValue {
                 src_addr_be: f.saddr_be,

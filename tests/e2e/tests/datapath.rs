@@ -3,7 +3,7 @@
 //! own link (`ext0`); the datapath is loaded into the node with TC on every pod veth and on
 //! `ext0`. Each test asserts which backend answered and which source address it saw.
 //!
-//! Longer than 600 lines on purpose: the 16 tests are one table over one fixture (the node, its
+//! Longer than 600 lines on purpose: the 21 tests are one table over one fixture (the node, its
 //! pods, the service/backend helpers above). Split by feature, every file would need that
 //! fixture, which only this file uses, and the test binary names `cargo test --test datapath`
 //! relies on would change.
@@ -778,6 +778,157 @@ fn socket_lb_translates_at_the_socket_and_shows_the_vip() {
     // No endpoint: connect() fails with ECONNREFUSED at once.
     let err = get(SocketAddrV4::new(vip(20), 80), "tcp").expect_err("refused");
     assert!(err.contains("refused"), "{err}");
+}
+
+/// Host processes with AF_INET6 sockets (many JVMs, dual-stack programs) reach IPv4 services
+/// through IPv4-mapped addresses (`::ffff:10.96.0.24`): connect6, sendmsg6/recvmsg6 and
+/// getpeername6 translate them as the IPv4 hooks do (Cilium's `sock6_xlate_v4_in_v6`).
+#[test]
+fn socket_lb_translates_v4_mapped_addresses_on_ipv6_sockets() {
+    let f = Fixture::new();
+    f.program(&ServiceEntry::new(
+        fe(vip(24), 80, Proto::Tcp),
+        1,
+        vec![ep(0, Proto::Tcp), ep(1, Proto::Tcp)],
+    ));
+    f.program(&ServiceEntry::new(
+        fe(vip(24), 53, Proto::Udp),
+        2,
+        vec![ep(0, Proto::Udp), ep(1, Proto::Udp)],
+    ));
+    f.program(&ServiceEntry::new(fe(vip(26), 80, Proto::Tcp), 3, vec![]));
+    let cg = Cgroup::new(&unique("petrel-test-"));
+    assert_eq!(f.attach_cgroup(&cg), AttachOutcome::Attached);
+    let links: BTreeSet<String> = std::fs::read_dir(f.pins.path().join("links"))
+        .expect("links")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("sock_"))
+        .collect();
+    assert_eq!(
+        links,
+        petrel_datapath::datapath::SOCK_PROGRAMS
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        "every socket-LB hook pinned"
+    );
+
+    // A host process: the node's own namespace.
+    let host = f.node.ns.path();
+    let bin = petrel_testbed::workspace_bin("petrel-pod", "PETREL_POD_BIN");
+    let get = |addr, proto| pod::get_in_cgroup(&bin, &host, cg.path(), addr, proto);
+    let (dnat_before, sock_before) = (f.stat("tc_dnat"), f.stat("sock_translated"));
+    let mut seen = BTreeSet::new();
+    for _ in 0..16 {
+        let r = get(SocketAddrV4::new(vip(24), 80), "tcp6").expect("tcp6 to ::ffff:VIP");
+        assert_eq!(
+            r.peer, "[::ffff:10.96.0.24]:80",
+            "getpeername6 shows the mapped VIP"
+        );
+        seen.insert(r.server);
+    }
+    assert_eq!(seen, set(&["b0", "b1"]));
+    // Unconnected UDP: translated on the way out, recvmsg6 shows the mapped VIP (udp6_get
+    // checks the answer comes from it).
+    let r = get(SocketAddrV4::new(vip(24), 53), "udp6").expect("udp6 to ::ffff:VIP");
+    assert!(r.server.starts_with('b'), "{r:?}");
+    assert_eq!(r.peer, "[::ffff:10.96.0.24]:53");
+    assert_eq!(f.stat("tc_dnat"), dnat_before, "translated at the socket");
+    assert!(f.stat("sock_translated") >= sock_before + 17);
+    let err = get(SocketAddrV4::new(vip(26), 80), "tcp6").expect_err("refused");
+    assert!(err.contains("refused"), "{err}");
+}
+
+/// `--socket-lb-hostns-only` (Cilium's bpf-lb-sock-hostns-only, for service meshes): socket-LB
+/// translates host processes only. A pod's connection leaves its namespace still addressed to
+/// the VIP (what a sidecar's redirect sees as the original destination) and the TC path
+/// translates it; the backend still sees the pod.
+#[test]
+fn socket_lb_hostns_only_leaves_pods_to_the_tc_path() {
+    let f = Fixture::new();
+    let to = SocketAddrV4::new(vip(27), 80);
+    f.program(&ServiceEntry::new(
+        fe(vip(27), 80, Proto::Tcp),
+        1,
+        vec![ep(0, Proto::Tcp), ep(1, Proto::Tcp)],
+    ));
+    let cg = Cgroup::new(&unique("petrel-test-"));
+    assert_eq!(f.attach_cgroup(&cg), AttachOutcome::Attached);
+    // The node's namespace plays the host's.
+    let cookie = f
+        .node
+        .ns
+        .run(|| petrel_datapath::sys::netns_cookie().expect("netns cookie"));
+    f.maps()
+        .set_socket_lb_netns(Some(cookie))
+        .expect("hostns only");
+    let bin = petrel_testbed::workspace_bin("petrel-pod", "PETREL_POD_BIN");
+    let get = |ns: &PathBuf| pod::get_in_cgroup(&bin, ns, cg.path(), to, "tcp");
+
+    let (dnat_before, sock_before) = (f.stat("tc_dnat"), f.stat("sock_translated"));
+    for _ in 0..4 {
+        let r = get(&f.client_ns()).expect("pod to the VIP through TC");
+        assert_eq!(r.client_seen, CLIENT.to_string());
+        assert_eq!(r.peer, "10.96.0.27:80");
+    }
+    assert_eq!(
+        f.stat("sock_translated"),
+        sock_before,
+        "nothing translated at the pod's sockets"
+    );
+    assert!(
+        f.stat("tc_dnat") >= dnat_before + 4,
+        "the pod's packets were translated by TC"
+    );
+
+    let r = get(&f.node.ns.path()).expect("host process to the VIP");
+    assert!(r.server.starts_with('b'), "{r:?}");
+    assert_eq!(r.peer, "10.96.0.27:80");
+    assert_eq!(
+        f.stat("sock_translated"),
+        sock_before + 1,
+        "the host's socket"
+    );
+
+    // Off again: pods' sockets are translated once more.
+    f.maps().set_socket_lb_netns(None).expect("everywhere");
+    get(&f.client_ns()).expect("pod through socket-LB");
+    assert_eq!(f.stat("sock_translated"), sock_before + 2);
+}
+
+/// kube-proxy masquerades off-cluster clients of a ClusterIP (`! -s clusterCIDR -d clusterIP
+/// -j KUBE-MARK-MASQ`: "you can establish a static route for your Service range, routing to any
+/// node"). With the backend on another node its answer must come back through this node, so the
+/// backend sees the node's address; a backend on this node answers through it anyway and sees
+/// the client.
+#[test]
+fn an_off_cluster_client_routed_to_a_cluster_ip_reaches_a_remote_backend_from_the_node_address() {
+    let f = Fixture::new();
+    f.maps()
+        .set_cluster_cidr(Some("10.244.0.0/16".parse().expect("cidr")))
+        .expect("cluster cidr");
+    f.program(&ServiceEntry::new(
+        fe(vip(28), 80, Proto::Tcp),
+        1,
+        vec![ep(2, Proto::Tcp)],
+    ));
+    f.program(&ServiceEntry::new(
+        fe(vip(29), 80, Proto::Tcp),
+        2,
+        vec![ep(0, Proto::Tcp)],
+    ));
+    let snat_before = f.stat("snat");
+    for r in requests(f.ext_ns(), 3, Proto::Tcp, SocketAddrV4::new(vip(28), 80)) {
+        assert_eq!(r.server, "b2");
+        assert_eq!(r.client_seen, NODE_IP.to_string(), "masqueraded");
+        assert_eq!(r.peer, "10.96.0.28:80");
+    }
+    assert_eq!(f.stat("snat"), snat_before + 3);
+    for r in requests(f.ext_ns(), 2, Proto::Tcp, SocketAddrV4::new(vip(29), 80)) {
+        assert_eq!(r.server, "b0");
+        assert_eq!(r.client_seen, EXT_CLIENT.to_string(), "client kept");
+    }
+    assert_eq!(f.stat("snat"), snat_before + 3);
 }
 
 /// A long-lived `petrel-pod session` in the client pod and a socket-LB cgroup: one line in, one

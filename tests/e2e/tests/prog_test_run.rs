@@ -162,6 +162,19 @@ impl Fixture {
                 8,
                 vec![Endpoint::ready(5)],
             ),
+            // A ClusterIP whose only backend is on another node (off-cluster clients: SNAT).
+            ServiceEntry::new(fe([10, 96, 0, 12], 80, Proto::Tcp), 14, vec![remote]),
+            // eTP Local with no endpoint anywhere: rejected, not dropped (kube-proxy).
+            ServiceEntry {
+                external: true,
+                external_local: true,
+                ..ServiceEntry::new(fe(NODE_IP, 30082, Proto::Tcp), 15, vec![])
+            },
+            // iTP Local with endpoints on other nodes only: dropped.
+            ServiceEntry {
+                internal_local: true,
+                ..ServiceEntry::new(fe([10, 96, 0, 13], 80, Proto::Tcp), 16, vec![remote])
+            },
         ];
         for e in &entries {
             maps.upsert_service(e).expect("service");
@@ -348,6 +361,32 @@ fn table_of_tc_behaviours() {
                 input: tcp(sa(CLIENT, 40013), sa([10, 96, 0, 11], 80), SYN),
                 verdict: OK,
                 output: out(TCP, sa(CLIENT, 40013), sa([10, 244, 0, 4], 8080)),
+            },
+            Case {
+                name: "internalTrafficPolicy Local from off-cluster: the local endpoint only, as for pods",
+                external: true,
+                input: tcp(sa(EXT_CLIENT, 41004), sa([10, 96, 0, 9], 80), SYN),
+                verdict: OK,
+                output: out(TCP, sa(EXT_CLIENT, 41004), sa([10, 244, 0, 4], 8080)),
+            },
+            Case {
+                name: "internalTrafficPolicy Local, endpoints on other nodes only: dropped",
+                external: false,
+                input: tcp(sa(CLIENT, 40014), sa([10, 96, 0, 13], 80), SYN),
+                verdict: SHOT,
+                output: None,
+            },
+            Case {
+                name: "externalTrafficPolicy Local, no endpoint anywhere: rejected (kube-proxy's REJECT)",
+                external: true,
+                input: tcp(sa(EXT_CLIENT, 41003), sa(NODE_IP, 30082), SYN),
+                verdict: REDIRECT,
+                output: Some(Parsed {
+                    proto: ICMP,
+                    src: sa(NODE_IP, 0),
+                    dst: sa(EXT_CLIENT, 0),
+                    icmp: Some((3, 3, sa(NODE_IP, 30082))),
+                }),
             },
             Case {
                 name: "not a service: untouched",
@@ -664,6 +703,47 @@ fn a_nodeport_client_on_the_backends_own_node_is_snated_to_this_node_not_hairpin
         assert_eq!(verdict, REDIRECT);
         assert_eq!(packet::parse(&output), out(TCP, nodeport, client).unwrap());
         assert_eq!((f.stat("snat"), f.stat("hairpin")), (1, 0));
+    });
+}
+
+/// kube-proxy's `! -s clusterCIDR -d clusterIP -j KUBE-MARK-MASQ`: a client outside the cluster
+/// routed to a ClusterIP is masqueraded when its backend is on another node, so the answer
+/// comes back through this node; a local backend keeps the client's address, and a source
+/// inside the cluster CIDR is never masqueraded.
+#[test]
+fn an_off_cluster_client_of_a_cluster_ip_is_masqueraded_to_a_remote_backend() {
+    isolated(|| {
+        let mut f = Fixture::new();
+        f.maps
+            .set_cluster_cidr(Some("10.244.0.0/16".parse().expect("cidr")))
+            .expect("cluster cidr");
+        let vip = sa([10, 96, 0, 12], 80);
+        let remote = sa([10, 244, 9, 9], 8080);
+        let client = sa(EXT_CLIENT, 41005);
+        let (verdict, output) = f.run(true, &tcp(client, vip, SYN));
+        assert_eq!(verdict, OK);
+        let p = packet::parse(&output);
+        assert_eq!((*p.src.ip(), p.dst), (Ipv4Addr::from(NODE_IP), remote));
+        assert!(nat_port(p.src.port()), "SNAT port {}", p.src.port());
+        assert_eq!(f.stat("snat"), 1);
+        let (verdict, output) = f.run(true, &tcp(remote, p.src, SYN | ACK));
+        assert_eq!(verdict, REDIRECT);
+        assert_eq!(packet::parse(&output), out(TCP, vip, client).unwrap());
+
+        // A local backend answers through this node anyway: the client is kept.
+        let client = sa(EXT_CLIENT, 41006);
+        let (verdict, output) = f.run(true, &tcp(client, sa([10, 96, 0, 1], 80), SYN));
+        assert_eq!(verdict, OK);
+        assert_eq!(
+            packet::parse(&output),
+            out(TCP, client, sa([10, 244, 0, 3], 8080)).unwrap()
+        );
+        // From inside the cluster CIDR (another node's pod): not masqueraded.
+        let pod = sa([10, 244, 5, 5], 41007);
+        let (verdict, output) = f.run(true, &tcp(pod, vip, SYN));
+        assert_eq!(verdict, OK);
+        assert_eq!(packet::parse(&output), out(TCP, pod, remote).unwrap());
+        assert_eq!(f.stat("snat"), 1);
     });
 }
 

@@ -167,6 +167,48 @@ pub fn tcp_get(addr: SocketAddrV4) -> std::io::Result<Reply> {
         .ok_or_else(|| std::io::Error::other(format!("bad answer {out:?}")))
 }
 
+/// `addr` as an AF_INET6 socket gives it: IPv4-mapped (`[::ffff:10.96.0.10]:80`).
+pub fn v4_mapped(addr: SocketAddrV4) -> SocketAddr {
+    SocketAddr::V6(std::net::SocketAddrV6::new(
+        addr.ip().to_ipv6_mapped(),
+        addr.port(),
+        0,
+        0,
+    ))
+}
+
+/// `tcp_get` from an AF_INET6 socket to the IPv4-mapped `addr` (as many JVMs and dual-stack
+/// programs connect to IPv4 services).
+pub fn tcp6_get(addr: SocketAddrV4) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect_timeout(&v4_mapped(addr), TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.write_all(b"hi\n")?;
+    let peer = s.peer_addr()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Reply::from_answer(&out, peer)
+        .ok_or_else(|| std::io::Error::other(format!("bad answer {out:?}")))
+}
+
+/// `udp_get` from an unconnected AF_INET6 socket to the IPv4-mapped `addr`; the answer must come
+/// from that same mapped address.
+pub fn udp6_get(addr: SocketAddrV4) -> std::io::Result<Reply> {
+    let s = UdpSocket::bind("[::]:0")?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    let to = v4_mapped(addr);
+    s.send_to(b"hi\n", to)?;
+    let mut buf = [0u8; 128];
+    let (n, from) = s.recv_from(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    if from != to {
+        return Err(std::io::Error::other(format!(
+            "answer came from {from}, not {to}"
+        )));
+    }
+    Reply::from_answer(&text, from)
+        .ok_or_else(|| std::io::Error::other(format!("bad answer {text:?}")))
+}
+
 /// One UDP request to `addr` from an unconnected socket (so socket-LB cannot translate it at
 /// connect time and the TC path must).
 pub fn udp_get(addr: SocketAddrV4) -> std::io::Result<Reply> {

@@ -89,6 +89,14 @@ impl Agent {
                 .with_context(|| format!("attaching socket-LB to {}", cg.display()))?;
             tracing::info!(cgroup = %cg.display(), ?how, "socket-level load balancing attached");
         }
+        if !cli.socket_lb {
+            tracing::warn!(
+                "--socket-lb=false: pods' service traffic takes the TC path; host processes (hostNetwork pods, the kubelet) get no service translation"
+            );
+            if cli.socket_lb_hostns_only {
+                tracing::warn!("--socket-lb-hostns-only has no effect with --socket-lb=false");
+            }
+        }
         for iface in &cli.external_interfaces {
             let how = dp
                 .attach_external(iface)
@@ -105,6 +113,19 @@ impl Agent {
             );
         }
         let mut maps = dp.service_maps()?;
+        // Written every start, so dropping the flag (or socket-LB) turns it off again.
+        let hostns = if cli.socket_lb && cli.socket_lb_hostns_only {
+            let cookie = petrel_datapath::sys::netns_cookie()
+                .context("reading the host network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+) for --socket-lb-hostns-only")?;
+            tracing::info!(
+                netns_cookie = cookie,
+                "socket-LB translates in the host network namespace only; pods' service traffic takes the TC path"
+            );
+            Some(cookie)
+        } else {
+            None
+        };
+        maps.set_socket_lb_netns(hostns)?;
         maps.set_cluster_cidr(cli.masquerade.then_some(cli.cluster_cidr))?;
         if cli.masquerade {
             tracing::info!(cluster_cidr = %cli.cluster_cidr, "pod egress leaving the cluster CIDR is masqueraded");

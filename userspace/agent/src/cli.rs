@@ -47,9 +47,16 @@ pub struct Cli {
     /// cgroup v2 folder socket-level load balancing is attached to (default: the cgroup2 root).
     #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
-    /// Socket-level load balancing (connect/sendmsg translation); off: the TC path does it all.
+    /// Socket-level load balancing (connect/sendmsg translation, IPv4 and IPv4-mapped IPv6
+    /// sockets); off: the TC path translates pods' traffic (host processes then reach services
+    /// only through socket-LB, see the README).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub socket_lb: bool,
+    /// Socket-LB translates only in the host's network namespace (Cilium's
+    /// bpf-lb-sock-hostns-only); pods' connections are translated per packet by the TC path, so
+    /// a service mesh's sidecar sees the service address as the original destination.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub socket_lb_hostns_only: bool,
     /// Interfaces traffic from outside the node arrives on (NodePort, externalIPs, LoadBalancer).
     #[arg(long = "external-interface")]
     pub external_interfaces: Vec<String>,

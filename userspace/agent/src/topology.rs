@@ -574,9 +574,10 @@ mod tests {
                 web(itp_local, AUTO, false),
                 Some("b"),
                 hinted(),
-                // In-cluster: the local endpoint although it is hinted for zone a; traffic
-                // from off the node to a ClusterIP keeps every endpoint, as before.
-                (vec![1, 2], Some(vec![1])),
+                // The local endpoint although it is hinted for zone a, for every client of
+                // the ClusterIP (off-cluster ones too: kube-proxy's ClusterIP rule always
+                // jumps to the internal policy chain).
+                (vec![1], None),
                 None,
             ),
         ];

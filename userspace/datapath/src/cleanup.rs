@@ -194,6 +194,8 @@ mod tests {
         }
         for ok in [
             "sock_connect4",
+            "sock_connect6",
+            "sock_getpeername6",
             "tc_pod_ingress@pet1a2b",
             "tc_external_egress@eth0%100",
         ] {
@@ -202,7 +204,8 @@ mod tests {
         for bad in [
             "tc_pod_ingress@",
             "tc_other@eth0",
-            "sock_connect6",
+            "sock_connect5",
+            "sock_bind6",
             "eth0",
             "x@y",
         ] {

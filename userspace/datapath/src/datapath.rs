@@ -36,12 +36,17 @@ pub const PROG_TC_POD_INGRESS: &str = "tc_pod_ingress";
 pub const PROG_TC_EXTERNAL_INGRESS: &str = "tc_external_ingress";
 pub const PROG_TC_POD_EGRESS: &str = "tc_pod_egress";
 pub const PROG_TC_EXTERNAL_EGRESS: &str = "tc_external_egress";
-/// The socket-LB programs, attached together to one cgroup.
-pub const SOCK_PROGRAMS: [&str; 4] = [
+/// The socket-LB programs, attached together to one cgroup: the IPv4 hooks, and the IPv6 ones
+/// (which translate IPv4-mapped addresses on AF_INET6 sockets).
+pub const SOCK_PROGRAMS: [&str; 8] = [
     "sock_connect4",
     "sock_sendmsg4",
     "sock_recvmsg4",
     "sock_getpeername4",
+    "sock_connect6",
+    "sock_sendmsg6",
+    "sock_recvmsg6",
+    "sock_getpeername6",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -289,8 +294,10 @@ impl Datapath {
         Ok(outcome)
     }
 
-    /// Attaches socket-level load balancing (connect4, sendmsg4, recvmsg4, getpeername4) to the
-    /// cgroup v2 folder `cgroup`, or swaps the programs in place when pinned links exist.
+    /// Attaches socket-level load balancing (connect, sendmsg, recvmsg, getpeername, for IPv4
+    /// and IPv6 sockets: `SOCK_PROGRAMS`) to the cgroup v2 folder `cgroup`, or swaps the programs
+    /// in place when pinned links exist. `Replaced` when any was swapped (an upgrade from a
+    /// release without the IPv6 hooks attaches those anew beside the swapped ones).
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<AttachOutcome, DatapathError> {
         let mut outcome = AttachOutcome::Attached;
         for name in SOCK_PROGRAMS {

@@ -240,23 +240,41 @@ pub struct Scopes {
     pub external: Vec<u32>,
     /// In-cluster traffic, when a Local policy makes it differ from `external`.
     pub internal: Option<Vec<u32>>,
-    /// A Local policy filters the external set (empty then means drop, not reject).
+    /// An empty `external` set drops rather than rejects: a Local policy filtered it and the
+    /// service has usable endpoints on other nodes (kube-proxy's "has no local endpoints",
+    /// DROP). With no usable endpoint anywhere every scope rejects ("has no endpoints", REJECT).
     pub external_filtered: bool,
+    /// The same for `internal`.
     pub internal_filtered: bool,
 }
 
 impl ServiceEntry {
+    /// The backend sets as kube-proxy's proxier.go builds its chains: a ClusterIP has one set,
+    /// by internalTrafficPolicy, for every client (pods, the node, and off-cluster clients
+    /// routed to the ClusterIP: kube-proxy sends all ClusterIP traffic through the internal
+    /// policy chain); an external frontend (NodePort, externalIP, LoadBalancer) has the
+    /// externalTrafficPolicy set for traffic from outside and, when that is Local, the
+    /// cluster-wide set for pods and the node (kube-proxy's short-circuit of in-cluster traffic
+    /// to external destinations: as if it went out to a load balancer and came back).
     pub fn scopes(&self) -> Scopes {
-        let ext_local = self.external && self.external_local;
-        let external = usable(&self.endpoints, self.publish_not_ready, ext_local);
-        let two = ext_local || self.internal_local;
+        let has_any = !usable(&self.endpoints, self.publish_not_ready, false).is_empty();
+        if !self.external {
+            return Scopes {
+                external: usable(&self.endpoints, self.publish_not_ready, self.internal_local),
+                internal: None,
+                external_filtered: self.internal_local && has_any,
+                internal_filtered: false,
+            };
+        }
+        let external = usable(&self.endpoints, self.publish_not_ready, self.external_local);
+        let two = self.external_local || self.internal_local;
         let internal =
             two.then(|| usable(&self.endpoints, self.publish_not_ready, self.internal_local));
         Scopes {
             external,
             internal,
-            external_filtered: ext_local,
-            internal_filtered: self.internal_local,
+            external_filtered: self.external_local && has_any,
+            internal_filtered: self.internal_local && has_any,
         }
     }
 }
@@ -351,5 +369,60 @@ mod tests {
         assert!(s.external_filtered);
         let s = entry(true, false, true).scopes();
         assert_eq!((s.external, s.internal), (vec![1, 2], Some(vec![1])));
+    }
+
+    #[test]
+    fn a_cluster_ip_uses_its_internal_policy_for_every_client() {
+        // Off-cluster clients routed to a ClusterIP with iTP Local get the local endpoint only,
+        // as kube-proxy's ClusterIP rule jumps to the internal policy chain whatever the source.
+        let s = entry(false, false, true).scopes();
+        assert_eq!((s.external, s.internal), (vec![1], None));
+        assert!(
+            s.external_filtered,
+            "filtered by the Local policy: empty would drop"
+        );
+    }
+
+    #[test]
+    fn no_endpoint_anywhere_rejects_even_under_a_local_policy() {
+        // kube-proxy: !hasEndpoints -> REJECT for every destination; a Local policy with
+        // endpoints only on other nodes -> DROP.
+        let remote_only = |external, external_local, internal_local| ServiceEntry {
+            endpoints: vec![ep(2, false, true, true, false)],
+            ..entry(external, external_local, internal_local)
+        };
+        let none = |external, external_local, internal_local| ServiceEntry {
+            endpoints: vec![ep(2, false, false, false, false)],
+            ..entry(external, external_local, internal_local)
+        };
+        let s = remote_only(true, true, false).scopes();
+        assert!(
+            s.external.is_empty() && s.external_filtered,
+            "eTP Local: drop"
+        );
+        let s = remote_only(false, false, true).scopes();
+        assert!(
+            s.external.is_empty() && s.external_filtered,
+            "iTP Local: drop"
+        );
+        for (x, el, il) in [
+            (true, true, false),
+            (false, false, true),
+            (true, true, true),
+        ] {
+            let s = none(x, el, il).scopes();
+            assert!(s.external.is_empty());
+            assert!(
+                !s.external_filtered && !s.internal_filtered,
+                "no endpoints: reject ({x}, {el}, {il})"
+            );
+        }
+        // A serving-terminating endpoint elsewhere is an endpoint (kube-proxy's hasAnyEndpoints).
+        let s = ServiceEntry {
+            endpoints: vec![ep(2, false, false, true, true)],
+            ..entry(true, true, false)
+        }
+        .scopes();
+        assert!(s.external.is_empty() && s.external_filtered);
     }
 }

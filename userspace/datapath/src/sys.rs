@@ -75,6 +75,36 @@ fn cgroup2_root_from_mountinfo(info: &str) -> Option<PathBuf> {
     })
 }
 
+/// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE, Linux 5.14+): what
+/// `bpf_get_netns_cookie` returns for sockets in it.
+pub fn netns_cookie() -> io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: plain socket call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd, out pointer and length.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    let err = io::Error::last_os_error();
+    // SAFETY: the fd is ours.
+    unsafe { libc::close(fd) };
+    if r != 0 {
+        return Err(err);
+    }
+    Ok(cookie)
+}
+
 /// Lifts RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (before 5.11).
 pub fn raise_memlock() {
     let rlim = libc::rlimit {

@@ -1,6 +1,7 @@
 //! A test pod's workload, as a process: `petrel-pod serve NAME ADDR:PORT` answers TCP and UDP
 //! requests with "NAME CLIENT_IP"; `petrel-pod get tcp|udp ADDR:PORT` makes one request and prints
-//! the answer (exit 1 with the error otherwise; ADDR may be a DNS name); `petrel-pod session ADDR:PORT...` keeps one
+//! the answer (exit 1 with the error otherwise; ADDR may be a DNS name; `tcp6`/`udp6` from an
+//! AF_INET6 socket to the IPv4-mapped address); `petrel-pod session ADDR:PORT...` keeps one
 //! connected UDP socket per address and, per line on stdin, `x N` makes one request on socket N
 //! and `r N` connects it anew, printing one line each ("ok SERVER CLIENT PEER", "ok connected",
 //! "err ERRNO TEXT"): a long-lived client for tests of what happens to connected sockets.
@@ -35,6 +36,8 @@ fn main() -> ExitCode {
             let r = match *proto {
                 "tcp" => pod::tcp_get(addr),
                 "udp" => pod::udp_get(addr),
+                "tcp6" => pod::tcp6_get(addr),
+                "udp6" => pod::udp6_get(addr),
                 other => return fail(&format!("unknown protocol {other}")),
             };
             match r {
@@ -56,7 +59,7 @@ fn main() -> ExitCode {
             session(&targets)
         }
         _ => fail(
-            "usage: petrel-pod serve NAME ADDR:PORT | petrel-pod get tcp|udp ADDR|NAME:PORT | petrel-pod session ADDR:PORT...",
+            "usage: petrel-pod serve NAME ADDR:PORT | petrel-pod get tcp|udp|tcp6|udp6 ADDR|NAME:PORT | petrel-pod session ADDR:PORT...",
         ),
     }
 }

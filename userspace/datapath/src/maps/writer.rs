@@ -113,6 +113,28 @@ impl<S: MapStore> ServiceMaps<S> {
         self.store.config_set(config::NAT_PORT_MIN, u32::from(min))
     }
 
+    /// `--socket-lb-hostns-only`: socket-LB translates only for sockets in the network namespace
+    /// with this cookie (the host's); None: in every namespace.
+    ///
+    /// WARNING: the datapath reads the two halves separately and treats (0, 0) as "everywhere".
+    /// Turning it on writes the high half first, so the only intermediate state is (old low,
+    /// new high): with the old value off (0, 0) and a host cookie below 2^32 (the kernel counts
+    /// namespaces up from 1) that is still off. Turning it off clears the low half first: for a
+    /// moment no namespace matches and new connections go to the TC path, never wrong backends.
+    pub fn set_socket_lb_netns(&mut self, cookie: Option<u64>) -> Result<(), MapsError> {
+        match cookie {
+            Some(c) => {
+                self.store
+                    .config_set(config::SOCK_LB_NETNS_HI, (c >> 32) as u32)?;
+                self.store.config_set(config::SOCK_LB_NETNS_LO, c as u32)
+            }
+            None => {
+                self.store.config_set(config::SOCK_LB_NETNS_LO, 0)?;
+                self.store.config_set(config::SOCK_LB_NETNS_HI, 0)
+            }
+        }
+    }
+
     /// Size of each Maglev ring (must match how the MAGLEV map was sized).
     pub fn set_maglev_size(&mut self, m: u32) -> Result<(), MapsError> {
         self.rings = Rings::default();
