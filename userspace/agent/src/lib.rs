@@ -13,6 +13,7 @@ pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod nodeport;
 pub mod pods;
 pub mod routing;
 pub mod runner;
