@@ -221,8 +221,8 @@ impl NetConf {
         )?
         .expect("defaulted");
         let log_file = absolute("logFile", plugin.log_file, None)?;
-        let bpffs_root = absolute("bpffsRoot", plugin.bpffs_root, Some(DEFAULT_BPFFS_ROOT))?
-            .expect("defaulted");
+        let bpffs_root =
+            absolute("bpffsRoot", plugin.bpffs_root, Some(DEFAULT_BPFFS_ROOT))?.expect("defaulted");
         // The config's own podCIDR is checked now; the agent's file only by the verbs that need
         // a range (ADD, CHECK, STATUS): DEL and GC work whatever that file holds.
         let pod_cidr = plugin.pod_cidr.as_deref().map(parse_pod_cidr).transpose()?;

@@ -58,7 +58,9 @@ pub fn attach(root: &Path, iface: &str, ifindex: u32) -> io::Result<Outcome> {
     for pin in &pins {
         match pinned_link_ifindex(pin) {
             Ok(Some(i)) if i == ifindex => current += 1,
-            Ok(Some(_)) => fs::remove_file(pin).map_err(|e| annotate(e, "removing stale pin", pin))?,
+            Ok(Some(_)) => {
+                fs::remove_file(pin).map_err(|e| annotate(e, "removing stale pin", pin))?
+            }
             Ok(None) => {}
             Err(e) => return Err(e),
         }
@@ -175,9 +177,13 @@ fn link_create_tcx(prog: &OwnedFd, ifindex: u32, attach_type: u32) -> io::Result
     let mut attr = [0u64; 16];
     attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(ifindex) << 32);
     attr[1] = u64::from(attach_type);
-    sys_bpf(BPF_LINK_CREATE, &mut attr)
-        .map(owned)
-        .map_err(|e| annotate(e, "attaching (TCX) to interface", Path::new(&ifindex.to_string())))
+    sys_bpf(BPF_LINK_CREATE, &mut attr).map(owned).map_err(|e| {
+        annotate(
+            e,
+            "attaching (TCX) to interface",
+            Path::new(&ifindex.to_string()),
+        )
+    })
 }
 
 fn annotate(e: io::Error, op: &str, what: &Path) -> io::Error {

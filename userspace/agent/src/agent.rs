@@ -221,7 +221,10 @@ impl Agent {
     fn count_attached(&self, kind: &str, n: usize) {
         if n > 0 {
             let label = crate::metrics::KindLabel { kind: kind.into() };
-            self.metrics.pods_attached.get_or_create(&label).inc_by(n as u64);
+            self.metrics
+                .pods_attached
+                .get_or_create(&label)
+                .inc_by(n as u64);
         }
     }
 

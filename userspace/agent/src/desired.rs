@@ -1465,7 +1465,12 @@ mod tests {
                 ..Default::default()
             },
         );
-        let d = compute(&[s, only], &[] as &[EndpointSlice], &node(), Options::default());
+        let d = compute(
+            &[s, only],
+            &[] as &[EndpointSlice],
+            &node(),
+            Options::default(),
+        );
         assert_eq!(
             frontends_of(&d, FrontendKind::ClusterIp),
             ["10.96.0.41:80/TCP"]

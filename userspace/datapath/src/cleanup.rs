@@ -216,7 +216,11 @@ mod tests {
         for ok in ["tc_pod_ingress", "tc_pod_egress", "tc_pod_egress-new"] {
             assert!(is_prog_pin(ok), "{ok}");
         }
-        for bad in ["tc_external_ingress", "tc_pod_ingress@pet1", "sock_connect4"] {
+        for bad in [
+            "tc_external_ingress",
+            "tc_pod_ingress@pet1",
+            "sock_connect4",
+        ] {
             assert!(!is_prog_pin(bad), "{bad}");
         }
         for bad in [

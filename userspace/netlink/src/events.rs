@@ -54,8 +54,7 @@ impl Events {
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(vec![Event::Lost]),
             Err(e) => return Err(NetlinkError::new("receiving", "notifications", e)),
         };
-        parse(&self.buf[..n])
-            .map_err(|e| NetlinkError::new("decoding", "a notification", e))
+        parse(&self.buf[..n]).map_err(|e| NetlinkError::new("decoding", "a notification", e))
     }
 }
 
@@ -83,7 +82,9 @@ fn parse(mut buf: &[u8]) -> io::Result<Vec<Event>> {
         };
         out.extend(ev);
         // Messages are 4-byte aligned in a datagram (NLMSG_ALIGN).
-        buf = buf.get(((len + 3) & !3).min(buf.len())..).unwrap_or_default();
+        buf = buf
+            .get(((len + 3) & !3).min(buf.len())..)
+            .unwrap_or_default();
     }
     Ok(out)
 }
