@@ -93,7 +93,7 @@ pub fn notifications() -> std::io::Result<tokio::sync::mpsc::UnboundedReceiver<E
         .name("link-events".into())
         .spawn(move || {
             loop {
-                match events.next() {
+                match events.receive() {
                     Ok(batch) => {
                         for ev in batch {
                             if tx.send(ev).is_err() {

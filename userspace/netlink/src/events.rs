@@ -48,7 +48,7 @@ impl Events {
     }
 
     /// Blocks for the next datagram and returns the notifications it holds.
-    pub fn next(&mut self) -> Result<Vec<Event>> {
+    pub fn receive(&mut self) -> Result<Vec<Event>> {
         let n = match self.sock.recv(&mut &mut self.buf[..], 0) {
             Ok(n) => n,
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(vec![Event::Lost]),
