@@ -16,7 +16,7 @@ use crate::{
 /// Versions whose configs are accepted and whose result shape is printed.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
-pub use crate::contract::{DEFAULT_DATA_DIR, DEFAULT_POD_CIDR_FILE};
+pub use crate::contract::{DEFAULT_BPFFS_ROOT, DEFAULT_DATA_DIR, DEFAULT_POD_CIDR_FILE};
 pub const DEFAULT_MTU: u32 = 1500;
 
 /// The plugin's own fields come from the contract with the agent; the rest is what the runtime
@@ -50,6 +50,8 @@ pub struct NetConf {
     pub data_dir: PathBuf,
     pub mtu: u32,
     pub log_file: Option<PathBuf>,
+    /// The agent's bpffs root (`bpffsRoot`): the pod programs ADD attaches are pinned there.
+    pub bpffs_root: PathBuf,
     pub prev_result: Option<serde_json::Value>,
     pub valid_attachments: Option<Vec<ValidAttachment>>,
 }
@@ -219,6 +221,8 @@ impl NetConf {
         )?
         .expect("defaulted");
         let log_file = absolute("logFile", plugin.log_file, None)?;
+        let bpffs_root =
+            absolute("bpffsRoot", plugin.bpffs_root, Some(DEFAULT_BPFFS_ROOT))?.expect("defaulted");
         // The config's own podCIDR is checked now; the agent's file only by the verbs that need
         // a range (ADD, CHECK, STATUS): DEL and GC work whatever that file holds.
         let pod_cidr = plugin.pod_cidr.as_deref().map(parse_pod_cidr).transpose()?;
@@ -230,6 +234,7 @@ impl NetConf {
             data_dir,
             mtu,
             log_file,
+            bpffs_root,
             prev_result: raw.prev_result,
             valid_attachments: raw.valid_attachments,
         })

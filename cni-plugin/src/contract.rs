@@ -20,6 +20,10 @@ pub const DEFAULT_POD_CIDR_FILE: &str = "/var/lib/petrel/cni/pod-cidr";
 /// Where the IPAM store keeps one file per reserved address, unless the config sets `dataDir`.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/petrel/ipam";
 
+/// The agent's bpffs root unless told otherwise: petrel-cni attaches the pod programs pinned
+/// under its `progs/` and pins the links under its `links/`.
+pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/petrel";
+
 /// The plugin's `type` in the conflist: the runtime runs the binary of that name.
 pub const PLUGIN_TYPE: &str = "petrel-cni";
 
@@ -62,6 +66,10 @@ pub struct PluginConf {
     pub data_dir: Option<PathBuf>,
     #[serde(rename = "logFile", default, skip_serializing_if = "Option::is_none")]
     pub log_file: Option<PathBuf>,
+    /// The agent's bpffs root, written only when it is not `DEFAULT_BPFFS_ROOT` (so the
+    /// default conflist stays byte for byte what it was).
+    #[serde(rename = "bpffsRoot", default, skip_serializing_if = "Option::is_none")]
+    pub bpffs_root: Option<PathBuf>,
 }
 
 impl PluginConf {
@@ -74,6 +82,12 @@ impl PluginConf {
             ..PluginConf::default()
         }
     }
+
+    /// With the agent's bpffs root (left out when it is the default).
+    pub fn with_bpffs_root(mut self, root: &Path) -> PluginConf {
+        self.bpffs_root = (root != Path::new(DEFAULT_BPFFS_ROOT)).then(|| root.to_path_buf());
+        self
+    }
 }
 
 /// The conflist the agent writes: petrel-cni first, then the reference portmap plugin for
@@ -81,8 +95,12 @@ impl PluginConf {
 ///
 /// Panics if `pod_cidr_file` is not UTF-8 (JSON cannot carry it), as the agent always has.
 pub fn conflist(pod_cidr_file: &Path, mtu: u32, cni_version: &str) -> serde_json::Value {
-    let plugin = serde_json::to_value(PluginConf::for_agent(pod_cidr_file, mtu))
-        .expect("the pod CIDR file path is UTF-8");
+    conflist_of(PluginConf::for_agent(pod_cidr_file, mtu), cni_version)
+}
+
+/// The conflist with `plugin` as petrel-cni's entry.
+pub fn conflist_of(plugin: PluginConf, cni_version: &str) -> serde_json::Value {
+    let plugin = serde_json::to_value(plugin).expect("the paths are UTF-8");
     serde_json::json!({
         "cniVersion": cni_version,
         "name": NETWORK_NAME,
@@ -95,8 +113,16 @@ pub fn conflist(pod_cidr_file: &Path, mtu: u32, cni_version: &str) -> serde_json
 
 /// The conflist file's contents, byte for byte what the agent writes (pretty JSON, final newline).
 pub fn conflist_text(pod_cidr_file: &Path, mtu: u32, cni_version: &str) -> String {
-    serde_json::to_string_pretty(&conflist(pod_cidr_file, mtu, cni_version)).expect("serialisable")
-        + "\n"
+    text(&conflist(pod_cidr_file, mtu, cni_version))
+}
+
+/// `conflist_of`'s file contents.
+pub fn conflist_text_of(plugin: PluginConf, cni_version: &str) -> String {
+    text(&conflist_of(plugin, cni_version))
+}
+
+fn text(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).expect("serialisable") + "\n"
 }
 
 #[cfg(test)]
@@ -136,11 +162,18 @@ mod tests {
             p,
             PluginConf::for_agent(Path::new(DEFAULT_POD_CIDR_FILE), 1500)
         );
-        let all = r#"{"type":"petrel-cni","podCIDR":"10.0.0.0/24","podCIDRFile":"/f","dataDir":"/d","mtu":1400,"logFile":"/l"}"#;
+        let all = r#"{"type":"petrel-cni","podCIDR":"10.0.0.0/24","podCIDRFile":"/f","dataDir":"/d","mtu":1400,"logFile":"/l","bpffsRoot":"/b"}"#;
         let p: PluginConf = serde_json::from_str(all).expect("parse");
         assert_eq!(p.pod_cidr.as_deref(), Some("10.0.0.0/24"));
         assert_eq!(p.data_dir.as_deref(), Some(Path::new("/d")));
         assert_eq!(p.log_file.as_deref(), Some(Path::new("/l")));
+        assert_eq!(p.bpffs_root.as_deref(), Some(Path::new("/b")));
+        let f = Path::new(DEFAULT_POD_CIDR_FILE);
+        assert_eq!(
+            PluginConf::for_agent(f, 1500).with_bpffs_root(Path::new(DEFAULT_BPFFS_ROOT)),
+            PluginConf::for_agent(f, 1500),
+            "the default root is not written"
+        );
         let back: serde_json::Value = serde_json::to_value(&p).expect("value");
         assert_eq!(
             back,

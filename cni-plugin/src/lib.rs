@@ -15,5 +15,6 @@ pub mod link;
 pub mod netns;
 pub mod plugin;
 pub mod result;
+pub mod tcx;
 
 pub use plugin::{run, run_os};

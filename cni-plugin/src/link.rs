@@ -60,6 +60,8 @@ fn vanished(what: &'static str, name: &str) -> CniError {
 /// What `setup` made.
 #[derive(Debug, Clone)]
 pub struct Wired {
+    /// The host-side veth's interface index.
+    pub host_index: u32,
     pub host_mac: String,
     pub container_mac: String,
 }
@@ -152,6 +154,7 @@ pub fn setup(host: &mut Socket, pod: &mut PodNs, plan: &Plan) -> Result<Wired> {
         false,
     )?;
     Ok(Wired {
+        host_index: idx,
         host_mac,
         container_mac: mac_of(&peer).map(format_mac).unwrap_or_default(),
     })

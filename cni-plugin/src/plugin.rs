@@ -104,6 +104,12 @@ impl Drop for AddTxn<'_> {
                 &format!("rollback: deleting {}: {}", self.host_if, e.full()),
             );
         }
+        if let Err(e) = crate::tcx::unpin(&self.conf.bpffs_root, &self.host_if) {
+            log(
+                self.conf,
+                &format!("rollback: unpinning the links of {}: {e}", self.host_if),
+            );
+        }
         if let Err(e) = self.store.release_ip(self.ip) {
             log(
                 self.conf,
@@ -212,6 +218,7 @@ fn add(env: &HashMap<String, String>, conf: &NetConf, a: &Attachment) -> Result<
         mtu: conf.mtu,
     };
     let wired = link::setup(&mut txn.host, &mut pod, &plan)?;
+    wire_datapath(conf, &host_if, wired.host_index);
     pause_at(env, "wired");
     log(
         conf,
@@ -248,11 +255,34 @@ fn add(env: &HashMap<String, String>, conf: &NetConf, a: &Attachment) -> Result<
     Ok(out)
 }
 
+/// Attaches the agent's pinned pod programs to the new veth (`tcx`), so the pod's first packets
+/// are served even while the agent is down. Never fails the ADD: the agent attaches whatever is
+/// not attached when it sees the interface (or starts).
+fn wire_datapath(conf: &NetConf, host_if: &str, ifindex: u32) {
+    let root = &conf.bpffs_root;
+    let msg = match crate::tcx::attach(root, host_if, ifindex) {
+        Ok(crate::tcx::Outcome::Attached) => format!("{host_if}: datapath programs attached"),
+        Ok(crate::tcx::Outcome::AlreadyWired) => return,
+        Ok(crate::tcx::Outcome::NoPrograms) => format!(
+            "{host_if}: no datapath programs pinned under {} (the agent has not started on this node): the agent attaches them when it starts",
+            root.display()
+        ),
+        Err(e) => format!(
+            "{host_if}: attaching the datapath programs failed ({e}): the agent attaches them when it sees the interface"
+        ),
+    };
+    log(conf, &msg);
+}
+
 fn del(conf: &NetConf, a: &Attachment) -> Result<()> {
     let store = Store::open(&conf.data_dir, &conf.name)?;
     let host_if = link::host_ifname(&a.container_id, &a.ifname);
     // Deleting the host end removes the pod end too, wherever it is; gone already is fine.
-    link::delete_host_links(&mut link::host_socket()?, &[host_if])?;
+    link::delete_host_links(&mut link::host_socket()?, std::slice::from_ref(&host_if))?;
+    // Best effort, as the rest of DEL: the agent prunes pins of vanished interfaces too.
+    if let Err(e) = crate::tcx::unpin(&conf.bpffs_root, &host_if) {
+        log(conf, &format!("DEL: unpinning the links of {host_if}: {e}"));
+    }
     let released = store.release(&a.container_id, &a.ifname)?;
     log(
         conf,

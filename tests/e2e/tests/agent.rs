@@ -200,6 +200,8 @@ fn write_atomic(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
+/// Also mirrors upstream's [sig-network] "should check kube-proxy urls" (the /healthz, /livez
+/// and /proxyMode checks below).
 #[test]
 fn standalone_manifests_add_edit_delete_and_a_malformed_file() {
     let f = Fixture::new();
@@ -376,6 +378,9 @@ fn slice(backends: &[Ipv4Addr]) -> EndpointSlice {
     }
 }
 
+/// Mirrors upstream's [sig-network] Services "should serve a basic endpoint from pods" (and
+/// "should serve multiport endpoints from pods" where the slice changes), through the real
+/// agent and kube-apiserver.
 #[test]
 fn follows_services_and_endpointslices_from_the_api_server() {
     let f = Arc::new(Fixture::new());

@@ -1228,6 +1228,9 @@ fn a_3000_byte_udp_answer_through_a_nodeport_arrives_whole() {
     assert_no_problems("UDP answers through a NodePort", &problems);
 }
 
+/// Mirrors upstream's [sig-network] Networking "should function for service endpoints using
+/// hostNetwork" (the NodePort-from-outside case).
+///
 /// NodePort to a host-network endpoint on this node (the endpoint's address is the node's own,
 /// a server in the node's namespace): an external host must be answered from the NodePort.
 /// Today the server's replies leave by the external link's egress, where nothing un-DNATs them.

@@ -449,6 +449,10 @@ fn internal_traffic_policy_local_stays_on_the_node() {
     assert_eq!(servers(&r), set(&["b0"]));
 }
 
+/// Mirrors upstream's [sig-network] terminating-endpoint tests ("should fail health check node
+/// port if there are only terminating endpoints" for the traffic side: "should be able to
+/// connect to terminating and unready endpoints if PublishNotReadyAddresses is true", and
+/// ProxyTerminatingEndpoints' fallback to serving terminating endpoints).
 #[test]
 fn endpoint_conditions_ready_then_terminating_fallback_then_publish_not_ready() {
     let f = Fixture::new();
@@ -612,6 +616,9 @@ fn flows_pinned_to_a_removed_backend_are_rebalanced_or_reset() {
     assert!(f.stat("rebalanced") >= 2);
 }
 
+/// The datapath half of upstream's [sig-network] "should have session affinity work for
+/// NodePort service" / "should be able to switch session affinity for NodePort service" (the
+/// switch itself is a change of the master entry's flag, rewritten in place by the agent).
 #[test]
 fn session_affinity_sticks_until_its_timeout() {
     let f = Fixture::new();

@@ -19,6 +19,7 @@ use crate::{
     health::ProxierHealth,
     metrics::{Metrics, ProgrammingLatency},
     node::{self, NodeFacts},
+    nodeport::NodePortAddresses,
     pods::PodInterfaces,
     routing::{self, RouteSync, Settings},
     runner::BoundedFrequency,
@@ -38,8 +39,10 @@ pub struct Agent {
     service_health: ServiceHealthServer,
     pods: PodInterfaces,
     node_name: String,
-    /// --node-ip: the addresses NodePorts are served on (empty: the Node's InternalIPs).
+    /// --node-ip: the node's primary addresses (empty: the Node's InternalIPs).
     node_ips: Vec<Ipv4Addr>,
+    /// --nodeport-addresses: which local addresses serve NodePorts.
+    nodeport: NodePortAddresses,
     cluster_cidr: ipnet::Ipv4Net,
     options: Options,
     route_settings: Settings,
@@ -161,6 +164,14 @@ impl Agent {
         } else {
             None
         };
+        // For petrel-cni, which attaches them to new pods' veths itself (see `pods`). Without
+        // them pods are still wired, by this agent only.
+        match dp.pin_pod_programs() {
+            Ok(()) => tracing::info!("pod programs pinned for petrel-cni"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot pin the pod programs: pods made while the agent is down stay unwired until it is back")
+            }
+        }
         let syncer = Syncer::adopt(maps, cli.maglev_rings, cli.services_map_size as usize)?;
         let (adopted_frontends, adopted_backends) =
             (syncer.maps().dump()?.len(), syncer.maps().backends()?.len());
@@ -180,6 +191,7 @@ impl Agent {
             pod_cidr_file: cli.pod_cidr_file.clone(),
             conf_file: cli.cni_conf_file.clone(),
             cni_version: cli.cni_version.clone(),
+            bpffs_root: cli.bpffs_root.clone(),
             refused: std::sync::Mutex::default(),
             metrics: Some(metrics.clone()),
             exclusive: cli.cni_exclusive,
@@ -195,6 +207,7 @@ impl Agent {
             pods: PodInterfaces::new(cli.pod_interface_prefix.clone()),
             node_name: cli.node_name.clone().unwrap_or_default(),
             node_ips: cli.node_ips.clone(),
+            nodeport: cli.nodeport_addresses()?,
             cluster_cidr: cli.cluster_cidr,
             options: cli.options(),
             route_settings: cli.route_settings(),
@@ -216,9 +229,48 @@ impl Agent {
         self.routes.retry_in()
     }
 
-    /// Attaches to pod interfaces that appeared since the last call.
+    /// Attaches to pod interfaces that appeared since the last call (the scan).
     pub fn attach_pods(&mut self) {
-        self.pods.attach_new(&mut self.dp);
+        let n = self.pods.attach_new(&mut self.dp);
+        self.count_attached("scan", n);
+    }
+
+    /// Acts on a link notification: a new pod veth is attached at once.
+    pub fn on_link_event(&mut self, ev: &petrel_netlink::Event) {
+        match ev {
+            petrel_netlink::Event::Link(name) => {
+                let n = usize::from(self.pods.attach(&mut self.dp, name));
+                self.count_attached("notification", n);
+            }
+            petrel_netlink::Event::LinkGone(name) => self.pods.gone(name),
+            // Notifications were lost: whatever they announced is found by a scan now.
+            petrel_netlink::Event::Lost => self.attach_pods(),
+            petrel_netlink::Event::Address => {}
+        }
+    }
+
+    fn count_attached(&self, kind: &str, n: usize) {
+        if n > 0 {
+            let label = crate::metrics::KindLabel { kind: kind.into() };
+            self.metrics
+                .pods_attached
+                .get_or_create(&label)
+                .inc_by(n as u64);
+        }
+    }
+
+    /// This node's facts, with the NodePort addresses out of the namespace's current ones.
+    fn node_facts(&self, inputs: &Snapshot) -> NodeFacts {
+        let mut node = NodeFacts::of(&inputs.nodes, &self.node_name, &self.node_ips);
+        let local = match petrel_netlink::Socket::new().and_then(|mut s| s.local_ipv4s()) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the node's addresses: NodePorts on the primary addresses only");
+                node.ips.clone()
+            }
+        };
+        node.node_port_ips = Some(self.nodeport.select(&local, &node.ips));
+        node
     }
 
     /// Routes to other nodes, petrel-cni's files and pod interfaces: what the node needs before
@@ -241,7 +293,7 @@ impl Agent {
 
     /// Only the node's wiring (`wire_node`), for a snapshot with the Nodes alone.
     pub async fn tick_node(&mut self, inputs: &Snapshot) {
-        let node = NodeFacts::of(&inputs.nodes, &self.node_name, &self.node_ips);
+        let node = self.node_facts(inputs);
         self.wire_node(inputs, &node).await;
     }
 
@@ -251,7 +303,7 @@ impl Agent {
     /// refused something, the next one is full whatever `full` says).
     pub async fn tick(&mut self, inputs: &Snapshot, full: bool) {
         let iteration = Instant::now();
-        let node = NodeFacts::of(&inputs.nodes, &self.node_name, &self.node_ips);
+        let node = self.node_facts(inputs);
         let changes = off_runtime(|| {
             self.memo
                 .update(&inputs.services, &inputs.slices, &node, self.options)
@@ -282,6 +334,7 @@ impl Agent {
         let m = &self.metrics;
         m.sync_duration.observe(took.as_secs_f64());
         m.refused.set(report.refused.len() as i64);
+        m.unsupported_ports.set(desired.unsupported.len() as i64);
         m.manifest_errors.set(inputs.manifest_errors as i64);
         // The sync ran to its end: what was queued is applied. Refused frontends (a full map)
         // are counted and logged, and never make the proxier unhealthy (see `health`).
@@ -450,17 +503,44 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut runner = BoundedFrequency::new(cli.min_sync_period, cli.sync_period);
-    // New pod veths are picked up within a second, between syncs.
-    let mut link_scan = tokio::time::interval(Duration::from_secs(1));
+    // New pod veths are attached as the kernel announces them; the scan is the safety net.
+    let mut links = match crate::pods::notifications() {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot subscribe to link notifications: pod interfaces are found by the periodic scan only");
+            None
+        }
+    };
+    let mut link_scan = tokio::time::interval(cli.pod_scan_period);
+    // An address added or removed may change the NodePort addresses: a sync, through the runner.
+    let addresses = Arc::new(tokio::sync::Notify::new());
     loop {
         let changed = async {
-            // A source that ended (it never does) must not make this loop spin.
-            if inputs.changed().await.is_err() {
-                std::future::pending::<()>().await;
+            tokio::select! {
+                r = inputs.changed() => {
+                    // A source that ended (it never does) must not make this loop spin.
+                    if r.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                () = addresses.notified() => {}
             }
         };
         let trigger = tokio::select! {
             t = runner.wait(changed) => t,
+            ev = async {
+                match links.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match ev {
+                    Some(petrel_netlink::Event::Address) => addresses.notify_one(),
+                    Some(ev) => agent.on_link_event(&ev),
+                    None => links = None,
+                }
+                continue;
+            }
             _ = link_scan.tick() => {
                 agent.attach_pods();
                 continue;

@@ -37,10 +37,16 @@ pub struct Cli {
     /// and follow changes to it, instead of watching an API server.
     #[arg(long)]
     pub manifests: Option<PathBuf>,
-    /// Addresses NodePorts are served on (default: the Node's InternalIPs), and health check
-    /// node ports (default: 0.0.0.0).
+    /// This node's primary addresses (default: the Node's InternalIPs): the source of NodePort
+    /// SNAT, what `--nodeport-addresses primary` serves on, and where health check node ports
+    /// listen when given (default: 0.0.0.0).
     #[arg(long = "node-ip")]
     pub node_ips: Vec<Ipv4Addr>,
+    /// Which local addresses serve NodePorts, as kube-proxy's flag: CIDRs (comma-separated or
+    /// repeated; the local IPv4 addresses inside them), or `primary` (the node's primary
+    /// addresses). Default: every local IPv4 address but loopback.
+    #[arg(long = "nodeport-addresses", value_delimiter = ',')]
+    pub nodeport_addresses: Vec<String>,
     /// bpffs folder holding the pinned maps and links.
     #[arg(long, default_value = "/sys/fs/bpf/petrel")]
     pub bpffs_root: PathBuf,
@@ -63,6 +69,10 @@ pub struct Cli {
     /// Prefix of pod host-side veths to attach the TC program to (petrel-cni names them pet*).
     #[arg(long, default_value = petrel_cni::contract::HOST_IF_PREFIX)]
     pub pod_interface_prefix: String,
+    /// How often pod interfaces are scanned for, besides the link notifications that wire a
+    /// pod's veth as it appears (the scan is the safety net for lost notifications).
+    #[arg(long, value_parser = humantime_ms, default_value = "10s")]
+    pub pod_scan_period: Duration,
     /// Backend selection for external traffic: Maglev (same choice on every node) or random.
     #[arg(long, value_enum, default_value_t = Selection::Maglev)]
     pub external_selection: Selection,
@@ -493,6 +503,13 @@ impl Cli {
             // petrel-cni's own bounds for the conflist's mtu.
             count("pod-mtu", mtu, 576..=65535)?;
         }
+        within(
+            "pod-scan-period",
+            self.pod_scan_period,
+            Duration::from_millis(100),
+            24 * HOUR,
+        )?;
+        self.nodeport_addresses()?;
         Ok(())
     }
 
@@ -526,6 +543,12 @@ impl Cli {
             sync_period: self.sync_period,
             external_interfaces: self.external_interfaces.clone(),
         }
+    }
+
+    /// `--nodeport-addresses`, parsed.
+    pub fn nodeport_addresses(&self) -> anyhow::Result<crate::nodeport::NodePortAddresses> {
+        crate::nodeport::NodePortAddresses::parse(&self.nodeport_addresses)
+            .map_err(anyhow::Error::msg)
     }
 
     /// The options that change the desired state.

@@ -27,6 +27,8 @@ pub struct CniFiles {
     pub conf_file: PathBuf,
     /// The conflist's `cniVersion` (one of `contract::CONFLIST_CNI_VERSIONS`).
     pub cni_version: String,
+    /// The agent's bpffs root: petrel-cni attaches the pod programs pinned there at ADD.
+    pub bpffs_root: PathBuf,
     /// The pod CIDR problem logged last (logged again only when it changes).
     pub refused: std::sync::Mutex<Option<String>>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
@@ -63,7 +65,11 @@ impl CniFiles {
         let file = &self.conf_file;
         match write_if_changed(
             file,
-            &contract::conflist_text(&self.pod_cidr_file, mtu, &self.cni_version),
+            &contract::conflist_text_of(
+                contract::PluginConf::for_agent(&self.pod_cidr_file, mtu)
+                    .with_bpffs_root(&self.bpffs_root),
+                &self.cni_version,
+            ),
         ) {
             Ok(true) => tracing::info!(file = %file.display(), "CNI conflist written"),
             Ok(false) => {}
@@ -394,6 +400,7 @@ mod tests {
             pod_cidr_file: dir.path().join("cni/pod-cidr"),
             conf_file: dir.path().join("net.d/05-petrel.conflist"),
             cni_version: contract::CONFLIST_CNI_VERSION.into(),
+            bpffs_root: contract::DEFAULT_BPFFS_ROOT.into(),
             refused: std::sync::Mutex::default(),
             metrics: None,
             exclusive: false,
@@ -440,6 +447,7 @@ mod tests {
             pod_cidr_file: dir.path().join("cni/pod-cidr"),
             conf_file: dir.path().join("net.d/05-petrel.conflist"),
             cni_version: contract::CONFLIST_CNI_VERSION.into(),
+            bpffs_root: contract::DEFAULT_BPFFS_ROOT.into(),
             refused: std::sync::Mutex::default(),
             metrics: Some(metrics.clone()),
             exclusive: false,

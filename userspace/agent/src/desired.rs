@@ -125,6 +125,9 @@ pub struct Desired {
     pub health_checks: BTreeMap<ServiceRef, HealthCheck>,
     /// Services skipped, with why (for logs and netctl).
     pub skipped: Vec<(String, &'static str)>,
+    /// Service ports petrel cannot serve (SCTP), as "namespace/name" and "port/PROTOCOL": each
+    /// logged when its service changes and counted; the rest of the service is programmed.
+    pub unsupported: Vec<(String, String)>,
     /// Services that ask for topology-aware routing but get every endpoint, with why.
     pub topology_fallbacks: Vec<(String, topology::Fallback)>,
     /// Frontends two services ask for: (frontend, the older service that keeps it, the newer
@@ -176,7 +179,7 @@ fn proto(p: Option<&str>) -> Option<Proto> {
     match p.unwrap_or("TCP") {
         "TCP" => Some(Proto::Tcp),
         "UDP" => Some(Proto::Udp),
-        _ => None, // SCTP is not served by petrel.
+        _ => None, // SCTP is not served by petrel (see `add_service`).
     }
 }
 
@@ -294,6 +297,7 @@ pub(crate) fn assemble<'a>(parts: impl Iterator<Item = (&'a Age, &'a Desired)>) 
             claims.entry(*fe).or_default().push((age, plan));
         }
         desired.skipped.extend(part.skipped.iter().cloned());
+        desired.unsupported.extend(part.unsupported.iter().cloned());
         desired
             .topology_fallbacks
             .extend(part.topology_fallbacks.iter().cloned());
@@ -314,6 +318,7 @@ pub(crate) fn assemble<'a>(parts: impl Iterator<Item = (&'a Age, &'a Desired)>) 
         desired.frontends.insert(fe, keeper.clone());
     }
     desired.skipped.sort();
+    desired.unsupported.sort();
     desired.topology_fallbacks.sort();
     desired.conflicts.sort();
     desired
@@ -350,6 +355,7 @@ impl Addresses {
             .and_then(|lb| lb.ingress.as_ref())
             .into_iter()
             .flatten()
+            .filter(|i| serves_ingress(i))
             .filter_map(|i| i.ip.as_deref().and_then(ipv4))
             .collect();
         Addresses {
@@ -358,6 +364,14 @@ impl Addresses {
             load_balancer,
         }
     }
+}
+
+/// Whether a LoadBalancer ingress IP is programmed as a frontend: not when its `ipMode` is
+/// `Proxy` (KEP-1860, kube-proxy's serviceport.go): the load balancer then proxies, sends from
+/// its own address to the node's NodePort, and a pod reaching the LB IP must go out to it rather
+/// than be short-circuited to a backend. No ipMode (or `VIP`) is the old behaviour.
+pub fn serves_ingress(i: &k8s_openapi::api::core::v1::LoadBalancerIngress) -> bool {
+    i.ip_mode.as_deref() != Some("Proxy")
 }
 
 /// A LoadBalancer service's source ranges as kube-proxy reads them (`MapCIDRsByIPFamily`):
@@ -455,6 +469,18 @@ fn add_service(
     let mut fallbacks = BTreeSet::new();
     for port in spec.ports.iter().flatten() {
         let Some(proto) = proto(port.protocol.as_deref()) else {
+            // SCTP: the TC path would have to rewrite ports under SCTP's CRC32c checksum (over
+            // the whole packet), which petrel's programs do not do; socket-LB alone would serve
+            // the node and pods but not traffic from outside. Refused as a whole, said once per
+            // change of the service (the memo computes it again only then), counted; the
+            // service's other ports are programmed.
+            let what = format!(
+                "{}/{}",
+                port.port,
+                port.protocol.as_deref().unwrap_or_default()
+            );
+            tracing::warn!(service = %id, port = %what, "service port not programmed: petrel serves TCP and UDP only (SCTP is not supported)");
+            desired.unsupported.push((id.clone(), what));
             continue;
         };
         let port_name = port.name.clone().unwrap_or_default();
@@ -545,7 +571,7 @@ fn add_service(
         put(&addrs.cluster, svc_port, FrontendKind::ClusterIp);
         if matches!(kind, "NodePort" | "LoadBalancer") {
             match port.node_port.filter(|p| *p != 0).map(u16::try_from) {
-                Some(Ok(np)) => put(&node.ips, np, FrontendKind::NodePort),
+                Some(Ok(np)) => put(node.node_port_ips(), np, FrontendKind::NodePort),
                 Some(Err(_)) => tracing::warn!(
                     service = %id,
                     node_port = port.node_port,
@@ -724,6 +750,7 @@ mod tests {
             name: "n1".into(),
             ips: vec![Ipv4Addr::new(192, 0, 2, 1)],
             zone: None,
+            node_port_ips: None,
         }
     }
 
@@ -1268,6 +1295,141 @@ mod tests {
             names["192.0.2.1:30030/TCP"].internal_traffic_policy,
             "Cluster"
         );
+    }
+
+    fn load_balancer(name: &str, ingress: &[(&str, Option<&str>)]) -> Service {
+        use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+        let mut s = svc(
+            name,
+            ServiceSpec {
+                type_: Some("LoadBalancer".into()),
+                cluster_ip: Some("10.96.0.40".into()),
+                ports: Some(vec![ServicePort {
+                    node_port: Some(30040),
+                    ..port("http", 80, "TCP")
+                }]),
+                ..Default::default()
+            },
+        );
+        s.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(
+                    ingress
+                        .iter()
+                        .map(|(ip, mode)| LoadBalancerIngress {
+                            ip: Some(ip.to_string()),
+                            ip_mode: mode.map(str::to_string),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        });
+        s
+    }
+
+    fn frontends_of(d: &Desired, kind: FrontendKind) -> Vec<String> {
+        d.frontends
+            .iter()
+            .filter(|(_, p)| p.kind == kind)
+            .map(|(fe, _)| fe.to_string())
+            .collect()
+    }
+
+    /// kube-proxy (serviceport.go): an ingress IP whose ipMode is Proxy is not a frontend; VIP
+    /// and no ipMode are. The v1.20 test API server drops ipMode, hence this unit test.
+    #[test]
+    fn a_proxy_mode_ingress_ip_is_not_programmed() {
+        let s = load_balancer(
+            "lb",
+            &[
+                ("203.0.113.1", None),
+                ("203.0.113.2", Some("VIP")),
+                ("203.0.113.3", Some("Proxy")),
+            ],
+        );
+        let d = compute(&[s], &[] as &[EndpointSlice], &node(), Options::default());
+        assert_eq!(
+            frontends_of(&d, FrontendKind::LoadBalancer),
+            ["203.0.113.1:80/TCP", "203.0.113.2:80/TCP"]
+        );
+        // The NodePort the proxying load balancer sends to stays.
+        assert_eq!(
+            frontends_of(&d, FrontendKind::NodePort),
+            ["192.0.2.1:30040/TCP"]
+        );
+        let all_proxy = load_balancer("lb", &[("203.0.113.3", Some("Proxy"))]);
+        let d = compute(
+            &[all_proxy],
+            &[] as &[EndpointSlice],
+            &node(),
+            Options::default(),
+        );
+        assert!(frontends_of(&d, FrontendKind::LoadBalancer).is_empty());
+    }
+
+    #[test]
+    fn node_ports_are_served_on_the_node_port_addresses() {
+        let s = load_balancer("lb", &[]);
+        let mut n = node();
+        n.node_port_ips = Some(vec![
+            Ipv4Addr::new(10, 98, 0, 11),
+            Ipv4Addr::new(10, 244, 1, 1),
+        ]);
+        let d = compute(
+            std::slice::from_ref(&s),
+            &[] as &[EndpointSlice],
+            &n,
+            Options::default(),
+        );
+        assert_eq!(
+            frontends_of(&d, FrontendKind::NodePort),
+            ["10.98.0.11:30040/TCP", "10.244.1.1:30040/TCP"]
+        );
+        // No address matches --nodeport-addresses: no NodePort frontend (as kube-proxy).
+        n.node_port_ips = Some(Vec::new());
+        let d = compute(&[s], &[] as &[EndpointSlice], &n, Options::default());
+        assert!(frontends_of(&d, FrontendKind::NodePort).is_empty());
+        assert_eq!(frontends_of(&d, FrontendKind::ClusterIp).len(), 1);
+    }
+
+    #[test]
+    fn an_sctp_port_is_refused_and_the_others_are_programmed() {
+        let s = svc(
+            "mixed",
+            ServiceSpec {
+                cluster_ip: Some("10.96.0.41".into()),
+                ports: Some(vec![port("sig", 3868, "SCTP"), port("web", 80, "TCP")]),
+                ..Default::default()
+            },
+        );
+        let only = svc(
+            "sctp",
+            ServiceSpec {
+                cluster_ip: Some("10.96.0.42".into()),
+                ports: Some(vec![port("sig", 3868, "SCTP")]),
+                ..Default::default()
+            },
+        );
+        let d = compute(
+            &[s, only],
+            &[] as &[EndpointSlice],
+            &node(),
+            Options::default(),
+        );
+        assert_eq!(
+            frontends_of(&d, FrontendKind::ClusterIp),
+            ["10.96.0.41:80/TCP"]
+        );
+        assert_eq!(
+            d.unsupported,
+            [
+                ("default/mixed".to_string(), "3868/SCTP".to_string()),
+                ("default/sctp".to_string(), "3868/SCTP".to_string())
+            ]
+        );
+        assert!(d.skipped.is_empty(), "refused ports, not skipped services");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod memo;
 mod memo_tests;
 pub mod metrics;
 pub mod node;
+pub mod nodeport;
 pub mod pods;
 pub mod routing;
 pub mod runner;

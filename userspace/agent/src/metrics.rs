@@ -59,6 +59,10 @@ pub struct Metrics {
     pub datapath: Family<CounterLabel, Gauge>,
     pub sync_errors: Counter,
     pub refused: Gauge,
+    /// Service ports petrel cannot serve (SCTP) at the last sync.
+    pub unsupported_ports: Gauge,
+    /// Pod interfaces wired, by what found them (`notification`, `scan`).
+    pub pods_attached: Family<KindLabel, Counter>,
     pub manifest_errors: Gauge,
     /// Manifest objects refused (invalid, or in conflict with an older one), by reason.
     pub manifest_refused: Family<ReasonLabel, Gauge>,
@@ -101,6 +105,8 @@ impl Metrics {
             datapath: Family::default(),
             sync_errors: Counter::default(),
             refused: Gauge::default(),
+            unsupported_ports: Gauge::default(),
+            pods_attached: Family::default(),
             manifest_errors: Gauge::default(),
             manifest_refused: Family::default(),
             manifest_source_ok: Gauge::default(),
@@ -159,6 +165,16 @@ impl Metrics {
             "petrel_sync_errors",
             "Syncs that left something unprogrammed",
             m.sync_errors.clone(),
+        );
+        registry.register(
+            "petrel_service_ports_unsupported",
+            "Service ports not programmed at the last sync because petrel cannot serve their protocol (SCTP)",
+            m.unsupported_ports.clone(),
+        );
+        registry.register(
+            "petrel_pod_interfaces_attached",
+            "Pod interfaces the TC programs were attached to, by what found them (kind: notification, scan)",
+            m.pods_attached.clone(),
         );
         registry.register(
             "petrel_frontends_refused",

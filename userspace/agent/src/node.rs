@@ -10,10 +10,13 @@ use k8s_openapi::api::core::v1::Node;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeFacts {
     pub name: String,
-    /// Addresses NodePorts are served on.
+    /// The node's primary addresses: `--node-ip`, else the Node's InternalIPs.
     pub ips: Vec<Ipv4Addr>,
     /// The Node's `topology.kubernetes.io/zone` label (topology-aware routing), if set.
     pub zone: Option<String>,
+    /// The addresses NodePorts are served on (`--nodeport-addresses` over the node's local
+    /// addresses, see `nodeport`); None: the primary addresses.
+    pub node_port_ips: Option<Vec<Ipv4Addr>>,
 }
 
 impl NodeFacts {
@@ -30,7 +33,13 @@ impl NodeFacts {
             name: name.to_string(),
             ips,
             zone: node.and_then(zone),
+            node_port_ips: None,
         }
+    }
+
+    /// The addresses NodePorts are served on.
+    pub fn node_port_ips(&self) -> &[Ipv4Addr] {
+        self.node_port_ips.as_deref().unwrap_or(&self.ips)
     }
 }
 

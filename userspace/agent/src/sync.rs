@@ -136,6 +136,22 @@ impl<S: MapStore> Syncer<S> {
             }
             s.adopted.insert(svc.frontend);
         }
+        // Source ranges of rev-NAT ids no frontend holds any more (the service went while no
+        // agent ran, or a sync stopped between its writes): removed now, so an id handed out
+        // again never inherits another service's allow-list.
+        let live: BTreeSet<u32> = s.rev_ids.values().copied().collect();
+        let stale: Vec<_> = (s.maps.store().src_ranges()?.into_iter())
+            .filter(|(id, _)| !live.contains(id))
+            .collect();
+        for (id, net) in &stale {
+            s.maps.store_mut().src_range_del(*id, *net)?;
+        }
+        if !stale.is_empty() {
+            tracing::info!(
+                entries = stale.len(),
+                "source ranges of services gone before this start removed"
+            );
+        }
         for b in s.maps.backends()? {
             if let (Some(addr), Some(proto)) = (b.addr, b.proto) {
                 s.backend_ids.insert(BackendKey { addr, proto }, b.id);
@@ -746,6 +762,28 @@ mod tests {
         // A frontend the maps hold that nothing wants any more is removed.
         let r = second.sync(&desired(vec![]));
         assert_eq!(r.removed, 1);
+    }
+
+    #[test]
+    fn a_restart_removes_the_source_ranges_of_rev_nat_ids_gone() {
+        let mut first = syncer(FakeMaps::new());
+        first.sync(&one_service());
+        let live = first.maps().dump().expect("dump")[0].rev_nat_id;
+        let net = |s: &str| s.parse::<ipnet::Ipv4Net>().expect("net");
+        let store = first.maps_mut().store_mut();
+        store
+            .src_range_put(live, net("203.0.113.0/24"))
+            .expect("put");
+        store
+            .src_range_put(live + 7, net("198.51.100.0/24"))
+            .expect("put");
+        let store = std::mem::take(first.maps_mut().store_mut());
+        let second = syncer(store);
+        assert_eq!(
+            second.maps().store().src_ranges().expect("ranges"),
+            [(live, net("203.0.113.0/24"))],
+            "the range of an id no frontend holds is gone; the live one stays"
+        );
     }
 
     #[test]

@@ -398,6 +398,7 @@ mod tests {
             name: "n1".into(),
             ips: vec![Ipv4Addr::new(192, 0, 2, 1)],
             zone: zone.map(str::to_string),
+            node_port_ips: None,
         }
     }
 

@@ -2,7 +2,9 @@
 //!
 //! The root must be a directory on a bpffs mount holding petrel's layout only: `maps/` with the
 //! versioned map pins of this release or an earlier one (`maps::ALL`, `maps::OBSOLETE`) and
-//! `links/` with the program link pins (`sock_*` for the cgroup, `tc_*@<interface>` for TC).
+//! `links/` with the program link pins (`sock_*` for the cgroup, `tc_*@<interface>` for TC) and
+//! `progs/` with the pod programs pinned for petrel-cni (`tc_pod_*`, and a `-new` pin an agent
+//! stopped half-way through replacing them may leave).
 //! Anything else there (another tool's pins, a typo'd root such as `/sys/fs/bpf` itself, an
 //! ordinary folder) refuses the whole cleanup before a single pin is removed. The folders are
 //! removed only when empty afterwards (`rmdir`), never recursively.
@@ -19,7 +21,7 @@ use crate::{datapath, maps, sys};
 pub struct Removed {
     /// Pins removed (maps and links), in the order removed.
     pub pins: Vec<PathBuf>,
-    /// Folders removed once empty (`links`, `maps`, the root).
+    /// Folders removed once empty (`links`, `progs`, `maps`, the root).
     pub dirs: Vec<PathBuf>,
 }
 
@@ -92,6 +94,12 @@ pub fn is_link_pin(name: &str) -> bool {
     })
 }
 
+/// Whether `name` is a program pin petrel creates for petrel-cni.
+pub fn is_prog_pin(name: &str) -> bool {
+    let name = name.strip_suffix("-new").unwrap_or(name);
+    datapath::POD_PROGRAMS.contains(&name)
+}
+
 /// The pins petrel would remove under `root`, or why it refuses. Reads only.
 pub fn plan(root: &Path) -> Result<Vec<PathBuf>, CleanupError> {
     let meta = match fs::symlink_metadata(root) {
@@ -119,6 +127,7 @@ pub fn plan(root: &Path) -> Result<Vec<PathBuf>, CleanupError> {
         let accept: fn(&str) -> bool = match name.as_ref() {
             "maps" if is_dir => is_map_pin,
             "links" if is_dir => is_link_pin,
+            "progs" if is_dir => is_prog_pin,
             _ => {
                 foreign.push(path);
                 continue;
@@ -171,7 +180,12 @@ pub fn remove(root: &Path) -> Result<Removed, CleanupError> {
             Err(e) => return Err(io_err("removing pin", &pin)(e)),
         }
     }
-    for dir in [root.join("links"), root.join("maps"), root.to_path_buf()] {
+    for dir in [
+        root.join("links"),
+        root.join("progs"),
+        root.join("maps"),
+        root.to_path_buf(),
+    ] {
         // Missing, or not empty (something was pinned meanwhile): left alone.
         if fs::remove_dir(&dir).is_ok() {
             removed.dirs.push(dir);
@@ -200,6 +214,16 @@ mod tests {
             "tc_external_egress@eth0%100",
         ] {
             assert!(is_link_pin(ok), "{ok}");
+        }
+        for ok in ["tc_pod_ingress", "tc_pod_egress", "tc_pod_egress-new"] {
+            assert!(is_prog_pin(ok), "{ok}");
+        }
+        for bad in [
+            "tc_external_ingress",
+            "tc_pod_ingress@pet1",
+            "sock_connect4",
+        ] {
+            assert!(!is_prog_pin(bad), "{bad}");
         }
         for bad in [
             "tc_pod_ingress@",

@@ -4,7 +4,9 @@
 //! `maps/<NAME>_V1` for the maps (pinned by name, re-used by the next load) and
 //! `links/<program>@<target>` for the links, so programs stay attached when the process that
 //! loaded them exits, and a new load swaps programs in place (BPF_LINK_UPDATE) without a moment
-//! detached.
+//! detached. `progs/` holds the two pod-facing TC programs, pinned for petrel-cni: it attaches
+//! them to a new pod's veth itself (see `attach_tc_ingress`), so a pod created while the agent
+//! is down is wired all the same.
 
 use std::{
     fs, io,
@@ -36,6 +38,9 @@ pub const PROG_TC_POD_INGRESS: &str = "tc_pod_ingress";
 pub const PROG_TC_EXTERNAL_INGRESS: &str = "tc_external_ingress";
 pub const PROG_TC_POD_EGRESS: &str = "tc_pod_egress";
 pub const PROG_TC_EXTERNAL_EGRESS: &str = "tc_external_egress";
+/// The programs pinned under `progs/` for petrel-cni, by name (what it attaches to a pod's
+/// host-side veth: ingress, then egress).
+pub const POD_PROGRAMS: [&str; 2] = [PROG_TC_POD_INGRESS, PROG_TC_POD_EGRESS];
 /// The socket-LB programs, attached together to one cgroup: the IPv4 hooks, and the IPv6 ones
 /// (which translate IPv4-mapped addresses on AF_INET6 sockets).
 pub const SOCK_PROGRAMS: [&str; 8] = [
@@ -212,21 +217,46 @@ impl Datapath {
     /// calling thread's network namespace, or swaps the program inside an existing pinned link.
     /// Its egress gets the program that tracks connections reaching the pod from outside the
     /// cluster (so masquerading leaves their answers alone). `Replaced` when either link was
-    /// swapped in place.
+    /// swapped in place (also when petrel-cni attached them first).
+    ///
+    /// WARNING: petrel-cni attaches the same programs to a new veth at ADD (`progs/`); both
+    /// sides hold an exclusive flock on `links/` from "is a link pinned?" to the pin, or a veth
+    /// could end up with the program attached twice (TCX runs every attached program).
     pub fn attach_tc_ingress(&mut self, iface: &str) -> Result<AttachOutcome, DatapathError> {
+        let links = self.root.join("links");
+        let _lock = lock_dir(&links).map_err(io_err("locking", &links))?;
         let ingress = self.attach_tc(PROG_TC_POD_INGRESS, iface, TcAttachType::Ingress)?;
         let egress = self.attach_tc(PROG_TC_POD_EGRESS, iface, TcAttachType::Egress)?;
         Ok(ingress.or(egress))
+    }
+
+    /// Pins the pod-facing programs of this load under `progs/` (replacing an earlier load's,
+    /// by an atomic rename), where petrel-cni finds them.
+    pub fn pin_pod_programs(&mut self) -> Result<(), DatapathError> {
+        let dir = self.root.join("progs");
+        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        for name in POD_PROGRAMS {
+            // bpffs refuses dots in names: the temporary pin is `<name>-new`.
+            let (tmp, pin) = (dir.join(format!("{name}-new")), dir.join(name));
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_err("removing", &tmp)(e));
+                }
+                _ => {}
+            }
+            let prog: &mut SchedClassifier = self.program(name)?;
+            prog.pin(&tmp)
+                .map_err(|e| io_err("pinning program at", &tmp)(io::Error::other(e.to_string())))?;
+            fs::rename(&tmp, &pin).map_err(io_err("renaming into place", &pin))?;
+        }
+        Ok(())
     }
 
     /// Removes the pinned pod-interface links whose interface is not in `existing` (the pod and
     /// its veth are gone; the kernel already detached the link, the pin only keeps it around).
     /// Returns the interfaces pruned.
     pub fn prune_pod_links(&self, existing: &std::collections::HashSet<String>) -> Vec<String> {
-        let prefixes = [
-            format!("{PROG_TC_POD_INGRESS}@"),
-            format!("{PROG_TC_POD_EGRESS}@"),
-        ];
+        let prefixes = POD_PROGRAMS.map(|p| format!("{p}@"));
         let mut pruned = Vec::new();
         let Ok(entries) = fs::read_dir(self.root.join("links")) else {
             return pruned;
@@ -271,6 +301,14 @@ impl Datapath {
             .join("links")
             .join(format!("{name}@{}", escape_iface(iface)));
         let prog: &mut SchedClassifier = self.program(name)?;
+        // A pin left by an earlier interface of the same name (a pod's veth deleted and made
+        // again): its link went with that device, so swapping a program into it would wire
+        // nothing. It is dropped and the new interface gets a link of its own.
+        if let (Some(pinned), Some(now)) = (pinned_link_ifindex(&link_path), ifindex(iface))
+            && pinned != now
+        {
+            fs::remove_file(&link_path).map_err(io_err("removing stale link pin", &link_path))?;
+        }
         let (id, outcome) = match take_pinned_link(&link_path)? {
             Some(old) => {
                 let old =
@@ -437,6 +475,40 @@ fn escape_iface(iface: &str) -> String {
 
 fn unescape_iface(pin: &str) -> String {
     pin.replace('%', ".")
+}
+
+/// The index of interface `iface` in the calling thread's namespace.
+fn ifindex(iface: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: a NUL-terminated name that outlives the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// The interface a pinned TCX link is attached to (0 once its device is gone); None when there
+/// is no such pin or it cannot be read.
+fn pinned_link_ifindex(pin: &Path) -> Option<u32> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let link = bpf_obj_get(pin).ok()?;
+    // struct bpf_link_info: u32 type, id, prog_id, then the union (8-aligned) whose tcx member
+    // starts with u32 ifindex.
+    let mut info = [0u64; 16];
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(link.as_raw_fd() as u32) | ((size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).ok()?;
+    Some(info[2] as u32)
+}
+
+/// An exclusive flock on the folder `dir`, held until the returned file is dropped (petrel-cni's
+/// `tcx::lock_links` takes the same lock).
+fn lock_dir(dir: &Path) -> io::Result<fs::File> {
+    let f = fs::File::open(dir)?;
+    // SAFETY: flock on an fd we own, for the life of `f`.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(f)
 }
 
 /// The link pinned at `path`, unpinned but kept alive by the returned fd; None when absent.

@@ -71,6 +71,31 @@ impl Socket {
             .collect())
     }
 
+    /// Every IPv4 address of this namespace's links (IFA_LOCAL: the address itself, also on
+    /// point-to-point links, whose IFA_ADDRESS is the peer's), sorted, without duplicates.
+    pub fn local_ipv4s(&mut self) -> Result<Vec<Ipv4Addr>> {
+        let mut out: Vec<Ipv4Addr> = self
+            .addr_dump(None)?
+            .iter()
+            .filter(|m| m.header.family == netlink_packet_route::AddressFamily::Inet)
+            .filter_map(|m| {
+                let local = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                });
+                local.or_else(|| {
+                    m.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                        _ => None,
+                    })
+                })
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
     /// The index of the link holding `addr` (the agent's uplink: where the node address lives).
     pub fn addr_link_of(&mut self, addr: Ipv4Addr) -> Result<Option<u32>> {
         Ok(self

@@ -9,6 +9,7 @@
 
 pub mod addr;
 pub mod error;
+pub mod events;
 pub mod link;
 pub mod neigh;
 pub mod netns;
@@ -18,6 +19,7 @@ pub mod socket;
 pub mod sysctl;
 
 pub use error::NetlinkError;
+pub use events::{Event, Events};
 
 pub use link::{LinkId, VethSpec, VxlanSpec};
 pub use netlink_packet_route as packet;

@@ -1,6 +1,6 @@
 //! `netctl explain`: which backend a flow gets and why, following the order of the datapath's own
-//! decision (ebpf/programs/src/lb.rs `select`): conntrack, scope, empty service, affinity, Maglev
-//! or random slot. WARNING: a change to that order in lb.rs must be made here too.
+//! decision (ebpf/programs/src/lb.rs `select`): conntrack, scope, source ranges, empty service,
+//! affinity, Maglev or random slot. WARNING: a change to that order in lb.rs must be made here too.
 
 use std::{
     fmt,
@@ -9,7 +9,7 @@ use std::{
 
 use petrel_common::{
     SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_DROP_EMPTY, SVC_F_MAGLEV,
-    SVC_F_TWO_SCOPES,
+    SVC_F_SRC_RANGES, SVC_F_TWO_SCOPES,
 };
 use serde::{Serialize, Serializer};
 
@@ -58,6 +58,19 @@ pub enum Step {
     },
     InternalScope,
     InternalScopeMissing,
+    /// loadBalancerSourceRanges: the client is inside `range` (the longest match).
+    SourceAllowed {
+        client: Ipv4Addr,
+        range: ipnet::Ipv4Net,
+    },
+    /// loadBalancerSourceRanges: the client is in none of the ranges.
+    SourceRefused {
+        client: Ipv4Addr,
+        ranges: usize,
+    },
+    /// loadBalancerSourceRanges with no client address (a socket-LB connect before the source
+    /// is known): left to the TC path.
+    SourceUnknown,
     EmptyDropped,
     EmptyRefused,
     AffinityHit {
@@ -119,6 +132,17 @@ impl fmt::Display for Step {
                 "a Local traffic policy splits the service: in-cluster traffic uses the internal backend set",
             ),
             Step::InternalScopeMissing => f.write_str("the internal scope is missing: refused"),
+            Step::SourceAllowed { client, range } => write!(
+                f,
+                "loadBalancerSourceRanges: {client} is inside {range}: allowed"
+            ),
+            Step::SourceRefused { client, ranges } => write!(
+                f,
+                "loadBalancerSourceRanges: {client} is in none of the {ranges} ranges: dropped (no reply, counted in drop_src_range)"
+            ),
+            Step::SourceUnknown => f.write_str(
+                "loadBalancerSourceRanges with no client address: socket-LB leaves the flow to the TC path, which checks its source",
+            ),
             Step::EmptyDropped => f.write_str("no backend under the Local traffic policy: dropped"),
             Step::EmptyRefused => f.write_str(
                 "no usable endpoint: refused (ICMP port unreachable / ECONNREFUSED)",
@@ -249,6 +273,36 @@ fn decide<S: MapStore>(
     } else {
         (ext, SCOPE_EXTERNAL)
     };
+    if svc.flags & SVC_F_SRC_RANGES != 0 {
+        let client_ip = *client.ip();
+        if client_ip.is_unspecified() {
+            steps.push(Step::SourceUnknown);
+            return Ok(None);
+        }
+        let ranges: Vec<ipnet::Ipv4Net> = store
+            .src_ranges()?
+            .into_iter()
+            .filter(|(id, _)| *id == svc.rev_nat_id)
+            .map(|(_, net)| net)
+            .collect();
+        match ranges
+            .iter()
+            .filter(|n| n.contains(&client_ip))
+            .max_by_key(|n| n.prefix_len())
+        {
+            Some(range) => steps.push(Step::SourceAllowed {
+                client: client_ip,
+                range: *range,
+            }),
+            None => {
+                steps.push(Step::SourceRefused {
+                    client: client_ip,
+                    ranges: ranges.len(),
+                });
+                return Ok(None);
+            }
+        }
+    }
     if svc.count == 0 {
         steps.push(if svc.flags & SVC_F_DROP_EMPTY != 0 {
             Step::EmptyDropped
@@ -311,4 +365,72 @@ fn decide<S: MapStore>(
         addrs: set.iter().filter_map(|b| b.addr).collect(),
     });
     Ok(if set.len() == 1 { set[0].addr } else { None })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use super::*;
+    use crate::{
+        maps::fake::FakeMaps,
+        model::{BackendSpec, Endpoint, Proto, ServiceEntry},
+    };
+
+    #[test]
+    fn source_ranges_are_a_step_of_the_decision() {
+        let mut maps = ServiceMaps::new(FakeMaps::new());
+        let backend = SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 1), 8080);
+        maps.upsert_backend(&BackendSpec {
+            id: 1,
+            addr: backend,
+            proto: Proto::Tcp,
+            terminating: false,
+            remote: false,
+        })
+        .expect("backend");
+        let fe = Frontend {
+            addr: Ipv4Addr::new(203, 0, 113, 10),
+            port: 80,
+            proto: Proto::Tcp,
+        };
+        maps.upsert_service(&ServiceEntry {
+            external: true,
+            source_ranges: vec![
+                "192.0.2.0/24".parse().expect("net"),
+                "192.0.2.128/25".parse().expect("net"),
+            ],
+            ..ServiceEntry::new(fe, 5, vec![Endpoint::ready(1)])
+        })
+        .expect("service");
+        let from = |ip: [u8; 4]| SocketAddrV4::new(Ipv4Addr::from(ip), 0);
+
+        let inside = maps
+            .explain(from([192, 0, 2, 200]), fe, true)
+            .expect("explain");
+        assert_eq!(inside.backend, Some(backend));
+        assert_eq!(
+            inside.steps[0].to_string(),
+            "loadBalancerSourceRanges: 192.0.2.200 is inside 192.0.2.128/25: allowed",
+            "the longest match is named"
+        );
+
+        let outside = maps
+            .explain(from([198, 51, 100, 1]), fe, true)
+            .expect("explain");
+        assert_eq!(outside.backend, None);
+        assert_eq!(
+            outside.steps,
+            [Step::SourceRefused {
+                client: Ipv4Addr::new(198, 51, 100, 1),
+                ranges: 2
+            }]
+        );
+        assert!(outside.steps[0].to_string().contains("dropped"));
+
+        let unknown = maps
+            .explain(from([0, 0, 0, 0]), fe, false)
+            .expect("explain");
+        assert_eq!(unknown.steps, [Step::SourceUnknown]);
+    }
 }
