@@ -297,6 +297,7 @@ mod tests {
             pod_cidr_file: dir.path().join("cni/pod-cidr"),
             conf_file: dir.path().join("net.d/05-petrel.conflist"),
             cni_version: contract::CONFLIST_CNI_VERSION.into(),
+            bpffs_root: contract::DEFAULT_BPFFS_ROOT.into(),
             refused: std::sync::Mutex::default(),
             metrics: Some(metrics.clone()),
             exclusive,

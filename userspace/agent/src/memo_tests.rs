@@ -152,6 +152,7 @@ impl Cluster {
             name: "n1".into(),
             ips: vec![Ipv4Addr::new(192, 168, 1, self.node_ip)],
             zone: None,
+            node_port_ips: None,
         };
         (
             self.services.iter().map(|(_, s)| s.clone()).collect(),
