@@ -32,7 +32,24 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    let services: Vec<_> = m.services.into_iter().map(Arc::new).collect();
+    // The agent's sources never hold two services with one namespace/name (the API server's
+    // keys; the manifest source refuses the later one, validate.rs): Memo keys services by it,
+    // so the comparison below is over what the sources can hand it, the first of each kept.
+    let mut ids = std::collections::HashSet::new();
+    let services: Vec<_> = m
+        .services
+        .into_iter()
+        .filter(|s| {
+            ids.insert((
+                s.metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                s.metadata.name.clone().unwrap_or_default(),
+            ))
+        })
+        .map(Arc::new)
+        .collect();
     let slices: Vec<_> = m.slices.into_iter().map(Arc::new).collect();
     let nodes: Vec<_> = m.nodes.into_iter().map(Arc::new).collect();
 

@@ -236,8 +236,9 @@ impl Memo {
                 for svc in r.part.health_checks.keys() {
                     self.desired.health_checks.remove(svc);
                 }
-                skipped_changed |=
-                    !r.part.skipped.is_empty() || !r.part.topology_fallbacks.is_empty();
+                skipped_changed |= !r.part.skipped.is_empty()
+                    || !r.part.unsupported.is_empty()
+                    || !r.part.topology_fallbacks.is_empty();
             }
             if let Some(r) = new {
                 for fe in r.part.frontends.keys() {
@@ -247,8 +248,9 @@ impl Memo {
                 self.desired
                     .health_checks
                     .extend(r.part.health_checks.iter().map(|(s, h)| (s.clone(), *h)));
-                skipped_changed |=
-                    !r.part.skipped.is_empty() || !r.part.topology_fallbacks.is_empty();
+                skipped_changed |= !r.part.skipped.is_empty()
+                    || !r.part.unsupported.is_empty()
+                    || !r.part.topology_fallbacks.is_empty();
                 self.services.insert(id.clone(), r);
             }
         }
@@ -259,6 +261,12 @@ impl Memo {
                 .flat_map(|r| r.part.skipped.iter().cloned())
                 .collect();
             self.desired.skipped.sort();
+            self.desired.unsupported = self
+                .services
+                .values()
+                .flat_map(|r| r.part.unsupported.iter().cloned())
+                .collect();
+            self.desired.unsupported.sort();
             self.desired.topology_fallbacks = self
                 .services
                 .values()
