@@ -255,24 +255,11 @@ impl Memo {
             }
         }
         if skipped_changed {
-            self.desired.skipped = self
-                .services
-                .values()
-                .flat_map(|r| r.part.skipped.iter().cloned())
-                .collect();
-            self.desired.skipped.sort();
-            self.desired.unsupported = self
-                .services
-                .values()
-                .flat_map(|r| r.part.unsupported.iter().cloned())
-                .collect();
-            self.desired.unsupported.sort();
-            self.desired.topology_fallbacks = self
-                .services
-                .values()
-                .flat_map(|r| r.part.topology_fallbacks.iter().cloned())
-                .collect();
-            self.desired.topology_fallbacks.sort();
+            // Each list gathered again from every service's part, sorted as `assemble` sorts.
+            let parts: Vec<&Desired> = self.services.values().map(|r| &r.part).collect();
+            self.desired.skipped = gathered(&parts, |p| &p.skipped);
+            self.desired.unsupported = gathered(&parts, |p| &p.unsupported);
+            self.desired.topology_fallbacks = gathered(&parts, |p| &p.topology_fallbacks);
         }
         self.decide(&changes.frontends);
         changes
@@ -322,4 +309,11 @@ impl Memo {
             self.desired.conflicts = all;
         }
     }
+}
+
+/// One list of every part's `list`, sorted.
+fn gathered<T: Clone + Ord>(parts: &[&Desired], list: impl Fn(&Desired) -> &Vec<T>) -> Vec<T> {
+    let mut all: Vec<T> = parts.iter().flat_map(|p| list(p).iter().cloned()).collect();
+    all.sort();
+    all
 }
