@@ -6,26 +6,17 @@
 //! Like [`Socket`](crate::Socket), a `DiagSocket` sees the namespace it was opened in: open it
 //! through [`Netns::enter`](crate::Netns::enter) to work on another.
 
-use std::{
-    io,
-    net::{IpAddr, SocketAddrV4},
-};
+use std::net::{IpAddr, SocketAddrV4};
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-    NetlinkSerializable,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP};
 use netlink_packet_sock_diag::{
     SockDiagDestroy, SockDiagMessage,
     constants::{AF_INET, IPPROTO_UDP},
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
 };
-use netlink_sys::{SocketAddr, protocols::NETLINK_SOCK_DIAG};
+use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 
-use crate::{NetlinkError, Result};
-
-/// Dumps fill datagrams up to 32 KiB (see `socket::RECV_BUF`).
-const RECV_BUF: usize = 64 * 1024;
+use crate::{NetlinkError, Result, socket::Channel};
 
 /// A connected IPv4 UDP socket as inet_diag shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,23 +47,14 @@ pub fn cookie_to_diag(cookie: u64) -> [u8; 8] {
 
 /// A NETLINK_SOCK_DIAG socket, in the namespace of the thread that opened it.
 pub struct DiagSocket {
-    sock: netlink_sys::Socket,
-    seq: u32,
-    buf: Vec<u8>,
+    chan: Channel,
 }
 
 impl DiagSocket {
     /// Opens one in the calling thread's network namespace.
     pub fn new() -> Result<DiagSocket> {
-        let err = |e| NetlinkError::new("opening", "a sock_diag netlink socket", e);
-        let mut sock = netlink_sys::Socket::new(NETLINK_SOCK_DIAG).map_err(err)?;
-        let kernel = SocketAddr::new(0, 0);
-        sock.bind(&kernel).map_err(err)?;
-        sock.connect(&kernel).map_err(err)?;
         Ok(DiagSocket {
-            sock,
-            seq: 0,
-            buf: vec![0; RECV_BUF],
+            chan: Channel::open(NETLINK_SOCK_DIAG, "a sock_diag netlink socket")?,
         })
     }
 
@@ -81,79 +63,42 @@ impl DiagSocket {
     pub fn udp4_connected(&mut self) -> Result<Vec<UdpSock>> {
         let req = udp4_request(StateFlags::ESTABLISHED, SocketId::new_v4());
         let mut out = Vec::new();
-        self.exchange(SockDiagMessage::InetRequest(req), NLM_F_DUMP, &mut |m| {
-            if let SockDiagMessage::InetResponse(r) = m {
-                let id = &r.header.socket_id;
-                if let (IpAddr::V4(src), IpAddr::V4(dst)) =
-                    (id.source_address, id.destination_address)
-                {
-                    out.push(UdpSock {
-                        src: SocketAddrV4::new(src, id.source_port),
-                        dst: SocketAddrV4::new(dst, id.destination_port),
-                        iface: id.interface_id,
-                        cookie: cookie_from_diag(id.cookie),
-                    });
+        self.chan
+            .exchange(SockDiagMessage::InetRequest(req), NLM_F_DUMP, &mut |m| {
+                if let SockDiagMessage::InetResponse(r) = m {
+                    let id = &r.header.socket_id;
+                    if let (IpAddr::V4(src), IpAddr::V4(dst)) =
+                        (id.source_address, id.destination_address)
+                    {
+                        out.push(UdpSock {
+                            src: SocketAddrV4::new(src, id.source_port),
+                            dst: SocketAddrV4::new(dst, id.destination_port),
+                            iface: id.interface_id,
+                            cookie: cookie_from_diag(id.cookie),
+                        });
+                    }
                 }
-            }
-        })
-        .map_err(|e| NetlinkError::new("dumping", "UDP sockets", e))?;
+            })
+            .map_err(|e| NetlinkError::new("dumping", "UDP sockets", e))?;
         Ok(out)
     }
 
     /// Destroys `s` (found by its addresses, interface and cookie, so a socket that closed and
     /// whose tuple was reused is not hit). ENOENT: it is already gone.
     pub fn destroy_udp4(&mut self, s: &UdpSock) -> Result<()> {
-        self.exchange(
-            SockDiagDestroy::new(SockDiagMessage::InetRequest(destroy_request(s))),
-            NLM_F_ACK,
-            &mut |_| {},
-        )
-        .map_err(|e| {
-            NetlinkError::new(
-                "destroying UDP socket",
-                format!("{} -> {}", s.src, s.dst),
-                e,
+        self.chan
+            .exchange(
+                SockDiagDestroy::new(SockDiagMessage::InetRequest(destroy_request(s))),
+                NLM_F_ACK,
+                &mut |_: SockDiagMessage| {},
             )
-        })
-    }
-
-    /// One request and its answer (DONE for a dump, the ACK or NACK otherwise).
-    fn exchange<M: NetlinkSerializable>(
-        &mut self,
-        msg: M,
-        flags: u16,
-        each: &mut dyn FnMut(SockDiagMessage),
-    ) -> io::Result<()> {
-        self.seq = self.seq.wrapping_add(1);
-        let req = encode(msg, flags, self.seq);
-        self.sock.send(&req, 0)?;
-        loop {
-            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
-            let mut at = 0;
-            while at < n {
-                let m = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[at..n])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                let len = m.header.length as usize;
-                if len == 0 {
-                    break;
-                }
-                at += (len + 3) & !3;
-                if m.header.sequence_number != self.seq {
-                    continue;
-                }
-                match m.payload {
-                    NetlinkPayload::Done(_) => return Ok(()),
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(()),
-                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-                        };
-                    }
-                    NetlinkPayload::InnerMessage(inner) => each(inner),
-                    _ => {}
-                }
-            }
-        }
+            .map_err(|e| {
+                NetlinkError::new(
+                    "destroying UDP socket",
+                    format!("{} -> {}", s.src, s.dst),
+                    e,
+                )
+            })
     }
 }
 
@@ -181,20 +126,12 @@ fn destroy_request(s: &UdpSock) -> InetRequest {
     )
 }
 
-fn encode<M: NetlinkSerializable>(msg: M, flags: u16, seq: u32) -> Vec<u8> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | flags;
-    header.sequence_number = seq;
-    let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-    packet.finalize();
-    let mut bytes = vec![0; packet.buffer_len()];
-    packet.serialize(&mut bytes);
-    bytes
-}
-
 #[cfg(test)]
 mod tests {
+    use netlink_packet_core::NLM_F_REQUEST;
+
     use super::*;
+    use crate::socket::encode;
 
     #[test]
     fn cookies_round_trip_in_inet_diag_order() {
@@ -239,7 +176,7 @@ mod tests {
 /// Needs no privilege: any process may dump its namespace's sockets.
 #[cfg(test)]
 mod kernel_tests {
-    use std::os::fd::AsRawFd as _;
+    use std::{io, os::fd::AsRawFd as _};
 
     use super::*;
 

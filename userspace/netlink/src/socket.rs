@@ -1,9 +1,13 @@
 //! One blocking NETLINK_ROUTE socket and the three exchanges petrel uses: a request answered by
 //! one message, a change answered by an ACK, and a dump answered by many messages and DONE.
+//! The request/answer loop itself is [`Channel`], which the sock_diag socket shares.
 
 use std::io;
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload, NetlinkSerializable,
+};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -16,23 +20,14 @@ const RECV_BUF: usize = 64 * 1024;
 /// A NETLINK_ROUTE socket, bound to the network namespace of the thread that opened it for its
 /// whole life (see `Netns::socket` to open one in another namespace).
 pub struct Socket {
-    sock: netlink_sys::Socket,
-    seq: u32,
-    buf: Vec<u8>,
+    chan: Channel,
 }
 
 impl Socket {
     /// Opens a socket in the calling thread's network namespace.
     pub fn new() -> Result<Socket> {
-        let err = |e| NetlinkError::new("opening", "a netlink socket", e);
-        let mut sock = netlink_sys::Socket::new(NETLINK_ROUTE).map_err(err)?;
-        let kernel = SocketAddr::new(0, 0);
-        sock.bind(&kernel).map_err(err)?;
-        sock.connect(&kernel).map_err(err)?;
         Ok(Socket {
-            sock,
-            seq: 0,
-            buf: vec![0; RECV_BUF],
+            chan: Channel::open(NETLINK_ROUTE, "a netlink socket")?,
         })
     }
 
@@ -44,7 +39,8 @@ impl Socket {
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<()> {
-        self.exchange(msg, NLM_F_ACK | flags, &mut |_| {})
+        self.chan
+            .exchange::<_, RouteNetlinkMessage>(msg, NLM_F_ACK | flags, &mut |_| {})
             .map_err(|e| NetlinkError::new(op, object.to_string(), e))
     }
 
@@ -57,10 +53,11 @@ impl Socket {
         msg: RouteNetlinkMessage,
     ) -> Result<RouteNetlinkMessage> {
         let mut out = None;
-        self.exchange(msg, 0, &mut |m| {
-            out.get_or_insert(m);
-        })
-        .map_err(|e| NetlinkError::new(op, object.to_string(), e))?;
+        self.chan
+            .exchange(msg, 0, &mut |m| {
+                out.get_or_insert(m);
+            })
+            .map_err(|e| NetlinkError::new(op, object.to_string(), e))?;
         out.ok_or_else(|| {
             NetlinkError::new(
                 op,
@@ -78,19 +75,50 @@ impl Socket {
         msg: RouteNetlinkMessage,
     ) -> Result<Vec<RouteNetlinkMessage>> {
         let mut out = Vec::new();
-        self.exchange(msg, NLM_F_DUMP, &mut |m| out.push(m))
+        self.chan
+            .exchange(msg, NLM_F_DUMP, &mut |m| out.push(m))
             .map_err(|e| NetlinkError::new(op, object.to_string(), e))?;
         Ok(out)
+    }
+}
+
+/// A netlink socket of any protocol connected to the kernel, and the one loop that sends a
+/// request and reads its answer: what [`Socket`] (rtnetlink) and
+/// [`DiagSocket`](crate::DiagSocket) (sock_diag) both are underneath.
+pub(crate) struct Channel {
+    sock: netlink_sys::Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Channel {
+    /// Opens a `protocol` socket in the calling thread's network namespace; `what` names it in
+    /// the error.
+    pub(crate) fn open(protocol: isize, what: &'static str) -> Result<Channel> {
+        let err = |e| NetlinkError::new("opening", what, e);
+        let mut sock = netlink_sys::Socket::new(protocol).map_err(err)?;
+        let kernel = SocketAddr::new(0, 0);
+        sock.bind(&kernel).map_err(err)?;
+        sock.connect(&kernel).map_err(err)?;
+        Ok(Channel {
+            sock,
+            seq: 0,
+            buf: vec![0; RECV_BUF],
+        })
     }
 
     /// One request and its whole answer: messages go to `each` until the answer ends (DONE for a
     /// dump, the ACK or NACK for a change, the single reply for a plain GET).
-    fn exchange(
+    pub(crate) fn exchange<M, R>(
         &mut self,
-        msg: RouteNetlinkMessage,
+        msg: M,
         flags: u16,
-        each: &mut dyn FnMut(RouteNetlinkMessage),
-    ) -> io::Result<()> {
+        each: &mut dyn FnMut(R),
+    ) -> io::Result<()>
+    where
+        M: NetlinkSerializable,
+        R: NetlinkDeserializable,
+    {
         self.seq = self.seq.wrapping_add(1);
         let req = encode(msg, flags, self.seq);
         self.sock.send(&req, 0)?;
@@ -100,8 +128,8 @@ impl Socket {
             let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
             let mut at = 0;
             while at < n {
-                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[at..n])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                let m = NetlinkMessage::<R>::deserialize(&self.buf[at..n])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 let len = m.header.length as usize;
                 if len == 0 {
                     break;
@@ -126,7 +154,6 @@ impl Socket {
                             return Ok(());
                         }
                     }
-                    NetlinkPayload::Noop | NetlinkPayload::Overrun(_) => {}
                     _ => {}
                 }
             }
@@ -135,10 +162,11 @@ impl Socket {
 }
 
 /// The bytes of one request.
-pub(crate) fn encode(msg: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
-    let mut packet = NetlinkMessage::from(msg);
-    packet.header.flags = NLM_F_REQUEST | flags;
-    packet.header.sequence_number = seq;
+pub(crate) fn encode<M: NetlinkSerializable>(msg: M, flags: u16, seq: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | flags;
+    header.sequence_number = seq;
+    let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
     packet.finalize();
     let mut bytes = vec![0; packet.buffer_len()];
     packet.serialize(&mut bytes);
