@@ -225,12 +225,21 @@ impl CtValue {
     }
 }
 
-/// Lifetimes of conntrack states, in seconds. The defaults are Cilium's.
+/// Lifetimes of conntrack states, in seconds. The defaults are Cilium's, and `tcp_time_wait`
+/// is Linux's TIME_WAIT (TCP_TIMEWAIT_LEN).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtLifetimes {
     pub tcp_established: u32,
     pub tcp_syn: u32,
+    /// After a RST.
     pub tcp_closing: u32,
+    /// After a FIN: the end that closed first holds the tuple in TIME_WAIT this long, and a new
+    /// connection translated onto it from another frontend (whose TCP timestamps the kernel
+    /// offsets differently) would be refused by PAWS there. Keeping the entry claims the
+    /// translated tuple, so such a connection gets another source port instead (netfilter keeps
+    /// its TIME_WAIT entries 120 s for the same reason). Under pressure the garbage collector
+    /// reclaims these after `tcp_closing`.
+    pub tcp_time_wait: u32,
     pub other: u32,
 }
 
@@ -239,18 +248,22 @@ impl CtLifetimes {
         tcp_established: 6 * 3600,
         tcp_syn: 60,
         tcp_closing: 10,
+        tcp_time_wait: 60,
         other: 60,
     };
 
     /// How long one direction of a connection lives after its last packet, given what was seen
-    /// in that direction: TCP closing once a FIN or RST went by, established once a segment with
-    /// ACK did, else still in its handshake; every other protocol one fixed time.
+    /// in that direction: TCP closing once a RST went by, in TIME_WAIT once a FIN did,
+    /// established once a segment with ACK did, else still in its handshake; every other
+    /// protocol one fixed time.
     #[inline(always)]
     pub fn of(&self, proto: u8, seen: u8) -> u32 {
         if proto != IPPROTO_TCP {
             self.other
-        } else if seen & (CT_SEEN_FIN | CT_SEEN_RST) != 0 {
+        } else if seen & CT_SEEN_RST != 0 {
             self.tcp_closing
+        } else if seen & CT_SEEN_FIN != 0 {
+            self.tcp_time_wait
         } else if seen & CT_SEEN_ACK != 0 {
             self.tcp_established
         } else {
@@ -405,6 +418,8 @@ pub mod config {
     /// translates in, the host's; both 0: every namespace.
     pub const SOCK_LB_NETNS_LO: u32 = 10;
     pub const SOCK_LB_NETNS_HI: u32 = 11;
+    /// Conntrack lifetime after a FIN (`CtLifetimes::tcp_time_wait`); 0 means the default.
+    pub const CT_TCP_TIME_WAIT_S: u32 = 12;
     pub const COUNT: u32 = 16;
 }
 
@@ -640,7 +655,8 @@ mod ct_tests {
         let l = CtLifetimes::DEFAULT;
         assert_eq!(l.of(IPPROTO_TCP, CT_SEEN_PKT | CT_SEEN_SYN), 60);
         assert_eq!(l.of(IPPROTO_TCP, CT_SEEN_SYN | CT_SEEN_ACK), 21600);
-        assert_eq!(l.of(IPPROTO_TCP, CT_SEEN_ACK | CT_SEEN_FIN), 10);
+        assert_eq!(l.of(IPPROTO_TCP, CT_SEEN_ACK | CT_SEEN_FIN), 60);
+        assert_eq!(l.of(IPPROTO_TCP, CT_SEEN_FIN | CT_SEEN_RST), 10);
         assert_eq!(l.of(IPPROTO_TCP, CT_SEEN_RST), 10);
         assert_eq!(l.of(IPPROTO_UDP, CT_SEEN_PKT), 60);
         assert_eq!(l.of(IPPROTO_ICMP, 0), 60);

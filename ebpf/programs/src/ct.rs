@@ -38,8 +38,10 @@ fn lifetime(proto: u8, seen: u8) -> u32 {
     let d = CtLifetimes::DEFAULT;
     let (slot, default) = if proto != IPPROTO_TCP {
         (config::CT_OTHER_S, d.other)
-    } else if seen & (CT_SEEN_FIN | CT_SEEN_RST) != 0 {
+    } else if seen & CT_SEEN_RST != 0 {
         (config::CT_TCP_CLOSING_S, d.tcp_closing)
+    } else if seen & CT_SEEN_FIN != 0 {
+        (config::CT_TCP_TIME_WAIT_S, d.tcp_time_wait)
     } else if seen & CT_SEEN_ACK != 0 {
         (config::CT_TCP_ESTABLISHED_S, d.tcp_established)
     } else {
@@ -109,6 +111,26 @@ pub fn hit(key: &CtKey, bits: u8, now: u32) -> Option<CtValue> {
         v.expires_s = expires;
     }
     Some(*v)
+}
+
+/// `hit` for a packet in the forward direction (the initiator's). A SYN without ACK on a
+/// connection that closed (a FIN or RST went either way) opens a new connection on the same
+/// tuple, as netfilter treats a SYN on a TIME_WAIT entry: the old pair goes, so the new one is
+/// balanced and tracked from its handshake rather than inheriting the old one's closing state.
+#[inline(always)]
+pub fn hit_forward(key: &CtKey, bits: u8, now: u32) -> Option<CtValue> {
+    if bits & CT_SEEN_SYN != 0 && bits & CT_SEEN_ACK == 0 {
+        // SAFETY: both copied out at once.
+        if let Some(v) = unsafe { CONNTRACK.get(key) }.copied() {
+            let closed = |seen: u8| seen & (CT_SEEN_FIN | CT_SEEN_RST) != 0;
+            let partner = unsafe { CONNTRACK.get(v.partner(key)) }.copied();
+            if closed(v.seen) || partner.is_some_and(|p| closed(p.seen)) {
+                remove(key, &v);
+                return None;
+            }
+        }
+    }
+    hit(key, bits, now)
 }
 
 /// Removes a connection: the entry and its partner.

@@ -66,7 +66,7 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
     // certain); otherwise it is re-balanced (a TCP flow then gets a reset from its new
     // backend, never a black hole or another service's pod).
     let key = nat::key(&f, CT_DIR_FORWARD);
-    if let Some(v) = ct::hit(&key, bits, now) {
+    if let Some(v) = ct::hit_forward(&key, bits, now) {
         if v.flags & CT_F_INBOUND != 0 {
             return Ok(TC_ACT_OK);
         }

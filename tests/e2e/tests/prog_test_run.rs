@@ -5,8 +5,8 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use petrel_common::{
-    CT_DIR_FORWARD, CT_DIR_REPLY, CT_SEEN_ACK, CT_SEEN_SYN, CtKey, CtValue, NAT_PORT_MAX_DEFAULT,
-    NAT_PORT_MIN_DEFAULT, config,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CT_SEEN_ACK, CT_SEEN_PKT, CT_SEEN_SYN, CtKey, CtValue,
+    NAT_PORT_MAX_DEFAULT, NAT_PORT_MIN_DEFAULT, config,
 };
 use petrel_datapath::{
     BackendSpec, Datapath, DatapathConfig, Endpoint, Frontend, Proto, ServiceEntry, ServiceMaps,
@@ -811,13 +811,29 @@ fn tcp_states_set_each_directions_lifetime() {
         let fwd = f.ct(TCP, client, vip, CT_DIR_FORWARD).unwrap();
         assert!(near(life(fwd), 21600), "established: {}s", life(fwd));
 
+        // A FIN: TIME_WAIT's 60 s, so the translated tuple stays claimed while an end holds it.
         f.run(false, &tcp(client, vip, ACK | 0x01));
         let fwd = f.ct(TCP, client, vip, CT_DIR_FORWARD).unwrap();
-        assert!(near(life(fwd), 10), "FIN: {}s", life(fwd));
+        assert!(near(life(fwd), 60), "FIN: {}s", life(fwd));
         // Closing stays closing.
         f.run(false, &tcp(client, vip, ACK));
         let fwd = f.ct(TCP, client, vip, CT_DIR_FORWARD).unwrap();
-        assert!(near(life(fwd), 10), "after FIN: {}s", life(fwd));
+        assert!(near(life(fwd), 60), "after FIN: {}s", life(fwd));
+        // A RST: the short closing lifetime.
+        f.run(false, &tcp(backend, client, 0x04));
+        let rev = f.ct(TCP, backend, client, CT_DIR_REPLY).unwrap();
+        assert!(near(life(rev), 10), "RST: {}s", life(rev));
+
+        // A new SYN on the closed connection's tuple starts a new connection: tracked from its
+        // handshake, nothing of the old one's state kept.
+        let (verdict, again) = f.run(false, &tcp(client, vip, SYN));
+        assert_eq!(verdict, OK);
+        assert_eq!(packet::parse(&again), out(TCP, client, backend).unwrap());
+        let fwd = f.ct(TCP, client, vip, CT_DIR_FORWARD).unwrap();
+        assert_eq!(fwd.seen, CT_SEEN_PKT | CT_SEEN_SYN, "a fresh connection");
+        assert!(near(life(fwd), 60), "new SYN: {}s", life(fwd));
+        let rev = f.ct(TCP, backend, client, CT_DIR_REPLY).unwrap();
+        assert_eq!(rev.seen, 0, "the new connection's reply entry");
 
         // The agent's lifetimes apply (here: UDP 5 s).
         f.maps

@@ -148,6 +148,7 @@ impl Agent {
             tcp_established_s = ct.lifetimes.tcp_established,
             tcp_syn_s = ct.lifetimes.tcp_syn,
             tcp_closing_s = ct.lifetimes.tcp_closing,
+            tcp_time_wait_s = ct.lifetimes.tcp_time_wait,
             other_s = ct.lifetimes.other,
             nat_ports = %ct.nat_ports,
             "connection tracking configured"

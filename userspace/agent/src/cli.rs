@@ -151,9 +151,15 @@ pub struct Cli {
     /// How long a TCP connection still in its handshake is tracked after its last packet.
     #[arg(long, value_parser = humantime_ms, default_value = "60s")]
     pub ct_tcp_syn_timeout: Duration,
-    /// How long a TCP connection is tracked after a FIN or RST.
+    /// How long a TCP connection is tracked after a RST (and, when the map is 90% full, after a
+    /// FIN: see --ct-tcp-time-wait-timeout).
     #[arg(long, value_parser = humantime_ms, default_value = "10s")]
     pub ct_tcp_closing_timeout: Duration,
+    /// How long a TCP connection is tracked after a FIN: as long as the end that closed first
+    /// holds the tuple in TIME_WAIT (Linux: 60 s), so a new connection translated onto the same
+    /// tuple gets another source port instead of being refused there (PAWS).
+    #[arg(long, value_parser = humantime_ms, default_value = "60s")]
+    pub ct_tcp_time_wait_timeout: Duration,
     /// How long a UDP or ICMP flow is tracked after its last packet.
     #[arg(long, value_parser = humantime_ms, default_value = "60s")]
     pub ct_other_timeout: Duration,
@@ -421,6 +427,11 @@ impl Cli {
             tcp_closing: seconds(
                 "ct-tcp-closing-timeout",
                 self.ct_tcp_closing_timeout,
+                1..=10 * MINUTE,
+            )?,
+            tcp_time_wait: seconds(
+                "ct-tcp-time-wait-timeout",
+                self.ct_tcp_time_wait_timeout,
                 1..=10 * MINUTE,
             )?,
             other: seconds("ct-other-timeout", self.ct_other_timeout, 1..=DAY)?,

@@ -20,7 +20,11 @@
 //!   connection while the backend exists, as under kube-proxy;
 //! - `Pressure`: the map is at least `PRESSURE_HIGH` full: unreplied connections (nothing came
 //!   back, e.g. a SYN flood's), soonest-expiring first, until it is at most `PRESSURE_LOW` full.
-//!   Replied connections are never taken for room (netfilter's early_drop makes the same choice).
+//!   Replied connections are never taken for room (netfilter's early_drop makes the same choice),
+//!   except closed ones: a connection closed by FINs both ways is kept for
+//!   `CtLifetimes::tcp_time_wait` (its translated tuple stays claimed while the peer holds it in
+//!   TIME_WAIT), but once the map is `TIME_WAIT_PRESSURE` full such connections whose last
+//!   packet is older than `tcp_closing` go too, the longest idle first, down to that fill.
 //!
 //! Affinity entries go when their backend is no longer in the service's slots, when the service
 //! is gone or has no affinity any more, or when their timeout ran out.
@@ -32,8 +36,9 @@ use std::{
 };
 
 use petrel_common::{
-    AffinityKey, AffinityValue, Backend, CT_DIR_FORWARD, CtKey, CtLifetimes, CtValue, IPPROTO_UDP,
-    RevNat, SVC_F_AFFINITY, ServiceKey, ServiceValue, config, ct_connection_over,
+    AffinityKey, AffinityValue, Backend, CT_DIR_FORWARD, CT_SEEN_FIN, CT_SEEN_RST, CtKey,
+    CtLifetimes, CtValue, IPPROTO_TCP, IPPROTO_UDP, RevNat, SVC_F_AFFINITY, ServiceKey,
+    ServiceValue, config, ct_connection_over,
 };
 
 use crate::maps::{MapStore, MapsError};
@@ -45,6 +50,10 @@ pub const ORPHAN_GRACE_S: u32 = 10;
 pub const PRESSURE_HIGH: f64 = 0.90;
 /// ... and the fill ratio they are removed down to.
 pub const PRESSURE_LOW: f64 = 0.80;
+/// Fill ratio above which connections closed by FINs both ways are kept only `tcp_closing`
+/// rather than `tcp_time_wait`: their claim on the translated tuple matters less than room for
+/// new connections between two sweeps.
+pub const TIME_WAIT_PRESSURE: f64 = 0.50;
 
 /// Why the collector removed an entry (the `reason` label of
 /// petrel_conntrack_gc_removed_total).
@@ -257,8 +266,10 @@ pub fn plan_ct(
         deletions: Vec::new(),
     };
     let mut done: BTreeSet<(u32, u32, u16, u16, u8, u8)> = BTreeSet::new();
-    // Replied-or-not connections that stay, for the pressure rule: (forward, reply).
+    // Connections that stay, for the pressure rules: (forward, reply). Unreplied ones, and
+    // closed ones (FIN both ways) past the closing lifetime, with their idle seconds.
     let mut unreplied: Vec<[(CtKey, CtValue); 2]> = Vec::new();
+    let mut lingering: Vec<(u32, [(CtKey, CtValue); 2])> = Vec::new();
     for k in keys {
         if done.contains(&order(k)) {
             continue;
@@ -292,7 +303,11 @@ pub fn plan_ct(
                 entries: vec![fwd, reply],
             }),
             None if reply.1.seen == 0 => unreplied.push([fwd, reply]),
-            None => {}
+            None => {
+                if let Some(idle) = time_wait_idle(&fwd, &reply, now_s, lifetimes) {
+                    lingering.push((idle, [fwd, reply]));
+                }
+            }
         }
     }
     let mut remaining = plan.entries - plan.removed();
@@ -314,7 +329,38 @@ pub fn plan_ct(
             });
         }
     }
+    if remaining as f64 > cap * TIME_WAIT_PRESSURE {
+        // The longest idle first.
+        lingering.sort_by_key(|(idle, [f, _])| (std::cmp::Reverse(*idle), order(&f.0)));
+        for (_, pair) in lingering {
+            if remaining as f64 <= cap * TIME_WAIT_PRESSURE {
+                break;
+            }
+            remaining -= 2;
+            plan.deletions.push(Deletion {
+                reason: Reason::Pressure,
+                entries: pair.to_vec(),
+            });
+        }
+    }
     plan
+}
+
+/// For a TCP connection closed by a FIN each way (and no RST): seconds since its last packet,
+/// if that is at least the closing lifetime (what it would have been kept without TIME_WAIT).
+fn time_wait_idle(
+    fwd: &(CtKey, CtValue),
+    reply: &(CtKey, CtValue),
+    now_s: u32,
+    lifetimes: &CtLifetimes,
+) -> Option<u32> {
+    let closed = |v: &CtValue| v.seen & CT_SEEN_FIN != 0 && v.seen & CT_SEEN_RST == 0;
+    if fwd.0.proto != IPPROTO_TCP || !closed(&fwd.1) || !closed(&reply.1) {
+        return None;
+    }
+    let idle =
+        idle_s(&fwd.0, &fwd.1, now_s, lifetimes).min(idle_s(&reply.0, &reply.1, now_s, lifetimes));
+    (idle >= lifetimes.tcp_closing).then_some(idle)
 }
 
 /// Decides which affinity entries go, and why. `now_ns` is CLOCK_MONOTONIC (bpf_ktime_get_ns).
@@ -365,6 +411,7 @@ pub fn lifetimes(store: &impl MapStore) -> Result<CtLifetimes, MapsError> {
         tcp_established: get(config::CT_TCP_ESTABLISHED_S, d.tcp_established)?,
         tcp_syn: get(config::CT_TCP_SYN_S, d.tcp_syn)?,
         tcp_closing: get(config::CT_TCP_CLOSING_S, d.tcp_closing)?,
+        tcp_time_wait: get(config::CT_TCP_TIME_WAIT_S, d.tcp_time_wait)?,
         other: get(config::CT_OTHER_S, d.other)?,
     })
 }

@@ -283,6 +283,8 @@ pub(super) struct Variant {
     pub(super) node: usize,
     pub(super) socket_lb: bool,
     pub(super) direct: bool,
+    /// Runs from the node's `tc_client` pod rather than its `client`.
+    pub(super) tc_client: bool,
 }
 
 pub(super) const VARIANTS: [Variant; 4] = [
@@ -291,24 +293,28 @@ pub(super) const VARIANTS: [Variant; 4] = [
         node: 0,
         socket_lb: false,
         direct: true,
+        tc_client: false,
     },
     Variant {
         name: "petrel socket-LB",
         node: 1,
         socket_lb: true,
         direct: false,
+        tc_client: false,
     },
     Variant {
         name: "petrel TC",
         node: 1,
         socket_lb: false,
         direct: false,
+        tc_client: true,
     },
     Variant {
         name: "kube-proxy iptables",
         node: 2,
         socket_lb: false,
         direct: false,
+        tc_client: false,
     },
 ];
 
@@ -451,8 +457,13 @@ pub(super) fn datapath(
             } else {
                 spread.clone()
             };
-            let conn = node.load(cg, "conn", &to, opts.secs);
-            let rr = node.load(cg, "rr", &to, opts.secs);
+            let client = if v.tc_client {
+                &node.tc_client
+            } else {
+                &node.client
+            };
+            let conn = super::topology::load(client, cg, "conn", &to, opts.secs);
+            let rr = super::topology::load(client, cg, "rr", &to, opts.secs);
             f.add(&conn, &rr);
         }
     }

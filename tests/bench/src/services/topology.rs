@@ -137,6 +137,13 @@ pub(super) struct Backend {
 pub(super) struct Node {
     pub(super) backends: Vec<Backend>,
     pub(super) client: NetNs,
+    /// A second client pod, for petrel's TC path: run from `client` right after the socket-LB
+    /// runs, its connections would land on the backends' TIME_WAIT sockets of those runs with
+    /// the same ports but TCP timestamps offset for another destination (the kernel offsets
+    /// them per address pair, and the socket-LB runs' pair is the backend's, the TC runs' the
+    /// VIP's), which the backends refuse (PAWS): a cost of mixing the two paths in one client
+    /// at tens of thousands of connections a second, not of either path.
+    pub(super) tc_client: NetNs,
     _ipam: tempfile::TempDir,
     pub(super) ns: NetNs,
 }
@@ -209,14 +216,18 @@ impl Node {
                 }
             })
             .collect();
-        let (client, _) = add("client");
-        // One client makes tens of thousands of connections a second: the whole port range, and
-        // ports in TIME_WAIT reused (the servers close first, so few are).
-        client.sysctl("net.ipv4.ip_local_port_range", "1024 65535");
-        client.sysctl("net.ipv4.tcp_tw_reuse", "1");
+        let client = |name: &str| {
+            let (client, _) = add(name);
+            // One client makes tens of thousands of connections a second: the whole port
+            // range, and ports in TIME_WAIT reused (the servers close first, so few are).
+            client.sysctl("net.ipv4.ip_local_port_range", "1024 65535");
+            client.sysctl("net.ipv4.tcp_tw_reuse", "1");
+            client
+        };
         Node {
             backends,
-            client,
+            client: client("client"),
+            tc_client: client("tcclient"),
             _ipam: ipam,
             ns,
         }
@@ -224,22 +235,6 @@ impl Node {
 
     pub(super) fn backend_ips(&self) -> Vec<Ipv4Addr> {
         self.backends.iter().map(|b| b.ip).collect()
-    }
-
-    /// Runs petrel-load `mode` (conn or rr) from the client pod against `addrs`.
-    pub(super) fn load(&self, cgroup: Option<&Path>, mode: &str, addrs: &str, secs: f64) -> Value {
-        let args: Vec<String> = vec![
-            mode.into(),
-            addrs.into(),
-            format!("--secs={secs}"),
-            format!("--concurrency={CONCURRENCY}"),
-        ];
-        let p = Proc::spawn(&self.client.path(), cgroup, &load_bin(), &args);
-        let log = p.log_tail();
-        let (ok, out) = p.finish();
-        assert!(ok, "petrel-load {mode} {addrs} failed: {out} {log}");
-        serde_json::from_str(out.trim())
-            .unwrap_or_else(|e| panic!("petrel-load output {out:?}: {e}"))
     }
 
     /// Starts a probe of `vip` from the client pod that ends when `expect` (or any backend)
@@ -314,4 +309,25 @@ pub(super) async fn create_services(
         .buffered(CREATE_PARALLELISM)
         .collect()
         .await
+}
+
+/// Runs petrel-load `mode` (conn or rr) from the client pod `client` against `addrs`.
+pub(super) fn load(
+    client: &NetNs,
+    cgroup: Option<&Path>,
+    mode: &str,
+    addrs: &str,
+    secs: f64,
+) -> Value {
+    let args: Vec<String> = vec![
+        mode.into(),
+        addrs.into(),
+        format!("--secs={secs}"),
+        format!("--concurrency={CONCURRENCY}"),
+    ];
+    let p = Proc::spawn(&client.path(), cgroup, &load_bin(), &args);
+    let log = p.log_tail();
+    let (ok, out) = p.finish();
+    assert!(ok, "petrel-load {mode} {addrs} failed: {out} {log}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("petrel-load output {out:?}: {e}"))
 }

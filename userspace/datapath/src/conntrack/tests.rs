@@ -342,6 +342,46 @@ fn under_pressure_unreplied_connections_go_soonest_expiring_first_and_replied_on
 }
 
 #[test]
+fn past_half_full_closed_connections_lose_their_time_wait_longest_idle_first() {
+    let m = maps();
+    let all = CT_SEEN_PKT | CT_SEEN_SYN | CT_SEEN_ACK;
+    // Closed by a FIN each way; `left` seconds of its 60 s TIME_WAIT to go.
+    let closed = |port: u16, left: i32| Flow {
+        fwd: (left, all | CT_SEEN_FIN),
+        reply: (left, all | CT_SEEN_FIN),
+        ..flow(2, port)
+    };
+    let half_closed = Flow {
+        reply: (30, all),
+        ..closed(3001, 30)
+    };
+    let mut flows: Vec<Flow> = (0..2).map(|i| flow(1, 1000 + i)).collect();
+    flows.extend([
+        closed(2001, 40), // idle 20 s
+        closed(2002, 10), // idle 50 s
+        closed(2003, 55), // idle 5 s: within the closing lifetime, kept
+        closed(2004, 30), // idle 30 s
+        half_closed,      // a FIN one way only: open, never taken
+    ]);
+    // 14 entries in 20 (70%): down to at most 50% (10 entries): the two longest idle go.
+    assert_eq!(
+        decided(&m, &flows, 20),
+        [(Reason::Pressure, 2002, 2), (Reason::Pressure, 2004, 2)]
+    );
+    // Half full or less: every closed connection keeps its TIME_WAIT.
+    assert!(decided(&m, &flows, 28).is_empty());
+    // However full: the recently closed one, the half-closed and the open ones stay.
+    assert_eq!(
+        decided(&m, &flows, 14),
+        [
+            (Reason::Pressure, 2001, 2),
+            (Reason::Pressure, 2002, 2),
+            (Reason::Pressure, 2004, 2)
+        ]
+    );
+}
+
+#[test]
 fn duplicates_from_a_restarted_iteration_count_once() {
     let m = maps();
     let mut entries: Vec<_> = Flow {

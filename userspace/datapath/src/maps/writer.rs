@@ -92,6 +92,8 @@ impl<S: MapStore> ServiceMaps<S> {
         self.store.config_set(config::CT_TCP_SYN_S, l.tcp_syn)?;
         self.store
             .config_set(config::CT_TCP_CLOSING_S, l.tcp_closing)?;
+        self.store
+            .config_set(config::CT_TCP_TIME_WAIT_S, l.tcp_time_wait)?;
         self.store.config_set(config::CT_OTHER_S, l.other)
     }
 
