@@ -114,19 +114,29 @@ pub fn hit(key: &CtKey, bits: u8, now: u32) -> Option<CtValue> {
 }
 
 /// `hit` for a packet in the forward direction (the initiator's). A SYN without ACK on a
-/// connection that closed (a FIN or RST went either way) opens a new connection on the same
-/// tuple, as netfilter treats a SYN on a TIME_WAIT entry: the old pair goes, so the new one is
-/// balanced and tracked from its handshake rather than inheriting the old one's closing state.
+/// connection that closed (a FIN or RST went either way) reopens it on the same tuple, as
+/// netfilter treats a SYN on a TIME_WAIT entry, but keeps its translation: the state starts
+/// again from the handshake (so the new connection does not inherit a closing lifetime), while
+/// the backend and any remapped source port stay, so the backend's TIME_WAIT socket on that
+/// tuple sees the same client (and the same timestamp offset) and accepts the SYN. Forgetting
+/// the pair instead would free its remapped port for another frontend's flow, which that
+/// TIME_WAIT socket would refuse (PAWS).
 #[inline(always)]
 pub fn hit_forward(key: &CtKey, bits: u8, now: u32) -> Option<CtValue> {
     if bits & CT_SEEN_SYN != 0 && bits & CT_SEEN_ACK == 0 {
-        // SAFETY: both copied out at once.
-        if let Some(v) = unsafe { CONNTRACK.get(key) }.copied() {
-            let closed = |seen: u8| seen & (CT_SEEN_FIN | CT_SEEN_RST) != 0;
-            let partner = unsafe { CONNTRACK.get(v.partner(key)) }.copied();
-            if closed(v.seen) || partner.is_some_and(|p| closed(p.seen)) {
-                remove(key, &v);
-                return None;
+        let closed = |seen: u8| seen & (CT_SEEN_FIN | CT_SEEN_RST) != 0;
+        if let Some(p) = CONNTRACK.get_ptr_mut(key) {
+            // SAFETY: valid pointers into map values for this program run; only the seen bits
+            // are written, which concurrent writers only add to.
+            unsafe {
+                let partner = CONNTRACK.get_ptr_mut((*p).partner(key));
+                let partner_closed = partner.is_some_and(|r| closed((*r).seen));
+                if closed((*p).seen) || partner_closed {
+                    (*p).seen = 0;
+                    if let Some(r) = partner {
+                        (*r).seen = 0;
+                    }
+                }
             }
         }
     }

@@ -824,8 +824,8 @@ fn tcp_states_set_each_directions_lifetime() {
         let rev = f.ct(TCP, backend, client, CT_DIR_REPLY).unwrap();
         assert!(near(life(rev), 10), "RST: {}s", life(rev));
 
-        // A new SYN on the closed connection's tuple starts a new connection: tracked from its
-        // handshake, nothing of the old one's state kept.
+        // A new SYN on the closed connection's tuple reopens it: tracked from its handshake,
+        // to the same backend and port.
         let (verdict, again) = f.run(false, &tcp(client, vip, SYN));
         assert_eq!(verdict, OK);
         assert_eq!(packet::parse(&again), out(TCP, client, backend).unwrap());
