@@ -4,6 +4,7 @@
 //! client. The API server runs in the node's namespace, as the agent reaches it on 127.0.0.1.
 
 use std::{
+    collections::BTreeSet,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
     sync::Arc,
@@ -355,6 +356,85 @@ fn esipp_should_work_for_type_loadbalancer_health_check_node_port() {
                 f.ext_http(hc)
                     .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
             });
+        })
+        .await;
+        drop(agent);
+        drop(server);
+    });
+}
+
+/// Mirrors upstream's [sig-network] Services "should be able to switch session affinity for
+/// NodePort service" (test/e2e/network/service.go): with sessionAffinity ClientIP every
+/// connection from one client outside the node reaches one backend; switched to None through
+/// the API, the connections spread over both backends.
+#[test]
+fn should_be_able_to_switch_session_affinity_for_nodeport_service() {
+    let f = Arc::new(Fixture::new());
+    in_node(&f, |f| async move {
+        let server = KubeApiServer::start().await;
+        let client = server.client().await;
+        create_node(&client).await;
+        let services: Api<Service> = Api::namespaced(client.clone(), "default");
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+        let mut svc = objects::service("affinity", None);
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.type_ = Some("NodePort".into());
+            spec.session_affinity = Some("ClientIP".into());
+        }
+        let created = services
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("service");
+        slices
+            .create(
+                &PostParams::default(),
+                &slice("affinity", &[(B0, "n1", true), (B1, "n1", true)]),
+            )
+            .await
+            .expect("slice");
+        let np = SocketAddrV4::new(NODE_IP, node_port(&created));
+        let agent = f.agent(&server, &[]);
+        check(&f, move |f| {
+            eventually("the NodePort has affinity", 30, || {
+                f.frontend(np)
+                    .is_some_and(|s| s["affinity_timeout_s"] == 10800)
+            });
+            // Upstream's checkAffinity(true): every answer from one backend.
+            let seen: BTreeSet<String> = f
+                .ext_servers(np, 15)
+                .into_iter()
+                .map(|r| r.server)
+                .collect();
+            assert_eq!(seen.len(), 1, "one client, one backend: {seen:?}");
+        })
+        .await;
+
+        let mut current = services.get("affinity").await.expect("get service");
+        if let Some(spec) = current.spec.as_mut() {
+            spec.session_affinity = Some("None".into());
+            spec.session_affinity_config = None;
+        }
+        services
+            .replace("affinity", &PostParams::default(), &current)
+            .await
+            .expect("replace service");
+        check(&f, move |f| {
+            eventually("the NodePort has no affinity", 15, || {
+                f.frontend(np)
+                    .is_some_and(|s| s["affinity_timeout_s"].is_null())
+            });
+            // checkAffinity(false): not every answer from one backend. 30 connections from new
+            // source ports, two backends: all on one would be a 1 in 2^29 chance.
+            let seen: BTreeSet<String> = f
+                .ext_servers(np, 30)
+                .into_iter()
+                .map(|r| r.server)
+                .collect();
+            assert_eq!(
+                seen,
+                BTreeSet::from(["b0".to_string(), "b1".to_string()]),
+                "spread over the backends"
+            );
         })
         .await;
         drop(agent);
