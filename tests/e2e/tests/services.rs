@@ -98,18 +98,17 @@ impl Fixture {
 
     /// GET / on `to` from the external host: the raw answer (status line, headers, body).
     fn ext_http(&self, to: SocketAddrV4) -> std::io::Result<String> {
-        let ns = self.node.externals[0].path();
-        std::thread::spawn(move || {
-            enter(&ns);
-            let mut s = TcpStream::connect_timeout(&to.into(), pod::TIMEOUT)?;
-            s.set_read_timeout(Some(pod::TIMEOUT))?;
-            s.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        })
-        .join()
-        .expect("http thread")
+        http_from(self.node.externals[0].path(), to, "/")
+    }
+
+    /// GET `path` on the agent's port `port` (10249, 10256), from inside the node.
+    fn agent_http(&self, port: u16, path: &str) -> String {
+        http_from(
+            self.node.ns.path(),
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+            path,
+        )
+        .expect("the agent answers")
     }
 
     /// `n` connections from the external host to `to`: which backends answered.
@@ -151,6 +150,22 @@ impl Fixture {
             })
             .cloned()
     }
+}
+
+/// GET `path` on `to` from the namespace at `ns`: the raw answer (status line, headers, body).
+fn http_from(ns: std::path::PathBuf, to: SocketAddrV4, path: &str) -> std::io::Result<String> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n");
+    std::thread::spawn(move || {
+        enter(&ns);
+        let mut s = TcpStream::connect_timeout(&to.into(), pod::TIMEOUT)?;
+        s.set_read_timeout(Some(pod::TIMEOUT))?;
+        s.write_all(request.as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .join()
+    .expect("http thread")
 }
 
 /// Runs `body` on a tokio runtime whose threads live in the node's namespace (where the API
@@ -232,11 +247,28 @@ fn esipp_should_work_for_type_loadbalancer_health_check_node_port() {
         create_node(&client).await;
         let services: Api<Service> = Api::namespaced(client.clone(), "default");
         let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-        let mut svc = objects::service("web", None);
-        if let Some(spec) = svc.spec.as_mut() {
-            spec.type_ = Some("LoadBalancer".into());
-            spec.external_traffic_policy = Some("Local".into());
-        }
+        let local_lb = |name: &str, hc_port: Option<i32>| {
+            let mut svc = objects::service(name, None);
+            if let Some(spec) = svc.spec.as_mut() {
+                spec.type_ = Some("LoadBalancer".into());
+                spec.external_traffic_policy = Some("Local".into());
+                spec.health_check_node_port = hc_port;
+            }
+            svc
+        };
+        // Bad input: another service's healthCheckNodePort (asked for, before web's are
+        // allocated) is held by another process on the node address.
+        let squatted_port = 31999;
+        services
+            .create(
+                &PostParams::default(),
+                &local_lb("squatted", Some(squatted_port)),
+            )
+            .await
+            .expect("service with a requested healthCheckNodePort");
+        let squatted = SocketAddrV4::new(NODE_IP, squatted_port as u16);
+        let squatter = std::net::TcpListener::bind(squatted).expect("bind in the node");
+        let svc = local_lb("web", None);
         let created = services
             .create(&PostParams::default(), &svc)
             .await
@@ -266,7 +298,16 @@ fn esipp_should_work_for_type_loadbalancer_health_check_node_port() {
             )
             .await
             .expect("slice");
-        let agent = f.agent(&server, &["--nodeport-addresses", "10.99.0.0/24"]);
+        // A short resync: a freed port is bound at the next sync.
+        let agent = f.agent(
+            &server,
+            &[
+                "--nodeport-addresses",
+                "10.99.0.0/24",
+                "--sync-period",
+                "2s",
+            ],
+        );
         let hc = SocketAddrV4::new(NODE_IP, hc_port);
 
         check(&f, move |f| {
@@ -326,6 +367,35 @@ fn esipp_should_work_for_type_loadbalancer_health_check_node_port() {
                     .expect("still served")
                     .starts_with("HTTP/1.1 200")
             );
+            // The held port: counted, never a 503 on /healthz, the other service served.
+            let metrics = f.agent_http(10249, "/metrics");
+            assert!(
+                metrics.contains("petrel_health_check_node_ports_failed 1"),
+                "{metrics}"
+            );
+            assert!(
+                metrics.contains("petrel_health_check_node_ports_open 1"),
+                "{metrics}"
+            );
+            let healthz = f.agent_http(10256, "/healthz");
+            assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+        })
+        .await;
+        let log = agent.log();
+        assert!(
+            log.lines().any(|l| l.contains("WARN")
+                && l.contains("default/squatted")
+                && l.contains("31999")),
+            "a warning names the service and its port:\n{log}"
+        );
+        // The other process lets go: the next sync serves it (no local endpoint: 503).
+        drop(squatter);
+        check(&f, move |f| {
+            eventually("the freed port is served", 15, || {
+                f.ext_http(squatted).is_ok_and(|a| {
+                    a.starts_with("HTTP/1.1 503") && a.contains("\"name\": \"squatted\"")
+                })
+            });
         })
         .await;
 
