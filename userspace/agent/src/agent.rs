@@ -181,13 +181,10 @@ impl Agent {
             adopted_backends,
             "datapath loaded; adopting what the pins hold"
         );
-        // kube-proxy listens on 0.0.0.0 unless --nodeport-addresses narrows NodePorts; petrel's
-        // --node-ip is that narrowing.
-        let hc_addrs = if cli.node_ips.is_empty() {
-            vec![std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
-        } else {
-            cli.node_ips.iter().map(|ip| (*ip).into()).collect()
-        };
+        // Where health check node ports listen (kube-proxy's rule): 0.0.0.0 unless
+        // --nodeport-addresses narrows NodePorts; then the NodePort addresses, set at every sync.
+        let nodeport = cli.nodeport_addresses()?;
+        let hc_addrs = crate::service_health::listen_addrs(&nodeport, &[]);
         let cni_files = CniFiles {
             pod_cidr_file: cli.pod_cidr_file.clone(),
             conf_file: cli.cni_conf_file.clone(),
@@ -208,7 +205,7 @@ impl Agent {
             pods: PodInterfaces::new(cli.pod_interface_prefix.clone()),
             node_name: cli.node_name.clone().unwrap_or_default(),
             node_ips: cli.node_ips.clone(),
-            nodeport: cli.nodeport_addresses()?,
+            nodeport,
             cluster_cidr: cli.cluster_cidr,
             options: cli.options(),
             route_settings: cli.route_settings(),
@@ -353,6 +350,11 @@ impl Agent {
             m.sync_errors.inc();
         }
         m.update_gauges(&self.syncer);
+        self.service_health
+            .set_addrs(crate::service_health::listen_addrs(
+                &self.nodeport,
+                node.node_port_ips(),
+            ));
         let hc = self.service_health.sync(&desired.health_checks).await;
         m.hc_ports_open.set(hc.open as i64);
         m.hc_ports_failed.set(hc.failed.len() as i64);

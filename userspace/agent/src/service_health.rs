@@ -4,14 +4,18 @@
 //! of the service (and the proxier is healthy), else 503, so a load balancer sends only to nodes
 //! that can serve the traffic without leaving the node.
 //!
-//! Listeners open and close as services come and go (and move when the port changes). A port
-//! that cannot be bound (another process holds it) is logged, counted and tried again at every
+//! Listeners open and close as services come and go (and move when the port changes). They
+//! listen where kube-proxy's do (newServiceHealthServer): on 0.0.0.0 when
+//! `--nodeport-addresses` matches every address, else on each NodePort address; unlike
+//! kube-proxy, which reads them once at start, they follow the addresses at every sync (an
+//! address added gets a listener, one removed loses it, the others stay open). A port that
+//! cannot be bound (another process holds it) is logged, counted and tried again at every
 //! sync; it never fails the sync or the agent's health.
 
 use std::{
     collections::BTreeMap,
     convert::Infallible,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -23,36 +27,58 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::{
     desired::{HealthCheck, ServiceRef},
     health::ProxierHealth,
+    nodeport::NodePortAddresses,
 };
 
 /// Local ready endpoints per service, shared with the HTTP handlers.
 type Counts = Arc<RwLock<BTreeMap<ServiceRef, usize>>>;
 
-/// One service's listeners (one per address). Dropping it closes them, and the connections
-/// they accepted.
-struct Instance {
-    port: u16,
-    tasks: Vec<JoinHandle<()>>,
-    addrs: Vec<SocketAddr>,
+/// Where health check node ports listen, as kube-proxy decides: 0.0.0.0 when
+/// `--nodeport-addresses` matches every local address, else the addresses NodePorts are served
+/// on (`node_port_ips`, out of `NodePortAddresses::select`), which may be none.
+pub fn listen_addrs(nodeport: &NodePortAddresses, node_port_ips: &[Ipv4Addr]) -> Vec<IpAddr> {
+    if nodeport.match_all() {
+        return vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)];
+    }
+    let mut out: Vec<IpAddr> = node_port_ips.iter().map(|ip| (*ip).into()).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
-impl Instance {
-    /// Closes the listeners and waits until their sockets are gone, so the port can be bound
-    /// again at once (by another service that now has it, in the same sync).
+/// One address's listener. Dropping it closes it, and the connections it accepted.
+struct Listener {
+    local: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Listener {
+    /// Closes the listener and waits until its socket is gone, so the port can be bound again
+    /// at once (by another service that now has it, or on 0.0.0.0 in the same sync).
     async fn close(mut self) {
-        for t in std::mem::take(&mut self.tasks) {
-            t.abort();
-            // A cancelled task's future (which owns the listener) is dropped before its
-            // handle resolves.
-            let _ = t.await;
-        }
+        self.task.abort();
+        // A cancelled task's future (which owns the listener) is dropped before its handle
+        // resolves.
+        let _ = (&mut self.task).await;
     }
 }
 
-impl Drop for Instance {
+impl Drop for Listener {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
+        self.task.abort();
+    }
+}
+
+/// One service's listeners, one per address.
+struct Instance {
+    port: u16,
+    listeners: BTreeMap<IpAddr, Listener>,
+}
+
+impl Instance {
+    async fn close(mut self) {
+        for (_, l) in std::mem::take(&mut self.listeners) {
+            l.close().await;
         }
     }
 }
@@ -62,21 +88,23 @@ impl Drop for Instance {
 pub struct HealthSyncReport {
     pub opened: usize,
     pub closed: usize,
-    /// Services whose port could not be bound, with the port and why.
+    /// Services already served whose listeners followed a change of the addresses.
+    pub moved: usize,
+    /// Services not served on every address (another process holds the port, or no address
+    /// matches `--nodeport-addresses`), with the port and why.
     pub failed: Vec<(ServiceRef, u16, String)>,
-    /// Services served after the sync.
+    /// Services served after the sync (on one address at least).
     pub open: usize,
 }
 
 pub struct ServiceHealthServer {
-    /// Where every health check port listens: 0.0.0.0, or the addresses NodePorts are served on
-    /// when they are given (as kube-proxy does with --nodeport-addresses).
+    /// Where every health check port listens (`listen_addrs`).
     addrs: Vec<IpAddr>,
     proxier: Arc<ProxierHealth>,
     counts: Counts,
     open: BTreeMap<ServiceRef, Instance>,
-    /// Services whose port could not be bound at the last sync: a failure is logged as a
-    /// warning once per port, then at debug level while it lasts.
+    /// Services not fully served at the last sync: a failure is logged as a warning once per
+    /// port, then at debug level while it lasts.
     failed: BTreeMap<ServiceRef, u16>,
 }
 
@@ -91,8 +119,22 @@ impl ServiceHealthServer {
         }
     }
 
-    /// Serves exactly the services in `wanted`, with their local endpoint counts: closes first,
-    /// then opens (a port one service gave up can be another's in the same sync).
+    /// Sets where the ports listen from the next `sync` on (`listen_addrs`'s answer).
+    pub fn set_addrs(&mut self, addrs: Vec<IpAddr>) {
+        if addrs != self.addrs {
+            tracing::info!(from = ?self.addrs, to = ?addrs, "health check node ports follow the NodePort addresses");
+            if addrs.is_empty() {
+                tracing::warn!(
+                    "no local address matches --nodeport-addresses: health check node ports are served nowhere"
+                );
+            }
+            self.addrs = addrs;
+        }
+    }
+
+    /// Serves exactly the services in `wanted`, with their local endpoint counts, on the
+    /// current addresses: closes first, then opens (a port one service gave up can be
+    /// another's in the same sync, and 0.0.0.0 can replace the addresses it covers).
     pub async fn sync(&mut self, wanted: &BTreeMap<ServiceRef, HealthCheck>) -> HealthSyncReport {
         let mut report = HealthSyncReport::default();
         // Counts first: a listener opened below answers with this sync's count at once.
@@ -113,28 +155,74 @@ impl ServiceHealthServer {
                 report.closed += 1;
             }
         }
-        self.failed.retain(|svc, _| wanted.contains_key(svc));
-        for (svc, hc) in wanted {
-            if self.open.contains_key(svc) {
-                continue;
-            }
-            match self.listen(svc, hc.port) {
-                Ok(inst) => {
-                    tracing::info!(service = %svc, port = hc.port, addrs = ?inst.addrs, "serving health check node port");
-                    self.open.insert(svc.clone(), inst);
-                    self.failed.remove(svc);
-                    report.opened += 1;
-                }
-                Err(e) => {
-                    if self.failed.insert(svc.clone(), hc.port) != Some(hc.port) {
-                        tracing::warn!(service = %svc, port = hc.port, error = %e, "cannot bind the health check node port: load balancers will see this node as down for the service; retried at every sync");
-                    } else {
-                        tracing::debug!(service = %svc, port = hc.port, error = %e, "health check node port still cannot be bound");
-                    }
-                    report.failed.push((svc.clone(), hc.port, e.to_string()));
+        // Addresses no longer wanted, on every service, before any bind.
+        let mut moved = std::collections::BTreeSet::new();
+        for (svc, inst) in &mut self.open {
+            let stale: Vec<IpAddr> = inst
+                .listeners
+                .keys()
+                .filter(|ip| !self.addrs.contains(ip))
+                .copied()
+                .collect();
+            for ip in stale {
+                if let Some(l) = inst.listeners.remove(&ip) {
+                    l.close().await;
+                    moved.insert(svc.clone());
                 }
             }
         }
+        self.failed.retain(|svc, _| wanted.contains_key(svc));
+        for (svc, hc) in wanted {
+            let was_open = self.open.contains_key(svc);
+            let inst = self.open.entry(svc.clone()).or_insert_with(|| Instance {
+                port: hc.port,
+                listeners: BTreeMap::new(),
+            });
+            let mut error = self
+                .addrs
+                .is_empty()
+                .then(|| "no local address matches --nodeport-addresses".to_string());
+            let mut added = false;
+            for ip in &self.addrs {
+                if inst.listeners.contains_key(ip) {
+                    continue;
+                }
+                match bind(*ip, hc.port, svc, &self.counts, &self.proxier) {
+                    Ok(l) => {
+                        inst.listeners.insert(*ip, l);
+                        added = true;
+                    }
+                    Err(e) => {
+                        error.get_or_insert(format!("{ip}: {e}"));
+                    }
+                }
+            }
+            let addrs: Vec<SocketAddr> = inst.listeners.values().map(|l| l.local).collect();
+            if addrs.is_empty() {
+                self.open.remove(svc);
+                moved.remove(svc);
+            } else if !was_open {
+                tracing::info!(service = %svc, port = hc.port, ?addrs, "serving health check node port");
+                report.opened += 1;
+            } else if added || moved.contains(svc) {
+                tracing::info!(service = %svc, port = hc.port, ?addrs, "health check node port moved with the NodePort addresses");
+                moved.insert(svc.clone());
+            }
+            match error {
+                None => {
+                    self.failed.remove(svc);
+                }
+                Some(e) => {
+                    if self.failed.insert(svc.clone(), hc.port) != Some(hc.port) {
+                        tracing::warn!(service = %svc, port = hc.port, error = %e, served_on = ?addrs, "cannot serve the health check node port on every address: load balancers probing the others see this node as down for the service; retried at every sync");
+                    } else {
+                        tracing::debug!(service = %svc, port = hc.port, error = %e, "health check node port still not served on every address");
+                    }
+                    report.failed.push((svc.clone(), hc.port, e));
+                }
+            }
+        }
+        report.moved = moved.len();
         report.open = self.open.len();
         report
     }
@@ -143,31 +231,30 @@ impl ServiceHealthServer {
     pub fn local_addrs(&self, svc: &ServiceRef) -> Vec<SocketAddr> {
         self.open
             .get(svc)
-            .map(|i| i.addrs.clone())
+            .map(|i| i.listeners.values().map(|l| l.local).collect())
             .unwrap_or_default()
     }
+}
 
-    /// Binds `port` on every address, or none of them: a partial set is closed again (dropping
-    /// `inst`) so that the next try starts clean.
-    fn listen(&self, svc: &ServiceRef, port: u16) -> std::io::Result<Instance> {
-        let mut inst = Instance {
-            port,
-            tasks: Vec::new(),
-            addrs: Vec::new(),
-        };
-        for ip in &self.addrs {
-            // std sets SO_REUSEADDR, as Go's net.Listen does: a port closed a moment ago (its
-            // connections in TIME_WAIT) can be bound again at once.
-            let l = std::net::TcpListener::bind(SocketAddr::new(*ip, port))?;
-            l.set_nonblocking(true)?;
-            let l = tokio::net::TcpListener::from_std(l)?;
-            inst.addrs.push(l.local_addr()?);
-            let (svc, counts, proxier) = (svc.clone(), self.counts.clone(), self.proxier.clone());
-            inst.tasks
-                .push(tokio::spawn(accept_loop(l, svc, counts, proxier)));
-        }
-        Ok(inst)
-    }
+/// Binds `port` on `ip` and serves `svc`'s health there.
+fn bind(
+    ip: IpAddr,
+    port: u16,
+    svc: &ServiceRef,
+    counts: &Counts,
+    proxier: &Arc<ProxierHealth>,
+) -> std::io::Result<Listener> {
+    // std sets SO_REUSEADDR, as Go's net.Listen does: a port closed a moment ago (its
+    // connections in TIME_WAIT) can be bound again at once.
+    let l = std::net::TcpListener::bind(SocketAddr::new(ip, port))?;
+    l.set_nonblocking(true)?;
+    let l = tokio::net::TcpListener::from_std(l)?;
+    let local = l.local_addr()?;
+    let (svc, counts, proxier) = (svc.clone(), counts.clone(), proxier.clone());
+    Ok(Listener {
+        local,
+        task: tokio::spawn(accept_loop(l, svc, counts, proxier)),
+    })
 }
 
 /// Accepts until aborted; the connections live in a JoinSet so that aborting this task closes
@@ -413,5 +500,125 @@ mod tests {
         assert_eq!((r.failed.len(), r.opened, r.open), (0, 1, 2), "{r:?}");
         let web = hcs.local_addrs(&svc("web"))[0];
         assert!(get(web).await.expect("web").starts_with("HTTP/1.1 200"));
+    }
+
+    #[test]
+    fn listen_addrs_are_kube_proxys_choice() {
+        let (a, b) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(192, 168, 1, 5));
+        // Every address: 0.0.0.0, whatever the NodePort addresses are.
+        assert_eq!(
+            listen_addrs(&NodePortAddresses::All, &[a, b]),
+            vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
+        );
+        // Narrowed (CIDRs or primary): exactly the NodePort addresses, sorted, once each.
+        let cidrs = NodePortAddresses::Cidrs(vec!["10.0.0.0/8".parse().expect("cidr")]);
+        assert_eq!(
+            listen_addrs(&cidrs, &[b, a, b]),
+            vec![IpAddr::from(a), IpAddr::from(b)]
+        );
+        assert_eq!(
+            listen_addrs(&NodePortAddresses::Primary, &[a]),
+            vec![IpAddr::from(a)]
+        );
+        // Nothing matches: nowhere (kube-proxy listens on none of them either), never 0.0.0.0.
+        assert!(listen_addrs(&cidrs, &[]).is_empty());
+    }
+
+    fn v4(last: u8) -> IpAddr {
+        Ipv4Addr::new(127, 0, 0, last).into()
+    }
+
+    #[tokio::test]
+    async fn listeners_follow_the_addresses_and_keep_the_others_open() {
+        let proxier = Arc::new(ProxierHealth::new(Duration::from_secs(60)));
+        let mut hcs = ServiceHealthServer::new(vec![v4(1)], proxier);
+        let p = free_port();
+        let on = |last| SocketAddr::new(v4(last), p);
+        let r = hcs.sync(&wanted(&[("web", p, 1)])).await;
+        assert_eq!((r.opened, r.moved, r.open), (1, 0, 1), "{r:?}");
+        assert!(get(on(2)).await.is_err(), "not yet on 127.0.0.2");
+
+        // An address added: a listener there, the first one kept (a connection to it lives).
+        let mut kept = std::net::TcpStream::connect(on(1)).expect("connect");
+        hcs.set_addrs(vec![v4(1), v4(2)]);
+        let r = hcs.sync(&wanted(&[("web", p, 1)])).await;
+        assert_eq!((r.opened, r.closed, r.moved, r.open), (0, 0, 1, 1), "{r:?}");
+        assert_eq!(hcs.local_addrs(&svc("web")), vec![on(1), on(2)]);
+        for last in [1, 2] {
+            assert!(
+                get(on(last))
+                    .await
+                    .expect("answers")
+                    .starts_with("HTTP/1.1 200")
+            );
+        }
+        // Read on a blocking thread: the listeners run on this test's one runtime thread.
+        let answer = tokio::task::spawn_blocking(move || {
+            kept.set_read_timeout(Some(Duration::from_secs(5)))?;
+            kept.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")?;
+            let mut answer = String::new();
+            kept.read_to_string(&mut answer)?;
+            Ok::<_, std::io::Error>(answer)
+        })
+        .await
+        .expect("the request thread")
+        .expect("the kept connection answers");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+        // An address removed: its listener closes, the other stays.
+        hcs.set_addrs(vec![v4(2)]);
+        let r = hcs.sync(&wanted(&[("web", p, 1)])).await;
+        assert_eq!((r.moved, r.open), (1, 1), "{r:?}");
+        assert!(get(on(1)).await.is_err(), "127.0.0.1 is closed");
+        assert!(
+            get(on(2))
+                .await
+                .expect("answers")
+                .starts_with("HTTP/1.1 200")
+        );
+
+        // No address at all: not served, reported; back to every address: 0.0.0.0.
+        hcs.set_addrs(Vec::new());
+        let r = hcs.sync(&wanted(&[("web", p, 1)])).await;
+        assert_eq!((r.open, r.failed.len()), (0, 1), "{r:?}");
+        assert!(r.failed[0].2.contains("--nodeport-addresses"), "{r:?}");
+        assert!(get(on(2)).await.is_err());
+        hcs.set_addrs(vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]);
+        let r = hcs.sync(&wanted(&[("web", p, 1)])).await;
+        assert_eq!((r.opened, r.open, r.failed.len()), (1, 1, 0), "{r:?}");
+        for last in [1, 3] {
+            assert!(
+                get(on(last))
+                    .await
+                    .expect("answers")
+                    .starts_with("HTTP/1.1 200")
+            );
+        }
+        // And from 0.0.0.0 to one address: the wildcard goes first, so the address binds.
+        hcs.set_addrs(vec![v4(3)]);
+        let r = hcs.sync(&wanted(&[("web", p, 1)])).await;
+        assert_eq!((r.moved, r.failed.len()), (1, 0), "{r:?}");
+        assert_eq!(hcs.local_addrs(&svc("web")), vec![on(3)]);
+        assert!(get(on(1)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_port_held_on_one_address_is_served_on_the_others_and_retried() {
+        let proxier = Arc::new(ProxierHealth::new(Duration::from_secs(60)));
+        let mut hcs = ServiceHealthServer::new(vec![v4(1), v4(2)], proxier);
+        let squatter = std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), 0)).expect("bind");
+        let p = squatter.local_addr().expect("addr").port();
+        let r = hcs.sync(&wanted(&[("web", p, 1)])).await;
+        assert_eq!((r.opened, r.open, r.failed.len()), (1, 1, 1), "{r:?}");
+        assert!(r.failed[0].2.starts_with("127.0.0.2:"), "{r:?}");
+        assert_eq!(
+            hcs.local_addrs(&svc("web")),
+            vec![SocketAddr::new(v4(1), p)]
+        );
+        drop(squatter);
+        let r = hcs.sync(&wanted(&[("web", p, 1)])).await;
+        assert_eq!((r.opened, r.moved, r.failed.len()), (0, 1, 0), "{r:?}");
+        let answer = get(SocketAddr::new(v4(2), p)).await.expect("answers");
+        assert!(answer.contains("\"name\": \"web\""), "{answer}");
     }
 }
