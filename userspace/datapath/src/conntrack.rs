@@ -318,32 +318,35 @@ pub fn plan_ct(
             let left = |v: &CtValue| v.expires_s.wrapping_sub(now_s) as i32;
             (left(&f.1).max(left(&r.1)), order(&f.0))
         });
-        for pair in unreplied {
-            if remaining as f64 <= cap * PRESSURE_LOW {
-                break;
-            }
-            remaining -= 2;
-            plan.deletions.push(Deletion {
-                reason: Reason::Pressure,
-                entries: pair.to_vec(),
-            });
-        }
+        make_room(&mut plan, &mut remaining, cap * PRESSURE_LOW, unreplied);
     }
     if remaining as f64 > cap * TIME_WAIT_PRESSURE {
         // The longest idle first.
         lingering.sort_by_key(|(idle, [f, _])| (std::cmp::Reverse(*idle), order(&f.0)));
-        for (_, pair) in lingering {
-            if remaining as f64 <= cap * TIME_WAIT_PRESSURE {
-                break;
-            }
-            remaining -= 2;
-            plan.deletions.push(Deletion {
-                reason: Reason::Pressure,
-                entries: pair.to_vec(),
-            });
-        }
+        let pairs = lingering.into_iter().map(|(_, pair)| pair);
+        make_room(&mut plan, &mut remaining, cap * TIME_WAIT_PRESSURE, pairs);
     }
     plan
+}
+
+/// Plans `pairs` (connections, in the order they should go) for removal under pressure until
+/// `remaining` entries are at most `down_to`.
+fn make_room(
+    plan: &mut CtPlan,
+    remaining: &mut usize,
+    down_to: f64,
+    pairs: impl IntoIterator<Item = [(CtKey, CtValue); 2]>,
+) {
+    for pair in pairs {
+        if *remaining as f64 <= down_to {
+            break;
+        }
+        *remaining -= 2;
+        plan.deletions.push(Deletion {
+            reason: Reason::Pressure,
+            entries: pair.to_vec(),
+        });
+    }
 }
 
 /// For a TCP connection closed by a FIN each way (and no RST): seconds since its last packet,
