@@ -110,8 +110,8 @@ const NOT_UNICAST: [(&str, &str); 5] = [
 
 /// Special-purpose IPv6 blocks a pod range must not overlap (RFC 6890, RFC 4291): the pods'
 /// addresses are global (or unique local) unicast, routed by the host as any other.
-const NOT_UNICAST6: [(&str, &str); 5] = [
-    ("::/128", "the unspecified address"),
+/// (A range holding the unspecified address :: holds ::1 too, at /120 or wider: "loopback".)
+const NOT_UNICAST6: [(&str, &str); 4] = [
     ("::1/128", "loopback"),
     ("::ffff:0:0/96", "IPv4-mapped"),
     ("fe80::/10", "link-local"),
@@ -633,8 +633,8 @@ mod tests {
             ("fe80::/64", "overlaps fe80::/10 (link-local)"),
             ("fe80::/10", "link-local"),
             ("::1/128", "too small"),
-            ("::/120", "overlaps ::/128 (the unspecified address)"),
-            ("::/64", "the unspecified address"),
+            ("::/120", "overlaps ::1/128 (loopback)"),
+            ("::/64", "loopback"),
             ("::ffff:0:0/96", "overlaps ::ffff:0.0.0.0/96 (IPv4-mapped)"),
             ("::ffff:10.0.0.0/104", "IPv4-mapped"),
             ("fd00::", "is not an IPv6 CIDR"),
