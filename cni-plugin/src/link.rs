@@ -79,6 +79,60 @@ pub struct Plan<'a> {
     pub mtu: u32,
 }
 
+/// Why IPv6 cannot be used in the namespace whose /proc/sys is at `root`, or None: the kernel
+/// has no IPv6 (`ipv6.disable=1`: no `net/ipv6`), or new interfaces (`default`) or all of them
+/// get `disable_ipv6 = 1`. A new veth end takes `default`'s value.
+pub fn ipv6_problem(root: &std::path::Path) -> io::Result<Option<String>> {
+    if !root.join("net/ipv6").exists() {
+        return Ok(Some(
+            "the kernel has no IPv6 (booted with ipv6.disable=1?)".to_string(),
+        ));
+    }
+    for which in ["all", "default"] {
+        let key = format!("net/ipv6/conf/{which}/disable_ipv6");
+        match std::fs::read_to_string(root.join(&key)) {
+            Ok(v) if v.trim() != "0" => {
+                return Ok(Some(format!(
+                    "IPv6 is disabled (net.ipv6.conf.{which}.disable_ipv6 = {})",
+                    v.trim()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Refuses an IPv6 range where IPv6 cannot be used, on the host (the plugin's namespace) or in
+/// the pod's namespace, before anything is reserved or created (code 7: the config asks for
+/// what the node does not have).
+pub fn require_ipv6(pod: Option<&PodNs>, range: Ipv6Net) -> Result<()> {
+    let root = std::path::Path::new("/proc/sys");
+    let read = |e: io::Error| CniError::io("reading /proc/sys/net/ipv6", e);
+    if let Some(why) = ipv6_problem(root).map_err(read)? {
+        return Err(CniError::config(format!(
+            "the pod range {range} is IPv6, but on the host {why}"
+        )));
+    }
+    let Some(pod) = pod else { return Ok(()) };
+    // /proc/sys/net shows the namespace of the thread that opens it.
+    let in_pod = pod
+        .netns
+        .enter(|| {
+            ipv6_problem(root).map_err(|e| NetlinkError::new("reading", "/proc/sys/net/ipv6", e))
+        })
+        .map_err(as_io)?;
+    match in_pod {
+        Some(why) => Err(CniError::config(format!(
+            "the pod range {range} is IPv6, but in the pod's namespace {} {why}",
+            pod.netns.path().display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Fails when `ifname` already exists in the pod's namespace (before anything is created).
 pub fn ensure_absent(pod: &mut PodNs, ifname: &str) -> Result<()> {
     if pod.sock.link_get(LinkId::Name(ifname))?.is_some() {
@@ -286,6 +340,27 @@ mod tests {
         assert_ne!(a, host_ifname("abd", "eth0"));
         assert_eq!(a.len(), 15);
         assert!(a.starts_with(HOST_PREFIX));
+    }
+
+    #[test]
+    fn ipv6_problems_are_read_from_the_sysctls() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        assert!(ipv6_problem(root).unwrap().unwrap().contains("no IPv6"));
+        for which in ["all", "default"] {
+            std::fs::create_dir_all(root.join(format!("net/ipv6/conf/{which}"))).unwrap();
+            std::fs::write(
+                root.join(format!("net/ipv6/conf/{which}/disable_ipv6")),
+                "0\n",
+            )
+            .unwrap();
+        }
+        assert_eq!(ipv6_problem(root).unwrap(), None);
+        std::fs::write(root.join("net/ipv6/conf/default/disable_ipv6"), "1\n").unwrap();
+        assert_eq!(
+            ipv6_problem(root).unwrap().as_deref(),
+            Some("IPv6 is disabled (net.ipv6.conf.default.disable_ipv6 = 1)")
+        );
     }
 
     #[test]

@@ -202,6 +202,9 @@ fn add(env: &HashMap<String, String>, conf: &NetConf, a: &Attachment) -> Result<
     let prev = prev_result(conf)?;
     let mut pod = PodNs::new(ns)?;
     link::ensure_absent(&mut pod, &a.ifname)?;
+    if let Some(v6) = ranges.v6() {
+        link::require_ipv6(Some(&pod), v6)?;
+    }
     let host = link::host_socket()?;
 
     let store = Store::open(&conf.data_dir, &conf.name)?;
@@ -384,6 +387,9 @@ fn check(conf: &NetConf, a: &Attachment) -> Result<()> {
 fn status(conf: &NetConf) -> Result<()> {
     let unavailable = CniError::NotAvailable;
     let ranges = conf.require_pod_cidr().map_err(|e| unavailable(e.msg()))?;
+    if let Some(v6) = ranges.v6() {
+        link::require_ipv6(None, v6).map_err(|e| unavailable(e.msg()))?;
+    }
     let store = Store::open(&conf.data_dir, &conf.name).map_err(|e| unavailable(e.full()))?;
     store
         .can_write_reservation()

@@ -848,3 +848,38 @@ fn pools_are_exhausted_per_family_and_nothing_half_reserved() {
     }
     env.assert_clean();
 }
+
+/// An IPv6 range where IPv6 is disabled (on the node, or in the pod's namespace): refused before
+/// anything is reserved or created, STATUS unavailable.
+#[test]
+fn ipv6_disabled_is_refused_before_anything_is_done() {
+    let env = Env::with_ranges(&["10.250.10.0/24", "fd00:250:10::/120"]);
+    let pod = NetNs::new(&unique("cp"));
+    pod.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+    let msg = env.add("1.1.0", "z0", &pod).error_code(7);
+    assert!(
+        msg.contains("the pod range fd00:250:10::/120 is IPv6, but in the pod's namespace")
+            && msg.contains("IPv6 is disabled (net.ipv6.conf.default.disable_ipv6 = 1)"),
+        "{msg}"
+    );
+    env.assert_clean();
+    pod.sysctl("net.ipv6.conf.default.disable_ipv6", "0");
+    env.node.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+    let msg = env.add("1.1.0", "z0", &pod).error_code(7);
+    assert_eq!(
+        msg,
+        "the pod range fd00:250:10::/120 is IPv6, but on the host IPv6 is disabled (net.ipv6.conf.all.disable_ipv6 = 1)"
+    );
+    let status = env
+        .call("STATUS", "", "", None)
+        .run(&env.node, &env.conf("1.1.0").to_string())
+        .error_code(50);
+    assert!(status.contains("on the host IPv6 is disabled"), "{status}");
+    env.assert_clean();
+    // An IPv4 range alone does not care.
+    let v4 = Env::new("10.250.11.0/24");
+    v4.node.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+    v4.add("1.1.0", "z1", &pod).ok();
+    v4.del("z1", Some(pod.path())).ok();
+    v4.assert_clean();
+}
