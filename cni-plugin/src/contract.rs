@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 /// agent attaches its programs to these, and GC removes the ones no reservation owns.
 pub const HOST_IF_PREFIX: &str = "pet";
 
-/// Where the agent writes the node's pod CIDR, and where the plugin reads it when its config has
-/// no `podCIDR`.
+/// Where the agent writes the node's pod CIDRs (one range per line, at most one per family), and
+/// where the plugin reads them when its config has no `podCIDR` or `podCIDRs`.
 pub const DEFAULT_POD_CIDR_FILE: &str = "/var/lib/petrel/cni/pod-cidr";
 
 /// Where the IPAM store keeps one file per reserved address, unless the config sets `dataDir`.
@@ -70,6 +70,10 @@ pub struct PluginConf {
     /// default conflist stays byte for byte what it was).
     #[serde(rename = "bpffsRoot", default, skip_serializing_if = "Option::is_none")]
     pub bpffs_root: Option<PathBuf>,
+    /// The pod ranges, one per family (`["10.244.1.0/24", "fd00:10:244:1::/112"]`), instead of or
+    /// besides `podCIDR`. Any JSON value: the plugin checks it is a list of CIDR strings.
+    #[serde(rename = "podCIDRs", default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidrs: Option<serde_json::Value>,
 }
 
 impl PluginConf {

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use petrel_netlink::NetlinkError;
 
 /// Well-known codes of the CNI spec, and petrel's own (100+).
@@ -56,7 +56,7 @@ pub enum CniError {
     #[error("{} {}", .0.op, .0.object)]
     Netlink(#[from] NetlinkError),
     #[error("no free address in {range}")]
-    PoolExhausted { range: Ipv4Net, size: u64 },
+    PoolExhausted { range: IpNet, size: u128 },
     #[error("interface {ifname} already exists in {netns}")]
     InterfaceExists { ifname: String, netns: String },
     /// CHECK's findings, each a sentence; printed joined by "; ".

@@ -6,7 +6,17 @@
 //!   sees a half-written reservation. A kill -9 leaves at worst a `.tmp-*` file (swept on the
 //!   next open) or a complete reservation with no link (freed by GC).
 //! - `flock` on `<dir>/lock` serialises every command touching the network, across processes.
-//! - Network, gateway (first host) and broadcast addresses are never handed out.
+//! - Network, gateway (first host) and broadcast addresses are never handed out. In an IPv6
+//!   range the network address (the subnet-router anycast address) and the first one (kept for
+//!   the node, as IPv4's gateway; the pods' IPv6 gateway is the link-local `GATEWAY6`) are not.
+//! - IPv6 reservations are named by the address in its canonical text (RFC 5952: lowercase,
+//!   longest zero run compressed, `fd00::2`), which no IPv4 name can equal; an entry whose name
+//!   parses as an IPv6 address but is not canonical (`fd00:0::2`) is not one of ours and takes
+//!   no address. Each family has its own round-robin hint (`last_reserved_ip`, as before, and
+//!   `last_reserved_ip6`).
+//! - A dual-stack pod holds two reservations with the same (container, ifname), made together
+//!   (`reserve_all`: the IPv4 one is released when the IPv6 pool is exhausted) and released
+//!   together.
 //! - Only what petrel wrote is read or removed: an entry named like an IP that is not a regular
 //!   file holding a reservation (a directory, a FIFO, someone's notes) is skipped by every verb
 //!   and left where it is; its address is never handed out (the name is taken).
@@ -15,13 +25,13 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::Write as _,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -31,6 +41,7 @@ use crate::{
 
 const LOCK: &str = "lock";
 const LAST: &str = "last_reserved_ip";
+const LAST6: &str = "last_reserved_ip6";
 const TMP_PREFIX: &str = ".tmp-";
 /// A reservation is well under this (a 256-byte container ID makes it about 330 bytes).
 const RESERVATION_LIMIT: u64 = 4096;
@@ -57,12 +68,53 @@ pub fn gateway(range: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(range.network()) + 1)
 }
 
-/// Addresses that may be handed out, in order: the range without network, gateway, broadcast.
-fn allocatable(range: Ipv4Net) -> (u32, u32) {
-    (
-        u32::from(range.network()) + 2,
-        u32::from(range.broadcast()) - 1,
-    )
+/// The gateway of every pod's IPv6 default route: a link-local address on each host veth
+/// (link-local addresses are per link, so all of them can have it), set without duplicate
+/// address detection.
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// Addresses that may be handed out, in order, as numbers: an IPv4 range without network,
+/// gateway, broadcast; an IPv6 range without its first two.
+fn allocatable(range: IpNet) -> (u128, u128) {
+    match range {
+        IpNet::V4(r) => (
+            u128::from(u32::from(r.network()) + 2),
+            u128::from(u32::from(r.broadcast()) - 1),
+        ),
+        IpNet::V6(r) => (u128::from(r.network()) + 2, u128::from(r.broadcast())),
+    }
+}
+
+fn number(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(ip) => u128::from(u32::from(ip)),
+        IpAddr::V6(ip) => u128::from(ip),
+    }
+}
+
+/// The address numbered `n` in `range`'s family.
+fn address(range: IpNet, n: u128) -> IpAddr {
+    match range {
+        IpNet::V4(_) => IpAddr::V4(Ipv4Addr::from(u32::try_from(n).expect("an IPv4 number"))),
+        IpNet::V6(_) => IpAddr::V6(Ipv6Addr::from(n)),
+    }
+}
+
+/// The name an address has in the store, and the address a name is (only canonical names).
+fn name_of(ip: IpAddr) -> String {
+    ip.to_string()
+}
+
+fn parse_name(name: &str) -> Option<IpAddr> {
+    let ip: IpAddr = name.parse().ok()?;
+    (name_of(ip) == name).then_some(ip)
+}
+
+fn last_file(range: IpNet) -> &'static str {
+    match range {
+        IpNet::V4(_) => LAST,
+        IpNet::V6(_) => LAST6,
+    }
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> CniError {
@@ -172,14 +224,14 @@ impl Store {
         r
     }
 
-    /// Entries named like an IPv4 address, whatever they are.
-    fn ip_named(&self) -> Result<Vec<(Ipv4Addr, fs::DirEntry)>> {
+    /// Entries named like an IP address (`parse_name`), whatever they are.
+    fn ip_named(&self) -> Result<Vec<(IpAddr, fs::DirEntry)>> {
         let entries =
             fs::read_dir(&self.dir).map_err(io(format!("reading {}", self.dir.display())))?;
         Ok(entries
             .flatten()
             .filter_map(|e| {
-                let ip = e.file_name().to_str()?.parse::<Ipv4Addr>().ok()?;
+                let ip = parse_name(e.file_name().to_str()?)?;
                 Some((ip, e))
             })
             .collect())
@@ -188,7 +240,7 @@ impl Store {
     /// Every reservation, by IP: the regular files named like an IP that decode as one.
     /// Anything else named like an IP (a directory, a FIFO, a symlink, a file petrel did not
     /// write) is skipped, never read past a few KiB and never removed; it still takes its IP.
-    pub fn reservations(&self) -> Result<Vec<(Ipv4Addr, Reservation)>> {
+    pub fn reservations(&self) -> Result<Vec<(IpAddr, Reservation)>> {
         let mut out = Vec::new();
         for (ip, e) in self.ip_named()? {
             // The entry's own type (a symlink is not followed).
@@ -211,29 +263,64 @@ impl Store {
         Ok(out)
     }
 
-    /// The IP reserved for (container, ifname), if any.
-    pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
+    /// The IPs reserved for (container, ifname), IPv4 first: none, one, or one per family.
+    pub fn find_all(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
         Ok(self
             .reservations()?
             .into_iter()
-            .find(|(_, r)| r.container_id == container_id && r.ifname == ifname)
-            .map(|(ip, _)| ip))
+            .filter(|(_, r)| r.container_id == container_id && r.ifname == ifname)
+            .map(|(ip, _)| ip)
+            .collect())
+    }
+
+    /// The first IP reserved for (container, ifname), if any.
+    pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<IpAddr>> {
+        Ok(self.find_all(container_id, ifname)?.into_iter().next())
+    }
+
+    /// Reserves an IP of each range for (container, ifname), in the ranges' order: all or none.
+    /// When one fails (its pool is exhausted) the reservations this call made are released;
+    /// those an earlier ADD made stay.
+    pub fn reserve_all(
+        &self,
+        ranges: &[IpNet],
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Vec<IpAddr>> {
+        let held = self.find_all(container_id, ifname)?;
+        let mut got = Vec::new();
+        for range in ranges {
+            match self.reserve(*range, container_id, ifname) {
+                Ok(ip) => got.push(ip),
+                Err(e) => {
+                    for ip in got.iter().filter(|ip| !held.contains(ip)) {
+                        self.release_ip(*ip)?;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(got)
     }
 
     /// Reserves an IP of `range` for (container, ifname). Idempotent: a repeated ADD gets the IP
-    /// it already has. Allocation goes round-robin from the last reserved IP so a freed address
-    /// is not reused at once.
-    pub fn reserve(&self, range: Ipv4Net, container_id: &str, ifname: &str) -> Result<Ipv4Addr> {
-        if let Some(ip) = self.find(container_id, ifname)? {
-            if range.contains(&ip) {
-                return Ok(ip);
-            }
+    /// it already has. Allocation goes round-robin from the last reserved IP of the family so a
+    /// freed address is not reused at once.
+    pub fn reserve(&self, range: IpNet, container_id: &str, ifname: &str) -> Result<IpAddr> {
+        if let Some(ip) = self
+            .find_all(container_id, ifname)?
+            .into_iter()
+            .find(|ip| range.contains(ip))
+        {
+            return Ok(ip);
         }
         let (first, last) = allocatable(range);
-        let start = fsio::read_small(&self.dir.join(LAST), 64)
+        let hint = last_file(range);
+        let start = fsio::read_small(&self.dir.join(hint), 64)
             .ok()
-            .and_then(|s| String::from_utf8(s).ok()?.trim().parse::<Ipv4Addr>().ok())
-            .map(u32::from)
+            .and_then(|s| String::from_utf8(s).ok()?.trim().parse::<IpAddr>().ok())
+            .filter(|ip| ip.is_ipv4() == range.addr().is_ipv4())
+            .map(number)
             .filter(|ip| (first..=last).contains(ip))
             .map_or(first, |ip| if ip == last { first } else { ip + 1 });
         let now = SystemTime::now()
@@ -245,35 +332,37 @@ impl Store {
             time: now,
         })
         .expect("serialisable");
+        // A /120 or narrower range can be walked through; in a wider one (a /64 has 2^64
+        // addresses) the walk ends at the first free name long before.
         let size = last - first + 1;
-        for i in 0..size {
-            let ip = Ipv4Addr::from(first + (start - first + i) % size);
+        let mut i = 0;
+        while i < size {
+            let ip = address(range, first + (start - first + i) % size);
             let created = self
-                .write_atomic_new(&ip.to_string(), &record)
+                .write_atomic_new(&name_of(ip), &record)
                 .map_err(io(format!("reserving {ip} in {}", self.dir.display())))?;
             if created {
                 // Only a hint for the next allocation: losing it in a crash costs nothing.
-                let _ = self.replace(LAST, ip.to_string().as_bytes());
+                let _ = self.replace(hint, ip.to_string().as_bytes());
                 return Ok(ip);
             }
+            i += 1;
         }
-        Err(CniError::PoolExhausted {
-            range,
-            size: u64::from(size),
-        })
+        Err(CniError::PoolExhausted { range, size })
     }
 
-    /// Releases what (container, ifname) holds; succeeds when it holds nothing.
-    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
-        let Some(ip) = self.find(container_id, ifname)? else {
-            return Ok(None);
-        };
-        self.release_ip(ip)?;
-        Ok(Some(ip))
+    /// Releases everything (container, ifname) holds (one address per family); succeeds when it
+    /// holds nothing.
+    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        let held = self.find_all(container_id, ifname)?;
+        for ip in &held {
+            self.release_ip(*ip)?;
+        }
+        Ok(held)
     }
 
-    pub fn release_ip(&self, ip: Ipv4Addr) -> Result<()> {
-        match fs::remove_file(self.dir.join(ip.to_string())) {
+    pub fn release_ip(&self, ip: IpAddr) -> Result<()> {
+        match fs::remove_file(self.dir.join(name_of(ip))) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(CniError::io(format!("releasing {ip}"), e))
             }
@@ -283,14 +372,15 @@ impl Store {
 
     /// Whether another reservation can be made in `range`: some allocatable address whose
     /// name is not taken (by a reservation or by anything else).
-    pub fn has_free(&self, range: Ipv4Net) -> Result<bool> {
+    pub fn has_free(&self, range: IpNet) -> Result<bool> {
         let (first, last) = allocatable(range);
         let used = self
             .ip_named()?
             .iter()
-            .filter(|(ip, _)| (first..=last).contains(&u32::from(*ip)))
-            .count() as u64;
-        Ok(used < u64::from(last - first + 1))
+            .filter(|(ip, _)| ip.is_ipv4() == range.addr().is_ipv4())
+            .filter(|(ip, _)| (first..=last).contains(&number(*ip)))
+            .count() as u128;
+        Ok(used < last - first + 1)
     }
 
     /// Checks the store can take one more reservation (for STATUS): free space and inodes on
@@ -333,7 +423,7 @@ mod tests {
     use super::*;
     use crate::error::code;
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 
@@ -369,8 +459,8 @@ mod tests {
         assert_eq!(s.reserve(range, "c1", "eth0").unwrap(), a);
         let b = s.reserve(range, "c1", "eth1").unwrap();
         assert_ne!(a, b);
-        assert_eq!(s.release("c1", "eth0").unwrap(), Some(a));
-        assert_eq!(s.release("c1", "eth0").unwrap(), None);
+        assert_eq!(s.release("c1", "eth0").unwrap(), vec![a]);
+        assert!(s.release("c1", "eth0").unwrap().is_empty());
         // Round-robin: the freed address is not the next one handed out.
         assert_ne!(s.reserve(range, "c2", "eth0").unwrap(), a);
     }
@@ -389,7 +479,7 @@ mod tests {
         std::os::unix::fs::symlink("/dev/zero", n.join("10.0.0.5")).unwrap();
         assert_eq!(s.reservations().unwrap(), vec![]);
         assert_eq!(s.find("c1", "eth0").unwrap(), None);
-        assert_eq!(s.release("c1", "eth0").unwrap(), None);
+        assert!(s.release("c1", "eth0").unwrap().is_empty());
         assert!(s.has_free(range).unwrap());
         assert_eq!(
             s.reserve(range, "c1", "eth0").unwrap().to_string(),
@@ -404,6 +494,138 @@ mod tests {
             );
         }
         assert_eq!(fs::read(n.join("10.0.0.3")).unwrap(), b"my notes");
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn ipv6_keeps_its_first_two_addresses_and_is_exhausted_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), "n").unwrap();
+        let v6 = net("fd00:9::/126");
+        let got: Vec<String> = (0..2)
+            .map(|i| s.reserve(v6, &format!("c{i}"), "eth0").unwrap().to_string())
+            .collect();
+        assert_eq!(got, ["fd00:9::2", "fd00:9::3"]);
+        let e = s.reserve(v6, "c9", "eth0").unwrap_err();
+        assert_eq!(e.code(), code::POOL_EXHAUSTED);
+        assert_eq!(e.msg(), "no free address in fd00:9::/126");
+        assert_eq!(e.details(), "2 addresses, all reserved");
+        assert!(!s.has_free(v6).unwrap());
+        // The IPv4 pool is another pool.
+        let v4 = net("10.0.0.0/29");
+        assert!(s.has_free(v4).unwrap());
+        assert_eq!(s.reserve(v4, "c9", "eth0").unwrap().to_string(), "10.0.0.2");
+        assert_eq!(
+            names(&dir.path().join("n")),
+            [
+                "10.0.0.2",
+                "fd00:9::2",
+                "fd00:9::3",
+                "last_reserved_ip",
+                "last_reserved_ip6",
+                "lock"
+            ]
+        );
+        assert_eq!(
+            fs::read_to_string(dir.path().join("n/last_reserved_ip6")).unwrap(),
+            "fd00:9::3"
+        );
+    }
+
+    #[test]
+    fn a_wide_ipv6_range_is_walked_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), "n").unwrap();
+        let v6 = net("fd00:10:244:1::/64");
+        assert!(s.has_free(v6).unwrap());
+        assert_eq!(
+            s.reserve(v6, "c1", "eth0").unwrap().to_string(),
+            "fd00:10:244:1::2"
+        );
+        assert_eq!(
+            s.reserve(v6, "c2", "eth0").unwrap().to_string(),
+            "fd00:10:244:1::3"
+        );
+    }
+
+    #[test]
+    fn both_families_are_reserved_released_and_round_robin_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), "n").unwrap();
+        let ranges = [net("10.0.0.0/29"), net("fd00:9::/120")];
+        let a = s.reserve_all(&ranges, "c1", "eth0").unwrap();
+        assert_eq!(
+            a.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["10.0.0.2", "fd00:9::2"]
+        );
+        // Idempotent, in the ranges' order (IPv6 first when it is the first range).
+        assert_eq!(s.reserve_all(&ranges, "c1", "eth0").unwrap(), a);
+        let rev = [ranges[1], ranges[0]];
+        assert_eq!(s.reserve_all(&rev, "c1", "eth0").unwrap(), vec![a[1], a[0]]);
+        assert_eq!(s.find_all("c1", "eth0").unwrap(), a);
+        assert_eq!(s.release("c1", "eth0").unwrap(), a);
+        assert!(s.find_all("c1", "eth0").unwrap().is_empty());
+        // Round-robin in each family: the freed addresses are not the next ones.
+        let b = s.reserve_all(&ranges, "c2", "eth0").unwrap();
+        assert_eq!(
+            b.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["10.0.0.3", "fd00:9::3"]
+        );
+    }
+
+    #[test]
+    fn an_exhausted_ipv6_pool_releases_the_ipv4_reservation_it_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), "n").unwrap();
+        let ranges = [net("10.0.0.0/29"), net("fd00:9::/126")];
+        s.reserve_all(&ranges, "c1", "eth0").unwrap();
+        s.reserve_all(&ranges, "c2", "eth0").unwrap();
+        let before = names(&dir.path().join("n"));
+        let e = s.reserve_all(&ranges, "c3", "eth0").unwrap_err();
+        assert_eq!(e.code(), code::POOL_EXHAUSTED);
+        assert!(e.msg().contains("fd00:9::/126"), "{}", e.msg());
+        assert!(s.find_all("c3", "eth0").unwrap().is_empty());
+        let mut after = names(&dir.path().join("n"));
+        // Only the IPv4 hint moved on.
+        assert_eq!(after.len(), before.len());
+        after.retain(|n| !n.starts_with("last"));
+        let mut kept = before.clone();
+        kept.retain(|n| !n.starts_with("last"));
+        assert_eq!(after, kept);
+        // An attachment that already had its IPv4 address keeps it.
+        s.reserve(ranges[0], "c4", "eth0").unwrap();
+        s.reserve_all(&ranges, "c4", "eth0").unwrap_err();
+        assert_eq!(s.find_all("c4", "eth0").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn ipv6_names_are_canonical_and_others_are_not_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), "n").unwrap();
+        let n = dir.path().join("n");
+        let record = r#"{"containerID":"x","ifname":"eth0","time":0}"#;
+        fs::write(n.join("fd00:9:0::2"), record).unwrap();
+        fs::write(n.join("FD00:9::3"), record).unwrap();
+        assert!(s.reservations().unwrap().is_empty());
+        assert_eq!(
+            s.reserve(net("fd00:9::/120"), "c1", "eth0")
+                .unwrap()
+                .to_string(),
+            "fd00:9::2"
+        );
+        assert!(n.join("fd00:9:0::2").exists() && n.join("FD00:9::3").exists());
+        assert_eq!(parse_name("fd00:9::2"), Some("fd00:9::2".parse().unwrap()));
+        assert_eq!(parse_name("fd00:0009::2"), None);
+        assert_eq!(parse_name("10.0.0.2"), Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(parse_name("last_reserved_ip6"), None);
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! plugin's own) and one in the pod's, opened by a short thread that enters the namespace and
 //! leaves (a socket stays in the namespace it was opened in).
 
-use std::{io, net::Ipv4Addr};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use petrel_netlink::{
-    LinkId, NetlinkError, Netns, Route4, Socket, Sysctl, VethSpec, addr,
+    LinkId, NetlinkError, Netns, Route4, Route6, Socket, Sysctl, VethSpec, addr,
     link::{format_mac, is_up, mac_of, name_of},
     packet::route::RouteScope,
     route,
@@ -69,9 +72,65 @@ pub struct Wired {
 pub struct Plan<'a> {
     pub ifname: &'a str,
     pub host_if: &'a str,
-    pub addr: Ipv4Addr,
-    pub gateway: Ipv4Addr,
+    /// The pod's IPv4 address and its gateway (the range's first address, on the host end).
+    pub v4: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// The pod's IPv6 address; its gateway is `ipam::GATEWAY6` on the host end.
+    pub v6: Option<Ipv6Addr>,
     pub mtu: u32,
+}
+
+/// Why IPv6 cannot be used in the namespace whose /proc/sys is at `root`, or None: the kernel
+/// has no IPv6 (`ipv6.disable=1`: no `net/ipv6`), or new interfaces (`default`) or all of them
+/// get `disable_ipv6 = 1`. A new veth end takes `default`'s value.
+pub fn ipv6_problem(root: &std::path::Path) -> io::Result<Option<String>> {
+    if !root.join("net/ipv6").exists() {
+        return Ok(Some(
+            "the kernel has no IPv6 (booted with ipv6.disable=1?)".to_string(),
+        ));
+    }
+    for which in ["all", "default"] {
+        let key = format!("net/ipv6/conf/{which}/disable_ipv6");
+        match std::fs::read_to_string(root.join(&key)) {
+            Ok(v) if v.trim() != "0" => {
+                return Ok(Some(format!(
+                    "IPv6 is disabled (net.ipv6.conf.{which}.disable_ipv6 = {})",
+                    v.trim()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Refuses an IPv6 range where IPv6 cannot be used, on the host (the plugin's namespace) or in
+/// the pod's namespace, before anything is reserved or created (code 7: the config asks for
+/// what the node does not have).
+pub fn require_ipv6(pod: Option<&PodNs>, range: Ipv6Net) -> Result<()> {
+    let root = std::path::Path::new("/proc/sys");
+    let read = |e: io::Error| CniError::io("reading /proc/sys/net/ipv6", e);
+    if let Some(why) = ipv6_problem(root).map_err(read)? {
+        return Err(CniError::config(format!(
+            "the pod range {range} is IPv6, but on the host {why}"
+        )));
+    }
+    let Some(pod) = pod else { return Ok(()) };
+    // /proc/sys/net shows the namespace of the thread that opens it.
+    let in_pod = pod
+        .netns
+        .enter(|| {
+            ipv6_problem(root).map_err(|e| NetlinkError::new("reading", "/proc/sys/net/ipv6", e))
+        })
+        .map_err(as_io)?;
+    match in_pod {
+        Some(why) => Err(CniError::config(format!(
+            "the pod range {range} is IPv6, but in the pod's namespace {} {why}",
+            pod.netns.path().display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Fails when `ifname` already exists in the pod's namespace (before anything is created).
@@ -99,7 +158,8 @@ fn host_route(dst: Ipv4Addr, oif: u32) -> Route4 {
 pub fn setup(host: &mut Socket, pod: &mut PodNs, plan: &Plan) -> Result<Wired> {
     let host_if = plan.host_if;
     let peer_tmp = format!("tmp{}", &host_if[HOST_PREFIX.len()..]);
-    let (mtu, gateway, addr) = (plan.mtu, plan.gateway, plan.addr);
+    let mtu = plan.mtu;
+    let gateway6 = crate::ipam::GATEWAY6;
 
     // A leftover from an ADD killed half-way for the same attachment: start over.
     host.link_delete(LinkId::Name(host_if))?;
@@ -118,19 +178,40 @@ pub fn setup(host: &mut Socket, pod: &mut PodNs, plan: &Plan) -> Result<Wired> {
         .ok_or_else(|| vanished("host veth vanished", host_if))?;
     let idx = link.header.index;
     host.link_set_up(idx)?;
-    host.addr_add(idx, gateway, 32, true)?;
-    host.route_add(&host_route(addr, idx), true)?;
+    if let Some((addr, gateway)) = plan.v4 {
+        host.addr_add(idx, gateway, 32, true)?;
+        host.route_add(&host_route(addr, idx), true)?;
+    }
+    if let Some(addr6) = plan.v6 {
+        // The pods' IPv6 gateway, usable at once (no DAD), and the route to the pod's /128.
+        host.addr_add6(idx, gateway6, 64, true, true)?;
+        host.route_add6(
+            &Route6 {
+                oif: Some(idx),
+                ..Route6::new(Ipv6Net::from(addr6))
+            },
+            true,
+        )?;
+    }
     let host_mac = mac_of(&link).map(format_mac).unwrap_or_default();
 
     let sysctl = Sysctl::new("/proc/sys");
     let write = |key: String| sysctl.write(&key, "1").map_err(as_io);
-    write(format!("net/ipv4/conf/{host_if}/forwarding"))?;
-    write("net/ipv4/ip_forward".to_string())?;
-    // petrel's reverse NAT rewrites a reply's source to the service address before routing;
-    // strict reverse-path filtering on the pod's veth would drop it.
-    sysctl
-        .write(&format!("net/ipv4/conf/{host_if}/rp_filter"), "0")
-        .map_err(as_io)?;
+    if plan.v4.is_some() {
+        write(format!("net/ipv4/conf/{host_if}/forwarding"))?;
+        write("net/ipv4/ip_forward".to_string())?;
+        // petrel's reverse NAT rewrites a reply's source to the service address before
+        // routing; strict reverse-path filtering on the pod's veth would drop it.
+        sysctl
+            .write(&format!("net/ipv4/conf/{host_if}/rp_filter"), "0")
+            .map_err(as_io)?;
+    }
+    if plan.v6.is_some() {
+        // Only with an IPv6 range: on a host, IPv6 forwarding also stops accepting router
+        // advertisements on interfaces with accept_ra 1 (see README "petrel-cni").
+        write(format!("net/ipv6/conf/{host_if}/forwarding"))?;
+        write("net/ipv6/conf/all/forwarding".to_string())?;
+    }
 
     // Pod side: rename, up, address, routes via the gateway on the host end.
     let s = &mut pod.sock;
@@ -143,16 +224,30 @@ pub fn setup(host: &mut Socket, pod: &mut PodNs, plan: &Plan) -> Result<Wired> {
     if let Some(lo) = s.link_get(LinkId::Name("lo"))? {
         s.link_set_up(lo.header.index)?;
     }
-    s.addr_add(pidx, addr, 32, false)?;
-    s.route_add(&host_route(gateway, pidx), false)?;
-    s.route_add(
-        &Route4 {
-            gateway: Some(gateway),
-            oif: Some(pidx),
-            ..Route4::new(Ipv4Net::default())
-        },
-        false,
-    )?;
+    if let Some((addr, gateway)) = plan.v4 {
+        s.addr_add(pidx, addr, 32, false)?;
+        s.route_add(&host_route(gateway, pidx), false)?;
+        s.route_add(
+            &Route4 {
+                gateway: Some(gateway),
+                oif: Some(pidx),
+                ..Route4::new(Ipv4Net::default())
+            },
+            false,
+        )?;
+    }
+    if let Some(addr6) = plan.v6 {
+        // Without DAD: the pod's first connection does not wait a second for it.
+        s.addr_add6(pidx, addr6, 128, false, true)?;
+        s.route_add6(
+            &Route6 {
+                gateway: Some(gateway6),
+                oif: Some(pidx),
+                ..Route6::new(Ipv6Net::default())
+            },
+            false,
+        )?;
+    }
     Ok(Wired {
         host_index: idx,
         host_mac,
@@ -160,8 +255,14 @@ pub fn setup(host: &mut Socket, pod: &mut PodNs, plan: &Plan) -> Result<Wired> {
     })
 }
 
-/// What CHECK looks for in the pod's namespace.
-pub fn check(pod: &mut PodNs, ifname: &str, addr: Ipv4Addr, gateway: Ipv4Addr) -> Result<()> {
+/// What CHECK looks for in the pod's namespace: the interface up, with each family's address and
+/// default route (`v4`: the address and its gateway; `v6`: the address, via `ipam::GATEWAY6`).
+pub fn check(
+    pod: &mut PodNs,
+    ifname: &str,
+    v4: Option<(Ipv4Addr, Ipv4Addr)>,
+    v6: Option<Ipv6Addr>,
+) -> Result<()> {
     let s = &mut pod.sock;
     let Some(link) = s.link_get(LinkId::Name(ifname))? else {
         return Err(CniError::CheckFailed(vec![format!(
@@ -172,19 +273,35 @@ pub fn check(pod: &mut PodNs, ifname: &str, addr: Ipv4Addr, gateway: Ipv4Addr) -
     if !is_up(&link) {
         problems.push(format!("interface {ifname} is down"));
     }
-    let has_addr = s
-        .addr_dump(Some(link.header.index))?
-        .iter()
-        .any(|m| addr::addresses_of(m).any(|a| a == addr));
-    if !has_addr {
-        problems.push(format!("address {addr} is missing on {ifname}"));
+    let addrs = s.addr_dump(Some(link.header.index))?;
+    let has_addr = |ip: IpAddr| addrs.iter().any(|m| addr::addresses_of(m).any(|a| a == ip));
+    if let Some((addr, gateway)) = v4 {
+        if !has_addr(addr.into()) {
+            problems.push(format!("address {addr} is missing on {ifname}"));
+        }
+        let has_default = s.route_dump_v4()?.iter().any(|r| {
+            r.header.destination_prefix_length == 0 && route::gateway_of(r) == Some(gateway)
+        });
+        if !has_default {
+            problems.push(format!("default route via {gateway} is missing"));
+        }
     }
-    let has_default = s
-        .route_dump_v4()?
-        .iter()
-        .any(|r| r.header.destination_prefix_length == 0 && route::gateway_of(r) == Some(gateway));
-    if !has_default {
-        problems.push(format!("default route via {gateway} is missing"));
+    if let Some(addr6) = v6 {
+        if !has_addr(addr6.into()) {
+            problems.push(format!("address {addr6} is missing on {ifname}"));
+        }
+        let gateway6 = crate::ipam::GATEWAY6;
+        let idx = link.header.index;
+        let has_default = s
+            .route_dump_v6()?
+            .iter()
+            .filter_map(Route6::from_message)
+            .any(|r| r.dst.prefix_len() == 0 && r.gateway == Some(gateway6) && r.oif == Some(idx));
+        if !has_default {
+            problems.push(format!(
+                "IPv6 default route via {gateway6} dev {ifname} is missing"
+            ));
+        }
     }
     match problems.is_empty() {
         true => Ok(()),
@@ -223,6 +340,27 @@ mod tests {
         assert_ne!(a, host_ifname("abd", "eth0"));
         assert_eq!(a.len(), 15);
         assert!(a.starts_with(HOST_PREFIX));
+    }
+
+    #[test]
+    fn ipv6_problems_are_read_from_the_sysctls() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        assert!(ipv6_problem(root).unwrap().unwrap().contains("no IPv6"));
+        for which in ["all", "default"] {
+            std::fs::create_dir_all(root.join(format!("net/ipv6/conf/{which}"))).unwrap();
+            std::fs::write(
+                root.join(format!("net/ipv6/conf/{which}/disable_ipv6")),
+                "0\n",
+            )
+            .unwrap();
+        }
+        assert_eq!(ipv6_problem(root).unwrap(), None);
+        std::fs::write(root.join("net/ipv6/conf/default/disable_ipv6"), "1\n").unwrap();
+        assert_eq!(
+            ipv6_problem(root).unwrap().as_deref(),
+            Some("IPv6 is disabled (net.ipv6.conf.default.disable_ipv6 = 1)")
+        );
     }
 
     #[test]

@@ -1,7 +1,14 @@
 //! The verbs. Each validates everything first, then acts; ADD rolls back every step it took
 //! when a later one fails (`AddTxn`).
 
-use std::{collections::HashMap, ffi::OsString, io::Write, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    ffi::OsString,
+    io::Write,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use ipnet::IpNet;
 
 use crate::{
     config::{self, NetConf},
@@ -81,7 +88,7 @@ struct AddTxn<'a> {
     conf: &'a NetConf,
     store: &'a Store,
     host: petrel_netlink::Socket,
-    ip: Ipv4Addr,
+    ips: Vec<IpAddr>,
     host_if: String,
     committed: bool,
 }
@@ -110,11 +117,13 @@ impl Drop for AddTxn<'_> {
                 &format!("rollback: unpinning the links of {}: {e}", self.host_if),
             );
         }
-        if let Err(e) = self.store.release_ip(self.ip) {
-            log(
-                self.conf,
-                &format!("rollback: releasing {}: {}", self.ip, e.full()),
-            );
+        for ip in &self.ips {
+            if let Err(e) = self.store.release_ip(*ip) {
+                log(
+                    self.conf,
+                    &format!("rollback: releasing {ip}: {}", e.full()),
+                );
+            }
         }
     }
 }
@@ -189,40 +198,50 @@ fn refuse_second_interface(store: &Store, a: &Attachment) -> Result<()> {
 fn add(env: &HashMap<String, String>, conf: &NetConf, a: &Attachment) -> Result<String> {
     // Validate everything before touching anything.
     let ns = pod_netns(a)?;
-    let range = conf.require_pod_cidr()?;
+    let ranges = conf.require_pod_cidr()?;
     let prev = prev_result(conf)?;
     let mut pod = PodNs::new(ns)?;
     link::ensure_absent(&mut pod, &a.ifname)?;
+    if let Some(v6) = ranges.v6() {
+        link::require_ipv6(Some(&pod), v6)?;
+    }
     let host = link::host_socket()?;
 
     let store = Store::open(&conf.data_dir, &conf.name)?;
     pause_at(env, "locked");
     refuse_second_interface(&store, a)?;
-    let ip = store.reserve(range, &a.container_id, &a.ifname)?;
+    let ips = store.reserve_all(ranges.all(), &a.container_id, &a.ifname)?;
     let host_if = link::host_ifname(&a.container_id, &a.ifname);
     let mut txn = AddTxn {
         conf,
         store: &store,
         host,
-        ip,
+        ips: ips.clone(),
         host_if: host_if.clone(),
         committed: false,
     };
     pause_at(env, "reserved");
-    let gateway = ipam::gateway(range);
+    let (v4, v6) = families(&ips);
+    let gateway = ranges.v4().map(ipam::gateway);
     let plan = link::Plan {
         ifname: &a.ifname,
         host_if: &host_if,
-        addr: ip,
-        gateway,
+        v4: v4.zip(gateway),
+        v6,
         mtu: conf.mtu,
     };
     let wired = link::setup(&mut txn.host, &mut pod, &plan)?;
     wire_datapath(conf, &host_if, wired.host_index);
     pause_at(env, "wired");
+    let listed: Vec<String> = ips.iter().map(ToString::to_string).collect();
     log(
         conf,
-        &format!("ADD {} {}: {ip} via {host_if}", a.container_id, a.ifname),
+        &format!(
+            "ADD {} {}: {} via {host_if}",
+            a.container_id,
+            a.ifname,
+            listed.join(", ")
+        ),
     );
 
     let mut result = prev.unwrap_or_default();
@@ -239,16 +258,27 @@ fn add(env: &HashMap<String, String>, conf: &NetConf, a: &Attachment) -> Result<
         mtu: Some(conf.mtu),
         sandbox: Some(pod.netns.path().display().to_string()),
     });
-    result.ips.push(IpConfig {
-        version: None,
-        address: format!("{ip}/32"),
-        gateway: Some(gateway.to_string()),
-        interface: Some(base + 1),
-    });
-    result.routes.push(Route {
-        dst: "0.0.0.0/0".into(),
-        gw: Some(gateway.to_string()),
-    });
+    // In the ranges' order: the runtime takes the first as the pod's primary IP.
+    for ip in &ips {
+        let (address, gateway, default) = match ip {
+            IpAddr::V4(ip) => (
+                format!("{ip}/32"),
+                gateway.expect("an IPv4 range").to_string(),
+                "0.0.0.0/0",
+            ),
+            IpAddr::V6(ip) => (format!("{ip}/128"), ipam::GATEWAY6.to_string(), "::/0"),
+        };
+        result.ips.push(IpConfig {
+            version: None,
+            address,
+            gateway: Some(gateway.clone()),
+            interface: Some(base + 1),
+        });
+        result.routes.push(Route {
+            dst: default.into(),
+            gw: Some(gateway),
+        });
+    }
     let result = result.in_version(&conf.cni_version);
     let out = serde_json::to_string(&result).expect("serialisable");
     txn.commit();
@@ -284,54 +314,107 @@ fn del(conf: &NetConf, a: &Attachment) -> Result<()> {
         log(conf, &format!("DEL: unpinning the links of {host_if}: {e}"));
     }
     let released = store.release(&a.container_id, &a.ifname)?;
+    // As it has always been logged for one address ("Some(10.0.0.2)", "None").
+    let released = match released.as_slice() {
+        [] => "None".to_string(),
+        [one] => format!("Some({one})"),
+        all => {
+            let all: Vec<String> = all.iter().map(ToString::to_string).collect();
+            format!("Some({})", all.join(", "))
+        }
+    };
     log(
         conf,
-        &format!("DEL {} {}: released {released:?}", a.container_id, a.ifname),
+        &format!("DEL {} {}: released {released}", a.container_id, a.ifname),
     );
     Ok(())
 }
 
-fn prev_ip(conf: &NetConf) -> Result<Ipv4Addr> {
+/// The IPv4 and the IPv6 address of a list (the first of each family).
+fn families(ips: &[IpAddr]) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let v4 = ips.iter().find_map(|ip| match ip {
+        IpAddr::V4(ip) => Some(*ip),
+        IpAddr::V6(_) => None,
+    });
+    let v6 = ips.iter().find_map(|ip| match ip {
+        IpAddr::V6(ip) => Some(*ip),
+        IpAddr::V4(_) => None,
+    });
+    (v4, v6)
+}
+
+/// prevResult's addresses, the first of each family.
+fn prev_ips(conf: &NetConf) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
     let prev = prev_result(conf)?.ok_or_else(|| CniError::config("CHECK needs prevResult"))?;
-    prev.ips
+    let ips: Vec<IpAddr> = prev
+        .ips
         .iter()
-        .find_map(|ip| ip.address.split('/').next()?.parse().ok())
-        .ok_or_else(|| CniError::config("prevResult has no IPv4 address"))
+        .filter_map(|ip| ip.address.split('/').next()?.parse().ok())
+        .collect();
+    Ok(families(&ips))
 }
 
 fn check(conf: &NetConf, a: &Attachment) -> Result<()> {
     let ns = pod_netns(a)?;
-    let ip = prev_ip(conf)?;
-    let range = conf.require_pod_cidr()?;
+    let (prev4, prev6) = prev_ips(conf)?;
+    let ranges = conf.require_pod_cidr()?;
+    // The families the config has must be in prevResult (an IPv4 config's message as before).
+    let (want4, want6) = match (ranges.v4().is_some(), prev4, ranges.v6().is_some(), prev6) {
+        (true, None, _, _) => return Err(CniError::config("prevResult has no IPv4 address")),
+        (_, _, true, None) => return Err(CniError::config("prevResult has no IPv6 address")),
+        (has4, p4, has6, p6) => (p4.filter(|_| has4), p6.filter(|_| has6)),
+    };
     let store = Store::open(&conf.data_dir, &conf.name)?;
-    match store.find(&a.container_id, &a.ifname)? {
-        Some(r) if r == ip => {}
-        Some(r) => {
-            return Err(CniError::CheckFailed(vec![format!(
-                "reservation is {r}, prevResult says {ip}"
-            )]));
-        }
-        None => {
-            return Err(CniError::CheckFailed(vec![format!(
-                "no reservation for {ip}"
-            )]));
-        }
+    let held = store.find_all(&a.container_id, &a.ifname)?;
+    let (held4, held6) = families(&held);
+    let mut problems = Vec::new();
+    let mut compare = |want: Option<IpAddr>, got: Option<IpAddr>| match (want, got) {
+        (Some(w), Some(g)) if w == g => {}
+        (Some(w), Some(g)) => problems.push(format!("reservation is {g}, prevResult says {w}")),
+        (Some(w), None) => problems.push(format!("no reservation for {w}")),
+        (None, _) => {}
+    };
+    compare(want4.map(IpAddr::V4), held4.map(IpAddr::V4));
+    compare(want6.map(IpAddr::V6), held6.map(IpAddr::V6));
+    if !problems.is_empty() {
+        return Err(CniError::CheckFailed(problems));
     }
     let mut pod = PodNs::new(ns)?;
-    link::check(&mut pod, &a.ifname, ip, ipam::gateway(range))
+    let gateway = ranges.v4().map(ipam::gateway);
+    link::check(&mut pod, &a.ifname, want4.zip(gateway), want6)
 }
 
 fn status(conf: &NetConf) -> Result<()> {
     let unavailable = CniError::NotAvailable;
-    let range = conf.require_pod_cidr().map_err(|e| unavailable(e.msg()))?;
+    let ranges = conf.require_pod_cidr().map_err(|e| unavailable(e.msg()))?;
+    if let Some(v6) = ranges.v6() {
+        link::require_ipv6(None, v6).map_err(|e| unavailable(e.msg()))?;
+    }
     let store = Store::open(&conf.data_dir, &conf.name).map_err(|e| unavailable(e.full()))?;
     store
         .can_write_reservation()
         .map_err(|e| unavailable(e.full()))?;
-    if !store.has_free(range)? {
-        return Err(unavailable(format!("address pool {range} is exhausted")));
+    // An ADD needs an address of every family: one exhausted pool fails them all.
+    let exhausted: Vec<IpNet> = ranges
+        .all()
+        .iter()
+        .filter_map(|r| match store.has_free(*r) {
+            Ok(true) => None,
+            Ok(false) => Some(Ok(*r)),
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_>>()?;
+    match exhausted.as_slice() {
+        [] => Ok(()),
+        [one] => Err(unavailable(format!("address pool {one} is exhausted"))),
+        all => {
+            let all: Vec<String> = all.iter().map(ToString::to_string).collect();
+            Err(unavailable(format!(
+                "address pools {} are exhausted",
+                all.join(" and ")
+            )))
+        }
     }
-    Ok(())
 }
 
 fn gc(conf: &NetConf) -> Result<()> {
@@ -341,7 +424,7 @@ fn gc(conf: &NetConf) -> Result<()> {
         .as_ref()
         .ok_or_else(|| CniError::config("GC needs cni.dev/valid-attachments"))?;
     let store = Store::open(&conf.data_dir, &conf.name)?;
-    let mut stale_links = Vec::new();
+    let mut stale_links: Vec<String> = Vec::new();
     let mut freed = Vec::new();
     for (ip, r) in store.reservations()? {
         if valid
@@ -351,8 +434,10 @@ fn gc(conf: &NetConf) -> Result<()> {
             continue;
         }
         // Reservations are made before links, so every link of ours is named by a reservation.
-        if !r.container_id.is_empty() {
-            stale_links.push(link::host_ifname(&r.container_id, &r.ifname));
+        // A dual-stack attachment has two reservations and one link.
+        let host_if = link::host_ifname(&r.container_id, &r.ifname);
+        if !r.container_id.is_empty() && !stale_links.contains(&host_if) {
+            stale_links.push(host_if);
         }
         freed.push((ip, r));
     }
@@ -376,28 +461,30 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = NetConf::parse(
             format!(
-                r#"{{"cniVersion":"1.1.0","name":"t","podCIDR":"10.9.0.0/29","dataDir":"{}"}}"#,
+                r#"{{"cniVersion":"1.1.0","name":"t","podCIDRs":["10.9.0.0/29","fd00:9::/120"],"dataDir":"{}"}}"#,
                 dir.path().display()
             )
             .as_bytes(),
         )
         .expect("conf");
-        let range = conf.require_pod_cidr().expect("range");
+        let ranges = conf.require_pod_cidr().expect("range");
         let store = Store::open(&conf.data_dir, &conf.name).expect("store");
         let txn = |id: &str| {
-            let ip = store.reserve(range, id, "eth0").expect("reserve");
+            let ips = store
+                .reserve_all(ranges.all(), id, "eth0")
+                .expect("reserve");
             AddTxn {
                 conf: &conf,
                 store: &store,
                 host: link::host_socket().expect("netlink socket"),
-                ip,
+                ips,
                 host_if: link::host_ifname(&format!("petrel-unit-test-{id}"), "eth0"),
                 committed: false,
             }
         };
         drop(txn("dropped"));
-        assert_eq!(store.find("dropped", "eth0").expect("find"), None);
+        assert!(store.find_all("dropped", "eth0").expect("find").is_empty());
         txn("committed").commit();
-        assert!(store.find("committed", "eth0").expect("find").is_some());
+        assert_eq!(store.find_all("committed", "eth0").expect("find").len(), 2);
     }
 }

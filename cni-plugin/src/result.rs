@@ -47,11 +47,13 @@ pub struct CniResult {
 }
 
 impl CniResult {
-    /// Sets the version and the per-version fields (0.3.x/0.4.0 carry `"version": "4"` on ips).
+    /// Sets the version and the per-version fields (0.3.x/0.4.0 carry `"version": "4"` or
+    /// `"6"` on ips, by the address's family).
     pub fn in_version(mut self, version: &str) -> CniResult {
         let legacy = version.starts_with("0.");
         for ip in &mut self.ips {
-            ip.version = legacy.then(|| "4".to_string());
+            let family = if ip.address.contains(':') { "6" } else { "4" };
+            ip.version = legacy.then(|| family.to_string());
         }
         self.cni_version = version.to_string();
         if self.dns.is_null() {
@@ -79,7 +81,19 @@ mod tests {
         let v = serde_json::to_value(r.clone().in_version("0.3.1")).unwrap();
         assert_eq!(v["ips"][0]["version"], "4");
         assert_eq!(v["cniVersion"], "0.3.1");
-        let v = serde_json::to_value(r.in_version("1.1.0")).unwrap();
+        let v = serde_json::to_value(r.clone().in_version("1.1.0")).unwrap();
         assert!(v["ips"][0].get("version").is_none());
+        let mut dual = r;
+        dual.ips.push(IpConfig {
+            version: None,
+            address: "fd00::2/128".into(),
+            gateway: Some("fe80::1".into()),
+            interface: Some(1),
+        });
+        let v = serde_json::to_value(dual.clone().in_version("0.4.0")).unwrap();
+        assert_eq!(v["ips"][0]["version"], "4");
+        assert_eq!(v["ips"][1]["version"], "6");
+        let v = serde_json::to_value(dual.in_version("1.0.0")).unwrap();
+        assert!(v["ips"][1].get("version").is_none());
     }
 }

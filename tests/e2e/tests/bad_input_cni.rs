@@ -306,6 +306,8 @@ fn bad_input_table() {
         p
     };
     let empty = cidr_file("empty", "");
+    let two_v4 = cidr_file("two-v4", "10.1.0.0/24\n10.2.0.0/24\n");
+    let narrow_v6 = cidr_file("narrow-v6", "10.1.0.0/24\nfd00::/121\n");
     let everything = cidr_file("everything", "0.0.0.0/0\n");
     let garbage = cidr_file("garbage", "banana\n");
     let zero = f.join("zero");
@@ -345,6 +347,11 @@ fn bad_input_table() {
             7,
             &format!("podCIDR {c} {says}"),
         )
+    };
+    let cidrs = |list: Value, says: &str| {
+        let mut c = env.conf_with("1.1.0", "podCIDR", Value::Null);
+        c["podCIDRs"] = list;
+        row("podCIDRs", "ADD", "eth0", pod(), &c, 7, says)
     };
     let file = |verb, p: &Path, code, says: &str| {
         row(
@@ -677,6 +684,67 @@ fn bad_input_table() {
         ),
         cidr("10.1.0.0/30", "is too small"),
         cidr("10.1.0.0/31", "is too small"),
+        // IPv6 pod ranges.
+        cidr("::/0", "is every IPv6 address"),
+        cidr(
+            "fd00::/121",
+            "is too small: an IPv6 prefix must be /120 or shorter (a /120 holds 254 pods)",
+        ),
+        cidr("fd00::1/64", "has host bits set (did you mean fd00::/64?)"),
+        cidr(
+            "ff02::/16",
+            "is not a unicast range: it overlaps ff00::/8 (multicast)",
+        ),
+        cidr(
+            "fe80::/64",
+            "is not a unicast range: it overlaps fe80::/10 (link-local)",
+        ),
+        cidr(
+            "::/120",
+            "is not a unicast range: it overlaps ::1/128 (loopback)",
+        ),
+        cidr(
+            "::ffff:0.0.0.0/96",
+            "is not a unicast range: it overlaps ::ffff:0.0.0.0/96 (IPv4-mapped)",
+        ),
+        cidrs(
+            json!(["10.1.0.0/24", "10.2.0.0/24"]),
+            "podCIDRs has two IPv4 ranges (10.1.0.0/24, 10.2.0.0/24): give at most one per family",
+        ),
+        cidrs(
+            json!(["fd00:1::/64", "fd00:2::/64"]),
+            "podCIDRs has two IPv6 ranges (fd00:1::/64, fd00:2::/64): give at most one per family",
+        ),
+        cidrs(
+            json!(["10.1.0.0/24", "fd00::/121"]),
+            "podCIDRs[1] fd00::/121 is too small",
+        ),
+        cidrs(
+            json!(["10.1.0.0/24", "fe80::/64"]),
+            "podCIDRs[1] fe80::/64 is not a unicast range: it overlaps fe80::/10 (link-local)",
+        ),
+        cidrs(json!([]), "podCIDRs is empty"),
+        cidrs(
+            json!("10.1.0.0/24"),
+            "podCIDRs must be a list of CIDR strings",
+        ),
+        row(
+            "podCIDR not in podCIDRs",
+            "ADD",
+            "eth0",
+            pod(),
+            &env.conf_with("1.1.0", "podCIDRs", json!(["10.9.0.0/24", "fd00::/64"])),
+            7,
+            "podCIDR 10.251.0.0/24 is not one of podCIDRs (10.9.0.0/24,fd00::/64)",
+        ),
+        file(
+            "ADD",
+            &two_v4,
+            7,
+            " has two IPv4 ranges (10.1.0.0/24, 10.2.0.0/24): give at most one per family",
+        ),
+        file("ADD", &narrow_v6, 7, ": podCIDR fd00::/121 is too small"),
+        file("STATUS", &two_v4, 50, " has two IPv4 ranges"),
         file(
             "ADD",
             &everything,

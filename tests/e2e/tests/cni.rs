@@ -4,7 +4,8 @@
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddrV4},
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -23,6 +24,8 @@ struct Env {
     data: tempfile::TempDir,
     name: String,
     cidr: String,
+    /// When set, the config carries `podCIDRs` instead of `podCIDR`.
+    cidrs: Vec<String>,
 }
 
 impl Env {
@@ -34,18 +37,32 @@ impl Env {
             data: tempfile::tempdir().expect("tempdir"),
             name: "petrel".into(),
             cidr: cidr.into(),
+            cidrs: Vec::new(),
+        }
+    }
+
+    /// A config with `podCIDRs`.
+    fn with_ranges(cidrs: &[&str]) -> Env {
+        Env {
+            cidrs: cidrs.iter().map(ToString::to_string).collect(),
+            ..Env::new("")
         }
     }
 
     fn conf(&self, version: &str) -> Value {
-        json!({
+        let mut c = json!({
             "cniVersion": version,
             "name": self.name,
             "type": "petrel-cni",
             "podCIDR": self.cidr,
             "dataDir": self.data.path(),
             "mtu": 1400,
-        })
+        });
+        if !self.cidrs.is_empty() {
+            c.as_object_mut().expect("object").remove("podCIDR");
+            c["podCIDRs"] = json!(self.cidrs);
+        }
+        c
     }
 
     #[expect(
@@ -93,7 +110,7 @@ impl Env {
         reservations(self.data.path(), &self.name)
     }
 
-    /// Nothing left: no reservation, no host-side link.
+    /// Nothing left: no reservation, no host-side link, no IPv6 route to a pod.
     fn assert_clean(&self) {
         assert_eq!(
             self.reservations(),
@@ -101,8 +118,65 @@ impl Env {
             "reservations left"
         );
         assert_eq!(petrel_links(&self.node), Vec::<String>::new(), "links left");
+        let routes = text(&self.node.exec("ip", &["-6", "route", "show"]));
+        assert!(
+            !routes.contains("fd00:250"),
+            "IPv6 pod routes left: {routes}"
+        );
     }
 }
+
+fn text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ips_of(result: &Value) -> Vec<String> {
+    result["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .map(|ip| ip["address"].as_str().expect("address").to_string())
+        .collect()
+}
+
+fn ip6_of(result: &Value) -> Ipv6Addr {
+    result["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+        .next()
+        .expect("an IPv6 address in the result")
+}
+
+/// One TCP exchange over IPv6: a listener on `addr` made in `server`, a connection from
+/// `client`; returns the source address the server saw. The listener is bound right after ADD:
+/// an address still in duplicate address detection could not be bound.
+fn tcp6(server: &NetNs, client: &NetNs, addr: SocketAddrV6) -> Ipv6Addr {
+    let listener = server.run(move || {
+        std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"))
+    });
+    let accepted = std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().expect("accept");
+        s.write_all(b"petrel over IPv6").expect("write");
+        peer
+    });
+    let got = client.run(move || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr.into(), Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let mut got = String::new();
+        s.read_to_string(&mut got).expect("read");
+        got
+    });
+    assert_eq!(got, "petrel over IPv6");
+    match accepted.join().expect("server thread") {
+        SocketAddr::V6(peer) => *peer.ip(),
+        SocketAddr::V4(peer) => panic!("an IPv4 peer {peer}"),
+    }
+}
+
+/// The node's own global IPv6 address (on lo), as a real node has one.
+const NODE6: &str = "fd00:ff::1";
 
 fn ip_of(result: &Value) -> Ipv4Addr {
     result["ips"][0]["address"]
@@ -545,4 +619,267 @@ fn chained_with_debian_reference_plugins() {
         call.run(&env.node, &conf_for(i, Some(&result))).ok();
     }
     env.assert_clean();
+}
+
+/// Both families: both addresses and default routes in the pod, usable at once (no DAD), the
+/// host routes and gateway, traffic over IPv6 pod to pod, host to pod and pod to host, CHECK of
+/// both, GC and DEL freeing both.
+#[test]
+fn dual_stack_add_check_gc_del_with_ipv6_traffic() {
+    let env = Env::with_ranges(&["10.250.6.0/24", "fd00:250:6::/120"]);
+    env.node.exec(
+        "ip",
+        &["addr", "add", &format!("{NODE6}/128"), "dev", "lo", "nodad"],
+    );
+    let pods = [
+        NetNs::new(&unique("cp")),
+        NetNs::new(&unique("cp")),
+        NetNs::new(&unique("cp")),
+    ];
+    let results: Vec<Value> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| env.add("1.1.0", &format!("d{i}"), p).ok().json())
+        .collect();
+    let r = &results[0];
+    assert_eq!(ips_of(r), ["10.250.6.2/32", "fd00:250:6::2/128"]);
+    assert_eq!(r["ips"][0]["gateway"], "10.250.6.1");
+    assert_eq!(r["ips"][1]["gateway"], "fe80::1");
+    assert_eq!(r["ips"][1]["interface"], 1);
+    assert_eq!(
+        r["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": "10.250.6.1"}, {"dst": "::/0", "gw": "fe80::1"}])
+    );
+    assert_eq!(ips_of(&results[1]), ["10.250.6.3/32", "fd00:250:6::3/128"]);
+    // Two files per pod in the store.
+    assert_eq!(env.reservations().len(), 6);
+
+    // In the pod: both addresses (the IPv6 one not tentative), both default routes.
+    let addrs = text(&pods[0].exec("ip", &["-6", "addr", "show", "dev", "eth0"]));
+    assert!(addrs.contains("inet6 fd00:250:6::2/128"), "{addrs}");
+    let line = addrs
+        .lines()
+        .find(|l| l.contains("fd00:250:6::2"))
+        .unwrap_or_default();
+    assert!(!line.contains("tentative"), "{line}");
+    assert!(line.contains("nodad"), "{line}");
+    let v4 = text(&pods[0].exec("ip", &["-4", "route", "show", "default"]));
+    assert!(v4.contains("default via 10.250.6.1 dev eth0"), "{v4}");
+    let v6 = text(&pods[0].exec("ip", &["-6", "route", "show", "default"]));
+    assert!(v6.contains("default via fe80::1 dev eth0"), "{v6}");
+    // On the host: the gateway on the veth, the route to the pod's /128, forwarding.
+    let host_if = r["interfaces"][0]["name"].as_str().expect("host if");
+    let gw = text(&env.node.exec("ip", &["-6", "addr", "show", "dev", host_if]));
+    assert!(gw.contains("inet6 fe80::1/64"), "{gw}");
+    let route = text(
+        &env.node
+            .exec("ip", &["-6", "route", "show", "fd00:250:6::2"]),
+    );
+    assert!(route.contains(&format!("dev {host_if}")), "{route}");
+    let fwd = text(
+        &env.node
+            .exec("sysctl", &["-n", "net.ipv6.conf.all.forwarding"]),
+    );
+    assert_eq!(fwd.trim(), "1");
+
+    // Pod to pod, host to pod, pod to host over IPv6; IPv4 still answers.
+    let p1 = ip6_of(&results[1]);
+    let seen = tcp6(&pods[1], &pods[0], SocketAddrV6::new(p1, 8080, 0, 0));
+    assert_eq!(seen, ip6_of(&results[0]));
+    let node6: Ipv6Addr = NODE6.parse().expect("node address");
+    let seen = tcp6(&pods[1], &env.node, SocketAddrV6::new(p1, 8081, 0, 0));
+    assert_eq!(seen, node6);
+    let seen = tcp6(&env.node, &pods[0], SocketAddrV6::new(node6, 9090, 0, 0));
+    assert_eq!(seen, ip6_of(&results[0]));
+    let _s1 = pod::Server::start(
+        Some(pods[1].path()),
+        "pod1",
+        SocketAddrV4::new(ip_of(&results[1]), 8080),
+    );
+    let got = request(&pods[0].path(), SocketAddrV4::new(ip_of(&results[1]), 8080));
+    assert_eq!(got.client_seen, ip_of(&results[0]).to_string());
+
+    // CHECK passes, then fails naming what is missing of either family.
+    let mut conf = env.conf("1.1.0");
+    conf["prevResult"] = results[0].clone();
+    let check = || {
+        env.call("CHECK", "d0", "eth0", Some(pods[0].path()))
+            .run(&env.node, &conf.to_string())
+    };
+    check().ok();
+    pods[0].exec("ip", &["-6", "route", "del", "default"]);
+    let msg = check().error_code(103);
+    assert!(
+        msg.contains("IPv6 default route via fe80::1 dev eth0 is missing"),
+        "{msg}"
+    );
+    pods[0].exec(
+        "ip",
+        &["-6", "addr", "del", "fd00:250:6::2/128", "dev", "eth0"],
+    );
+    let msg = check().error_code(103);
+    assert!(msg.contains("address fd00:250:6::2 is missing"), "{msg}");
+
+    // A 0.4.0 result names each address's family.
+    let legacy = NetNs::new(&unique("cp"));
+    let r = env.add("0.4.0", "d-legacy", &legacy).ok().json();
+    assert_eq!(r["ips"][0]["version"], "4");
+    assert_eq!(r["ips"][1]["version"], "6");
+    env.del("d-legacy", Some(legacy.path())).ok();
+
+    // GC frees both reservations and the link of an unlisted attachment.
+    env.gc(&["d0", "d1"]).ok();
+    assert_eq!(env.reservations().len(), 4);
+    assert_eq!(petrel_links(&env.node).len(), 2);
+    for (i, p) in pods.iter().enumerate().take(2) {
+        env.del(&format!("d{i}"), Some(p.path())).ok();
+        env.del(&format!("d{i}"), Some(p.path())).ok();
+    }
+    env.assert_clean();
+}
+
+/// An IPv6-only node: no IPv4 address anywhere, the IPv6 wiring alone, traffic both ways.
+#[test]
+fn ipv6_only_add_check_del() {
+    let mut env = Env::new("fd00:250:7::/120");
+    env.name = "petrel6".into();
+    env.node.exec(
+        "ip",
+        &["addr", "add", &format!("{NODE6}/128"), "dev", "lo", "nodad"],
+    );
+    let pod = NetNs::new(&unique("cp"));
+    let r = env.add("1.0.0", "v6", &pod).ok().json();
+    assert_eq!(ips_of(&r), ["fd00:250:7::2/128"]);
+    assert_eq!(r["routes"], json!([{"dst": "::/0", "gw": "fe80::1"}]));
+    assert_eq!(env.reservations(), ["fd00:250:7::2"]);
+    let v4 = text(&pod.exec("ip", &["-4", "addr", "show", "dev", "eth0"]));
+    assert_eq!(v4.trim(), "", "no IPv4 address in an IPv6-only pod");
+    let v4 = text(&pod.exec("ip", &["-4", "route", "show"]));
+    assert_eq!(v4.trim(), "", "no IPv4 route in an IPv6-only pod");
+    let host_if = r["interfaces"][0]["name"].as_str().expect("host if");
+    let host4 = text(&env.node.exec("ip", &["-4", "addr", "show", "dev", host_if]));
+    assert_eq!(host4.trim(), "", "no IPv4 gateway on the host veth");
+    let node6: Ipv6Addr = NODE6.parse().expect("node address");
+    let p = ip6_of(&r);
+    assert_eq!(
+        tcp6(&env.node, &pod, SocketAddrV6::new(node6, 9091, 0, 0)),
+        p
+    );
+    assert_eq!(
+        tcp6(&pod, &env.node, SocketAddrV6::new(p, 8082, 0, 0)),
+        node6
+    );
+    let mut conf = env.conf("1.0.0");
+    conf["prevResult"] = r.clone();
+    env.call("CHECK", "v6", "eth0", Some(pod.path()))
+        .run(&env.node, &conf.to_string())
+        .ok();
+    env.del("v6", Some(pod.path())).ok();
+    env.assert_clean();
+}
+
+/// Each family's pool is exhausted on its own, named in the error (code 100) and in STATUS
+/// (code 50), and an ADD failing on one family keeps no address of the other.
+#[test]
+fn pools_are_exhausted_per_family_and_nothing_half_reserved() {
+    // IPv4 first: a /29 holds 5 pods.
+    let env = Env::with_ranges(&["10.250.8.0/29", "fd00:250:8::/120"]);
+    let pods: Vec<NetNs> = (0..6).map(|_| NetNs::new(&unique("cp"))).collect();
+    for (i, p) in pods.iter().take(5).enumerate() {
+        env.add("1.1.0", &format!("x{i}"), p).ok();
+    }
+    let msg = env.add("1.1.0", "x5", &pods[5]).error_code(100);
+    assert!(msg.contains("10.250.8.0/29"), "{msg}");
+    assert_eq!(env.reservations().len(), 10);
+    let status = env
+        .call("STATUS", "", "", None)
+        .run(&env.node, &env.conf("1.1.0").to_string())
+        .error_code(50);
+    assert!(
+        status.contains("address pool 10.250.8.0/29 is exhausted"),
+        "{status}"
+    );
+    for i in 0..5 {
+        env.del(&format!("x{i}"), None).ok();
+    }
+    env.assert_clean();
+
+    // IPv6: all but one of its 254 names taken by files that are not petrel's (they are left
+    // alone and their addresses never handed out).
+    let env = Env::with_ranges(&["10.250.9.0/24", "fd00:250:9::/120"]);
+    let store = env.data.path().join(&env.name);
+    std::fs::create_dir_all(&store).expect("store");
+    for n in 3..=0xffu16 {
+        std::fs::write(store.join(format!("fd00:250:9::{n:x}")), "not petrel's").expect("stray");
+    }
+    let ok = env.add("1.1.0", "y0", &pods[0]).ok().json();
+    assert_eq!(ips_of(&ok), ["10.250.9.2/32", "fd00:250:9::2/128"]);
+    let msg = env.add("1.1.0", "y1", &pods[1]).error_code(100);
+    assert!(msg.contains("fd00:250:9::/120"), "{msg}");
+    assert_eq!(
+        env.reservations()
+            .iter()
+            .filter(|n| n.starts_with("10."))
+            .collect::<Vec<_>>(),
+        ["10.250.9.2"],
+        "the failed ADD's IPv4 reservation was released"
+    );
+    assert_eq!(
+        petrel_links(&env.node).len(),
+        1,
+        "the failed ADD made no link"
+    );
+    let status = env
+        .call("STATUS", "", "", None)
+        .run(&env.node, &env.conf("1.1.0").to_string())
+        .error_code(50);
+    assert!(
+        status.contains("address pool fd00:250:9::/120 is exhausted"),
+        "{status}"
+    );
+    env.del("y0", Some(pods[0].path())).ok();
+    for n in 3..=0xffu16 {
+        let stray = store.join(format!("fd00:250:9::{n:x}"));
+        assert_eq!(
+            std::fs::read_to_string(&stray).expect("left alone"),
+            "not petrel's"
+        );
+        std::fs::remove_file(stray).expect("rm");
+    }
+    env.assert_clean();
+}
+
+/// An IPv6 range where IPv6 is disabled (on the node, or in the pod's namespace): refused before
+/// anything is reserved or created, STATUS unavailable.
+#[test]
+fn ipv6_disabled_is_refused_before_anything_is_done() {
+    let env = Env::with_ranges(&["10.250.10.0/24", "fd00:250:10::/120"]);
+    let pod = NetNs::new(&unique("cp"));
+    pod.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+    let msg = env.add("1.1.0", "z0", &pod).error_code(7);
+    assert!(
+        msg.contains("the pod range fd00:250:10::/120 is IPv6, but in the pod's namespace")
+            && msg.contains("IPv6 is disabled (net.ipv6.conf.default.disable_ipv6 = 1)"),
+        "{msg}"
+    );
+    env.assert_clean();
+    pod.sysctl("net.ipv6.conf.default.disable_ipv6", "0");
+    env.node.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+    let msg = env.add("1.1.0", "z0", &pod).error_code(7);
+    assert_eq!(
+        msg,
+        "the pod range fd00:250:10::/120 is IPv6, but on the host IPv6 is disabled (net.ipv6.conf.all.disable_ipv6 = 1)"
+    );
+    let status = env
+        .call("STATUS", "", "", None)
+        .run(&env.node, &env.conf("1.1.0").to_string())
+        .error_code(50);
+    assert!(status.contains("on the host IPv6 is disabled"), "{status}");
+    env.assert_clean();
+    // An IPv4 range alone does not care.
+    let v4 = Env::new("10.250.11.0/24");
+    v4.node.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+    v4.add("1.1.0", "z1", &pod).ok();
+    v4.del("z1", Some(pod.path())).ok();
+    v4.assert_clean();
 }

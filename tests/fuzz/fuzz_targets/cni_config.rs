@@ -154,7 +154,13 @@ fuzz_target!(|data: &[u8]| {
             assert!(config::SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()));
             assert!((576..=65535).contains(&conf.mtu));
             match conf.require_pod_cidr() {
-                Ok(net) => assert!(net.prefix_len() <= 29 && net.network() == net.addr()),
+                Ok(ranges) => {
+                    assert!((1..=2).contains(&ranges.all().len()));
+                    for net in ranges.all() {
+                        let max = if net.addr().is_ipv4() { 29 } else { 120 };
+                        assert!(net.prefix_len() <= max && net.network() == net.addr());
+                    }
+                }
                 Err(e) => check_error(&e, &stdin),
             }
             match plugin::prev_result(&conf) {

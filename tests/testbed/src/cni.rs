@@ -132,13 +132,13 @@ pub fn petrel_links(node: &NetNs) -> Vec<String> {
         .collect()
 }
 
-/// Reservation files (IPs) in an IPAM folder of network `name`.
+/// Reservation files (IPs, IPv4 and IPv6) in an IPAM folder of network `name`.
 pub fn reservations(data_dir: &Path, name: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(data_dir.join(name))
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
                 .collect()
         })
         .unwrap_or_default();

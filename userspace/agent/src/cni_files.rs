@@ -44,11 +44,19 @@ impl CniFiles {
     /// The conflist waits for the MTU (known once the uplink is found): pods made with a wrong
     /// one would keep it.
     pub fn write(&self, nodes: &[Arc<Node>], name: &str, pod_mtu: Option<u32>) {
-        let Some(cidr) = self.usable_pod_cidr(nodes, name) else {
+        let Some(cidrs) = self.usable_pod_cidrs(nodes, name) else {
             return;
         };
         let file = &self.pod_cidr_file;
-        match write_if_changed(file, &format!("{cidr}\n")) {
+        // One range per line, in the Node's order: a single-stack node's file is what it always
+        // was ("10.244.1.0/24\n").
+        let text: String = cidrs.iter().map(|c| format!("{c}\n")).collect();
+        let cidr = cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        match write_if_changed(file, &text) {
             Ok(true) => {
                 tracing::info!(%cidr, file = %file.display(), "pod CIDR written for petrel-cni")
             }
@@ -137,12 +145,18 @@ impl CniFiles {
         *last = names;
     }
 
-    /// The Node's pod CIDR when petrel-cni can use it. One it cannot (`node::pod_cidr_problem`)
-    /// is logged once per change, raises `petrel_pod_cidr_refused`, and is not written: the
-    /// file keeps what it had, so petrel-cni never gets a range that fails every ADD.
-    fn usable_pod_cidr(&self, nodes: &[Arc<Node>], name: &str) -> Option<ipnet::Ipv4Net> {
-        let cidr = node::find(nodes, name).and_then(node::pod_cidr);
-        let problem = cidr.and_then(node::pod_cidr_problem);
+    /// The Node's pod CIDRs (one per family, `node::pod_cidrs`) when petrel-cni can use them.
+    /// One it cannot (`node::pod_cidr_problem`, `node::pod_cidr6_problem`) is logged once per
+    /// change, raises `petrel_pod_cidr_refused`, and nothing is written: the file keeps what it
+    /// had, so petrel-cni never gets a range that fails every ADD.
+    fn usable_pod_cidrs(&self, nodes: &[Arc<Node>], name: &str) -> Option<Vec<ipnet::IpNet>> {
+        let cidrs = node::find(nodes, name)
+            .map(node::pod_cidrs)
+            .unwrap_or_default();
+        let problem = cidrs.iter().find_map(|c| match c {
+            ipnet::IpNet::V4(c) => node::pod_cidr_problem(*c),
+            ipnet::IpNet::V6(c) => node::pod_cidr6_problem(*c),
+        });
         let mut last = self
             .refused
             .lock()
@@ -159,7 +173,7 @@ impl CniFiles {
             );
         }
         *last = problem.clone();
-        cidr.filter(|_| problem.is_none())
+        (!cidrs.is_empty() && problem.is_none()).then_some(cidrs)
     }
 }
 
@@ -438,6 +452,93 @@ mod tests {
             std::fs::read_to_string(&files.conf_file).expect("same"),
             text
         );
+    }
+
+    #[test]
+    fn a_dual_stack_node_gets_both_ranges_one_per_line_and_single_stack_is_unchanged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let files = CniFiles {
+            pod_cidr_file: dir.path().join("cni/pod-cidr"),
+            conf_file: dir.path().join("net.d/05-petrel.conflist"),
+            cni_version: contract::CONFLIST_CNI_VERSION.into(),
+            bpffs_root: contract::DEFAULT_BPFFS_ROOT.into(),
+            refused: std::sync::Mutex::default(),
+            metrics: Some(metrics.clone()),
+            exclusive: false,
+            shadowing: std::sync::Mutex::default(),
+            health: None,
+        };
+        let node = |single: &str, list: &[&str]| {
+            let mut n = Node {
+                spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+                    pod_cidr: Some(single.into()),
+                    pod_cidrs: (!list.is_empty())
+                        .then(|| list.iter().map(ToString::to_string).collect()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            n.metadata.name = Some("n1".into());
+            [Arc::new(n)]
+        };
+        let read = || std::fs::read_to_string(&files.pod_cidr_file).expect("pod cidr");
+        // Single stack, with or without podCIDRs: byte for byte the one line it always was.
+        files.write(&node("10.244.3.0/24", &[]), "n1", Some(1450));
+        assert_eq!(read(), "10.244.3.0/24\n");
+        let conflist = std::fs::read_to_string(&files.conf_file).expect("conflist");
+        files.write(&node("10.244.3.0/24", &["10.244.3.0/24"]), "n1", Some(1450));
+        assert_eq!(read(), "10.244.3.0/24\n");
+        // Both families, in the Node's order; the conflist does not change (it names the file).
+        files.write(
+            &node("10.244.3.0/24", &["10.244.3.0/24", "fd00:10:244:3::/64"]),
+            "n1",
+            Some(1450),
+        );
+        assert_eq!(read(), "10.244.3.0/24\nfd00:10:244:3::/64\n");
+        assert_eq!(
+            std::fs::read_to_string(&files.conf_file).expect("conflist"),
+            conflist
+        );
+        files.write(
+            &node(
+                "fd00:10:244:3::/64",
+                &["fd00:10:244:3::/64", "10.244.3.0/24"],
+            ),
+            "n1",
+            Some(1450),
+        );
+        assert_eq!(read(), "fd00:10:244:3::/64\n10.244.3.0/24\n");
+        // IPv6 only.
+        files.write(&node("fd00:10:244:3::/64", &[]), "n1", Some(1450));
+        assert_eq!(read(), "fd00:10:244:3::/64\n");
+        assert_eq!(metrics.pod_cidr_refused.get(), 0);
+        // petrel-cni reads what the agent wrote.
+        let conf = petrel_cni::config::NetConf::parse(
+            format!(
+                r#"{{"cniVersion":"1.0.0","name":"petrel","podCIDRFile":"{}"}}"#,
+                files.pod_cidr_file.display()
+            )
+            .as_bytes(),
+        )
+        .expect("conf");
+        files.write(
+            &node("10.244.3.0/24", &["10.244.3.0/24", "fd00:10:244:3::/64"]),
+            "n1",
+            Some(1450),
+        );
+        assert_eq!(
+            conf.require_pod_cidr().expect("ranges").to_string(),
+            "10.244.3.0/24,fd00:10:244:3::/64"
+        );
+        // An IPv6 range petrel-cni cannot use: refused, nothing written, the file kept.
+        files.write(
+            &node("10.244.3.0/24", &["10.244.3.0/24", "fd00:10:244:3::/124"]),
+            "n1",
+            Some(1450),
+        );
+        assert_eq!(metrics.pod_cidr_refused.get(), 1);
+        assert_eq!(read(), "10.244.3.0/24\nfd00:10:244:3::/64\n");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::{borrow::Borrow, net::Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 
 /// What the agent knows about its node.
@@ -82,6 +82,34 @@ pub fn pod_cidr(node: &Node) -> Option<Ipv4Net> {
     all.filter_map(|c| c.parse::<Ipv4Net>().ok()).next()
 }
 
+/// The node's pod CIDRs for petrel-cni, one per family, in the Node's order (the first is the
+/// pods' primary family): `spec.podCIDRs`, then `spec.podCIDR`, keeping the first range of each
+/// family that parses. A single-stack Node gives one range: what `pod_cidr` gives for IPv4.
+pub fn pod_cidrs(node: &Node) -> Vec<IpNet> {
+    let Some(spec) = node.spec.as_ref() else {
+        return Vec::new();
+    };
+    let all = spec.pod_cidrs.iter().flatten().chain(spec.pod_cidr.iter());
+    let mut out: Vec<IpNet> = Vec::new();
+    for net in all.filter_map(|c| c.parse::<IpNet>().ok()) {
+        if !out
+            .iter()
+            .any(|n| n.addr().is_ipv4() == net.addr().is_ipv4())
+        {
+            out.push(net);
+        }
+    }
+    out
+}
+
+/// Why petrel-cni cannot use the IPv6 `cidr` as a node's pod range, or None: petrel-cni's own
+/// check (unicast, its network address, /120 or wider, not ::/0), in its words.
+pub fn pod_cidr6_problem(cidr: Ipv6Net) -> Option<String> {
+    petrel_cni::config::parse_pod_range("podCIDR", &cidr.to_string())
+        .err()
+        .map(|e| e.msg())
+}
+
 /// Why petrel-cni cannot use `cidr` as a node's pod range, or None: it must be an IPv4 unicast
 /// range (not 0.0.0.0/8, loopback, link-local, multicast, reserved or broadcast), not
 /// 0.0.0.0/0, and hold at least 8 addresses (/29: network, gateway, broadcast and pods).
@@ -142,6 +170,52 @@ mod tests {
             let p = problem(bad).unwrap_or_default();
             assert!(p.contains(why), "{bad}: {p:?}");
         }
+    }
+
+    #[test]
+    fn pod_cidrs_gives_one_range_per_family_in_the_nodes_order() {
+        let node = |single: Option<&str>, list: Option<Vec<&str>>| Node {
+            spec: Some(NodeSpec {
+                pod_cidr: single.map(Into::into),
+                pod_cidrs: list.map(|l| l.into_iter().map(Into::into).collect()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let cidrs =
+            |n: &Node| -> Vec<String> { pod_cidrs(n).iter().map(ToString::to_string).collect() };
+        assert_eq!(cidrs(&node(Some("10.244.3.0/24"), None)), ["10.244.3.0/24"]);
+        assert_eq!(
+            cidrs(&node(Some("10.244.3.0/24"), Some(vec!["10.244.3.0/24"]))),
+            ["10.244.3.0/24"]
+        );
+        assert_eq!(
+            cidrs(&node(
+                Some("fd00:10:244:3::/64"),
+                Some(vec!["fd00:10:244:3::/64", "10.244.3.0/24"])
+            )),
+            ["fd00:10:244:3::/64", "10.244.3.0/24"]
+        );
+        assert_eq!(
+            cidrs(&node(
+                None,
+                Some(vec![
+                    "10.244.3.0/24",
+                    "banana",
+                    "10.9.0.0/16",
+                    "fd00::/64",
+                    "fd01::/64"
+                ])
+            )),
+            ["10.244.3.0/24", "fd00::/64"]
+        );
+        assert_eq!(cidrs(&node(Some("fd00::/64"), None)), ["fd00::/64"]);
+        assert!(pod_cidrs(&Node::default()).is_empty());
+        assert_eq!(pod_cidr6_problem("fd00::/64".parse().expect("cidr")), None);
+        let p = pod_cidr6_problem("fd00::/124".parse().expect("cidr")).unwrap_or_default();
+        assert!(p.contains("/120 or shorter"), "{p}");
+        let p = pod_cidr6_problem("ff02::/16".parse().expect("cidr")).unwrap_or_default();
+        assert!(p.contains("multicast"), "{p}");
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! Addresses: add one to a link, list them, find the link holding an address.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    address::{AddressAttribute, AddressMessage},
+    address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage},
 };
 
 use crate::{Result, Socket};
@@ -25,6 +25,33 @@ pub fn v4_message(index: u32, addr: Ipv4Addr, prefix_len: u8) -> AddressMessage 
             .push(AddressAttribute::Broadcast(Ipv4Addr::from(brd)));
     }
     m
+}
+
+/// The message for the IPv6 `addr/prefix_len` on link `index` (local and address both set, as
+/// `ip -6 addr add` does). With `nodad` the address is usable at once (IFA_F_NODAD: no duplicate
+/// address detection, which otherwise keeps it tentative for about a second).
+pub fn v6_message(index: u32, addr: Ipv6Addr, prefix_len: u8, nodad: bool) -> AddressMessage {
+    let mut m = AddressMessage::default();
+    m.header.family = AddressFamily::Inet6;
+    m.header.index = index;
+    m.header.prefix_len = prefix_len;
+    m.attributes.push(AddressAttribute::Address(addr.into()));
+    m.attributes.push(AddressAttribute::Local(addr.into()));
+    if nodad {
+        m.header.flags.insert(AddressHeaderFlags::Nodad);
+        m.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    m
+}
+
+/// Whether the address is still tentative (duplicate address detection not done, or failed).
+pub fn is_tentative(m: &AddressMessage) -> bool {
+    let dad = AddressFlags::Tentative | AddressFlags::Dadfailed;
+    m.header.flags.bits() & (dad.bits() as u8) != 0
+        || m.attributes
+            .iter()
+            .any(|a| matches!(a, AddressAttribute::Flags(f) if f.intersects(dad)))
 }
 
 /// Every address of the message (IFA_ADDRESS and IFA_LOCAL).
@@ -49,6 +76,25 @@ impl Socket {
             "adding address",
             &format_args!("{addr}/{prefix_len} to #{index}"),
             RouteNetlinkMessage::NewAddress(v4_message(index, addr, prefix_len)),
+            NLM_F_CREATE | excl,
+        )
+    }
+
+    /// Adds the IPv6 `addr/prefix_len` to link `index` (`v6_message`); with `replace` an
+    /// existing one is fine.
+    pub fn addr_add6(
+        &mut self,
+        index: u32,
+        addr: Ipv6Addr,
+        prefix_len: u8,
+        replace: bool,
+        nodad: bool,
+    ) -> Result<()> {
+        let excl = if replace { NLM_F_REPLACE } else { NLM_F_EXCL };
+        self.ack(
+            "adding address",
+            &format_args!("{addr}/{prefix_len} to #{index}"),
+            RouteNetlinkMessage::NewAddress(v6_message(index, addr, prefix_len, nodad)),
             NLM_F_CREATE | excl,
         )
     }
@@ -125,5 +171,30 @@ mod tests {
         );
         assert_eq!(addresses_of(&m).count(), 2);
         assert_eq!(m.header.index, 3);
+    }
+
+    #[test]
+    fn v6_addresses_carry_nodad_when_asked() {
+        let ip: Ipv6Addr = "fd00::2".parse().unwrap();
+        let m = v6_message(4, ip, 128, true);
+        assert_eq!(m.header.family, AddressFamily::Inet6);
+        assert!(m.header.flags.contains(AddressHeaderFlags::Nodad));
+        assert!(
+            m.attributes
+                .contains(&AddressAttribute::Flags(AddressFlags::Nodad))
+        );
+        assert_eq!(addresses_of(&m).collect::<Vec<_>>(), [IpAddr::V6(ip); 2]);
+        assert!(!is_tentative(&m));
+        let m = v6_message(4, ip, 64, false);
+        assert!(!m.header.flags.contains(AddressHeaderFlags::Nodad));
+        assert!(
+            !m.attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Flags(_)))
+        );
+        let mut t = m.clone();
+        t.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Tentative));
+        assert!(is_tentative(&t));
     }
 }
