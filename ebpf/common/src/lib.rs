@@ -160,6 +160,9 @@ pub const CT_F_HAIRPIN: u16 = 1 << 4;
 /// `CtValue::flags`: the client's source port was taken on the backend side (another frontend's
 /// flow, or one still closing): the source port was remapped from the NAT port range.
 pub const CT_F_REMAPPED: u16 = 1 << 5;
+/// `CtValue::flags`: a host process's connection (socket-LB off, or a frontend it left to TC),
+/// translated at TCX egress of an external interface; its answers go to the stack.
+pub const CT_F_HOST: u16 = 1 << 6;
 
 /// `CtValue::seen`: a packet went this way.
 pub const CT_SEEN_PKT: u8 = 1 << 0;
@@ -483,9 +486,16 @@ pub mod stat {
     pub const TCP_MIDSTREAM: u32 = 21;
     /// Dropped: a LoadBalancer frontend's loadBalancerSourceRanges do not hold the client.
     pub const DROP_SRC_RANGE: u32 = 22;
+    /// New connections of host processes translated at an external interface's egress (the TC
+    /// path for host traffic: socket-LB off, or a frontend socket-LB left to TC).
+    pub const HOST_DNAT: u32 = 23;
+    /// Dropped: a host process's connection (TC path) whose backend the node does not forward
+    /// to: a host-network endpoint on this node (from egress a packet cannot be turned back
+    /// into the node itself), or no route.
+    pub const DROP_HOST_UNROUTABLE: u32 = 24;
     pub const COUNT: u32 = 32;
 
-    pub const NAMES: [&str; 23] = [
+    pub const NAMES: [&str; 25] = [
         "tc_seen",
         "tc_dnat",
         "tc_revnat",
@@ -509,6 +519,8 @@ pub mod stat {
         "malformed",
         "tcp_midstream",
         "drop_src_range",
+        "host_dnat",
+        "drop_host_unroutable",
     ];
 }
 
@@ -635,6 +647,10 @@ mod tests {
         );
         assert_eq!(stat::NAMES[stat::TCP_MIDSTREAM as usize], "tcp_midstream");
         assert_eq!(stat::NAMES[stat::DROP_SRC_RANGE as usize], "drop_src_range");
+        assert_eq!(
+            stat::NAMES[stat::DROP_HOST_UNROUTABLE as usize],
+            "drop_host_unroutable"
+        );
     }
 }
 

@@ -15,7 +15,8 @@
 //!   and LoadBalancer traffic from outside the node, and the replies of SNATed and masqueraded
 //!   flows.
 //! * `tc_external_egress` (TCX egress of the node's external interfaces): answers of host-network
-//!   backends on this node, which leave without passing a pod veth.
+//!   backends on this node, which leave without passing a pod veth, and host processes'
+//!   connections to services when socket-LB does not translate them.
 
 mod ct;
 mod lb;

@@ -3,8 +3,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_OK, TC_ACT_SHOT,
-        bpf_fib_lookup,
+        BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LOOKUP_SKIP_NEIGH,
+        TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
     },
     helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail},
     programs::TcContext,
@@ -457,10 +457,12 @@ const ICMP_LEN: usize = 8 + 28;
 const REPLY_LEN: usize = ETH_HLEN + 20 + ICMP_LEN;
 
 /// Turns the packet into an ICMP destination-unreachable / port-unreachable answer from the
-/// frontend and sends it back out of the interface it came in on. The sender's kernel fails a
-/// TCP connect() or a connected UDP socket with ECONNREFUSED at once, as a closed port would.
+/// frontend and sends it back out of the interface it came in on (`to_host`: a packet the node
+/// itself was sending, seen at egress: the answer goes in through that interface's ingress
+/// instead). The sender's kernel fails a TCP connect() or a connected UDP socket with
+/// ECONNREFUSED at once, as a closed port would.
 #[inline(always)]
-pub fn reject(ctx: &mut TcContext, f: &Flow) -> Result<i32, i64> {
+pub fn reject(ctx: &mut TcContext, f: &Flow, to_host: bool) -> Result<i32, i64> {
     if f.ihl != 20 {
         return Ok(TC_ACT_SHOT);
     }
@@ -503,8 +505,10 @@ pub fn reject(ctx: &mut TcContext, f: &Flow) -> Result<i32, i64> {
     out[icmp + 2] = c[0];
     out[icmp + 3] = c[1];
     ctx.store(0, &out, 0)?;
-    // SAFETY: the skb pointer is valid; egress of the receiving interface sends it back.
-    Ok(unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) } as i32)
+    // SAFETY: the skb pointer is valid; egress of the receiving interface sends it back, its
+    // ingress hands it to the node's own stack.
+    let flags = if to_host { u64::from(BPF_F_INGRESS) } else { 0 };
+    Ok(unsafe { bpf_redirect((*ctx.skb.skb).ifindex, flags) } as i32)
 }
 
 /// The interface the routing table sends `src -> dst` out of, as if the packet were forwarded

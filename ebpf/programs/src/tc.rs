@@ -7,9 +7,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use petrel_common::{
-    AFFINITY_CLIENT_IP, BACKEND_F_REMOTE, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_HAIRPIN, CT_F_INBOUND,
-    CT_F_MASQ, CT_F_NODE_SNAT, CT_F_SNAT, CtValue, HAIRPIN_ADDR, IPPROTO_ICMP, SVC_F_EXTERNAL,
-    SVC_F_LOCAL_EXTERNAL, config, flow_hash, stat,
+    AFFINITY_CLIENT_IP, BACKEND_F_REMOTE, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_HAIRPIN, CT_F_HOST,
+    CT_F_INBOUND, CT_F_MASQ, CT_F_NODE_SNAT, CT_F_SNAT, CtValue, HAIRPIN_ADDR, IPPROTO_ICMP,
+    SVC_F_EXTERNAL, SVC_F_LOCAL_EXTERNAL, config, flow_hash, stat,
 };
 
 use crate::{
@@ -100,7 +100,7 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
         Lookup::NotService if internal => masq::egress(ctx, &f, &key, now),
         Lookup::NotService => Ok(TC_ACT_OK),
         Lookup::Drop => Ok(TC_ACT_SHOT),
-        Lookup::Reject => nat::reject(ctx, &f),
+        Lookup::Reject => nat::reject(ctx, &f, false),
         Lookup::Selected {
             backend_id,
             backend,
@@ -259,23 +259,110 @@ pub fn handle_pod_egress(ctx: &mut TcContext) -> i32 {
 
 /// Egress of the node's external interfaces: answers of a host-network backend on this node
 /// (NodePort, externalIP or LoadBalancer traffic DNATed to the node's own address) leave here
-/// without passing any pod veth; make them come from the frontend.
+/// without passing any pod veth: they are made to come from the frontend. And the TC path of
+/// host processes: a packet still addressed to a frontend here was sent by the node itself
+/// (pods' service traffic is translated on their veth, socket-LB's at connect()), following the
+/// node's routes toward the service address (its default route, in practice) as kube-proxy's
+/// OUTPUT chain sees it; it is balanced like a pod's, tracked with its answers left to the
+/// stack, and sent where the routing table puts its backend.
 #[inline(always)]
 pub fn handle_egress(ctx: &mut TcContext) -> Result<i32, i64> {
     let Packet::Flow(f) = nat::parse(ctx) else {
         return Ok(TC_ACT_OK);
     };
+    let now = ct::now_s();
+    let bits = ct::seen_bits(f.tcp_flags);
     let key = nat::key(&f, CT_DIR_REPLY);
     // SAFETY: only checked for presence (most packets have no entry).
-    if unsafe { CONNTRACK.get(key) }.is_none() {
+    if unsafe { CONNTRACK.get(key) }.is_some() {
+        if let Some(v) = ct::hit(&key, bits, now) {
+            if v.flags & (CT_F_INBOUND | CT_F_MASQ) == 0 && v.backend_id != 0 {
+                nat::apply(ctx, &f, &v)?;
+                count(stat::TC_REVNAT);
+            }
+        }
         return Ok(TC_ACT_OK);
     }
-    let now = ct::now_s();
-    if let Some(v) = ct::hit(&key, ct::seen_bits(f.tcp_flags), now) {
-        if v.flags & (CT_F_INBOUND | CT_F_MASQ) == 0 && v.backend_id != 0 {
-            nat::apply(ctx, &f, &v)?;
-            count(stat::TC_REVNAT);
+    let key = nat::key(&f, CT_DIR_FORWARD);
+    // SAFETY: only checked for presence.
+    if unsafe { CONNTRACK.get(key) }.is_some() {
+        if let Some(v) = ct::hit_forward(&key, bits, now) {
+            if v.flags & CT_F_HOST == 0 {
+                return Ok(TC_ACT_OK);
+            }
+            match lb::backend(v.backend_id) {
+                Some(b) if b.addr_be == v.dst_addr_be && b.port_be == v.dst_port_be => {
+                    return host_forward(ctx, &f, &v);
+                }
+                _ => {
+                    count(stat::REBALANCED);
+                    ct::remove(&key, &v);
+                }
+            }
         }
     }
-    Ok(TC_ACT_OK)
+    let fe = Frontend {
+        addr_be: f.daddr_be,
+        port_be: f.dport_be,
+        proto: f.proto,
+    };
+    // Random per connection, as socket-LB picks for host processes and kube-proxy for anyone.
+    let client = Client {
+        kind: AFFINITY_CLIENT_IP,
+        id: u64::from(f.saddr_be),
+        hash: 0,
+        maglev: false,
+        saddr_be: f.saddr_be,
+    };
+    match lb::select(&fe, true, &client) {
+        Lookup::NotService => Ok(TC_ACT_OK),
+        Lookup::Drop => Ok(TC_ACT_SHOT),
+        Lookup::Reject => nat::reject(ctx, &f, true),
+        Lookup::Selected {
+            backend_id,
+            backend,
+            svc,
+        } => {
+            // Routed as if forwarded from this interface (an output lookup would be bound to
+            // it: `flowi4_oif`); the node's address as source is fine there.
+            if nat::fib_egress(ctx, f.proto, f.saddr_be, backend.addr_be).is_none() {
+                // A host-network endpoint on this node (or no route to the backend): from
+                // egress the packet cannot be turned back into the node.
+                count(stat::DROP_HOST_UNROUTABLE);
+                return Ok(TC_ACT_SHOT);
+            }
+            let mut fwd = CtValue {
+                src_addr_be: f.saddr_be,
+                src_port_be: f.sport_be,
+                dst_addr_be: backend.addr_be,
+                dst_port_be: backend.port_be,
+                backend_id,
+                rev_nat_id: svc.rev_nat_id,
+                // Answers go to the stack, which delivers them to the host's socket.
+                ifindex: 0,
+                flags: CT_F_HOST,
+                seen: bits,
+                ..Default::default()
+            };
+            if ct::create(&key, &mut fwd, Port::Keep, now).is_err() {
+                return Ok(TC_ACT_SHOT);
+            }
+            count(stat::HOST_DNAT);
+            host_forward(ctx, &f, &fwd)
+        }
+    }
+}
+
+/// A host process's packet to its backend, out of the interface the routing table picks for it
+/// (a pod's veth, the uplink, the overlay); the stack's choice was made for the frontend.
+#[inline(always)]
+fn host_forward(ctx: &mut TcContext, f: &Flow, v: &CtValue) -> Result<i32, i64> {
+    nat::apply(ctx, f, v)?;
+    count(stat::TC_DNAT);
+    Ok(
+        match nat::fib_egress(ctx, f.proto, v.src_addr_be, v.dst_addr_be) {
+            Some(ifindex) => nat::redirect_neigh(ifindex),
+            None => TC_ACT_SHOT,
+        },
+    )
 }

@@ -3,7 +3,7 @@
 //! own link (`ext0`); the datapath is loaded into the node with TC on every pod veth and on
 //! `ext0`. Each test asserts which backend answered and which source address it saw.
 //!
-//! Longer than 600 lines on purpose: the 21 tests are one table over one fixture (the node, its
+//! Longer than 600 lines on purpose: the 22 tests are one table over one fixture (the node, its
 //! pods, the service/backend helpers above). Split by feature, every file would need that
 //! fixture, which only this file uses, and the test binary names `cargo test --test datapath`
 //! relies on would change.
@@ -844,6 +844,105 @@ fn socket_lb_translates_v4_mapped_addresses_on_ipv6_sockets() {
     assert!(f.stat("sock_translated") >= sock_before + 17);
     let err = get(SocketAddrV4::new(vip(26), 80), "tcp6").expect_err("refused");
     assert!(err.contains("refused"), "{err}");
+}
+
+/// The TC path of host processes (`--socket-lb=false`; here the node's threads are in no
+/// socket-LB cgroup): a process on the node reaches a ClusterIP through the node's default
+/// route, as it would under kube-proxy (whose OUTPUT chain DNATs after that route was chosen),
+/// and the external interface's egress program translates it: to local pods (redirected to
+/// their veth) and to a backend reached over the uplink itself, each seeing the node's address,
+/// the process seeing the VIP; no endpoint is refused at once. Upstream's "should function for
+/// node-Service: http/udp" (networking.go) from a node whose proxy has no socket hooks.
+#[test]
+fn host_processes_reach_services_through_the_tc_path_without_socket_lb() {
+    let f = Fixture::new();
+    let ext_ip = EXT_CLIENT;
+    let _ext_server = pod::Server::start(Some(f.ext_ns()), "ext", SocketAddrV4::new(ext_ip, 8080));
+    // The node's default route leaves by the external interface (the uplink).
+    f.node.ns.exec(
+        "ip",
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            &ext_ip.to_string(),
+            "dev",
+            "ext0",
+        ],
+    );
+    let mut maps = f.maps();
+    for (id, proto) in [(30, Proto::Tcp), (31, Proto::Udp)] {
+        let spec = BackendSpec {
+            id,
+            addr: SocketAddrV4::new(ext_ip, 8080),
+            proto,
+            terminating: false,
+            remote: true,
+        };
+        maps.upsert_backend(&spec).expect("backend");
+    }
+    let remote = |id| Endpoint {
+        local: false,
+        ..Endpoint::ready(id)
+    };
+    f.program(&ServiceEntry::new(
+        fe(vip(40), 80, Proto::Tcp),
+        1,
+        vec![ep(0, Proto::Tcp), ep(1, Proto::Tcp), remote(30)],
+    ));
+    f.program(&ServiceEntry::new(
+        fe(vip(40), 53, Proto::Udp),
+        2,
+        vec![ep(0, Proto::Udp), remote(31)],
+    ));
+    f.program(&ServiceEntry::new(fe(vip(41), 80, Proto::Tcp), 3, vec![]));
+    let node_ns = f.node.ns.path();
+    let replies = requests(
+        node_ns.clone(),
+        30,
+        Proto::Tcp,
+        SocketAddrV4::new(vip(40), 80),
+    );
+    assert_eq!(
+        servers(&replies),
+        set(&["b0", "b1", "ext"]),
+        "local pods and the backend over the uplink answer"
+    );
+    assert!(
+        replies.iter().all(|r| r.client_seen == NODE_IP.to_string()),
+        "every backend sees the node's address: {replies:?}"
+    );
+    assert!(
+        replies.iter().all(|r| r.peer == "10.96.0.40:80"),
+        "the process sees the VIP as its peer"
+    );
+    // Unconnected UDP: answers must come back from the VIP (udp_get checks their source).
+    let replies = requests(
+        node_ns.clone(),
+        16,
+        Proto::Udp,
+        SocketAddrV4::new(vip(40), 53),
+    );
+    assert_eq!(servers(&replies), set(&["b0", "ext"]));
+    assert!(f.stat("host_dnat") >= 46, "{}", f.stat("host_dnat"));
+
+    let flows = netctl_json(f.pins.path(), &["dump-conntrack"]);
+    assert!(
+        flows.as_array().expect("array").iter().any(|e| {
+            e["frontend"] == "10.96.0.40:80"
+                && e["nat"].as_str().is_some_and(|n| n.contains("host"))
+                && e["client"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("10.99.0.1:"))
+        }),
+        "host flows are shown as such: {flows}"
+    );
+
+    let refused = from(node_ns, || {
+        pod::tcp_get(SocketAddrV4::new(vip(41), 80)).expect_err("no endpoint")
+    });
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
 }
 
 /// `--socket-lb-hostns-only` (Cilium's bpf-lb-sock-hostns-only, for service meshes): socket-LB

@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use petrel_common::{
-    CT_DIR_FORWARD, CT_DIR_REPLY, CT_SEEN_ACK, CT_SEEN_PKT, CT_SEEN_SYN, CtKey, CtValue,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_HOST, CT_SEEN_ACK, CT_SEEN_PKT, CT_SEEN_SYN, CtKey, CtValue,
     NAT_PORT_MAX_DEFAULT, NAT_PORT_MIN_DEFAULT, config,
 };
 use petrel_datapath::{
@@ -184,6 +184,13 @@ impl Fixture {
             maps,
             _pins: pins,
         }
+    }
+
+    /// Runs the external interfaces' egress program (host-network answers, host processes).
+    fn run_egress(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        self.dp
+            .test_run_tc_program(petrel_datapath::datapath::PROG_TC_EXTERNAL_EGRESS, input)
+            .expect("BPF_PROG_TEST_RUN")
     }
 
     fn run(&mut self, external: bool, input: &[u8]) -> (u32, Vec<u8>) {
@@ -1029,5 +1036,69 @@ fn masquerade_never_starts_mid_stream_and_malformed_packets_pass() {
         assert_eq!((verdict, output), (OK, v6));
         assert!(f.stat("malformed") >= 1);
         assert_eq!(f.ct_len(), 0, "nothing tracked from bad packets");
+    });
+}
+
+/// Host processes' TC path (`--socket-lb=false`): a packet the node sends to a frontend, seen at
+/// an external interface's egress, is DNATed to a backend, tracked as the host's (its answers go
+/// to the stack, not redirected) and redirected where the routing table puts the backend; a
+/// frontend without endpoints is answered with port unreachable into the node itself; a
+/// backend the node has no forwarding route to is a counted drop; other traffic passes.
+#[test]
+fn host_packets_at_external_egress_are_balanced_and_answers_go_to_the_stack() {
+    isolated(|| {
+        // A route to this node's pods, as a node has (a veth pair stands in for their veths).
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &[
+                "link", "add", "pods0", "type", "veth", "peer", "name", "pods0p",
+            ],
+            &["addr", "add", "10.244.0.1/24", "dev", "pods0"],
+            &["link", "set", "pods0p", "up"],
+            &["link", "set", "pods0", "up"],
+        ] {
+            petrel_testbed::netns::ip(args);
+        }
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("forwarding on");
+        let mut f = Fixture::new();
+        let host = sa(NODE_IP, 40700);
+        let vip = sa([10, 96, 0, 1], 80);
+        let backend = sa([10, 244, 0, 3], 8080);
+        let (verdict, output) = f.run_egress(&tcp(host, vip, SYN));
+        assert_eq!(verdict, REDIRECT, "to the backend's interface");
+        assert_eq!(packet::parse(&output), out(TCP, host, backend).unwrap());
+        let fwd = f.ct(TCP, host, vip, CT_DIR_FORWARD).expect("forward entry");
+        assert!(fwd.flags & CT_F_HOST != 0 && fwd.ifindex == 0, "{fwd:?}");
+        // The backend's answer at its veth: from the VIP, to the stack (no redirect).
+        let (verdict, output) = f.run(false, &tcp(backend, host, SYN | ACK));
+        assert_eq!(verdict, OK);
+        assert_eq!(packet::parse(&output), out(TCP, vip, host).unwrap());
+        // The flow's next packet: same backend, no new connection.
+        let (verdict, output) = f.run_egress(&tcp(host, vip, ACK));
+        assert_eq!(verdict, REDIRECT);
+        assert_eq!(packet::parse(&output), out(TCP, host, backend).unwrap());
+        assert_eq!(f.stat("host_dnat"), 1);
+
+        // No endpoint: port unreachable from the frontend, handed to the node's own ingress.
+        let none = sa([10, 96, 0, 3], 80);
+        let (verdict, output) = f.run_egress(&tcp(host, none, SYN));
+        assert_eq!(verdict, REDIRECT);
+        assert_eq!(
+            packet::parse(&output),
+            Parsed {
+                proto: ICMP,
+                src: sa([10, 96, 0, 3], 0),
+                dst: sa(NODE_IP, 0),
+                icmp: Some((3, 3, none)),
+            }
+        );
+        // The only backend is beyond any route here: dropped and counted, never sent astray.
+        let (verdict, _) = f.run_egress(&tcp(host, sa([10, 96, 0, 12], 80), SYN));
+        assert_eq!(verdict, SHOT);
+        assert_eq!(f.stat("drop_host_unroutable"), 1);
+        // Not a frontend: untouched.
+        let input = tcp(host, sa(EXT_CLIENT, 443), SYN);
+        let (verdict, output) = f.run_egress(&input);
+        assert_eq!((verdict, output), (OK, input));
     });
 }

@@ -94,7 +94,7 @@ impl Agent {
         }
         if !cli.socket_lb {
             tracing::warn!(
-                "--socket-lb=false: pods' service traffic takes the TC path; host processes (hostNetwork pods, the kubelet) get no service translation"
+                "--socket-lb=false: pods' service traffic takes the TC path; host processes (hostNetwork pods, the kubelet) are translated at egress of the external interfaces, so their route to service addresses (the default route) must leave by one; they cannot reach this node's own NodePorts or host-network endpoints on this node"
             );
             if cli.socket_lb_hostns_only {
                 tracing::warn!("--socket-lb-hostns-only has no effect with --socket-lb=false");

@@ -54,8 +54,8 @@ pub struct Cli {
     #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
     /// Socket-level load balancing (connect/sendmsg translation, IPv4 and IPv4-mapped IPv6
-    /// sockets); off: the TC path translates pods' traffic (host processes then reach services
-    /// only through socket-LB, see the README).
+    /// sockets); off: the TC path translates pods' traffic, and host processes' at egress of the
+    /// external interfaces (see the README for what they then cannot reach).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub socket_lb: bool,
     /// Socket-LB translates only in the host's network namespace (Cilium's

@@ -7,7 +7,7 @@ use std::{
 };
 
 use petrel_common::{
-    BACKEND_F_REMOTE, Backend, CT_DIR_FORWARD, CT_F_HAIRPIN, CT_F_INBOUND, CT_F_MASQ,
+    BACKEND_F_REMOTE, Backend, CT_DIR_FORWARD, CT_F_HAIRPIN, CT_F_HOST, CT_F_INBOUND, CT_F_MASQ,
     CT_F_NODE_SNAT, CT_F_REMAPPED, CT_F_SNAT, CT_SEEN_ACK, CT_SEEN_FIN, CT_SEEN_RST, CT_SEEN_SYN,
     CtKey, CtValue, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV, SVC_F_TWO_SCOPES,
     ct_connection_over, stat,
@@ -144,6 +144,7 @@ fn nat_kind(flags: u16) -> Option<String> {
         (CT_F_HAIRPIN, "hairpin"),
         (CT_F_NODE_SNAT, "node-snat"),
         (CT_F_REMAPPED, "clash-remap"),
+        (CT_F_HOST, "host"),
     ]
     .into_iter()
     .filter(|(bit, _)| flags & bit != 0)
