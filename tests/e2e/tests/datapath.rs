@@ -3,7 +3,7 @@
 //! own link (`ext0`); the datapath is loaded into the node with TC on every pod veth and on
 //! `ext0`. Each test asserts which backend answered and which source address it saw.
 //!
-//! Longer than 600 lines on purpose: the 22 tests are one table over one fixture (the node, its
+//! Longer than 600 lines on purpose: the 23 tests are one table over one fixture (the node, its
 //! pods, the service/backend helpers above). Split by feature, every file would need that
 //! fixture, which only this file uses, and the test binary names `cargo test --test datapath`
 //! relies on would change.
@@ -1002,6 +1002,85 @@ fn socket_lb_hostns_only_leaves_pods_to_the_tc_path() {
     assert_eq!(f.stat("sock_translated"), sock_before + 2);
 }
 
+/// A service mesh's sidecar (Istio, Linkerd: an iptables REDIRECT of the pod's outbound TCP to a
+/// local proxy, which reads SO_ORIGINAL_DST and connects on from a marked socket the rule skips)
+/// with `--socket-lb-hostns-only`: the sidecar sees the service as the original destination,
+/// relays to it, the TC path balances its connection, and the application gets the backend's
+/// answer from the VIP. With socket-LB translating in pods the application's connect() is
+/// rewritten to a backend first, the redirect (written for the service range) no longer
+/// matches, and the mesh is bypassed: why the flag exists.
+#[test]
+fn a_sidecar_sees_the_service_as_original_destination_with_hostns_only() {
+    let f = Fixture::new();
+    let to = SocketAddrV4::new(vip(44), 80);
+    f.program(&ServiceEntry::new(
+        fe(vip(44), 80, Proto::Tcp),
+        1,
+        vec![ep(0, Proto::Tcp), ep(1, Proto::Tcp)],
+    ));
+    let cg = Cgroup::new(&unique("petrel-test-"));
+    assert_eq!(f.attach_cgroup(&cg), AttachOutcome::Attached);
+    let cookie = f
+        .node
+        .ns
+        .run(|| petrel_datapath::sys::netns_cookie().expect("netns cookie"));
+    f.maps()
+        .set_socket_lb_netns(Some(cookie))
+        .expect("hostns only");
+    f.node.pods[0].ns.exec(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            "10.96.0.0/16",
+            "-m",
+            "mark",
+            "!",
+            "--mark",
+            "0x1",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15001",
+        ],
+    );
+    let args = ["sidecar", "127.0.0.1:15001", "1"].map(String::from);
+    let mut sidecar = Session::spawn(&f, &cg, &args, "ready");
+    let bin = petrel_testbed::workspace_bin("petrel-pod", "PETREL_POD_BIN");
+    let get = || pod::get_in_cgroup(&bin, &f.client_ns(), cg.path(), to, "tcp");
+
+    let dnat_before = f.stat("tc_dnat");
+    let r = get().expect("through the sidecar");
+    assert_eq!(sidecar.line(), "orig 10.96.0.44:80", "what the sidecar saw");
+    assert!(r.server == "b0" || r.server == "b1", "{r:?}");
+    assert_eq!(r.client_seen, CLIENT.to_string());
+    assert_eq!(r.peer, "10.96.0.44:80");
+    assert!(
+        f.stat("tc_dnat") > dnat_before,
+        "the sidecar's connection took the TC path"
+    );
+
+    // Socket-LB in pods too: the application reaches a backend directly, past the sidecar.
+    f.maps().set_socket_lb_netns(None).expect("everywhere");
+    let r = get().expect("straight to a backend");
+    assert_eq!(r.peer, "10.96.0.44:80");
+    // Back to hostns-only: the sidecar's next line is this connection's, so it saw none between.
+    f.maps()
+        .set_socket_lb_netns(Some(cookie))
+        .expect("hostns only");
+    get().expect("through the sidecar again");
+    assert_eq!(
+        sidecar.line(),
+        "orig 10.96.0.44:80",
+        "the connection made with socket-LB in pods bypassed the sidecar"
+    );
+}
+
 /// kube-proxy masquerades off-cluster clients of a ClusterIP (`! -s clusterCIDR -d clusterIP
 /// -j KUBE-MARK-MASQ`: "you can establish a static route for your Service range, routing to any
 /// node"). With the backend on another node its answer must come back through this node, so the
@@ -1037,36 +1116,56 @@ fn an_off_cluster_client_routed_to_a_cluster_ip_reaches_a_remote_backend_from_th
     assert_eq!(f.stat("snat"), snat_before + 3);
 }
 
-/// A long-lived `petrel-pod session` in the client pod and a socket-LB cgroup: one line in, one
-/// line out. Killed on drop (before the cgroup it is in goes).
+/// A long-lived `petrel-pod session` (or `sidecar`) in the client pod and a socket-LB cgroup: one
+/// line in, one line out. Killed on drop (before the cgroup it is in goes).
 struct Session {
     child: std::process::Child,
-    out: std::io::BufReader<std::process::ChildStdout>,
+    /// Its stdout's lines, read on a thread so a line that never comes fails the test (after
+    /// `LINE_WAIT`) instead of hanging it.
+    lines: std::sync::mpsc::Receiver<String>,
 }
+
+/// How long a `Session` line may take: a guard against a hang, far above any answer's time.
+const LINE_WAIT: Duration = Duration::from_secs(20);
 
 impl Session {
     fn start(f: &Fixture, cg: &Cgroup, targets: &[SocketAddrV4]) -> Session {
+        let mut args = vec!["session".to_string()];
+        args.extend(targets.iter().map(ToString::to_string));
+        Session::spawn(f, cg, &args, "ok connected")
+    }
+
+    /// `petrel-pod ARGS` in the client pod and `cg`, once it printed `first`.
+    fn spawn(f: &Fixture, cg: &Cgroup, args: &[String], first: &str) -> Session {
         let bin = petrel_testbed::workspace_bin("petrel-pod", "PETREL_POD_BIN");
         let mut cmd = std::process::Command::new("nsenter");
         cmd.arg(format!("--net={}", f.client_ns().display()))
             .arg("--")
             .arg(&bin)
-            .arg("session")
-            .args(targets.iter().map(|t| t.to_string()))
+            .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped());
         pod::join_cgroup_on_exec(&mut cmd, cg.path());
-        let mut child = cmd.spawn().expect("spawn petrel-pod session");
+        let mut child = cmd.spawn().expect("spawn petrel-pod");
         let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        let mut s = Session { child, out };
-        assert_eq!(s.line(), "ok connected");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufRead::lines(out) {
+                let Ok(l) = l else { break };
+                if tx.send(l.trim().to_string()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = Session { child, lines };
+        assert_eq!(s.line(), first, "petrel-pod {args:?}");
         s
     }
 
     fn line(&mut self) -> String {
-        let mut l = String::new();
-        std::io::BufRead::read_line(&mut self.out, &mut l).expect("read from session");
-        l.trim().to_string()
+        self.lines
+            .recv_timeout(LINE_WAIT)
+            .unwrap_or_else(|e| panic!("no line from petrel-pod within {LINE_WAIT:?}: {e}"))
     }
 
     fn say(&mut self, cmd: &str) -> String {

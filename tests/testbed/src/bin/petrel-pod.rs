@@ -5,11 +5,18 @@
 //! connected UDP socket per address and, per line on stdin, `x N` makes one request on socket N
 //! and `r N` connects it anew, printing one line each ("ok SERVER CLIENT PEER", "ok connected",
 //! "err ERRNO TEXT"): a long-lived client for tests of what happens to connected sockets.
+//! `petrel-pod sidecar LISTEN:PORT MARK`: a service mesh's sidecar in miniature (see `sidecar`).
 
 use std::{
-    io::BufRead as _,
-    net::{SocketAddrV4, UdpSocket},
+    io::{BufRead as _, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd as _,
     process::ExitCode,
+};
+
+use nix::sys::socket::{
+    AddressFamily, SockFlag, SockType, SockaddrIn, connect as nix_connect, getsockopt, setsockopt,
+    socket, sockopt,
 };
 
 use petrel_testbed::pod;
@@ -58,8 +65,12 @@ fn main() -> ExitCode {
             }
             session(&targets)
         }
+        ["sidecar", listen, mark] => match (listen.parse::<SocketAddrV4>(), mark.parse::<u32>()) {
+            (Ok(l), Ok(m)) => sidecar(l, m),
+            _ => fail(&format!("bad sidecar arguments {listen} {mark}")),
+        },
         _ => fail(
-            "usage: petrel-pod serve NAME ADDR:PORT | petrel-pod get tcp|udp|tcp6|udp6 ADDR|NAME:PORT | petrel-pod session ADDR:PORT...",
+            "usage: petrel-pod serve NAME ADDR:PORT | petrel-pod get tcp|udp|tcp6|udp6 ADDR|NAME:PORT | petrel-pod session ADDR:PORT... | petrel-pod sidecar ADDR:PORT MARK",
         ),
     }
 }
@@ -124,6 +135,64 @@ fn session(targets: &[SocketAddrV4]) -> ExitCode {
         println!("{out}");
     }
     ExitCode::SUCCESS
+}
+
+/// A service mesh's sidecar in miniature, for a pod whose outbound TCP an iptables REDIRECT
+/// sends to `listen` (as Istio's and Linkerd's init containers set up): prints "ready", then per
+/// connection "orig ADDR:PORT" (SO_ORIGINAL_DST: where the application meant to go) and relays
+/// one request and the whole answer through its own connection there, from a socket marked
+/// `mark` (which the REDIRECT rule skips). Runs until killed.
+fn sidecar(listen: SocketAddrV4, mark: u32) -> ExitCode {
+    let listener = match TcpListener::bind(listen) {
+        Ok(l) => l,
+        Err(e) => return fail(&format!("binding {listen}: {e}")),
+    };
+    say("ready");
+    for conn in listener.incoming() {
+        let Ok(mut c) = conn else { continue };
+        let orig = match getsockopt(&c, sockopt::OriginalDst) {
+            Ok(sin) => SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            ),
+            Err(e) => {
+                say(&format!("err {} SO_ORIGINAL_DST", e as i32));
+                continue;
+            }
+        };
+        say(&format!("orig {orig}"));
+        if let Err(e) = relay(&mut c, orig, mark) {
+            say(&err_line(&e));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn relay(client: &mut TcpStream, to: SocketAddrV4, mark: u32) -> std::io::Result<()> {
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )?;
+    setsockopt(&fd, sockopt::Mark, &mark)?;
+    nix_connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
+    let mut up = TcpStream::from(fd);
+    for s in [&*client, &up] {
+        s.set_read_timeout(Some(pod::TIMEOUT))?;
+    }
+    let mut buf = [0u8; 64];
+    let n = client.read(&mut buf)?;
+    up.write_all(&buf[..n])?;
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer)?;
+    client.write_all(&answer)
 }
 
 fn fail(msg: &str) -> ExitCode {
