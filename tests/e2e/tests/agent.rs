@@ -1,7 +1,7 @@
 //! petrel-agent end to end: standalone manifests, the real kube-apiserver, restarts under load.
 //! The agent runs inside a simulated node's namespace; clients in a pod namespace.
 //!
-//! Near 700 lines on purpose: the five tests share one node fixture and its manifests and
+//! Longer than 600 lines on purpose: the nine tests share one node fixture and its manifests and
 //! object helpers, defined here for this file alone; one feature per file would copy them.
 
 use std::{
@@ -290,6 +290,70 @@ fn standalone_manifests_add_edit_delete_and_a_malformed_file() {
         f.netctl().as_array().is_some_and(Vec::is_empty)
     });
     assert!(f.get(vip).is_err());
+}
+
+/// Manifests for `topology_hints_and_traffic_distribution_keep_traffic_in_the_zone`: node n1 in
+/// zone-a, a service asking for hints (`trafficDistribution`, when `distribution` is set), b0 on
+/// n1 and b1 on n2, each hinted for the zones given.
+fn zoned_manifest(distribution: Option<&str>, hints: [&str; 2]) -> String {
+    let spec_extra = distribution
+        .map(|d| format!("  trafficDistribution: {d}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: n1, labels: {{topology.kubernetes.io/zone: zone-a}}}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  clusterIP: 10.96.0.60\n{spec_extra}  ports: [{{name: http, port: 80, protocol: TCP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nendpoints:\n- {{addresses: [{B0}], nodeName: n1, zone: zone-a, conditions: {{ready: true}}, hints: {{forZones: [{{name: {}}}]}}}}\n- {{addresses: [{B1}], nodeName: n2, zone: zone-b, conditions: {{ready: true}}, hints: {{forZones: [{{name: {}}}]}}}}\nports: [{{name: http, port: 8080, protocol: TCP}}]\n",
+        hints[0], hints[1]
+    )
+}
+
+/// Mirrors upstream's [sig-network] "Traffic Distribution ... should route traffic to an
+/// endpoint in the same zone when the service has trafficDistribution=PreferClose"
+/// (traffic_distribution.go) and the Topology Hints checks (topology_hints.go), through the real
+/// agent from standalone manifests (the v1.20 API server drops both fields): with
+/// PreferClose only the endpoint hinted for this node's zone answers; hints naming only zones
+/// that do not hold this node fall back to every endpoint (kube-proxy's rule, never none); a
+/// service that does not ask ignores the hints.
+#[test]
+fn topology_hints_and_traffic_distribution_keep_traffic_in_the_zone() {
+    let f = Fixture::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let web = dir.path().join("web.yaml");
+    write_atomic(
+        &web,
+        &zoned_manifest(Some("PreferClose"), ["zone-a", "zone-b"]),
+    );
+    let _agent = f.agent(&["--manifests".into(), dir.path().display().to_string()]);
+    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 60), 80);
+    eventually("the VIP answers", 20, || f.get(vip).is_ok());
+    let b0 = BTreeSet::from(["b0".to_string()]);
+    let both = BTreeSet::from(["b0".to_string(), "b1".to_string()]);
+    assert_eq!(f.servers(vip, 16), b0, "only zone-a's endpoint");
+
+    // Hints for zones this node is not in (zone-c is no zone of the cluster): all endpoints.
+    write_atomic(
+        &web,
+        &zoned_manifest(Some("PreferClose"), ["zone-c", "zone-b"]),
+    );
+    eventually("both endpoints programmed", 10, || {
+        f.frontend(vip)
+            .is_some_and(|s| s["backends"].as_array().map(Vec::len) == Some(2))
+    });
+    assert_eq!(f.servers(vip, 24), both, "the fallback: every endpoint");
+
+    // Back to hints for zone-a, then the service stops asking: the hints are ignored.
+    write_atomic(
+        &web,
+        &zoned_manifest(Some("PreferClose"), ["zone-a", "zone-b"]),
+    );
+    eventually("zone-a only again", 10, || {
+        f.frontend(vip)
+            .is_some_and(|s| s["backends"].as_array().map(Vec::len) == Some(1))
+    });
+    write_atomic(&web, &zoned_manifest(None, ["zone-a", "zone-b"]));
+    eventually("both endpoints without trafficDistribution", 10, || {
+        f.frontend(vip)
+            .is_some_and(|s| s["backends"].as_array().map(Vec::len) == Some(2))
+    });
+    assert_eq!(f.servers(vip, 24), both);
 }
 
 #[test]
