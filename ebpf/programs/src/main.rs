@@ -6,6 +6,7 @@
 //!   socket-level load balancing, translated once per socket; the application sees the VIP.
 //!   `sock_connect6`, `sock_sendmsg6`, `sock_recvmsg6`, `sock_getpeername6`: the same for
 //!   AF_INET6 sockets given IPv4-mapped addresses (other IPv6 addresses pass untouched).
+//! * `sock_release` (cgroup sock): a closed socket's socket-LB reverse entry goes with it.
 //! * `tc_pod_ingress` (TCX ingress of each pod's host-side veth): per-packet load balancing of
 //!   in-cluster traffic that socket-LB did not translate, reverse NAT of backend replies, and
 //!   masquerading of pod egress that leaves the cluster CIDR.
@@ -28,8 +29,8 @@ mod tc;
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
-    macros::{cgroup_sock_addr, classifier},
-    programs::{SockAddrContext, TcContext},
+    macros::{cgroup_sock, cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, SockContext, TcContext},
 };
 use maps::count;
 use petrel_common::stat;
@@ -63,6 +64,11 @@ pub fn tc_pod_egress(mut ctx: TcContext) -> i32 {
 #[classifier]
 pub fn tc_external_egress(mut ctx: TcContext) -> i32 {
     verdict(tc::handle_egress(&mut ctx))
+}
+
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    sock::release(&ctx)
 }
 
 #[cgroup_sock_addr(connect4)]

@@ -14,7 +14,7 @@
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
-    programs::SockAddrContext,
+    programs::{SockAddrContext, SockContext},
 };
 use petrel_common::{AFFINITY_NETNS, IPPROTO_UDP, SockKey, SockValue, config, stat};
 
@@ -221,5 +221,55 @@ pub fn reverse<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     if let Some(v) = unsafe { SOCK_REVNAT.get(key) }.copied() {
         write_dst::<V6>(ctx, v.addr_be, v.port_be);
     }
+    ALLOW
+}
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+
+/// A socket's release (cgroup sock_release, on close): the reverse entry connect() left for it
+/// goes with it, keyed by the socket's cookie and its destination, which connect() rewrote to
+/// the backend. Without this every connection's entry would stay until the LRU evicted it, and
+/// under connection churn evict the entries of sockets still open (a long-lived unconnected UDP
+/// socket's, whose answers would then show the backend's address). Unconnected sockets have no
+/// destination here: their entries are left to the LRU (and the agent's socket destruction).
+#[inline(always)]
+pub fn release(ctx: &SockContext) -> i32 {
+    let sk = ctx.sock;
+    // SAFETY: the kernel hands a valid bpf_sock; these fields are readable in sock_release.
+    // Each field by its own volatile load: the verifier refuses a context pointer the compiler
+    // offset once for two fields.
+    let (family, port_be, addr_be) = unsafe {
+        let family = core::ptr::read_volatile(&raw const (*sk).family);
+        let port = core::ptr::read_volatile(&raw const (*sk).dst_port);
+        let addr = if family == AF_INET {
+            core::ptr::read_volatile(&raw const (*sk).dst_ip4)
+        } else if family == AF_INET6 {
+            let a = core::ptr::read_volatile(&raw const (*sk).dst_ip6[0]);
+            let b = core::ptr::read_volatile(&raw const (*sk).dst_ip6[1]);
+            let c = core::ptr::read_volatile(&raw const (*sk).dst_ip6[2]);
+            let d = core::ptr::read_volatile(&raw const (*sk).dst_ip6[3]);
+            if a == 0 && b == 0 && c == V4_MAPPED_BE {
+                d
+            } else {
+                0
+            }
+        } else {
+            0
+        };
+        (family, port, addr)
+    };
+    if addr_be == 0 || (family != AF_INET && family != AF_INET6) {
+        return ALLOW;
+    }
+    // SAFETY: allowed for cgroup sock programs.
+    let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
+    let key = SockKey {
+        cookie,
+        addr_be,
+        port_be,
+        _pad: [0; 2],
+    };
+    let _ = SOCK_REVNAT.remove(key);
     ALLOW
 }

@@ -3,7 +3,7 @@
 //! own link (`ext0`); the datapath is loaded into the node with TC on every pod veth and on
 //! `ext0`. Each test asserts which backend answered and which source address it saw.
 //!
-//! Longer than 600 lines on purpose: the 23 tests are one table over one fixture (the node, its
+//! Longer than 600 lines on purpose: the 24 tests are one table over one fixture (the node, its
 //! pods, the service/backend helpers above). Split by feature, every file would need that
 //! fixture, which only this file uses, and the test binary names `cargo test --test datapath`
 //! relies on would change.
@@ -787,6 +787,52 @@ fn socket_lb_translates_at_the_socket_and_shows_the_vip() {
     assert!(err.contains("refused"), "{err}");
 }
 
+/// Socket-LB leaves a reverse entry (SOCK_REVNAT, an LRU) per translated connect(); the
+/// sock_release hook removes it when the socket closes, so connection churn never evicts the
+/// entries of sockets still open. Connected TCP on AF_INET and AF_INET6 (IPv4-mapped) sockets,
+/// then a connected UDP socket, whose entry lives exactly as long as it is open.
+#[test]
+fn closed_sockets_leave_no_socket_lb_state_behind() {
+    let f = Fixture::new();
+    f.program(&ServiceEntry::new(
+        fe(vip(45), 80, Proto::Tcp),
+        1,
+        vec![ep(0, Proto::Tcp), ep(1, Proto::Tcp)],
+    ));
+    f.program(&ServiceEntry::new(
+        fe(vip(45), 53, Proto::Udp),
+        2,
+        vec![ep(0, Proto::Udp), ep(1, Proto::Udp)],
+    ));
+    let cg = Cgroup::new(&unique("petrel-test-"));
+    assert_eq!(f.attach_cgroup(&cg), AttachOutcome::Attached);
+    let bin = petrel_testbed::workspace_bin("petrel-pod", "PETREL_POD_BIN");
+    let tcp = SocketAddrV4::new(vip(45), 80);
+    let entries = || f.maps().store().sock_revnat_len().expect("SOCK_REVNAT");
+    let translated = f.stat("sock_translated");
+    for proto in ["tcp", "tcp6"] {
+        for _ in 0..10 {
+            let r = pod::get_in_cgroup(&bin, &f.client_ns(), cg.path(), tcp, proto)
+                .expect("through socket-LB");
+            assert_eq!(r.client_seen, CLIENT.to_string());
+        }
+    }
+    assert_eq!(f.stat("sock_translated"), translated + 20);
+    assert_eq!(entries(), 0, "every closed socket's entry went with it");
+
+    let udp = SocketAddrV4::new(vip(45), 53);
+    let mut session = Session::start(&f, &cg, &[udp]);
+    assert_eq!(entries(), 1, "the open socket's entry");
+    let answer = session.say("x 0");
+    assert!(answer.starts_with("ok b"), "{answer}");
+    assert!(
+        answer.ends_with("10.96.0.45:53"),
+        "recvmsg shows the VIP: {answer}"
+    );
+    drop(session);
+    assert_eq!(entries(), 0, "gone with the socket");
+}
+
 /// Host processes with AF_INET6 sockets (many JVMs, dual-stack programs) reach IPv4 services
 /// through IPv4-mapped addresses (`::ffff:10.96.0.24`): connect6, sendmsg6/recvmsg6 and
 /// getpeername6 translate them as the IPv4 hooks do (Cilium's `sock6_xlate_v4_in_v6`).
@@ -815,6 +861,7 @@ fn socket_lb_translates_v4_mapped_addresses_on_ipv6_sockets() {
         links,
         petrel_datapath::datapath::SOCK_PROGRAMS
             .iter()
+            .chain([&petrel_datapath::datapath::PROG_SOCK_RELEASE])
             .map(ToString::to_string)
             .collect(),
         "every socket-LB hook pinned"

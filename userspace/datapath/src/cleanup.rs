@@ -2,9 +2,9 @@
 //!
 //! The root must be a directory on a bpffs mount holding petrel's layout only: `maps/` with the
 //! versioned map pins of this release or an earlier one (`maps::ALL`, `maps::OBSOLETE`) and
-//! `links/` with the program link pins (`sock_*` for the cgroup, `tc_*@<interface>` for TC) and
-//! `progs/` with the pod programs pinned for petrel-cni (`tc_pod_*`, and a `-new` pin an agent
-//! stopped half-way through replacing them may leave).
+//! `links/` with the program link pins (`sock_*` for the cgroup, `sock_release` among them,
+//! `tc_*@<interface>` for TC) and `progs/` with the pod programs pinned for petrel-cni
+//! (`tc_pod_*`, and a `-new` pin an agent stopped half-way through replacing them may leave).
 //! Anything else there (another tool's pins, a typo'd root such as `/sys/fs/bpf` itself, an
 //! ordinary folder) refuses the whole cleanup before a single pin is removed. The folders are
 //! removed only when empty afterwards (`rmdir`), never recursively.
@@ -80,7 +80,7 @@ pub fn is_map_pin(name: &str) -> bool {
 /// Whether `name` is a link pin petrel creates: a socket-LB program's, or a TC program's
 /// `<program>@<interface>`.
 pub fn is_link_pin(name: &str) -> bool {
-    if datapath::SOCK_PROGRAMS.contains(&name) {
+    if datapath::SOCK_PROGRAMS.contains(&name) || name == datapath::PROG_SOCK_RELEASE {
         return true;
     }
     let tc = [
@@ -210,6 +210,7 @@ mod tests {
             "sock_connect4",
             "sock_connect6",
             "sock_getpeername6",
+            "sock_release",
             "tc_pod_ingress@pet1a2b",
             "tc_external_egress@eth0%100",
         ] {

@@ -18,7 +18,8 @@ use std::{
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, Program, ProgramError, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, Program, ProgramError, SchedClassifier,
+        TcAttachType,
         links::{FdLink, LinkError, PinnedLink},
         tc::SchedClassifierLink,
     },
@@ -43,6 +44,8 @@ pub const PROG_TC_EXTERNAL_EGRESS: &str = "tc_external_egress";
 pub const POD_PROGRAMS: [&str; 2] = [PROG_TC_POD_INGRESS, PROG_TC_POD_EGRESS];
 /// The socket-LB programs, attached together to one cgroup: the IPv4 hooks, and the IPv6 ones
 /// (which translate IPv4-mapped addresses on AF_INET6 sockets).
+/// The cgroup sock program attached beside them: a closed socket's SOCK_REVNAT entry goes with it.
+pub const PROG_SOCK_RELEASE: &str = "sock_release";
 pub const SOCK_PROGRAMS: [&str; 8] = [
     "sock_connect4",
     "sock_sendmsg4",
@@ -339,35 +342,37 @@ impl Datapath {
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<AttachOutcome, DatapathError> {
         let mut outcome = AttachOutcome::Attached;
         for name in SOCK_PROGRAMS {
-            if self.attach_sock(name, cgroup)? == AttachOutcome::Replaced {
+            if self.attach_sock::<CgroupSockAddr>(name, cgroup)? == AttachOutcome::Replaced {
                 outcome = AttachOutcome::Replaced;
             }
+        }
+        // An upgrade from a release without it attaches it anew beside the swapped ones.
+        if self.attach_sock::<CgroupSock>(PROG_SOCK_RELEASE, cgroup)? == AttachOutcome::Replaced {
+            outcome = AttachOutcome::Replaced;
         }
         Ok(outcome)
     }
 
-    fn attach_sock(
+    fn attach_sock<T>(
         &mut self,
         name: &'static str,
         cgroup: &Path,
-    ) -> Result<AttachOutcome, DatapathError> {
+    ) -> Result<AttachOutcome, DatapathError>
+    where
+        T: CgroupProgram,
+        for<'a> &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+    {
         let link_path = self.root.join("links").join(name);
-        let prog: &mut CgroupSockAddr = self.program(name)?;
+        let prog: &mut T = self.program(name)?;
         if link_path.exists() {
             let link = bpf_obj_get(&link_path)?;
-            let prog_fd = prog.fd().map_err(prog_err("getting fd of", name))?;
-            bpf_link_update(&link, prog_fd.as_fd().as_raw_fd())
-                .map_err(io_err("BPF_LINK_UPDATE on", &link_path))?;
+            let prog_fd = prog.raw_fd().map_err(prog_err("getting fd of", name))?;
+            bpf_link_update(&link, prog_fd).map_err(io_err("BPF_LINK_UPDATE on", &link_path))?;
             return Ok(AttachOutcome::Replaced);
         }
         let cg = fs::File::open(cgroup).map_err(io_err("opening cgroup", cgroup))?;
-        let id = prog
-            .attach(cg, CgroupAttachMode::Single)
-            .map_err(prog_err("attaching", name))?;
-        let link = prog
-            .take_link(id)
-            .map_err(prog_err("taking link of", name))?;
-        pin_link(link, &link_path)?;
+        let link = prog.attach_link(cg).map_err(prog_err("attaching", name))?;
+        pin_fd_link(link, &link_path)?;
         Ok(AttachOutcome::Attached)
     }
 
@@ -429,7 +434,30 @@ macro_rules! program_load {
         }
     )*};
 }
-program_load!(SchedClassifier, CgroupSockAddr);
+program_load!(SchedClassifier, CgroupSockAddr, CgroupSock);
+
+/// The cgroup program types socket-LB attaches: the same calls, different link types.
+trait CgroupProgram: ProgramLoad {
+    fn raw_fd(&self) -> Result<std::os::fd::RawFd, ProgramError>;
+    /// Attaches to `cgroup` (one program per attach type) and hands over the link to pin.
+    fn attach_link(&mut self, cgroup: fs::File) -> Result<FdLink, ProgramError>;
+}
+
+macro_rules! cgroup_program {
+    ($($t:ty),*) => {$(
+        impl CgroupProgram for $t {
+            fn raw_fd(&self) -> Result<std::os::fd::RawFd, ProgramError> {
+                Ok(self.fd()?.as_fd().as_raw_fd())
+            }
+            fn attach_link(&mut self, cgroup: fs::File) -> Result<FdLink, ProgramError> {
+                let id = self.attach(cgroup, CgroupAttachMode::Single)?;
+                let link = self.take_link(id)?;
+                FdLink::try_from(link).map_err(|e| ProgramError::IOError(io::Error::other(e.to_string())))
+            }
+        }
+    )*};
+}
+cgroup_program!(CgroupSockAddr, CgroupSock);
 
 fn prog_err(op: &'static str, program: &'static str) -> impl FnOnce(ProgramError) -> DatapathError {
     move |source| DatapathError::Program {
@@ -536,9 +564,14 @@ fn pin_link<L>(link: L, path: &Path) -> Result<(), DatapathError>
 where
     FdLink: TryFrom<L, Error = LinkError>,
 {
-    FdLink::try_from(link)
-        .map_err(link_err("converting", path))?
-        .pin(path)
+    pin_fd_link(
+        FdLink::try_from(link).map_err(link_err("converting", path))?,
+        path,
+    )
+}
+
+fn pin_fd_link(link: FdLink, path: &Path) -> Result<(), DatapathError> {
+    link.pin(path)
         .map(drop)
         .map_err(|e| io_err("pinning link at", path)(io::Error::other(e.to_string())))
 }

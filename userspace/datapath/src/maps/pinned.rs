@@ -117,6 +117,17 @@ impl PinnedMaps {
             src_ranges: open(maps_dir, SRC_RANGES)?,
         })
     }
+
+    /// How many entries SOCK_REVNAT holds (one per connected socket socket-LB translated and
+    /// not yet closed, plus unconnected UDP sockets' until the LRU evicts them).
+    pub fn sock_revnat_len(&self) -> Result<usize, MapsError> {
+        let mut n = 0;
+        for k in self.sock_revnat.keys() {
+            op("iterate", SOCK_REVNAT, k)?;
+            n += 1;
+        }
+        Ok(n)
+    }
 }
 
 impl MapStore for PinnedMaps {
