@@ -324,11 +324,13 @@ pub(crate) fn assemble<'a>(parts: impl Iterator<Item = (&'a Age, &'a Desired)>) 
     desired
 }
 
-/// A service's IPv4 addresses, by kind of frontend.
+/// A service's IPv4 addresses, by kind of frontend, and its IPv6 ones (not served: the datapath
+/// is IPv4 only so far).
 struct Addresses {
     cluster: Vec<Ipv4Addr>,
     external: Vec<Ipv4Addr>,
     load_balancer: Vec<Ipv4Addr>,
+    ipv6: Vec<std::net::Ipv6Addr>,
 }
 
 impl Addresses {
@@ -358,10 +360,32 @@ impl Addresses {
             .filter(|i| serves_ingress(i))
             .filter_map(|i| i.ip.as_deref().and_then(ipv4))
             .collect();
+        let cluster_strs = match &spec.cluster_ips {
+            Some(ips) if !ips.is_empty() => ips.clone(),
+            _ => spec.cluster_ip.iter().cloned().collect(),
+        };
+        let ingress_strs = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|i| serves_ingress(i))
+            .filter_map(|i| i.ip.clone());
+        let mut ipv6: Vec<std::net::Ipv6Addr> = cluster_strs
+            .into_iter()
+            .chain(spec.external_ips.iter().flatten().cloned())
+            .chain(ingress_strs)
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        ipv6.sort();
+        ipv6.dedup();
         Addresses {
             cluster,
             external,
             load_balancer,
+            ipv6,
         }
     }
 }
@@ -443,6 +467,14 @@ fn add_service(
     });
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
     let addrs = Addresses::of(svc, spec);
+    // An IPv6 or dual-stack service's IPv6 addresses (cluster IPs, externalIPs, ingress IPs):
+    // petrel's datapath is IPv4 only so far. Each is refused by name, said once per change of
+    // the service (the memo computes it again only then) and counted with the unsupported ports;
+    // the service's IPv4 addresses are served.
+    for a in &addrs.ipv6 {
+        tracing::warn!(service = %id, address = %a, "service address not programmed: petrel's datapath serves IPv4 only (IPv6 services are not supported yet)");
+        desired.unsupported.push((id.clone(), format!("IPv6 {a}")));
+    }
     let lb_source_ranges = if kind == "LoadBalancer" {
         source_ranges(
             &id,
@@ -1392,6 +1424,49 @@ mod tests {
         let d = compute(&[s], &[] as &[EndpointSlice], &n, Options::default());
         assert!(frontends_of(&d, FrontendKind::NodePort).is_empty());
         assert_eq!(frontends_of(&d, FrontendKind::ClusterIp).len(), 1);
+    }
+
+    #[test]
+    fn ipv6_addresses_are_refused_by_name_and_the_ipv4_ones_served() {
+        let dual = svc(
+            "dual",
+            ServiceSpec {
+                cluster_ip: Some("10.96.0.43".into()),
+                cluster_ips: Some(vec!["10.96.0.43".into(), "fd00::43".into()]),
+                external_ips: Some(vec!["2001:db8::7".into()]),
+                ip_families: Some(vec!["IPv4".into(), "IPv6".into()]),
+                ports: Some(vec![port("web", 80, "TCP")]),
+                ..Default::default()
+            },
+        );
+        let v6 = svc(
+            "v6",
+            ServiceSpec {
+                cluster_ip: Some("fd00::44".into()),
+                cluster_ips: Some(vec!["fd00::44".into()]),
+                ip_families: Some(vec!["IPv6".into()]),
+                ports: Some(vec![port("web", 80, "TCP")]),
+                ..Default::default()
+            },
+        );
+        let d = compute(
+            &[dual, v6],
+            &[] as &[EndpointSlice],
+            &node(),
+            Options::default(),
+        );
+        assert_eq!(
+            frontends_of(&d, FrontendKind::ClusterIp),
+            ["10.96.0.43:80/TCP"]
+        );
+        assert_eq!(
+            d.unsupported,
+            [
+                ("default/dual".to_string(), "IPv6 2001:db8::7".to_string()),
+                ("default/dual".to_string(), "IPv6 fd00::43".to_string()),
+                ("default/v6".to_string(), "IPv6 fd00::44".to_string())
+            ]
+        );
     }
 
     #[test]
