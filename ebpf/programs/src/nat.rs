@@ -128,24 +128,31 @@ pub fn parse(ctx: &TcContext) -> Packet {
 
 #[inline(always)]
 fn parse_headers(ctx: &TcContext) -> Result<Packet, i64> {
+    // Headers are read a block at a time (the IPv4 header, then the TCP or UDP header up to
+    // its checksum): each bpf_skb_load_bytes is a helper call, and one per field made parsing
+    // most of a program run's cost on every packet (profiled with kernel.bpf_stats_enabled).
     let eth_proto: u16 = ctx.load(12)?;
     if eth_proto != ETH_P_IP_BE {
         return Ok(Packet::Other);
     }
-    let vihl: u8 = ctx.load(ETH_HLEN)?;
+    let ip: [u8; 20] = ctx.load(ETH_HLEN)?;
+    let vihl = ip[0];
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if ihl < 20 || vihl >> 4 != 4 {
         count(stat::MALFORMED);
         return Ok(Packet::Other);
     }
-    let proto: u8 = ctx.load(ETH_HLEN + 9)?;
-    let saddr_be: u32 = ctx.load(IP_SRC_OFF)?;
-    let daddr_be: u32 = ctx.load(IP_DST_OFF)?;
-    let frag = u16::from_be(ctx.load::<u16>(IP_FRAG_OFF)?);
+    let at = |o: usize| o - ETH_HLEN;
+    let proto = ip[9];
+    let ne32 =
+        |o: usize| u32::from_ne_bytes([ip[at(o)], ip[at(o) + 1], ip[at(o) + 2], ip[at(o) + 3]]);
+    let saddr_be = ne32(IP_SRC_OFF);
+    let daddr_be = ne32(IP_DST_OFF);
+    let frag = u16::from_be_bytes([ip[at(IP_FRAG_OFF)], ip[at(IP_FRAG_OFF) + 1]]);
     let frag_key = FragKey {
         saddr_be,
         daddr_be,
-        id_be: ctx.load(IP_ID_OFF)?,
+        id_be: u16::from_ne_bytes([ip[at(IP_ID_OFF)], ip[at(IP_ID_OFF) + 1]]),
         proto,
         _pad: 0,
     };
@@ -173,6 +180,44 @@ fn parse_headers(ctx: &TcContext) -> Result<Packet, i64> {
         }));
     }
     let l4_off = ETH_HLEN + ihl;
+    let ports = |h: &[u8]| {
+        (
+            u16::from_ne_bytes([h[0], h[1]]),
+            u16::from_ne_bytes([h[2], h[3]]),
+        )
+    };
+    // TCP and UDP: one read through the checksum (the last field a rewrite touches: a header
+    // cut before its end is malformed), the same bytes the layout below requires.
+    let fast = if proto == IPPROTO_TCP {
+        let h: [u8; 18] = ctx.load(l4_off)?;
+        let (s, d) = ports(&h);
+        Some((l4_off + 16, 0u64, s, d, h[13]))
+    } else if proto == IPPROTO_UDP {
+        let h: [u8; 8] = ctx.load(l4_off)?;
+        let (s, d) = ports(&h);
+        Some((l4_off + 6, u64::from(BPF_F_MARK_MANGLED_0), s, d, 0))
+    } else {
+        None
+    };
+    if let Some((csum_off, csum_flags, sport_be, dport_be, tcp_flags)) = fast {
+        if frag & IP_MF != 0 {
+            let _ = FRAGS.insert(frag_key, FragPorts { sport_be, dport_be }, 0);
+        }
+        return Ok(Packet::Flow(Flow {
+            proto,
+            ihl,
+            sport_off: l4_off,
+            dport_off: l4_off + 2,
+            csum_off,
+            csum_flags,
+            pseudo_hdr: true,
+            saddr_be,
+            daddr_be,
+            sport_be,
+            dport_be,
+            tcp_flags,
+        }));
+    }
     if proto == IPPROTO_ICMP {
         let t: u8 = ctx.load(l4_off)?;
         if t == ICMP_DEST_UNREACH || t == ICMP_TIME_EXCEEDED || t == ICMP_PARAMETERPROB {

@@ -245,11 +245,13 @@ pub fn handle_pod_egress(ctx: &mut TcContext) -> i32 {
     if ct::hit(&key, ct::seen_bits(f.tcp_flags), now).is_some() {
         return TC_ACT_OK;
     }
-    // Answers on connections petrel translated (a masqueraded flow's replies, NodePort traffic
-    // kept from its client) already have entries: the pod's side of them is their reply key.
+    // Answers on connections petrel translated (a service's replies to its client, a
+    // masqueraded flow's replies, NodePort traffic kept from its client) already have entries:
+    // the pod's side of them is their forward or their reply key. The forward key first: it
+    // is the one every service reply to a pod has.
     // SAFETY: only checked for presence.
-    if unsafe { CONNTRACK.get(nat::reversed(&f, CT_DIR_REPLY)) }.is_some()
-        || unsafe { CONNTRACK.get(nat::reversed(&f, CT_DIR_FORWARD)) }.is_some()
+    if unsafe { CONNTRACK.get(nat::reversed(&f, CT_DIR_FORWARD)) }.is_some()
+        || unsafe { CONNTRACK.get(nat::reversed(&f, CT_DIR_REPLY)) }.is_some()
     {
         return TC_ACT_OK;
     }

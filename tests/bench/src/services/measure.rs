@@ -283,7 +283,7 @@ pub(super) struct Variant {
     pub(super) node: usize,
     pub(super) socket_lb: bool,
     pub(super) direct: bool,
-    /// Runs from the node's `tc_client` pod rather than its `client`.
+    /// Runs from the node's TC client pod of the scale (`tc_clients`) rather than its `client`.
     pub(super) tc_client: bool,
 }
 
@@ -424,12 +424,14 @@ pub(super) fn wait_idle(px: &Proxies) {
     eprintln!("    (proxies still busy after 2 minutes; measuring anyway)");
 }
 
-/// Every variant, `rounds` times in turn (so drift in the machine's load spreads over all).
+/// Every variant at the `scale`-th scale step, `rounds` times in turn (so drift in the
+/// machine's load spreads over all).
 pub(super) fn datapath(
     nodes: &[Node],
     px: &Proxies,
     vips: &[Ipv4Addr],
     opts: &Opts,
+    scale: usize,
 ) -> Vec<Figures> {
     let mut figs = vec![Figures::default(); VARIANTS.len()];
     let direct: Vec<String> = nodes[0]
@@ -458,7 +460,7 @@ pub(super) fn datapath(
                 spread.clone()
             };
             let client = if v.tc_client {
-                &node.tc_client
+                &node.tc_clients[scale]
             } else {
                 &node.client
             };

@@ -178,7 +178,7 @@ struct Bed {
 fn measure(rt: &tokio::runtime::Runtime, ctl: &NetNs, opts: &Opts) -> Section {
     eprintln!("==> services: starting kube-apiserver and three simulated nodes");
     let api = rt.block_on(KubeApiServer::start_on(CTL_IP));
-    let bed = bed(rt, &api, ctl);
+    let bed = bed(rt, &api, ctl, opts.scales.len());
     let mut px = Proxies {
         kubeconfig: api.kubeconfig(),
         pins: BpffsRoot::new(&unique("petrel-bench-")),
@@ -192,7 +192,8 @@ fn measure(rt: &tokio::runtime::Runtime, ctl: &NetNs, opts: &Opts) -> Section {
     let steps: Vec<Step> = opts
         .scales
         .iter()
-        .map(|&n| scale_step(rt, &bed, &mut px, &mut vips, opts, n))
+        .enumerate()
+        .map(|(i, &n)| scale_step(rt, &bed, &mut px, &mut vips, opts, i, n))
         .collect();
 
     // petrel alone at `big` services, from manifests: this API server creates about 170
@@ -219,9 +220,9 @@ fn measure(rt: &tokio::runtime::Runtime, ctl: &NetNs, opts: &Opts) -> Section {
 
 /// The three nodes (same pod addresses on each), their Node objects, and the endpoint-change
 /// service `churn` with one endpoint.
-fn bed(rt: &tokio::runtime::Runtime, api: &KubeApiServer, ctl: &NetNs) -> Bed {
+fn bed(rt: &tokio::runtime::Runtime, api: &KubeApiServer, ctl: &NetNs, scales: usize) -> Bed {
     let client = rt.block_on(api.client());
-    let nodes: Vec<Node> = (1..=3).map(|i| Node::new(ctl, i)).collect();
+    let nodes: Vec<Node> = (1..=3).map(|i| Node::new(ctl, i, scales)).collect();
     let ips = nodes[0].backend_ips();
     for n in &nodes[1..] {
         assert_eq!(
@@ -276,14 +277,15 @@ fn bed(rt: &tokio::runtime::Runtime, api: &KubeApiServer, ctl: &NetNs) -> Bed {
     }
 }
 
-/// One scale: services created up to `n` (their VIPs appended to `vips`), both full syncs, the
-/// endpoint changes if `n` is a churn scale, then every datapath variant.
+/// One scale, the `index`-th: services created up to `n` (their VIPs appended to `vips`), both
+/// full syncs, the endpoint changes if `n` is a churn scale, then every datapath variant.
 fn scale_step(
     rt: &tokio::runtime::Runtime,
     bed: &Bed,
     px: &mut Proxies,
     vips: &mut Vec<Ipv4Addr>,
     opts: &Opts,
+    index: usize,
     n: usize,
 ) -> Step {
     let nodes = &bed.nodes;
@@ -315,7 +317,7 @@ fn scale_step(
     wait_idle(px);
     let agent_pid = px.petrel.as_ref().and_then(Agent::pid);
     let (cpu0, t0) = (cpu_secs(agent_pid), Instant::now());
-    let figures = datapath(nodes, px, vips, opts);
+    let figures = datapath(nodes, px, vips, opts, index);
     let ct = CtCost {
         agent_cpu_secs: cpu_secs(agent_pid) - cpu0,
         run_secs: t0.elapsed().as_secs_f64(),

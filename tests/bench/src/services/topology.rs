@@ -137,13 +137,20 @@ pub(super) struct Backend {
 pub(super) struct Node {
     pub(super) backends: Vec<Backend>,
     pub(super) client: NetNs,
-    /// A second client pod, for petrel's TC path: run from `client` right after the socket-LB
-    /// runs, its connections would land on the backends' TIME_WAIT sockets of those runs with
-    /// the same ports but TCP timestamps offset for another destination (the kernel offsets
-    /// them per address pair, and the socket-LB runs' pair is the backend's, the TC runs' the
-    /// VIP's), which the backends refuse (PAWS): a cost of mixing the two paths in one client
-    /// at tens of thousands of connections a second, not of either path.
-    pub(super) tc_client: NetNs,
+    /// Client pods for petrel's TC path, one per scale step (`tc_clients[i]` at the i-th
+    /// scale). Not `client`: run from it right after the socket-LB runs, its connections would
+    /// land on the backends' TIME_WAIT sockets of those runs with the same ports but TCP
+    /// timestamps offset for another destination (the kernel offsets them per address pair,
+    /// and the socket-LB runs' pair is the backend's, the TC runs' the VIP's), which the
+    /// backends refuse (PAWS): a cost of mixing the two paths in one client at tens of
+    /// thousands of connections a second, not of either path. One per scale because between
+    /// scales the benchmark uninstalls petrel (`--cleanup`, its conntrack included) to time a
+    /// full sync from nothing, while the backends keep the previous scale's TIME_WAIT sockets
+    /// for 60 s: the same client through the next scale's (other) VIPs would meet them with
+    /// nothing left to remap its ports (traced: every PAWS drop at the second scale was on a
+    /// port in TIME_WAIT from the first). A real cluster restarts petrel with its pins adopted,
+    /// conntrack kept, and kube-proxy's `--cleanup` leaves the kernel's conntrack as it is.
+    pub(super) tc_clients: Vec<NetNs>,
     _ipam: tempfile::TempDir,
     pub(super) ns: NetNs,
 }
@@ -154,8 +161,9 @@ pub(super) fn load_bin() -> PathBuf {
 
 impl Node {
     /// Node `idx` (address 10.98.0.(10+idx)) on the control namespace's bridge, with BACKENDS
-    /// backend pods serving on POD_PORT and a client pod, all wired by petrel-cni.
-    pub(super) fn new(ctl: &NetNs, idx: u8) -> Node {
+    /// backend pods serving on POD_PORT, a client pod and `scales` TC client pods, all wired by
+    /// petrel-cni.
+    pub(super) fn new(ctl: &NetNs, idx: u8, scales: usize) -> Node {
         let ns = NetNs::new(&unique("pbs"));
         let sw = format!("sw{idx}");
         veth(ctl, &sw, &ns, "eth0");
@@ -227,7 +235,9 @@ impl Node {
         Node {
             backends,
             client: client("client"),
-            tc_client: client("tcclient"),
+            tc_clients: (0..scales)
+                .map(|i| client(&format!("tcclient{i}")))
+                .collect(),
             _ipam: ipam,
             ns,
         }
