@@ -899,9 +899,31 @@ fn a_service_that_would_overflow_is_refused_whole_and_cleanup_removes_everything
         agent.log().contains("SERVICES map full"),
         "a log line says why"
     );
+    assert!(
+        agent.log().contains("default/big"),
+        "the log line names the service"
+    );
+    assert!(
+        f.http(10249, "/metrics")
+            .contains("petrel_frontend_refusals_total{reason=\"map_full\"}"),
+        "refusals are counted by reason"
+    );
 
     agent.stop(libc::SIGTERM);
     assert!(f.get(web).is_ok(), "the datapath stays after SIGTERM");
+    // The pinned SERVICES map keeps its 8 entries: asking another size is refused at start,
+    // naming the flag and the pinned size, and the datapath keeps serving.
+    let mut resized = args.clone();
+    resized[3] = "16".into();
+    let mut refused = f.agent(&resized);
+    assert_ne!(refused.wait_exit(20), Some(0), "another size is refused");
+    let log = refused.log();
+    assert!(
+        log.contains("--services-map-size 16") && log.contains("holds 8 entries"),
+        "{log}"
+    );
+    assert!(f.get(web).is_ok(), "the refused start changed nothing");
+    drop(refused);
     let out = std::process::Command::new(petrel_testbed::workspace_bin(
         "petrel-agent",
         "PETREL_AGENT_BIN",

@@ -32,7 +32,8 @@ use crate::{
 /// What one agent holds between syncs.
 pub struct Agent {
     dp: Datapath,
-    syncer: Syncer,
+    /// None only while a sync runs on the blocking pool (`sync::sync_blocking`).
+    syncer: Option<Syncer>,
     metrics: Arc<Metrics>,
     health: Arc<ProxierHealth>,
     /// The healthCheckNodePorts of LoadBalancer services with externalTrafficPolicy Local.
@@ -80,7 +81,8 @@ impl Agent {
         if let Some(w) = conntrack::check_nat_ports(&cli.proc_sys_net, ct.nat_ports) {
             tracing::warn!("{w}");
         }
-        let mut dp = Datapath::load(&cli.datapath_config()).context("loading the datapath")?;
+        let caps = cli.map_capacities()?;
+        let mut dp = Datapath::load(&cli.datapath_config(&caps)).context("loading the datapath")?;
         if cli.socket_lb {
             let cg = match &cli.cgroup_root {
                 Some(p) => p.clone(),
@@ -173,9 +175,9 @@ impl Agent {
                 tracing::warn!(error = %e, "cannot pin the pod programs: pods made while the agent is down stay unwired until it is back")
             }
         }
-        let syncer = Syncer::adopt(maps, cli.maglev_rings, cli.services_map_size as usize)?;
-        let (adopted_frontends, adopted_backends) =
-            (syncer.maps().dump()?.len(), syncer.maps().backends()?.len());
+        let syncer = Syncer::adopt(maps, cli.maglev_rings, caps.services as usize)?;
+        // Counted by the adoption's one read of each map, not read again.
+        let (adopted_frontends, adopted_backends) = syncer.found();
         tracing::info!(
             adopted_frontends,
             adopted_backends,
@@ -198,7 +200,7 @@ impl Agent {
         };
         Ok(Agent {
             dp,
-            syncer,
+            syncer: Some(syncer),
             metrics,
             service_health: ServiceHealthServer::new(hc_addrs, health.clone()),
             health,
@@ -220,6 +222,10 @@ impl Agent {
             gc,
             term,
         })
+    }
+
+    fn syncer_mut(&mut self) -> &mut Syncer {
+        self.syncer.as_mut().expect("no sync is running")
     }
 
     /// When routing failed to be set up: how long until it should be tried again.
@@ -299,39 +305,57 @@ impl Agent {
     /// are compared whole with the desired state (the periodic resync, a retry); otherwise
     /// only the frontends of services whose objects changed are written (after a sync that
     /// refused something, the next one is full whatever `full` says).
-    pub async fn tick(&mut self, inputs: &Snapshot, full: bool) {
+    pub async fn tick(&mut self, inputs: &Arc<Snapshot>, full: bool) {
         let iteration = Instant::now();
         let node = self.node_facts(inputs);
-        let changes = off_runtime(|| {
-            self.memo
-                .update(&inputs.services, &inputs.slices, &node, self.options)
-        });
+        // The desired state's computation on the blocking pool too (the memo moves there and
+        // back; the snapshot is shared, nothing is locked while it runs).
+        let (memo, changes) = {
+            let (mut memo, inputs, node, options) = (
+                std::mem::take(&mut self.memo),
+                inputs.clone(),
+                node.clone(),
+                self.options,
+            );
+            tokio::task::spawn_blocking(move || {
+                let changes = memo.update(&inputs.services, &inputs.slices, &node, options);
+                (memo, changes)
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        };
+        self.memo = memo;
         if self.unobserved.len() < 1 << 16 {
             self.unobserved.extend(changes.fresh_slices.iter().cloned());
         }
         let node_ip = self.wire_node(inputs, &node).await;
         if let Some(ip) = node_ip {
-            let _ = self.syncer.maps_mut().set_node_ip(ip);
+            let _ = self.syncer_mut().maps_mut().set_node_ip(ip);
         }
         let full = full || changes.all || self.needs_full;
         let computed = iteration.elapsed();
         let started = Instant::now();
+        // The map writes are system calls, many at a full sync: on the blocking pool, with the
+        // syncer and the memo (which holds the desired state) moved there and back.
+        let syncer = self.syncer.take().expect("no sync is running");
+        let memo = std::mem::take(&mut self.memo);
+        let changed = (!full).then(|| changes.frontends.clone());
+        let (syncer, memo, mut report) =
+            crate::sync::sync_blocking(syncer, memo, Memo::desired, changed).await;
+        self.syncer = Some(syncer);
+        self.memo = memo;
         let desired = self.memo.desired();
-        // The map writes are system calls, many at a full sync: a blocking section, so the
-        // runtime's other tasks (the watches, /healthz) move to another worker meanwhile.
-        let syncer = &mut self.syncer;
-        let mut report = off_runtime(|| {
-            if full {
-                syncer.sync(desired)
-            } else {
-                syncer.sync_changed(desired, &changes.frontends)
-            }
-        });
         let took = started.elapsed();
         self.needs_full = !report.refused.is_empty();
         let m = &self.metrics;
         m.sync_duration.observe(took.as_secs_f64());
         m.refused.set(report.refused.len() as i64);
+        for (_, why) in &report.refused {
+            let reason = crate::sync::refusal_reason(why).into();
+            m.refused_total
+                .get_or_create(&crate::metrics::ReasonLabel { reason })
+                .inc();
+        }
         m.unsupported_ports.set(desired.unsupported.len() as i64);
         m.manifest_errors.set(inputs.manifest_errors as i64);
         // The sync ran to its end: what was queued is applied. Refused frontends (a full map)
@@ -349,7 +373,7 @@ impl Agent {
         } else {
             m.sync_errors.inc();
         }
-        m.update_gauges(&self.syncer);
+        m.update_gauges(self.syncer.as_ref().expect("no sync is running"));
         self.service_health
             .set_addrs(crate::service_health::listen_addrs(
                 &self.nodeport,
@@ -424,17 +448,6 @@ impl Agent {
         {
             tracing::warn!(dir = %self.state_dir.display(), error = %e, "cannot publish service names for netctl");
         }
-    }
-}
-
-/// Runs `f`, a stretch of synchronous work, as a blocking section of a multi-threaded runtime
-/// (its other tasks move to another worker meanwhile); directly elsewhere.
-fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
     }
 }
 

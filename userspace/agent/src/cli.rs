@@ -82,9 +82,19 @@ pub struct Cli {
     /// How many services can use Maglev at once.
     #[arg(long, default_value_t = 64)]
     pub maglev_rings: u32,
-    /// Capacity of the services map (entries: one per frontend plus one per backend slot).
-    #[arg(long, default_value_t = 2 * 1024 * 1024)]
-    pub services_map_size: u32,
+    /// Capacity of the SERVICES map (entries: one master per frontend and scope plus one per
+    /// backend slot). Default 4Mi for a new map; unset, a pinned map keeps its size; set and
+    /// different from the pinned map's, the agent refuses to start (see the README).
+    #[arg(long)]
+    pub services_map_size: Option<u32>,
+    /// Capacity of the BACKENDS map (one entry per backend address, port and protocol).
+    /// Default 2Mi for a new map; a pinned map as for --services-map-size.
+    #[arg(long)]
+    pub backends_map_size: Option<u32>,
+    /// Capacity of the REV_NAT map (one entry per frontend). Default 512Ki for a new map; a
+    /// pinned map as for --services-map-size.
+    #[arg(long)]
+    pub rev_nat_map_size: Option<u32>,
     /// Minimum time between syncs: bursts of changes are coalesced.
     #[arg(long, value_parser = humantime_ms, default_value = "100ms")]
     pub min_sync_period: Duration,
@@ -365,7 +375,21 @@ pub fn default_ct_max_flows() -> u32 {
 /// map (two entries per connection) takes gigabytes.
 const CT_MAX_FLOWS: std::ops::RangeInclusive<u32> = 1024..=8 * 1024 * 1024;
 
-/// Bounds of --services-map-size (entries; one per frontend plus one per backend slot).
+/// Defaults for new maps: 100,000 NodePort services x 10 endpoints on two node addresses fit
+/// (the arithmetic is in the README's capacity section).
+pub const DEFAULT_SERVICES_MAP_SIZE: u32 = 4 * 1024 * 1024;
+pub const DEFAULT_BACKENDS_MAP_SIZE: u32 = 2 * 1024 * 1024;
+pub const DEFAULT_REV_NAT_MAP_SIZE: u32 = 512 * 1024;
+
+/// The capacities the service maps have (or get, when created by this load).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapCapacities {
+    pub services: u32,
+    pub backends: u32,
+    pub rev_nat: u32,
+}
+
+/// Bounds of --services-map-size, --backends-map-size and --rev-nat-map-size (entries).
 const SERVICES_MAP_SIZE: std::ops::RangeInclusive<u32> = 1..=64 * 1024 * 1024;
 /// Bounds of --maglev-size (Cilium's smallest and largest table sizes).
 const MAGLEV_SIZE: std::ops::RangeInclusive<u32> = 251..=131_071;
@@ -485,11 +509,15 @@ impl Cli {
             }
             Ok(())
         };
-        count(
-            "services-map-size",
-            self.services_map_size,
-            SERVICES_MAP_SIZE,
-        )?;
+        for (flag, n) in [
+            ("services-map-size", self.services_map_size),
+            ("backends-map-size", self.backends_map_size),
+            ("rev-nat-map-size", self.rev_nat_map_size),
+        ] {
+            if let Some(n) = n {
+                count(flag, n, SERVICES_MAP_SIZE)?;
+            }
+        }
         count("maglev-size", self.maglev_size, MAGLEV_SIZE)?;
         if !petrel_datapath::maglev::is_prime(self.maglev_size) {
             anyhow::bail!(
@@ -524,13 +552,77 @@ impl Cli {
         Ok(())
     }
 
-    /// What the datapath is loaded with.
-    pub fn datapath_config(&self) -> DatapathConfig {
+    /// The service maps' capacities: each flag's value, or the size of the map already pinned
+    /// (a pinned map keeps its size), or the default for a new map. A flag that asks another
+    /// size than the pinned map's is refused, naming the flag, the pin and both sizes; so is a
+    /// Maglev map pinned with another size x rings. Read before anything is loaded.
+    pub fn map_capacities(&self) -> anyhow::Result<MapCapacities> {
+        use petrel_datapath::maps::{BACKENDS, MAGLEV, REV_NAT, SERVICES};
+        let root = &self.bpffs_root;
+        let size = |name: &str, flag: &str, asked: Option<u32>, default: u32| {
+            let pinned = petrel_datapath::pinned_capacity(root, name)?;
+            Ok::<u32, anyhow::Error>(match (pinned, asked) {
+                (Some(p), Some(a)) if p != a => anyhow::bail!(
+                    "--{flag} {a}: the map {name} pinned at {} holds {p} entries, and a pinned map keeps its size; pass --{flag} {p} (or leave it unset) to keep it, or remove that pin while the agent is stopped to have it created anew with {a} entries (established connections to services then lose their reverse NAT)",
+                    root.join("maps").join(name).display()
+                ),
+                (Some(p), _) => {
+                    if p != default && asked.is_none() {
+                        tracing::info!(
+                            map = name,
+                            entries = p,
+                            new_map_default = default,
+                            "the pinned map keeps its size (--{flag} unset)"
+                        );
+                    }
+                    p
+                }
+                (None, a) => a.unwrap_or(default),
+            })
+        };
+        let caps = MapCapacities {
+            services: size(
+                SERVICES,
+                "services-map-size",
+                self.services_map_size,
+                DEFAULT_SERVICES_MAP_SIZE,
+            )?,
+            backends: size(
+                BACKENDS,
+                "backends-map-size",
+                self.backends_map_size,
+                DEFAULT_BACKENDS_MAP_SIZE,
+            )?,
+            rev_nat: size(
+                REV_NAT,
+                "rev-nat-map-size",
+                self.rev_nat_map_size,
+                DEFAULT_REV_NAT_MAP_SIZE,
+            )?,
+        };
+        let want = self.maglev_size.saturating_mul(self.maglev_rings);
+        if let Some(p) = petrel_datapath::pinned_capacity(root, MAGLEV)?
+            && p != want
+        {
+            anyhow::bail!(
+                "--maglev-size {} x --maglev-rings {} = {want} positions: the map {MAGLEV} pinned at {} holds {p}, and a pinned map keeps its size; pass the values it was created with, or remove that pin while the agent is stopped (it is rebuilt at the first sync)",
+                self.maglev_size,
+                self.maglev_rings,
+                root.join("maps").join(MAGLEV).display()
+            );
+        }
+        Ok(caps)
+    }
+
+    /// What the datapath is loaded with (`caps`: from `map_capacities`).
+    pub fn datapath_config(&self, caps: &MapCapacities) -> DatapathConfig {
         let flows = self.ct_max_flows.unwrap_or_else(default_ct_max_flows);
         DatapathConfig {
             bpffs_root: self.bpffs_root.clone(),
             max_entries: vec![
-                (petrel_datapath::maps::SERVICES, self.services_map_size),
+                (petrel_datapath::maps::SERVICES, caps.services),
+                (petrel_datapath::maps::BACKENDS, caps.backends),
+                (petrel_datapath::maps::REV_NAT, caps.rev_nat),
                 (petrel_datapath::maps::CONNTRACK, flows.saturating_mul(2)),
             ],
             maglev_size: self.maglev_size,
@@ -593,7 +685,12 @@ mod tests {
             }
         );
         assert!(c.max_flows >= 131_072 && c.max_flows.is_multiple_of(32_768));
-        let dp = cli(&["--ct-max-flows", "200000"]).datapath_config();
+        let caps = MapCapacities {
+            services: 1,
+            backends: 1,
+            rev_nat: 1,
+        };
+        let dp = cli(&["--ct-max-flows", "200000"]).datapath_config(&caps);
         assert!(
             dp.max_entries
                 .contains(&(petrel_datapath::maps::CONNTRACK, 400_000))

@@ -59,6 +59,11 @@ pub struct Metrics {
     pub datapath: Family<CounterLabel, Gauge>,
     pub sync_errors: Counter,
     pub refused: Gauge,
+    /// Frontend refusals by reason (map_full, too_many_backends, map_error): one per frontend
+    /// per sync that refused it.
+    pub refused_total: Family<ReasonLabel, Counter>,
+    /// Frontends that want Maglev and select at random for want of a ring.
+    pub maglev_fallbacks: Gauge,
     /// Service ports petrel cannot serve (SCTP) at the last sync.
     pub unsupported_ports: Gauge,
     /// Pod interfaces wired, by what found them (`notification`, `scan`).
@@ -105,6 +110,8 @@ impl Metrics {
             datapath: Family::default(),
             sync_errors: Counter::default(),
             refused: Gauge::default(),
+            refused_total: Family::default(),
+            maglev_fallbacks: Gauge::default(),
             unsupported_ports: Gauge::default(),
             pods_attached: Family::default(),
             manifest_errors: Gauge::default(),
@@ -180,6 +187,16 @@ impl Metrics {
             "petrel_frontends_refused",
             "Frontends refused at the last sync (map full, errors)",
             m.refused.clone(),
+        );
+        registry.register(
+            "petrel_frontend_refusals",
+            "Frontend refusals, by reason (map_full: the SERVICES map would overflow; too_many_backends; map_error): one per frontend per sync that refused it",
+            m.refused_total.clone(),
+        );
+        registry.register(
+            "petrel_maglev_fallback_frontends",
+            "Frontends that want Maglev and select backends at random because every ring (--maglev-rings) is in use",
+            m.maglev_fallbacks.clone(),
         );
         registry.register(
             "petrel_manifest_errors",
@@ -362,6 +379,7 @@ impl Metrics {
         let (services, backends) = syncer.counts();
         self.services.set(services as i64);
         self.backends.set(backends as i64);
+        self.maglev_fallbacks.set(syncer.maglev_fallbacks() as i64);
         let (used, cap) = syncer.fill();
         self.map_fill
             .get_or_create(&MapLabel {

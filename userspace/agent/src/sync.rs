@@ -12,7 +12,7 @@ use std::{
 
 use petrel_datapath::{
     Proto,
-    maps::{MapStore, MapsError, PinnedMaps, ServiceMaps},
+    maps::{MapStore, MapsError, PinnedMaps, ServiceMaps, adopt::Held, codec},
     model::{BackendSpec, Endpoint, Frontend, ServiceEntry},
     sock_term::Departure,
 };
@@ -33,6 +33,17 @@ pub struct SyncReport {
     /// UDP backends that stopped serving a frontend (left its backends, or the frontend went):
     /// connected sockets socket-LB sent there are destroyed (`sock_term`).
     pub udp_departed: BTreeSet<Departure>,
+}
+
+/// Why a frontend is refused, as the refusal metric labels it.
+pub fn refusal_reason(why: &str) -> &'static str {
+    if why.starts_with("SERVICES map full") {
+        "map_full"
+    } else if why.contains("backends; at most") {
+        "too_many_backends"
+    } else {
+        "map_error"
+    }
 }
 
 /// Ids handed out next-fit over 32 bits, never 0 (as Cilium allocates its service and backend
@@ -93,10 +104,16 @@ pub struct Syncer<S: MapStore = PinnedMaps> {
     backend_pool: IdPool,
     rings: BTreeMap<Frontend, u32>,
     free_rings: BTreeSet<u32>,
+    /// Frontends that want Maglev and got no ring (every ring in use): random selection,
+    /// counted (`maglev_fallbacks`) and logged when a frontend falls back.
+    fallback: BTreeSet<Frontend>,
     applied: BTreeMap<Frontend, ServiceEntry>,
     applied_backends: BTreeMap<u32, BackendSpec>,
-    /// Frontends found in the maps at start that nothing has claimed yet.
-    adopted: BTreeSet<Frontend>,
+    /// Frontends found in the maps at start that nothing has claimed yet, as the maps hold
+    /// them: one the desired state wants as it is is claimed without a write.
+    adopted: BTreeMap<Frontend, Held>,
+    /// What adoption found: (frontends, backends).
+    found: (usize, usize),
     capacity: usize,
     /// SERVICES entries the applied frontends use.
     in_use: usize,
@@ -120,42 +137,56 @@ impl<S: MapStore> Syncer<S> {
             backend_pool: IdPool::default(),
             rings: BTreeMap::new(),
             free_rings: (0..maglev_rings).collect(),
+            fallback: BTreeSet::new(),
             applied: BTreeMap::new(),
             applied_backends: BTreeMap::new(),
-            adopted: BTreeSet::new(),
+            adopted: BTreeMap::new(),
+            found: (0, 0),
             capacity,
             in_use: 0,
             refs: HashMap::new(),
         };
-        for svc in s.maps.dump()? {
-            s.rev_ids.insert(svc.frontend, svc.rev_nat_id);
-            s.rev_pool.adopt(svc.rev_nat_id);
-            if let Some(ring) = svc.maglev_ring {
-                s.rings.insert(svc.frontend, ring);
-                s.free_rings.remove(&ring);
+        // Each map read once; the first sync compares with this instead of rewriting.
+        let found = s.maps.adopt()?;
+        s.found = (found.services.len(), found.backends.len());
+        for (fe, held) in &found.services {
+            let m = held.master();
+            s.rev_ids.insert(*fe, m.rev_nat_id);
+            s.rev_pool.adopt(m.rev_nat_id);
+            if m.flags & petrel_common::SVC_F_MAGLEV != 0 {
+                s.rings.insert(*fe, m.maglev_ring);
+                s.free_rings.remove(&m.maglev_ring);
             }
-            s.adopted.insert(svc.frontend);
         }
+        s.adopted = found.services;
         // Source ranges of rev-NAT ids no frontend holds any more (the service went while no
         // agent ran, or a sync stopped between its writes): removed now, so an id handed out
         // again never inherits another service's allow-list.
         let live: BTreeSet<u32> = s.rev_ids.values().copied().collect();
-        let stale: Vec<_> = (s.maps.store().src_ranges()?.into_iter())
-            .filter(|(id, _)| !live.contains(id))
-            .collect();
-        for (id, net) in &stale {
-            s.maps.store_mut().src_range_del(*id, *net)?;
-        }
-        if !stale.is_empty() {
+        let stale = s.maps.remove_ranges_except(&live)?;
+        if stale > 0 {
             tracing::info!(
-                entries = stale.len(),
+                entries = stale,
                 "source ranges of services gone before this start removed"
             );
         }
-        for b in s.maps.backends()? {
-            if let (Some(addr), Some(proto)) = (b.addr, b.proto) {
-                s.backend_ids.insert(BackendKey { addr, proto }, b.id);
-                s.backend_pool.adopt(b.id);
+        for (id, b) in &found.backends {
+            let Some(proto) = Proto::from_number(b.proto) else {
+                continue;
+            };
+            let addr = codec::backend_addr(b);
+            s.backend_ids.insert(BackendKey { addr, proto }, *id);
+            s.backend_pool.adopt(*id);
+            let spec = BackendSpec {
+                id: *id,
+                addr,
+                proto,
+                terminating: b.flags & petrel_common::BACKEND_F_TERMINATING != 0,
+                remote: b.flags & petrel_common::BACKEND_F_REMOTE != 0,
+            };
+            // Held exactly as the writer writes it: not written again unless it changes.
+            if codec::backend(&spec) == *b {
+                s.applied_backends.insert(*id, spec);
             }
         }
         // Ids freed before the restart are gone from the service maps but may still be named
@@ -184,9 +215,19 @@ impl<S: MapStore> Syncer<S> {
         &mut self.maps
     }
 
+    /// Frontends and backends the maps held at adoption.
+    pub fn found(&self) -> (usize, usize) {
+        self.found
+    }
+
     /// Number of frontends and backends programmed.
     pub fn counts(&self) -> (usize, usize) {
         (self.applied.len(), self.applied_backends.len())
+    }
+
+    /// Frontends that want Maglev and select backends at random for want of a ring.
+    pub fn maglev_fallbacks(&self) -> usize {
+        self.fallback.len()
     }
 
     /// SERVICES entries in use and the map's capacity.
@@ -222,6 +263,18 @@ impl<S: MapStore> Syncer<S> {
         } else {
             None
         };
+        if plan.maglev && maglev_ring.is_none() {
+            if self.fallback.insert(fe) {
+                tracing::warn!(
+                    frontend = %fe,
+                    service = %plan.service,
+                    rings = self.rings.len(),
+                    "every Maglev ring is in use (--maglev-rings): random backend selection for this frontend"
+                );
+            }
+        } else {
+            self.fallback.remove(&fe);
+        }
         let endpoints = plan
             .endpoints
             .iter()
@@ -262,7 +315,7 @@ impl<S: MapStore> Syncer<S> {
         let stale: Vec<Frontend> = self
             .applied
             .keys()
-            .chain(self.adopted.iter())
+            .chain(self.adopted.keys())
             .filter(|fe| !desired.frontends.contains_key(fe))
             .copied()
             .collect();
@@ -300,7 +353,7 @@ impl<S: MapStore> Syncer<S> {
         let stale: Vec<Frontend> = changed
             .iter()
             .filter(|fe| !desired.frontends.contains_key(fe))
-            .filter(|fe| self.applied.contains_key(fe) || self.adopted.contains(fe))
+            .filter(|fe| self.applied.contains_key(fe) || self.adopted.contains_key(fe))
             .copied()
             .collect();
         self.remove_frontends(stale, &mut report);
@@ -402,6 +455,17 @@ impl<S: MapStore> Syncer<S> {
                 .push((fe, "a backend could not be programmed".into()));
             return;
         }
+        // Adopted at start and held as wanted (the first sync after a restart): claimed
+        // without a write.
+        if !self.applied.contains_key(&fe)
+            && let Some(held) = self.adopted.get(&fe)
+            && self.maps.holds(&entry, held).unwrap_or(false)
+        {
+            self.adopted.remove(&fe);
+            self.set_applied(fe, Some(entry));
+            report.unchanged += 1;
+            return;
+        }
         let before = self.applied.get(&fe).map_or(0, entries);
         let after = entries(&entry);
         if self.in_use - before + after > self.capacity {
@@ -477,6 +541,7 @@ impl<S: MapStore> Syncer<S> {
                     if let Some(r) = self.rings.remove(&fe) {
                         self.free_rings.insert(r);
                     }
+                    self.fallback.remove(&fe);
                     report.removed += 1;
                     report.released = true;
                 }
@@ -501,6 +566,33 @@ impl<S: MapStore> Syncer<S> {
             }
         }
     }
+}
+
+/// Runs one sync (`changed` None: a full one) on tokio's blocking pool: its system calls, many
+/// at a full sync, never hold a runtime worker, so the watches and /healthz keep being served
+/// on a current_thread runtime as on a multi_thread one (`block_in_place` only helps on the
+/// latter, and not from the thread in `block_on`). The syncer and `holder`, which holds the
+/// desired state (`desired` reads it), move to that thread and come back with the report.
+pub async fn sync_blocking<S, H>(
+    mut syncer: Syncer<S>,
+    holder: H,
+    desired: fn(&H) -> &Desired,
+    changed: Option<BTreeSet<Frontend>>,
+) -> (Syncer<S>, H, SyncReport)
+where
+    S: MapStore + Send + 'static,
+    H: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let d = desired(&holder);
+        let report = match &changed {
+            None => syncer.sync(d),
+            Some(c) => syncer.sync_changed(d, c),
+        };
+        (syncer, holder, report)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 #[cfg(test)]
@@ -762,6 +854,166 @@ mod tests {
         // A frontend the maps hold that nothing wants any more is removed.
         let r = second.sync(&desired(vec![]));
         assert_eq!(r.removed, 1);
+    }
+
+    /// Three services of every shape the writer lays out (two scopes, Maglev, affinity,
+    /// source ranges), each endpoint a backend of its own; `web_backends` endpoints for the
+    /// NodePort.
+    fn three_services(web_backends: u8) -> Desired {
+        let node_port = FrontendPlan {
+            external_local: true,
+            maglev: true,
+            ..plan(
+                FrontendKind::NodePort,
+                (0..web_backends)
+                    .map(|i| ep(&format!("10.244.{i}.2:8080"), i != 1))
+                    .collect(),
+            )
+        };
+        let lb = FrontendPlan {
+            service: "default/lb".into(),
+            affinity_timeout_s: Some(600),
+            source_ranges: vec!["203.0.113.0/24".parse().expect("net")],
+            ..plan(
+                FrontendKind::LoadBalancer,
+                vec![ep("10.244.0.7:443", true), ep("10.244.1.7:443", false)],
+            )
+        };
+        desired(vec![
+            (
+                fe([10, 96, 0, 1], 80),
+                plan(FrontendKind::ClusterIp, vec![ep("10.244.0.2:8080", true)]),
+            ),
+            (fe(NODE_PORT, 30080), node_port),
+            (fe([203, 0, 113, 10], 443), lb),
+        ])
+    }
+
+    fn syncer_251<S: MapStore>(store: S) -> Syncer<S> {
+        let mut maps = ServiceMaps::new(store);
+        maps.set_maglev_size(251).expect("maglev size");
+        Syncer::adopt(maps, 4, 1000).expect("adopt")
+    }
+
+    #[test]
+    fn the_first_sync_after_a_restart_writes_only_what_differs() {
+        let mut first = syncer_251(FakeMaps::new());
+        let r = first.sync(&three_services(10));
+        assert_eq!((r.upserted, r.refused.len()), (3, 0));
+        let before = lines(&first);
+
+        // A new agent over maps that hold the desired state: not one write, every frontend
+        // claimed as unchanged, the maps as they were.
+        let store = std::mem::take(first.maps_mut().store_mut());
+        let mut second = syncer_251(store);
+        second.maps_mut().store_mut().writes.clear();
+        assert_eq!(second.found(), (3, 12), "three frontends, twelve backends");
+        let r = second.sync(&three_services(10));
+        assert_eq!((r.upserted, r.unchanged, r.removed), (0, 3, 0));
+        assert_eq!(second.maps().store().writes, Vec::<String>::new());
+        assert_eq!(lines(&second), before);
+        assert_eq!(second.counts(), (3, 12));
+        assert_eq!(second.fill(), first_fill(&three_services(10)));
+
+        // Again, with the NodePort's tenth endpoint gone: writes for that frontend only (its
+        // slots, master, reverse NAT, the Maglev positions that moved; the backend removed),
+        // none for the other two.
+        let store = std::mem::take(second.maps_mut().store_mut());
+        let mut third = syncer_251(store);
+        third.maps_mut().store_mut().writes.clear();
+        let r = third.sync(&three_services(9));
+        assert_eq!((r.upserted, r.unchanged, r.removed), (1, 2, 0));
+        let writes = third.maps().store().writes.clone();
+        let maglev = writes.iter().filter(|w| w.starts_with("MAGLEV")).count();
+        assert!(
+            maglev > 0 && maglev < 251 / 4,
+            "the ring is rewritten as a delta from what it held: {maglev} of 251 positions"
+        );
+        let np = third
+            .maps()
+            .dump()
+            .expect("dump")
+            .into_iter()
+            .find(|s| s.frontend == fe(NODE_PORT, 30080))
+            .expect("node port");
+        let gone = writes.iter().filter(|w| w.starts_with("BE del")).count();
+        assert_eq!(gone, 1, "{writes:?}");
+        for w in &writes {
+            let ours = w.contains("192.168.1.10:30080")
+                || w.starts_with("MAGLEV set ")
+                || *w == format!("REVNAT put {}", np.rev_nat_id)
+                || w.starts_with("BE del ");
+            assert!(ours, "a write for another frontend: {w} in {writes:?}");
+        }
+        // What a fresh agent that never restarted would hold.
+        let mut fresh = syncer_251(FakeMaps::new());
+        fresh.sync(&three_services(10));
+        fresh.sync(&three_services(9));
+        assert_eq!(lines(&third), lines(&fresh));
+    }
+
+    /// SERVICES entries `d` takes, with the test syncer's capacity.
+    fn first_fill(d: &Desired) -> (usize, usize) {
+        let mut s = syncer_251(FakeMaps::new());
+        s.sync(d);
+        s.fill()
+    }
+
+    /// What a sync reads its desired state from, held at the start of the sync's blocking
+    /// section until the test releases it.
+    struct Gate {
+        desired: Desired,
+        entered: std::sync::mpsc::Sender<()>,
+        release: std::sync::mpsc::Receiver<()>,
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn healthz_answers_while_a_sync_runs_on_a_single_threaded_runtime() {
+        let (entered, entered_rx) = std::sync::mpsc::channel();
+        let (release_tx, release) = std::sync::mpsc::channel();
+        let gate = Gate {
+            desired: one_service(),
+            entered,
+            release,
+        };
+        fn held(g: &Gate) -> &Desired {
+            g.entered.send(()).expect("test waits");
+            g.release.recv().expect("test releases");
+            &g.desired
+        }
+        let sync = tokio::spawn(sync_blocking(syncer(FakeMaps::new()), gate, held, None));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let health = std::sync::Arc::new(crate::health::ProxierHealth::new(
+            std::time::Duration::from_secs(60),
+        ));
+        health.updated();
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            std::sync::Arc::new(crate::metrics::Metrics::new()),
+            health,
+        ));
+        // The client on a thread of its own, once the sync is inside its blocking section:
+        // the one runtime thread must serve /healthz meanwhile.
+        let answer = tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Write as _};
+            entered_rx.recv().expect("the sync started");
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .expect("request");
+            let mut out = String::new();
+            s.read_to_string(&mut out).expect("answer");
+            release_tx.send(()).expect("sync waits");
+            out
+        })
+        .await
+        .expect("client");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let (s, _, report) = sync.await.expect("sync");
+        assert_eq!((report.upserted, report.refused.len()), (1, 0));
+        assert_eq!(s.counts(), (1, 2));
     }
 
     #[test]

@@ -127,6 +127,27 @@ impl Default for DatapathConfig {
     }
 }
 
+/// The capacity (max_entries) of map `name` pinned under `bpffs_root`, None when nothing is
+/// pinned there. A pinned map keeps the size it was created with: a load re-uses it whatever
+/// `DatapathConfig::max_entries` asks.
+pub fn pinned_capacity(bpffs_root: &Path, name: &str) -> Result<Option<u32>, DatapathError> {
+    let pin = bpffs_root.join("maps").join(name);
+    if !pin.exists() {
+        return Ok(None);
+    }
+    let data = aya::maps::MapData::from_pin(&pin).map_err(|e| DatapathError::Io {
+        op: "opening pinned map",
+        path: pin.clone(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    let info = data.info().map_err(|e| DatapathError::Io {
+        op: "reading the size of pinned map",
+        path: pin,
+        source: io::Error::other(e.to_string()),
+    })?;
+    Ok(Some(info.max_entries()))
+}
+
 /// A loaded datapath: the object's programs, with maps pinned under the bpffs root.
 pub struct Datapath {
     ebpf: Ebpf,

@@ -15,6 +15,6 @@ pub mod model;
 pub mod sock_term;
 pub mod sys;
 
-pub use datapath::{Datapath, DatapathConfig, DatapathError};
+pub use datapath::{Datapath, DatapathConfig, DatapathError, pinned_capacity};
 pub use maps::ServiceMaps;
 pub use model::{BackendSpec, Endpoint, Frontend, Proto, ServiceEntry};

@@ -214,6 +214,14 @@ impl MapStore for FakeMaps {
         Ok(())
     }
 
+    fn maglev_all(&self) -> Result<Vec<u32>, MapsError> {
+        let mut all = vec![0; self.maglev.keys().last().map_or(0, |i| *i as usize + 1)];
+        for (i, id) in &self.maglev {
+            all[*i as usize] = *id;
+        }
+        Ok(all)
+    }
+
     fn config_get(&self, index: u32) -> Result<u32, MapsError> {
         Ok(self.config.get(&index).copied().unwrap_or(0))
     }
@@ -392,6 +400,10 @@ impl<S: MapStore> MapStore for FaultyMaps<S> {
     fn maglev_set(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError> {
         self.write("set", MAGLEV)?;
         self.inner.maglev_set(index, backend_id)
+    }
+
+    fn maglev_all(&self) -> Result<Vec<u32>, MapsError> {
+        self.inner.maglev_all()
     }
 
     fn config_get(&self, index: u32) -> Result<u32, MapsError> {

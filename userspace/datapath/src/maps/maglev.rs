@@ -9,7 +9,7 @@ use super::{MapStore, MapsError};
 #[derive(Debug, Default)]
 pub struct Rings {
     /// Ring -> the table last written to it. A ring not here is written whole (after a restart
-    /// the map may hold anything).
+    /// the map may hold anything, unless the ring was read at adoption: `seed`).
     written: BTreeMap<u32, Vec<u32>>,
 }
 
@@ -36,6 +36,16 @@ impl Rings {
         }
         self.written.insert(ring, table);
         Ok(())
+    }
+
+    /// What `ring` holds, read from the map (at adoption): the next write is a delta from it.
+    pub fn seed(&mut self, ring: u32, table: Vec<u32>) {
+        self.written.insert(ring, table);
+    }
+
+    /// The table last written to (or read from) `ring`.
+    pub fn held(&self, ring: u32) -> Option<&[u32]> {
+        self.written.get(&ring).map(Vec::as_slice)
     }
 
     /// The ring was handed back (its service is gone): its contents are no longer tracked.

@@ -17,6 +17,7 @@ use petrel_common::{
 
 use crate::model::Frontend;
 
+pub mod adopt;
 mod batch;
 pub mod codec;
 pub mod fake;
@@ -122,6 +123,8 @@ pub trait MapStore {
     /// One position of the flat Maglev array (`ring * size + position`).
     fn maglev_get(&self, index: u32) -> Result<u32, MapsError>;
     fn maglev_set(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError>;
+    /// The whole flat Maglev array, by index (positions never written hold 0).
+    fn maglev_all(&self) -> Result<Vec<u32>, MapsError>;
 
     fn config_get(&self, index: u32) -> Result<u32, MapsError>;
     fn config_set(&mut self, index: u32, value: u32) -> Result<(), MapsError>;

@@ -144,6 +144,13 @@ impl MapStore for PinnedMaps {
     }
 
     fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapsError> {
+        if let Some(all) = op(
+            "read",
+            SERVICES,
+            batch::lookup_all(self.services.map(), usize::MAX),
+        )? {
+            return Ok(all);
+        }
         self.services
             .iter()
             .map(|e| op("iterate", SERVICES, e))
@@ -163,6 +170,13 @@ impl MapStore for PinnedMaps {
     }
 
     fn backends(&self) -> Result<Vec<(u32, Backend)>, MapsError> {
+        if let Some(all) = op(
+            "read",
+            BACKENDS,
+            batch::lookup_all(self.backends.map(), usize::MAX),
+        )? {
+            return Ok(all);
+        }
         self.backends
             .iter()
             .map(|e| op("iterate", BACKENDS, e))
@@ -178,6 +192,13 @@ impl MapStore for PinnedMaps {
     }
 
     fn rev_nats(&self) -> Result<Vec<(u32, RevNat)>, MapsError> {
+        if let Some(all) = op(
+            "read",
+            REV_NAT,
+            batch::lookup_all(self.rev_nat.map(), usize::MAX),
+        )? {
+            return Ok(all);
+        }
         self.rev_nat
             .iter()
             .map(|e| op("iterate", REV_NAT, e))
@@ -190,6 +211,30 @@ impl MapStore for PinnedMaps {
 
     fn maglev_set(&mut self, index: u32, backend_id: u32) -> Result<(), MapsError> {
         op("set", MAGLEV, self.maglev.set(index, backend_id, 0))
+    }
+
+    fn maglev_all(&self) -> Result<Vec<u32>, MapsError> {
+        let size = op("info", MAGLEV, self.maglev.map().info())?.max_entries() as usize;
+        let mut all = vec![0; size];
+        match op(
+            "read",
+            MAGLEV,
+            batch::lookup_all::<u32, u32>(self.maglev.map(), size),
+        )? {
+            Some(read) => {
+                for (i, id) in read {
+                    if let Some(p) = all.get_mut(i as usize) {
+                        *p = id;
+                    }
+                }
+            }
+            None => {
+                for (i, p) in (0u32..).zip(all.iter_mut()) {
+                    *p = self.maglev_get(i)?;
+                }
+            }
+        }
+        Ok(all)
     }
 
     fn config_get(&self, index: u32) -> Result<u32, MapsError> {

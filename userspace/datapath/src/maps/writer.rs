@@ -23,13 +23,13 @@ use crate::{
 /// service to the packet path.
 pub struct ServiceMaps<S: MapStore = PinnedMaps> {
     store: S,
-    rings: Rings,
+    pub(super) rings: Rings,
     /// Backend id -> address, for Maglev names: kept from the writes so a ring update reads
     /// nothing back from the backend map.
-    names: BTreeMap<u32, SocketAddrV4>,
+    pub(super) names: BTreeMap<u32, SocketAddrV4>,
     /// SRC_RANGES by rev-NAT id, read from the map at the first use (so a restart knows what an
     /// earlier agent wrote) and kept from the writes after.
-    ranges: Option<BTreeMap<u32, BTreeSet<ipnet::Ipv4Net>>>,
+    pub(super) ranges: Option<BTreeMap<u32, BTreeSet<ipnet::Ipv4Net>>>,
 }
 
 impl ServiceMaps<PinnedMaps> {
@@ -46,6 +46,91 @@ pub(crate) fn master(
     scope: u8,
 ) -> Result<Option<ServiceValue>, MapsError> {
     store.service_get(&codec::service_key(fe, 0, scope))
+}
+
+/// One scope as `upsert_service` writes it: its master entry and the backend ids of its slots
+/// (slot n holds the master's value with `backend_id` ids[n - 1]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScopeLayout {
+    pub master: ServiceValue,
+    pub ids: Vec<u32>,
+}
+
+/// What `upsert_service` writes for an entry, apart from reverse NAT, source ranges and the
+/// Maglev ring: the internal scope (when a Local policy splits them) and the external one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub internal: Option<ScopeLayout>,
+    pub external: ScopeLayout,
+}
+
+/// The SERVICES entries of `entry`: master values (flags, counts, ring) and slot ids per scope.
+pub fn layout(entry: &ServiceEntry) -> Result<Layout, MapsError> {
+    let fe = entry.frontend;
+    let scopes = entry.scopes();
+    for set in std::iter::once(&scopes.external).chain(scopes.internal.as_ref()) {
+        if set.len() > u16::MAX as usize {
+            return Err(MapsError::TooManyBackends {
+                frontend: fe,
+                count: set.len(),
+                max: u16::MAX as usize,
+            });
+        }
+    }
+    let mut common = 0;
+    if entry.affinity_timeout_s.is_some() {
+        common |= SVC_F_AFFINITY;
+    }
+    // Both scopes: in-cluster clients (the TC path from pods, socket-LB on the host) are
+    // held to the ranges as well, as kube-proxy's firewall chain applies to every source.
+    if !entry.source_ranges.is_empty() {
+        common |= SVC_F_SRC_RANGES;
+    }
+    let base = ServiceValue {
+        rev_nat_id: entry.rev_nat_id,
+        affinity_timeout_s: entry.affinity_timeout_s.unwrap_or(0),
+        ..Default::default()
+    };
+    let mut ext_flags = common;
+    if entry.external {
+        ext_flags |= SVC_F_EXTERNAL;
+        if entry.external_local {
+            ext_flags |= SVC_F_LOCAL_EXTERNAL;
+        }
+    }
+    if scopes.external_filtered {
+        ext_flags |= SVC_F_DROP_EMPTY;
+    }
+    let mut maglev_ring = 0;
+    if let Some(ring) = entry.maglev_ring {
+        ext_flags |= SVC_F_MAGLEV;
+        maglev_ring = ring;
+    }
+    let internal = scopes.internal.map(|ids| {
+        ext_flags |= SVC_F_TWO_SCOPES;
+        let mut flags = common;
+        if scopes.internal_filtered {
+            flags |= SVC_F_DROP_EMPTY;
+        }
+        ScopeLayout {
+            master: ServiceValue {
+                count: ids.len() as u16,
+                flags,
+                ..base
+            },
+            ids,
+        }
+    });
+    let external = ScopeLayout {
+        master: ServiceValue {
+            count: scopes.external.len() as u16,
+            flags: ext_flags,
+            maglev_ring,
+            ..base
+        },
+        ids: scopes.external,
+    };
+    Ok(Layout { internal, external })
 }
 
 impl<S: MapStore> ServiceMaps<S> {
@@ -200,7 +285,9 @@ impl<S: MapStore> ServiceMaps<S> {
     }
 
     /// The source ranges written for each rev-NAT id.
-    fn ranges(&mut self) -> Result<&mut BTreeMap<u32, BTreeSet<ipnet::Ipv4Net>>, MapsError> {
+    pub(super) fn ranges(
+        &mut self,
+    ) -> Result<&mut BTreeMap<u32, BTreeSet<ipnet::Ipv4Net>>, MapsError> {
         if self.ranges.is_none() {
             let mut by_id: BTreeMap<u32, BTreeSet<ipnet::Ipv4Net>> = BTreeMap::new();
             for (id, net) in self.store.src_ranges()? {
@@ -222,7 +309,11 @@ impl<S: MapStore> ServiceMaps<S> {
     }
 
     /// Removes the prefixes of `rev_nat_id` other than `keep`.
-    fn prune_ranges(&mut self, rev_nat_id: u32, keep: &[ipnet::Ipv4Net]) -> Result<(), MapsError> {
+    pub(super) fn prune_ranges(
+        &mut self,
+        rev_nat_id: u32,
+        keep: &[ipnet::Ipv4Net],
+    ) -> Result<(), MapsError> {
         let have = self.ranges()?.get(&rev_nat_id).cloned().unwrap_or_default();
         for net in have.iter().filter(|n| !keep.contains(n)) {
             self.store.src_range_del(rev_nat_id, *net)?;
@@ -259,83 +350,35 @@ impl<S: MapStore> ServiceMaps<S> {
     /// neither).
     pub fn upsert_service(&mut self, entry: &ServiceEntry) -> Result<(), MapsError> {
         let fe = entry.frontend;
-        let scopes = entry.scopes();
-        for set in std::iter::once(&scopes.external).chain(scopes.internal.as_ref()) {
-            if set.len() > u16::MAX as usize {
-                return Err(MapsError::TooManyBackends {
-                    frontend: fe,
-                    count: set.len(),
-                    max: u16::MAX as usize,
-                });
-            }
-        }
+        let layout = layout(entry)?;
         self.store
             .rev_nat_put(entry.rev_nat_id, codec::rev_nat(fe))?;
 
         self.add_ranges(entry.rev_nat_id, &entry.source_ranges)?;
 
-        let mut common = 0;
-        if entry.affinity_timeout_s.is_some() {
-            common |= SVC_F_AFFINITY;
-        }
-        // Both scopes: in-cluster clients (the TC path from pods, socket-LB on the host) are
-        // held to the ranges as well, as kube-proxy's firewall chain applies to every source.
-        if !entry.source_ranges.is_empty() {
-            common |= SVC_F_SRC_RANGES;
-        }
-        let base = ServiceValue {
-            rev_nat_id: entry.rev_nat_id,
-            affinity_timeout_s: entry.affinity_timeout_s.unwrap_or(0),
-            ..Default::default()
-        };
-        let mut ext_flags = common;
-        if entry.external {
-            ext_flags |= SVC_F_EXTERNAL;
-            if entry.external_local {
-                ext_flags |= SVC_F_LOCAL_EXTERNAL;
-            }
-        }
-        if scopes.external_filtered {
-            ext_flags |= SVC_F_DROP_EMPTY;
-        }
-        let mut maglev_ring = 0;
         if let Some(ring) = entry.maglev_ring {
-            self.write_maglev(ring, &scopes.external)?;
-            ext_flags |= SVC_F_MAGLEV;
-            maglev_ring = ring;
+            self.write_maglev(ring, &layout.external.ids)?;
         }
-        if let Some(internal) = &scopes.internal {
-            ext_flags |= SVC_F_TWO_SCOPES;
-            let mut flags = common;
-            if scopes.internal_filtered {
-                flags |= SVC_F_DROP_EMPTY;
-            }
-            let m = ServiceValue {
-                count: internal.len() as u16,
-                flags,
-                ..base
-            };
-            self.write_scope(fe, SCOPE_INTERNAL, m, internal)?;
+        if let Some(internal) = &layout.internal {
+            self.write_scope(fe, SCOPE_INTERNAL, internal.master, &internal.ids)?;
         }
-        let m = ServiceValue {
-            count: scopes.external.len() as u16,
-            flags: ext_flags,
-            maglev_ring,
-            ..base
-        };
-        self.write_scope(fe, SCOPE_EXTERNAL, m, &scopes.external)?;
-        if scopes.internal.is_none() {
+        self.write_scope(
+            fe,
+            SCOPE_EXTERNAL,
+            layout.external.master,
+            &layout.external.ids,
+        )?;
+        if layout.internal.is_none() {
             self.remove_scope(fe, SCOPE_INTERNAL)?;
         }
         self.prune_ranges(entry.rev_nat_id, &entry.source_ranges)
     }
 
-    /// Fills Maglev ring `ring` for `ids`, named by their addresses so every node computes the
-    /// same table.
-    fn write_maglev(&mut self, ring: u32, ids: &[u32]) -> Result<(), MapsError> {
+    /// The Maglev table of `ids` (one id per position, 0 where none; empty without a size).
+    pub(super) fn maglev_table(&self, ids: &[u32]) -> Result<Vec<u32>, MapsError> {
         let m = self.maglev_size()?;
         if m == 0 {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut named = Vec::with_capacity(ids.len());
         for id in ids {
@@ -350,7 +393,19 @@ impl<S: MapStore> ServiceMaps<S> {
             };
             named.push((*id, addr.to_string()));
         }
-        let table = maglev::table(&named, m);
+        let mut table = maglev::table(&named, m);
+        table.resize(m as usize, 0);
+        Ok(table)
+    }
+
+    /// Fills Maglev ring `ring` for `ids`, named by their addresses so every node computes the
+    /// same table.
+    fn write_maglev(&mut self, ring: u32, ids: &[u32]) -> Result<(), MapsError> {
+        let m = self.maglev_size()?;
+        if m == 0 {
+            return Ok(());
+        }
+        let table = self.maglev_table(ids)?;
         self.rings.write(&mut self.store, ring, m, table)
     }
 
