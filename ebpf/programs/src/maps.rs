@@ -16,6 +16,9 @@ use petrel_common::{
 
 const NO_PREALLOC: u32 = 1;
 
+// The sizes below are the object's defaults; the loader sets SERVICES, BACKENDS and REV_NAT
+// from the agent's `--*-map-size` flags (`max_entries`) before the maps are created.
+
 #[map(name = "SERVICES_V1")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
     HashMap::pinned(2 * 1024 * 1024, NO_PREALLOC);
