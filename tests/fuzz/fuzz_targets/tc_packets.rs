@@ -51,7 +51,13 @@ const PROGRAMS: [(&str, &[u32]); 4] = [
         &[TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT],
     ),
     (PROG_TC_POD_EGRESS, &[TC_ACT_OK]),
-    (PROG_TC_EXTERNAL_EGRESS, &[TC_ACT_OK]),
+    // Also the TC path of host processes: a drop (no route to the backend, a Local policy or
+    // source range, a full conntrack), a redirect (to the backend's interface, or a refusal into
+    // the node's own ingress).
+    (
+        PROG_TC_EXTERNAL_EGRESS,
+        &[TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT],
+    ),
 ];
 
 /// Ethernet header; BPF_PROG_TEST_RUN refuses shorter skb inputs.
