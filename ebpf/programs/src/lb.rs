@@ -76,6 +76,13 @@ pub fn backend(id: u32) -> Option<Backend> {
     unsafe { BACKENDS.get(id) }.copied()
 }
 
+/// Whether a tracked connection's backend still exists at the address it was given (ids are
+/// not reused while conntrack may name them; the address check makes that certain).
+#[inline(always)]
+pub fn still_serves(v: &petrel_common::CtValue) -> bool {
+    backend(v.backend_id).is_some_and(|b| b.addr_be == v.dst_addr_be && b.port_be == v.dst_port_be)
+}
+
 /// The master entry that applies: external traffic uses scope 0; in-cluster traffic uses the
 /// internal scope when the service has one (a Local traffic policy splits the two).
 #[inline(always)]

@@ -73,15 +73,11 @@ pub fn handle(ctx: &mut TcContext, internal: bool) -> Result<i32, i64> {
         if v.flags & CT_F_MASQ != 0 {
             return masq::forward(ctx, &f, &key, &v, now);
         }
-        match lb::backend(v.backend_id) {
-            Some(b) if b.addr_be == v.dst_addr_be && b.port_be == v.dst_port_be => {
-                return forward(ctx, &f, &v);
-            }
-            _ => {
-                count(stat::REBALANCED);
-                ct::remove(&key, &v);
-            }
+        if lb::still_serves(&v) {
+            return forward(ctx, &f, &v);
         }
+        count(stat::REBALANCED);
+        ct::remove(&key, &v);
     }
 
     let fe = Frontend {
@@ -292,15 +288,11 @@ pub fn handle_egress(ctx: &mut TcContext) -> Result<i32, i64> {
             if v.flags & CT_F_HOST == 0 {
                 return Ok(TC_ACT_OK);
             }
-            match lb::backend(v.backend_id) {
-                Some(b) if b.addr_be == v.dst_addr_be && b.port_be == v.dst_port_be => {
-                    return host_forward(ctx, &f, &v);
-                }
-                _ => {
-                    count(stat::REBALANCED);
-                    ct::remove(&key, &v);
-                }
+            if lb::still_serves(&v) {
+                return host_forward(ctx, &f, &v);
             }
+            count(stat::REBALANCED);
+            ct::remove(&key, &v);
         }
     }
     let fe = Frontend {

@@ -335,22 +335,12 @@ struct Addresses {
 
 impl Addresses {
     fn of(svc: &Service, spec: &ServiceSpec) -> Addresses {
-        let cluster: Vec<Ipv4Addr> = match &spec.cluster_ips {
-            Some(ips) if !ips.is_empty() => ips.iter().filter_map(|s| ipv4(s)).collect(),
-            _ => spec
-                .cluster_ip
-                .as_deref()
-                .and_then(ipv4)
-                .into_iter()
-                .collect(),
+        let cluster: Vec<&str> = match &spec.cluster_ips {
+            Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+            _ => spec.cluster_ip.as_deref().into_iter().collect(),
         };
-        let external: Vec<Ipv4Addr> = spec
-            .external_ips
-            .iter()
-            .flatten()
-            .filter_map(|s| ipv4(s))
-            .collect();
-        let load_balancer: Vec<Ipv4Addr> = svc
+        let external = spec.external_ips.iter().flatten().map(String::as_str);
+        let load_balancer = svc
             .status
             .as_ref()
             .and_then(|s| s.load_balancer.as_ref())
@@ -358,27 +348,11 @@ impl Addresses {
             .into_iter()
             .flatten()
             .filter(|i| serves_ingress(i))
-            .filter_map(|i| i.ip.as_deref().and_then(ipv4))
-            .collect();
-        let cluster_strs = match &spec.cluster_ips {
-            Some(ips) if !ips.is_empty() => ips.clone(),
-            _ => spec.cluster_ip.iter().cloned().collect(),
-        };
-        let ingress_strs = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .into_iter()
-            .flatten()
-            .filter(|i| serves_ingress(i))
-            .filter_map(|i| i.ip.clone());
-        let mut ipv6: Vec<std::net::Ipv6Addr> = cluster_strs
-            .into_iter()
-            .chain(spec.external_ips.iter().flatten().cloned())
-            .chain(ingress_strs)
-            .filter_map(|s| s.parse().ok())
-            .collect();
+            .filter_map(|i| i.ip.as_deref());
+        let mut ipv6 = Vec::new();
+        let cluster = split_families(cluster.into_iter(), &mut ipv6);
+        let external = split_families(external, &mut ipv6);
+        let load_balancer = split_families(load_balancer, &mut ipv6);
         ipv6.sort();
         ipv6.dedup();
         Addresses {
@@ -388,6 +362,23 @@ impl Addresses {
             ipv6,
         }
     }
+}
+
+/// The IPv4 addresses among `addrs`; the IPv6 ones go to `ipv6`, unparsable ones nowhere.
+fn split_families<'a>(
+    addrs: impl Iterator<Item = &'a str>,
+    ipv6: &mut Vec<std::net::Ipv6Addr>,
+) -> Vec<Ipv4Addr> {
+    addrs
+        .filter_map(|a| match a.parse() {
+            Ok(std::net::IpAddr::V4(v4)) => Some(v4),
+            Ok(std::net::IpAddr::V6(v6)) => {
+                ipv6.push(v6);
+                None
+            }
+            Err(_) => None,
+        })
+        .collect()
 }
 
 /// Whether a LoadBalancer ingress IP is programmed as a frontend: not when its `ipMode` is
