@@ -185,7 +185,7 @@ pub fn setup(host: &mut Socket, pod: &mut PodNs, plan: &Plan) -> Result<Wired> {
     if let Some(addr6) = plan.v6 {
         // The pods' IPv6 gateway, usable at once (no DAD), and the route to the pod's /128.
         host.addr_add6(idx, gateway6, 64, true, true)?;
-        host.route_add6(
+        host.route_add(
             &Route6 {
                 oif: Some(idx),
                 ..Route6::new(Ipv6Net::from(addr6))
@@ -239,7 +239,7 @@ pub fn setup(host: &mut Socket, pod: &mut PodNs, plan: &Plan) -> Result<Wired> {
     if let Some(addr6) = plan.v6 {
         // Without DAD: the pod's first connection does not wait a second for it.
         s.addr_add6(pidx, addr6, 128, false, true)?;
-        s.route_add6(
+        s.route_add(
             &Route6 {
                 gateway: Some(gateway6),
                 oif: Some(pidx),
@@ -279,8 +279,9 @@ pub fn check(
         if !has_addr(addr.into()) {
             problems.push(format!("address {addr} is missing on {ifname}"));
         }
-        let has_default = s.route_dump_v4()?.iter().any(|r| {
-            r.header.destination_prefix_length == 0 && route::gateway_of(r) == Some(gateway)
+        let has_default = s.route_dump::<Ipv4Net>()?.iter().any(|r| {
+            r.header.destination_prefix_length == 0
+                && route::gateway_of::<Ipv4Net>(r) == Some(gateway)
         });
         if !has_default {
             problems.push(format!("default route via {gateway} is missing"));
@@ -293,7 +294,7 @@ pub fn check(
         let gateway6 = crate::ipam::GATEWAY6;
         let idx = link.header.index;
         let has_default = s
-            .route_dump_v6()?
+            .route_dump::<Ipv6Net>()?
             .iter()
             .filter_map(Route6::from_message)
             .any(|r| r.dst.prefix_len() == 0 && r.gateway == Some(gateway6) && r.oif == Some(idx));

@@ -141,6 +141,12 @@ impl Fixture {
     }
 
     fn netctl(&self) -> serde_json::Value {
+        let out = self.netctl_run("dump-services");
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
+    /// `netctl COMMAND -o json` on this node's pins and state dir; fails the test if netctl does.
+    fn netctl_run(&self, command: &str) -> std::process::Output {
         let out = std::process::Command::new(petrel_testbed::workspace_bin(
             "netctl",
             "PETREL_NETCTL_BIN",
@@ -149,7 +155,7 @@ impl Fixture {
         .arg(self.pins.path())
         .arg("--state-dir")
         .arg(self.state.path())
-        .args(["dump-services", "-o", "json"])
+        .args([command, "-o", "json"])
         .output()
         .expect("netctl");
         assert!(
@@ -157,7 +163,7 @@ impl Fixture {
             "netctl: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).expect("json")
+        out
     }
 
     /// GET `path` on the agent's metrics port, from inside the node.
@@ -907,6 +913,26 @@ fn a_service_that_would_overflow_is_refused_whole_and_cleanup_removes_everything
         f.http(10249, "/metrics")
             .contains("petrel_frontend_refusals_total{reason=\"map_full\"}"),
         "refusals are counted by reason"
+    );
+    // netctl lists the refused frontend with its service and why, and dump-services says
+    // that something is missing from its table.
+    let refused: serde_json::Value =
+        serde_json::from_slice(&f.netctl_run("dump-refused").stdout).expect("json");
+    let refused = refused.as_array().expect("a list");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["frontend"], "10.96.0.53:80/TCP", "{refused:?}");
+    assert_eq!(refused[0]["service"], "default/big", "{refused:?}");
+    assert!(
+        refused[0]["why"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("SERVICES map full")),
+        "{refused:?}"
+    );
+    let dump = f.netctl_run("dump-services");
+    assert!(
+        String::from_utf8_lossy(&dump.stderr).contains("1 frontend(s) refused"),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
     );
 
     agent.stop(libc::SIGTERM);

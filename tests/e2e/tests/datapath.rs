@@ -20,7 +20,7 @@ use petrel_datapath::{
     BackendSpec, Datapath, DatapathConfig, Endpoint, Frontend, Proto, ServiceEntry, ServiceMaps,
     datapath::AttachOutcome, maglev, maps::PinnedMaps, sock_term,
 };
-use petrel_testbed::{BpffsRoot, cgroup::Cgroup, netns::Node, pod, require_root, unique};
+use petrel_testbed::{BpffsRoot, cgroup::Cgroup, echo, netns::Node, pod, require_root, unique};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
 /// b0 and b1 are on this node; b2 is treated as another node's pod (BACKEND_F_REMOTE).
@@ -1348,30 +1348,7 @@ fn socket_lb_picks_a_backend_per_connection_for_a_nodeport() {
 /// One TCP request from CLIENT's own port `port` (bound first, as a reused ephemeral port
 /// would be): the server's name and the peer address the socket reports.
 fn tcp_get_from_port(port: u16, to: SocketAddrV4) -> std::io::Result<(String, String)> {
-    use nix::sys::{
-        socket::{
-            AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket,
-            sockopt,
-        },
-        time::{TimeVal, TimeValLike as _},
-    };
-    use std::os::fd::AsRawFd as _;
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
-    )?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    // A blocking connect gives up after the send timeout.
-    setsockopt(&fd, sockopt::SendTimeout, &TimeVal::seconds(3))?;
-    bind(
-        fd.as_raw_fd(),
-        &SockaddrIn::from(SocketAddrV4::new(CLIENT, port)),
-    )?;
-    connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
-    let mut s = TcpStream::from(fd);
-    s.set_read_timeout(Some(pod::TIMEOUT))?;
+    let mut s = echo::tcp_from(SocketAddrV4::new(CLIENT, port), to)?;
     s.write_all(b"hi\n")?;
     let peer = s.peer_addr()?.to_string();
     let mut out = String::new();

@@ -201,9 +201,18 @@ impl Drop for EchoServer {
     }
 }
 
-/// A TCP socket bound to `src` (SO_REUSEADDR, as a client reusing a port) and connected to `to`
-/// from the calling thread's namespace, giving up after `pod::TIMEOUT`.
-pub fn tcp_from(src: SocketAddrV4, to: SocketAddrV4) -> std::io::Result<TcpStream> {
+/// How a test client's TCP socket is set up before its connect().
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpOptions {
+    /// Bound to this address first, with SO_REUSEADDR (a client reusing a port).
+    pub bind: Option<SocketAddrV4>,
+    /// SO_MARK (a sidecar's own upstream connection, which its redirect rule skips).
+    pub mark: Option<u32>,
+}
+
+/// A TCP connection to `to` from the calling thread's namespace, set up as `opts` says, giving
+/// up after `pod::TIMEOUT` (connect, reads and writes).
+pub fn tcp_connect(to: SocketAddrV4, opts: TcpOptions) -> std::io::Result<TcpStream> {
     use nix::sys::{
         socket::{
             AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket,
@@ -217,20 +226,25 @@ pub fn tcp_from(src: SocketAddrV4, to: SocketAddrV4) -> std::io::Result<TcpStrea
         SockFlag::empty(),
         None,
     )?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if let Some(mark) = opts.mark {
+        setsockopt(&fd, sockopt::Mark, &mark)?;
+    }
     // A blocking connect gives up after the send timeout.
     setsockopt(
         &fd,
         sockopt::SendTimeout,
         &TimeVal::milliseconds(TIMEOUT.as_millis() as i64),
     )?;
-    bind(fd.as_raw_fd(), &SockaddrIn::from(src))?;
+    if let Some(src) = opts.bind {
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        bind(fd.as_raw_fd(), &SockaddrIn::from(src))?;
+    }
     match connect(fd.as_raw_fd(), &SockaddrIn::from(to)) {
         // What a blocking connect returns when the send timeout ends it.
         Err(nix::errno::Errno::EINPROGRESS) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("connect from {src} to {to}: no answer in {TIMEOUT:?}"),
+                format!("connect to {to} ({opts:?}): no answer in {TIMEOUT:?}"),
             ));
         }
         r => r?,
@@ -239,6 +253,17 @@ pub fn tcp_from(src: SocketAddrV4, to: SocketAddrV4) -> std::io::Result<TcpStrea
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
     Ok(s)
+}
+
+/// A TCP socket bound to `src` (SO_REUSEADDR, as a client reusing a port) and connected to `to`.
+pub fn tcp_from(src: SocketAddrV4, to: SocketAddrV4) -> std::io::Result<TcpStream> {
+    tcp_connect(
+        to,
+        TcpOptions {
+            bind: Some(src),
+            ..TcpOptions::default()
+        },
+    )
 }
 
 /// An open TCP connection to an echo server, for many requests.

@@ -61,6 +61,8 @@ pub struct Agent {
     needs_full: bool,
     /// netctl's names: rewritten at full syncs, appended to for the frontends that change.
     names: names::Journal,
+    /// The refused frontends last published for netctl (None: nothing published yet).
+    published_refused: Option<Vec<names::Refusal>>,
     /// Asks the conntrack garbage collector for a sweep.
     gc: conntrack::Kick,
     /// Destroys connected UDP sockets on removed backends (with socket-LB only).
@@ -219,6 +221,7 @@ impl Agent {
             unobserved: Vec::new(),
             needs_full: true,
             names: names::Journal::new(&cli.state_dir),
+            published_refused: None,
             gc,
             term,
         })
@@ -394,6 +397,7 @@ impl Agent {
             t.terminate(std::mem::take(&mut report.udp_departed));
         }
         self.publish_names(full, &changes.frontends);
+        self.publish_refused(&report.refused);
         let changed = report.upserted + report.removed > 0;
         tracing::debug!(
             full,
@@ -414,6 +418,32 @@ impl Agent {
                 total_ms = iteration.elapsed().as_millis() as u64,
                 "datapath updated"
             );
+        }
+    }
+
+    /// netctl's list of refused frontends, rewritten when it changes. Each sync's report holds
+    /// every refused frontend: a sync after one that refused something is a full one.
+    fn publish_refused(&mut self, refused: &[(petrel_datapath::Frontend, String)]) {
+        let desired = self.memo.desired();
+        let list: Vec<names::Refusal> = refused
+            .iter()
+            .map(|(fe, why)| names::Refusal {
+                frontend: fe.to_string(),
+                service: desired
+                    .frontends
+                    .get(fe)
+                    .map_or_else(String::new, |p| p.service.clone()),
+                why: why.clone(),
+            })
+            .collect();
+        if self.published_refused.as_ref() == Some(&list) {
+            return;
+        }
+        match names::write_refused(&self.state_dir, &list) {
+            Ok(()) => self.published_refused = Some(list),
+            Err(e) => {
+                tracing::warn!(dir = %self.state_dir.display(), error = %e, "cannot publish refused frontends for netctl")
+            }
         }
     }
 

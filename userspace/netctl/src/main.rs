@@ -61,6 +61,9 @@ enum Command {
     },
     /// Datapath counters (translated, dropped by reason, rejected), summed over CPUs.
     Stats,
+    /// Frontends the agent could not program (a full map, too many backends, a map error):
+    /// frontend, service and why, as the agent last published them.
+    DumpRefused,
     /// Which backend a flow gets and why: conntrack, traffic policy scope, empty service,
     /// session affinity, Maglev position or random slot.
     Explain {
@@ -116,6 +119,7 @@ fn main() -> anyhow::Result<()> {
             from_outside,
         } => explain(&maps, &src, &dst, from_outside, json),
         Command::Stats => stats(&maps, json),
+        Command::DumpRefused => dump_refused(&cli.state_dir, json),
     }
 }
 
@@ -134,6 +138,7 @@ fn dump_services(maps: &ServiceMaps, state_dir: &Path, json: bool) -> anyhow::Re
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
+        refused_hint(state_dir);
         return Ok(());
     }
     println!(
@@ -183,6 +188,32 @@ fn dump_services(maps: &ServiceMaps, state_dir: &Path, json: bool) -> anyhow::Re
             s.rev_nat_id,
             flags,
         );
+    }
+    refused_hint(state_dir);
+    Ok(())
+}
+
+/// Refused frontends are not in the maps: dump-services says so after its output, on stderr.
+fn refused_hint(state_dir: &Path) {
+    match petrel_datapath::inspect::names::read_refused(state_dir) {
+        Ok(r) if !r.is_empty() => eprintln!(
+            "{} frontend(s) refused by the agent, not programmed: netctl dump-refused",
+            r.len()
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("cannot read the agent's refused frontends: {e}"),
+    }
+}
+
+fn dump_refused(state_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let refused = petrel_datapath::inspect::names::read_refused(state_dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&refused)?);
+        return Ok(());
+    }
+    println!("{:<24} {:<32} WHY", "FRONTEND", "SERVICE");
+    for r in refused {
+        println!("{:<24} {:<32} {}", r.frontend, r.service, r.why);
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ pub use events::{Event, Events};
 pub use link::{LinkId, VethSpec, VxlanSpec};
 pub use netlink_packet_route as packet;
 pub use netns::Netns;
-pub use route::{Route4, Route6};
+pub use route::{Family, Route, Route4, Route6};
 pub use sock_diag::{DiagSocket, UdpSock};
 pub use socket::Socket;
 pub use sysctl::Sysctl;

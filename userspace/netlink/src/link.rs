@@ -362,7 +362,7 @@ mod kernel_tests {
                 .any(|l| name_of(l) == Some("lo"))
         );
         // Dumps of several datagrams parse (contents differ from machine to machine).
-        s.route_dump_v4().expect("routes");
+        s.route_dump::<ipnet::Ipv4Net>().expect("routes");
         s.addr_dump(None).expect("addresses");
     }
 }

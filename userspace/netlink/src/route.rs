@@ -1,7 +1,10 @@
 //! Routes in the main table: add/replace, delete, dump, and the parsed form petrel compares
-//! (`Route4`; `Route6` for the pods' IPv6 routes).
+//! (`Route4` for IPv4, `Route6` for IPv6: one `Route` over the address family).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
@@ -15,11 +18,70 @@ use netlink_packet_route::{
 
 use crate::{Result, Socket};
 
-/// One IPv4 unicast route of the main table.
+/// What differs between IPv4 and IPv6 routes: the prefix type (`Ipv4Net`, `Ipv6Net`), its
+/// address, and how netlink carries them.
+pub trait Family: Copy + Eq + fmt::Debug + fmt::Display {
+    type Addr: Copy + Eq + fmt::Debug;
+    const FAMILY: AddressFamily;
+    fn from_parts(addr: Option<Self::Addr>, prefix_len: u8) -> Option<Self>;
+    fn network(&self) -> Self::Addr;
+    fn prefix(&self) -> u8;
+    fn to_route(a: Self::Addr) -> RouteAddress;
+    fn from_route(a: &RouteAddress) -> Option<Self::Addr>;
+}
+
+impl Family for Ipv4Net {
+    type Addr = Ipv4Addr;
+    const FAMILY: AddressFamily = AddressFamily::Inet;
+    fn from_parts(addr: Option<Ipv4Addr>, prefix_len: u8) -> Option<Ipv4Net> {
+        Ipv4Net::new(addr.unwrap_or(Ipv4Addr::UNSPECIFIED), prefix_len).ok()
+    }
+    fn network(&self) -> Ipv4Addr {
+        Ipv4Net::network(self)
+    }
+    fn prefix(&self) -> u8 {
+        self.prefix_len()
+    }
+    fn to_route(a: Ipv4Addr) -> RouteAddress {
+        RouteAddress::Inet(a)
+    }
+    fn from_route(a: &RouteAddress) -> Option<Ipv4Addr> {
+        match a {
+            RouteAddress::Inet(a) => Some(*a),
+            _ => None,
+        }
+    }
+}
+
+impl Family for Ipv6Net {
+    type Addr = Ipv6Addr;
+    const FAMILY: AddressFamily = AddressFamily::Inet6;
+    fn from_parts(addr: Option<Ipv6Addr>, prefix_len: u8) -> Option<Ipv6Net> {
+        Ipv6Net::new(addr.unwrap_or(Ipv6Addr::UNSPECIFIED), prefix_len).ok()
+    }
+    fn network(&self) -> Ipv6Addr {
+        Ipv6Net::network(self)
+    }
+    fn prefix(&self) -> u8 {
+        self.prefix_len()
+    }
+    fn to_route(a: Ipv6Addr) -> RouteAddress {
+        RouteAddress::Inet6(a)
+    }
+    fn from_route(a: &RouteAddress) -> Option<Ipv6Addr> {
+        match a {
+            RouteAddress::Inet6(a) => Some(*a),
+            _ => None,
+        }
+    }
+}
+
+/// One unicast route of the main table. IPv6 routes carry no meaningful scope (the kernel
+/// reports universe).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route4 {
-    pub dst: Ipv4Net,
-    pub gateway: Option<Ipv4Addr>,
+pub struct Route<N: Family> {
+    pub dst: N,
+    pub gateway: Option<N::Addr>,
     pub oif: Option<u32>,
     pub scope: RouteScope,
     pub protocol: RouteProtocol,
@@ -27,10 +89,13 @@ pub struct Route4 {
     pub onlink: bool,
 }
 
-impl Route4 {
+pub type Route4 = Route<Ipv4Net>;
+pub type Route6 = Route<Ipv6Net>;
+
+impl<N: Family> Route<N> {
     /// `dst` with universe scope and the static protocol, as `ip route add` makes it.
-    pub fn new(dst: Ipv4Net) -> Route4 {
-        Route4 {
+    pub fn new(dst: N) -> Route<N> {
+        Route {
             dst,
             gateway: None,
             oif: None,
@@ -42,24 +107,21 @@ impl Route4 {
 
     pub fn message(&self) -> RouteMessage {
         let mut m = RouteMessage::default();
-        m.header.address_family = AddressFamily::Inet;
+        m.header.address_family = N::FAMILY;
         m.header.table = RouteHeader::RT_TABLE_MAIN;
         m.header.protocol = self.protocol;
         m.header.scope = self.scope;
         m.header.kind = RouteType::Unicast;
-        m.header.destination_prefix_length = self.dst.prefix_len();
+        m.header.destination_prefix_length = self.dst.prefix();
         if self.onlink {
             m.header.flags.insert(RouteFlags::Onlink);
         }
-        if self.dst.prefix_len() > 0 {
+        if self.dst.prefix() > 0 {
             m.attributes
-                .push(RouteAttribute::Destination(RouteAddress::Inet(
-                    self.dst.network(),
-                )));
+                .push(RouteAttribute::Destination(N::to_route(self.dst.network())));
         }
         if let Some(gw) = self.gateway {
-            m.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+            m.attributes.push(RouteAttribute::Gateway(N::to_route(gw)));
         }
         if let Some(oif) = self.oif {
             m.attributes.push(RouteAttribute::Oif(oif));
@@ -67,25 +129,22 @@ impl Route4 {
         m
     }
 
-    /// The route a kernel message describes, if it is an IPv4 route of the main table.
-    pub fn from_message(m: &RouteMessage) -> Option<Route4> {
-        if m.header.address_family != AddressFamily::Inet
-            || m.header.table != RouteHeader::RT_TABLE_MAIN
-        {
+    /// The route a kernel message describes, if it is a route of this family in the main table.
+    pub fn from_message(m: &RouteMessage) -> Option<Route<N>> {
+        if m.header.address_family != N::FAMILY || m.header.table != RouteHeader::RT_TABLE_MAIN {
             return None;
         }
-        let mut dst = Ipv4Addr::UNSPECIFIED;
-        let (mut gateway, mut oif) = (None, None);
+        let (mut dst, mut gateway, mut oif) = (None, None, None);
         for a in &m.attributes {
             match a {
-                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+                RouteAttribute::Destination(d) => dst = N::from_route(d),
+                RouteAttribute::Gateway(g) => gateway = N::from_route(g),
                 RouteAttribute::Oif(i) => oif = Some(*i),
                 _ => {}
             }
         }
-        Some(Route4 {
-            dst: Ipv4Net::new(dst, m.header.destination_prefix_length).ok()?,
+        Some(Route {
+            dst: N::from_parts(dst, m.header.destination_prefix_length)?,
             gateway,
             oif,
             scope: m.header.scope,
@@ -95,104 +154,9 @@ impl Route4 {
     }
 }
 
-/// One IPv6 unicast route of the main table (IPv6 routes carry no meaningful scope).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route6 {
-    pub dst: Ipv6Net,
-    pub gateway: Option<Ipv6Addr>,
-    pub oif: Option<u32>,
-    pub protocol: RouteProtocol,
-}
-
-impl Route6 {
-    /// `dst` with the static protocol, as `ip -6 route add` makes it.
-    pub fn new(dst: Ipv6Net) -> Route6 {
-        Route6 {
-            dst,
-            gateway: None,
-            oif: None,
-            protocol: RouteProtocol::Static,
-        }
-    }
-
-    pub fn message(&self) -> RouteMessage {
-        let mut m = RouteMessage::default();
-        m.header.address_family = AddressFamily::Inet6;
-        m.header.table = RouteHeader::RT_TABLE_MAIN;
-        m.header.protocol = self.protocol;
-        m.header.scope = RouteScope::Universe;
-        m.header.kind = RouteType::Unicast;
-        m.header.destination_prefix_length = self.dst.prefix_len();
-        if self.dst.prefix_len() > 0 {
-            m.attributes
-                .push(RouteAttribute::Destination(RouteAddress::Inet6(
-                    self.dst.network(),
-                )));
-        }
-        if let Some(gw) = self.gateway {
-            m.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::Inet6(gw)));
-        }
-        if let Some(oif) = self.oif {
-            m.attributes.push(RouteAttribute::Oif(oif));
-        }
-        m
-    }
-
-    /// The route a kernel message describes, if it is an IPv6 route of the main table.
-    pub fn from_message(m: &RouteMessage) -> Option<Route6> {
-        if m.header.address_family != AddressFamily::Inet6
-            || m.header.table != RouteHeader::RT_TABLE_MAIN
-        {
-            return None;
-        }
-        let mut dst = Ipv6Addr::UNSPECIFIED;
-        let (mut gateway, mut oif) = (None, None);
-        for a in &m.attributes {
-            match a {
-                RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = *d,
-                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gateway = Some(*g),
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                _ => {}
-            }
-        }
-        Some(Route6 {
-            dst: Ipv6Net::new(dst, m.header.destination_prefix_length).ok()?,
-            gateway,
-            oif,
-            protocol: m.header.protocol,
-        })
-    }
-}
-
 impl Socket {
-    /// Adds an IPv6 route; with `replace` one already there for the destination is overwritten.
-    pub fn route_add6(&mut self, r: &Route6, replace: bool) -> Result<()> {
-        let excl = if replace { NLM_F_REPLACE } else { NLM_F_EXCL };
-        self.ack(
-            "adding route",
-            &r.dst,
-            RouteNetlinkMessage::NewRoute(r.message()),
-            NLM_F_CREATE | excl,
-        )
-    }
-
-    /// Every IPv6 route (all tables; `Route6::from_message` keeps the main table's).
-    pub fn route_dump_v6(&mut self) -> Result<Vec<RouteMessage>> {
-        let mut req = RouteMessage::default();
-        req.header.address_family = AddressFamily::Inet6;
-        let all = self.dump("listing", &"routes", RouteNetlinkMessage::GetRoute(req))?;
-        Ok(all
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => Some(r),
-                _ => None,
-            })
-            .collect())
-    }
-
     /// Adds a route; with `replace` one already there for the destination is overwritten.
-    pub fn route_add(&mut self, r: &Route4, replace: bool) -> Result<()> {
+    pub fn route_add<N: Family>(&mut self, r: &Route<N>, replace: bool) -> Result<()> {
         let excl = if replace { NLM_F_REPLACE } else { NLM_F_EXCL };
         self.ack(
             "adding route",
@@ -204,8 +168,10 @@ impl Socket {
 
     /// Deletes the route a dump returned; returns whether it was still there.
     pub fn route_del(&mut self, m: RouteMessage) -> Result<bool> {
-        let dst =
-            Route4::from_message(&m).map_or_else(|| "a route".to_string(), |r| r.dst.to_string());
+        let dst = Route4::from_message(&m)
+            .map(|r| r.dst.to_string())
+            .or_else(|| Route6::from_message(&m).map(|r| r.dst.to_string()))
+            .unwrap_or_else(|| "a route".to_string());
         match self.ack("deleting route", &dst, RouteNetlinkMessage::DelRoute(m), 0) {
             Ok(()) => Ok(true),
             Err(e) if e.errno() == Some(libc::ESRCH) => Ok(false),
@@ -213,10 +179,10 @@ impl Socket {
         }
     }
 
-    /// Every IPv4 route (all tables; `Route4::from_message` keeps the main table's).
-    pub fn route_dump_v4(&mut self) -> Result<Vec<RouteMessage>> {
+    /// Every route of family `N` (all tables; `Route::from_message` keeps the main table's).
+    pub fn route_dump<N: Family>(&mut self) -> Result<Vec<RouteMessage>> {
         let mut req = RouteMessage::default();
-        req.header.address_family = AddressFamily::Inet;
+        req.header.address_family = N::FAMILY;
         let all = self.dump("listing", &"routes", RouteNetlinkMessage::GetRoute(req))?;
         Ok(all
             .into_iter()
@@ -228,18 +194,10 @@ impl Socket {
     }
 }
 
-/// The IPv4 gateway of a route message, whatever its table.
-pub fn gateway_of(m: &RouteMessage) -> Option<Ipv4Addr> {
+/// The gateway of family `N` of a route message, whatever its table.
+pub fn gateway_of<N: Family>(m: &RouteMessage) -> Option<N::Addr> {
     m.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
-        _ => None,
-    })
-}
-
-/// The IPv6 gateway of a route message, whatever its table.
-pub fn gateway6_of(m: &RouteMessage) -> Option<Ipv6Addr> {
-    m.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Gateway(RouteAddress::Inet6(g)) => Some(*g),
+        RouteAttribute::Gateway(g) => N::from_route(g),
         _ => None,
     })
 }

@@ -169,7 +169,12 @@ pub(super) fn manifest_vip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 104, 0, 0)) + i as u32)
 }
 
-/// Writes `n` Services x 10 endpoints as manifests (YAML flow style, one document per object).
+/// Services per manifest file: ~1.2 KB each, well under the agent's per-file limit
+/// (`petrel_agent::sources::manifests::MAX_FILE_BYTES`, 4 MiB).
+const SERVICES_PER_FILE: usize = 1000;
+
+/// Writes `n` Services x 10 endpoints as manifests (YAML flow style, one document per object),
+/// `SERVICES_PER_FILE` to a file.
 pub(super) fn write_manifests(dir: &Path, ips: &[Ipv4Addr], n: usize) {
     let eps: Vec<String> = ips
         .iter()
@@ -178,18 +183,24 @@ pub(super) fn write_manifests(dir: &Path, ips: &[Ipv4Addr], n: usize) {
         })
         .collect();
     let eps = eps.join(", ");
-    let mut out = String::with_capacity(n * 1200);
-    for i in 0..n {
-        let vip = manifest_vip(i);
-        out.push_str(&format!(
-            "---\n{{apiVersion: v1, kind: Service, metadata: {{name: svc-{i}, namespace: default}}, \
-             spec: {{clusterIP: {vip}, ports: [{{name: http, port: 80, targetPort: {POD_PORT}, protocol: TCP}}]}}}}\n\
-             ---\n{{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {{name: svc-{i}-1, namespace: default, \
-             labels: {{kubernetes.io/service-name: svc-{i}}}}}, addressType: IPv4, endpoints: [{eps}], \
-             ports: [{{name: http, port: {POD_PORT}, protocol: TCP}}]}}\n"
-        ));
+    for (f, start) in (0..n).step_by(SERVICES_PER_FILE).enumerate() {
+        let mut out = String::with_capacity(SERVICES_PER_FILE * 1200);
+        for i in start..n.min(start + SERVICES_PER_FILE) {
+            let vip = manifest_vip(i);
+            out.push_str(&format!(
+                "---\n{{apiVersion: v1, kind: Service, metadata: {{name: svc-{i}, namespace: default}}, \
+                 spec: {{clusterIP: {vip}, ports: [{{name: http, port: 80, targetPort: {POD_PORT}, protocol: TCP}}]}}}}\n\
+                 ---\n{{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {{name: svc-{i}-1, namespace: default, \
+                 labels: {{kubernetes.io/service-name: svc-{i}}}}}, addressType: IPv4, endpoints: [{eps}], \
+                 ports: [{{name: http, port: {POD_PORT}, protocol: TCP}}]}}\n"
+            ));
+        }
+        assert!(
+            out.len() < 4 * 1024 * 1024,
+            "a manifest file over the agent's limit"
+        );
+        std::fs::write(dir.join(format!("services-{f:04}.yaml")), out).expect("write manifests");
     }
-    std::fs::write(dir.join("services.yaml"), out).expect("write manifests");
 }
 
 /// petrel-agent in standalone mode on `n` services: from its start until the last answers.
@@ -425,7 +436,8 @@ pub(super) fn wait_idle(px: &Proxies) {
 }
 
 /// Every variant at the `scale`-th scale step, `rounds` times in turn (so drift in the
-/// machine's load spreads over all).
+/// machine's load spreads over all), each round starting one variant later than the last: no
+/// variant always runs first (on a cold cache) or right after the same neighbour.
 pub(super) fn datapath(
     nodes: &[Node],
     px: &Proxies,
@@ -450,8 +462,10 @@ pub(super) fn datapath(
         .map(|ip| SocketAddrV4::new(*ip, 80).to_string())
         .collect();
     let spread = spread.join(",");
-    for _ in 0..opts.rounds {
-        for (v, f) in VARIANTS.iter().zip(figs.iter_mut()) {
+    for round in 0..opts.rounds {
+        for i in 0..VARIANTS.len() {
+            let k = (i + round) % VARIANTS.len();
+            let (v, f) = (&VARIANTS[k], &mut figs[k]);
             let node = &nodes[v.node];
             let cg = v.socket_lb.then(|| px.cgroup.path());
             let to = if v.direct {

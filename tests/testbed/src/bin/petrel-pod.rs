@@ -10,16 +10,12 @@
 use std::{
     io::{BufRead as _, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd as _,
     process::ExitCode,
 };
 
-use nix::sys::socket::{
-    AddressFamily, SockFlag, SockType, SockaddrIn, connect as nix_connect, getsockopt, setsockopt,
-    socket, sockopt,
-};
+use nix::sys::socket::{getsockopt, sockopt};
 
-use petrel_testbed::pod;
+use petrel_testbed::{echo, pod};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -175,18 +171,14 @@ fn say(line: &str) {
 }
 
 fn relay(client: &mut TcpStream, to: SocketAddrV4, mark: u32) -> std::io::Result<()> {
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
+    let mut up = echo::tcp_connect(
+        to,
+        echo::TcpOptions {
+            mark: Some(mark),
+            ..echo::TcpOptions::default()
+        },
     )?;
-    setsockopt(&fd, sockopt::Mark, &mark)?;
-    nix_connect(fd.as_raw_fd(), &SockaddrIn::from(to))?;
-    let mut up = TcpStream::from(fd);
-    for s in [&*client, &up] {
-        s.set_read_timeout(Some(pod::TIMEOUT))?;
-    }
+    client.set_read_timeout(Some(pod::TIMEOUT))?;
     let mut buf = [0u8; 64];
     let n = client.read(&mut buf)?;
     up.write_all(&buf[..n])?;

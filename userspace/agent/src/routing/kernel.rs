@@ -278,7 +278,7 @@ fn route_error(dst: &Ipv4Net, hop: &Hop, e: &NetlinkError) -> String {
 /// petrel's IPv4 routes in the main table, by destination.
 fn petrel_routes(sock: &mut Socket) -> Result<BTreeMap<Ipv4Net, (Hop, RouteMessage)>, RouteError> {
     let mut out = BTreeMap::new();
-    for m in sock.route_dump_v4()? {
+    for m in sock.route_dump::<Ipv4Net>()? {
         let Some(r) = Route4::from_message(&m) else {
             continue;
         };

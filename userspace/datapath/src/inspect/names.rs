@@ -155,6 +155,48 @@ pub fn read(dir: &Path) -> BTreeMap<String, FrontendName> {
     names
 }
 
+/// Frontends the agent could not program (a full map, too many backends, a map error), with the
+/// service that asked for them and why, in `<state-dir>/refused.json`: small (only what is
+/// refused), rewritten whole (a temporary file, then a rename) when the refused set changes.
+pub const REFUSED_FILE: &str = "refused.json";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub frontend: String,
+    /// "namespace/name".
+    pub service: String,
+    pub why: String,
+}
+
+/// Publishes the refused frontends, atomically (an empty list removes the file).
+pub fn write_refused(dir: &Path, refused: &[Refusal]) -> std::io::Result<()> {
+    let path = dir.join(REFUSED_FILE);
+    if refused.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{REFUSED_FILE}.tmp"));
+    let mut w = BufWriter::new(File::create(&tmp)?);
+    serde_json::to_writer_pretty(&mut w, refused).map_err(std::io::Error::other)?;
+    w.into_inner().map_err(|e| e.into_error())?.sync_data()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The refused frontends the agent last published (none if it published none). A file that
+/// does not parse is an error: netctl says so rather than show nothing refused.
+pub fn read_refused(dir: &Path) -> std::io::Result<Vec<Refusal>> {
+    match std::fs::read(dir.join(REFUSED_FILE)) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            std::io::Error::other(format!("{}: {e}", dir.join(REFUSED_FILE).display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +253,31 @@ mod tests {
         assert!(j.wants_rewrite());
         assert_eq!(read(dir.path()).len(), 1);
         assert!(read(&dir.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn refused_frontends_are_published_replaced_and_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(read_refused(dir.path()).expect("none yet"), vec![]);
+        let r = |fe: &str| Refusal {
+            frontend: fe.into(),
+            service: "default/big".into(),
+            why: "SERVICES map full (10 of 10 entries in use, 3 needed)".into(),
+        };
+        write_refused(dir.path(), &[r("10.96.0.9:80/TCP"), r("10.96.0.9:81/TCP")]).expect("write");
+        assert_eq!(read_refused(dir.path()).expect("read").len(), 2);
+        write_refused(dir.path(), &[r("10.96.0.9:81/TCP")]).expect("replace");
+        assert_eq!(
+            read_refused(dir.path()).expect("read"),
+            vec![r("10.96.0.9:81/TCP")]
+        );
+        write_refused(dir.path(), &[]).expect("clear");
+        assert!(!dir.path().join(REFUSED_FILE).exists());
+        write_refused(dir.path(), &[]).expect("clearing nothing is fine");
+        std::fs::write(dir.path().join(REFUSED_FILE), b"{not json").expect("corrupt");
+        assert!(
+            read_refused(dir.path()).is_err(),
+            "a corrupt file is an error"
+        );
     }
 }
