@@ -127,11 +127,11 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         .find(|a| !known.iter().any(|k| a.starts_with(k)))
     {
         return Err(format!(
-            "unknown argument {bad:?} (known: --quick, --only=cni|services, --out=DIR, --secs=S, --iptables=legacy|nft, --scales=N,N,..)"
+            "unknown argument {bad:?} (known: --quick, --only=cni|services|scale, --out=DIR, --secs=S, --iptables=legacy|nft, --scales=N,N,..)"
         ));
     }
-    if only.is_some_and(|o| o != "cni" && o != "services") {
-        return Err("--only takes cni or services".into());
+    if only.is_some_and(|o| !["cni", "services", "scale"].contains(&o)) {
+        return Err("--only takes cni, services or scale".into());
     }
     Ok(Args {
         quick,
@@ -160,6 +160,9 @@ fn main() -> ExitCode {
         }
     };
     let only = only.as_deref();
+    if only == Some("scale") {
+        return scale(quick, scales, &out_dir);
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!(
@@ -235,6 +238,45 @@ fn main() -> ExitCode {
         } else {
             ", scaling.png and sync.png"
         },
+        started.elapsed().as_secs_f64()
+    );
+    ExitCode::SUCCESS
+}
+
+/// `--only=scale`: petrel at `scales` services (default 1,000, 10,000, 100,000) through the
+/// real API server; writes `scale.md`, `scale.json` and `scale.png` under `out_dir`.
+fn scale(quick: bool, scales: Option<Vec<usize>>, out_dir: &std::path::Path) -> ExitCode {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("petrel-bench needs root (network namespaces, eBPF)");
+        return ExitCode::FAILURE;
+    }
+    signal::on_signal(signal::OnSignal::EndProcessGroup);
+    sweep();
+    let started = Instant::now();
+    let machine = report::machine(quick);
+    let section = services::scale::run(services::scale::ScaleOpts {
+        scales: scales.unwrap_or_else(|| {
+            if quick {
+                vec![100, 1_000]
+            } else {
+                vec![1_000, 10_000, 100_000]
+            }
+        }),
+        changes: if quick { 10 } else { 100 },
+        heartbeats: if quick { 50 } else { 500 },
+    });
+    report::plot(
+        &out_dir.join("scale.png"),
+        "petrel through the API server: peak RSS and endpoint-change p99",
+        "MiB (RSS) / ms (p99)",
+        &services::scale::series(&section),
+    );
+    let md = report::write_as(out_dir, "scale", &machine, &[("scale", section)]);
+    println!("{md}");
+    eprintln!(
+        "==> wrote {}/scale.md, scale.json and scale.png in {:.0} s",
+        out_dir.display(),
         started.elapsed().as_secs_f64()
     );
     ExitCode::SUCCESS

@@ -116,6 +116,11 @@ pub fn machine(quick: bool) -> Value {
 
 /// Writes `bench.md` and `bench.json` under `dir`; returns the Markdown.
 pub fn write(dir: &Path, machine: &Value, sections: &[(&str, Section)]) -> String {
+    write_as(dir, "bench", machine, sections)
+}
+
+/// Writes `<stem>.md` and `<stem>.json` under `dir`; returns the Markdown.
+pub fn write_as(dir: &Path, stem: &str, machine: &Value, sections: &[(&str, Section)]) -> String {
     let mut md = String::from("# petrel benchmark results\n\n");
     md.push_str(&format!(
         "Machine: {} CPUs ({}), {} GiB, kernel {}; petrel {}, {}, {}, containernetworking-plugins {}, {}; {}{}.\n\n",
@@ -159,12 +164,12 @@ pub fn write(dir: &Path, machine: &Value, sections: &[(&str, Section)]) -> Strin
         all[*key] = part;
     }
     std::fs::create_dir_all(dir).expect("results folder");
-    std::fs::write(dir.join("bench.md"), &md).expect("write bench.md");
+    std::fs::write(dir.join(format!("{stem}.md")), &md).expect("write the report");
     std::fs::write(
-        dir.join("bench.json"),
+        dir.join(format!("{stem}.json")),
         serde_json::to_string_pretty(&all).expect("json") + "\n",
     )
-    .expect("write bench.json");
+    .expect("write the JSON report");
     md
 }
 

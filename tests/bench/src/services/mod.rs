@@ -15,6 +15,7 @@
 
 mod measure;
 mod proxies;
+pub mod scale;
 mod summary;
 mod topology;
 
@@ -253,22 +254,7 @@ fn bed(rt: &tokio::runtime::Runtime, api: &KubeApiServer, ctl: &NetNs, scales: u
         .map(|ip| (*ip, PETREL_NODE.to_string()))
         .collect();
     // The endpoint-change service: one endpoint, moved from backend to backend.
-    let churn_vip = rt.block_on(async {
-        let first = [backends[0].clone()];
-        let svc = Api::<Service>::namespaced(client.clone(), "default")
-            .create(&PostParams::default(), &objects::service("churn", None))
-            .await
-            .expect("create churn service");
-        Api::<EndpointSlice>::namespaced(client.clone(), "default")
-            .create(&PostParams::default(), &objects::slice("churn", &first))
-            .await
-            .expect("churn slice");
-        Api::<Endpoints>::namespaced(client.clone(), "default")
-            .create(&PostParams::default(), &objects::endpoints("churn", &first))
-            .await
-            .expect("churn endpoints");
-        SocketAddrV4::new(objects::cluster_ip(&svc), 80)
-    });
+    let churn_vip = rt.block_on(create_churn(&client, &backends));
     Bed {
         client,
         nodes,
@@ -294,9 +280,10 @@ fn scale_step(
     eprintln!("==> services: creating services up to {n} (x{BACKENDS} endpoints)");
     let t = Instant::now();
     let made = rt.block_on(topology::create_services(
-        &bed.client,
+        std::slice::from_ref(&bed.client),
         vips.len()..n,
         &bed.backends,
+        CREATE_PARALLELISM,
     ));
     vips.extend(made);
     let create_secs = t.elapsed().as_secs_f64();
@@ -400,4 +387,23 @@ fn endpoint_changes(
         k.len()
     );
     (p, k)
+}
+
+/// The endpoint-change service `churn`: one endpoint (the first of `backends`), in both an
+/// EndpointSlice and an Endpoints; its VIP.
+async fn create_churn(client: &kube::Client, backends: &[(Ipv4Addr, String)]) -> SocketAddrV4 {
+    let first = [backends[0].clone()];
+    let svc = Api::<Service>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &objects::service("churn", None))
+        .await
+        .expect("create churn service");
+    Api::<EndpointSlice>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &objects::slice("churn", &first))
+        .await
+        .expect("churn slice");
+    Api::<Endpoints>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &objects::endpoints("churn", &first))
+        .await
+        .expect("churn endpoints");
+    SocketAddrV4::new(objects::cluster_ip(&svc), 80)
 }

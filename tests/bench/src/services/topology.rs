@@ -25,7 +25,7 @@ use petrel_testbed::{
 };
 use serde_json::{Value, json};
 
-use super::{BACKENDS, CONCURRENCY, CREATE_PARALLELISM, POD_CIDR, debug};
+use super::{BACKENDS, CONCURRENCY, POD_CIDR, debug};
 
 /// A process the benchmark started inside a namespace (through nsenter, which execs it, so the
 /// PID is the program's); stopped by that PID on drop.
@@ -289,19 +289,31 @@ impl Node {
     }
 }
 
-/// Endpoints object each; their ClusterIPs in order.
+/// Creates services `svc-<i>` for `i` in `range`, each with an EndpointSlice and a core
+/// Endpoints object listing `backends`, spread over `clients` (each its own connection pool)
+/// with `in_flight` services in flight; their ClusterIPs in order.
 pub(super) async fn create_services(
-    client: &kube::Client,
+    clients: &[kube::Client],
     range: std::ops::Range<usize>,
     backends: &[(Ipv4Addr, String)],
+    in_flight: usize,
 ) -> Vec<Ipv4Addr> {
-    let services: Api<Service> = Api::namespaced(client.clone(), "default");
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    let eps: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    let apis: Vec<(Api<Service>, Api<EndpointSlice>, Api<Endpoints>)> = clients
+        .iter()
+        .map(|c| {
+            (
+                Api::namespaced(c.clone(), "default"),
+                Api::namespaced(c.clone(), "default"),
+                Api::namespaced(c.clone(), "default"),
+            )
+        })
+        .collect();
     let pp = PostParams::default();
+    let (first, total) = (range.start, range.len());
+    let started = std::time::Instant::now();
     futures::stream::iter(range)
         .map(|i| {
-            let (services, slices, eps, pp) = (&services, &slices, &eps, &pp);
+            let ((services, slices, eps), pp) = (&apis[i % apis.len()], &pp);
             async move {
                 let name = format!("svc-{i}");
                 let svc = services
@@ -316,7 +328,19 @@ pub(super) async fn create_services(
                 objects::cluster_ip(&svc)
             }
         })
-        .buffered(CREATE_PARALLELISM)
+        .buffered(in_flight)
+        .enumerate()
+        .map(|(k, ip)| {
+            if total >= 20_000 && (k + 1) % 10_000 == 0 {
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "    {} services, {:.0} services/s",
+                    first + k + 1,
+                    (k + 1) as f64 / secs
+                );
+            }
+            ip
+        })
         .collect()
         .await
 }
