@@ -144,6 +144,14 @@ fn ct_cost(px: &Proxies) -> CtCost {
 }
 
 pub fn run(opts: Opts) -> Section {
+    in_control_ns(move |rt, ctl| measure(rt, ctl, &opts))
+}
+
+/// Runs `f` with the control namespace (a bridge at CTL_IP) and a runtime on a thread that
+/// entered it: the API server, etcd and the benchmark's kube client live there.
+pub(super) fn in_control_ns<T: Send + 'static>(
+    f: impl FnOnce(&tokio::runtime::Runtime, &NetNs) -> T + Send + 'static,
+) -> T {
     let ctl = NetNs::new(&unique("pbc"));
     ctl.exec("ip", &["link", "add", "br0", "type", "bridge"]);
     ctl.exec("ip", &["link", "set", "br0", "up"]);
@@ -152,8 +160,6 @@ pub fn run(opts: Opts) -> Section {
         &["addr", "add", &format!("{CTL_IP}/24"), "dev", "br0"],
     );
     let path = ctl.path();
-    // The API server, etcd and the test's kube client live in the control namespace: all of it
-    // runs on a thread (and a runtime) that entered it.
     std::thread::spawn(move || {
         enter(&path);
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -161,7 +167,7 @@ pub fn run(opts: Opts) -> Section {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        measure(&rt, &ctl, &opts)
+        f(&rt, &ctl)
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e))

@@ -77,25 +77,7 @@ struct Step {
 }
 
 pub fn run(opts: ScaleOpts) -> Section {
-    let ctl = NetNs::new(&unique("pbc"));
-    ctl.exec("ip", &["link", "add", "br0", "type", "bridge"]);
-    ctl.exec("ip", &["link", "set", "br0", "up"]);
-    ctl.exec(
-        "ip",
-        &["addr", "add", &format!("{CTL_IP}/24"), "dev", "br0"],
-    );
-    let path = ctl.path();
-    std::thread::spawn(move || {
-        petrel_testbed::netns::enter(&path);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        measure(&rt, &ctl, &opts)
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    super::in_control_ns(move |rt, ctl| measure(rt, ctl, &opts))
 }
 
 /// The etcd process the API server fixture started (a child of this process).
